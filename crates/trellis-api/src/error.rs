@@ -1,0 +1,78 @@
+//! Errors that say where: file, document (1-based), the resource's kind and name when known, the
+//! field path (`spec.rules[0].backends[1].weight`) and, for YAML syntax, the line.
+use std::fmt;
+
+/// One problem in a configuration source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub file: String,
+    /// 1-based index of the YAML document in the file; 0 when the problem spans the file.
+    pub document: usize,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    /// Dotted field path; empty for document-level problems.
+    pub path: String,
+    /// 1-based line, where the YAML parser knows it.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.document > 0 {
+            write!(f, ": document {}", self.document)?;
+        }
+        match (&self.kind, &self.name) {
+            (Some(k), Some(n)) => write!(f, " ({k} {n:?})")?,
+            (Some(k), None) => write!(f, " ({k})")?,
+            _ => {}
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in one source; a source with any problem is rejected whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub errors: Vec<FieldError>,
+}
+
+impl ConfigError {
+    pub fn single(error: FieldError) -> Self {
+        Self {
+            errors: vec![error],
+        }
+    }
+
+    /// A problem with the whole source (unreadable, too large).
+    pub fn file(file: &str, message: impl Into<String>) -> Self {
+        Self::single(FieldError {
+            file: file.to_string(),
+            document: 0,
+            kind: None,
+            name: None,
+            path: String::new(),
+            line: None,
+            message: message.into(),
+        })
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! The Trellis resource model: every kind a user writes, parsed from multi-document YAML and
+//! validated, with errors that name the file, the document and the field path.
+//!
+//! This crate does no I/O beyond what the caller hands it (text and a file name), so the same
+//! structs serve the proxy's static config, the control plane's store and, later, Kubernetes CRDs.
+//! It must never panic on any input: every problem is a [`ConfigError`].
+#![forbid(unsafe_code)]
+
+pub mod duration;
+pub mod error;
+pub mod mesh;
+pub mod meta;
+pub mod parse;
+pub mod policy;
+pub mod route;
+pub mod security;
+pub mod service;
+pub mod validate;
+
+pub use duration::Duration;
+pub use error::{ConfigError, FieldError};
+pub use mesh::{Deployment, DeploymentSpec, MeshConfig, MeshConfigSpec};
+pub use meta::{ObjectMeta, API_VERSION};
+pub use parse::{parse_documents, Resource, ResourceSet};
+pub use policy::DestinationPolicy;
+pub use route::Route;
+pub use security::{AuthorizationPolicy, RequestAuthentication};
+pub use service::{Service, Workload};

@@ -1,0 +1,128 @@
+//! `MeshConfig` (mesh-wide settings: trust domain, mTLS mode, certificates, telemetry) and
+//! `Deployment` (what `trellis up` starts on one machine: a service's local instances).
+use crate::duration::Duration;
+use crate::meta::ObjectMeta;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshConfig {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: MeshConfigSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshConfigSpec {
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    #[serde(default)]
+    pub mtls: MtlsConfig,
+    #[serde(default = "default_cert_lifetime")]
+    pub certificate_lifetime: Duration,
+    #[serde(default)]
+    pub telemetry: Telemetry,
+}
+
+impl Default for MeshConfigSpec {
+    fn default() -> Self {
+        Self {
+            trust_domain: default_trust_domain(),
+            mtls: MtlsConfig::default(),
+            certificate_lifetime: default_cert_lifetime(),
+            telemetry: Telemetry::default(),
+        }
+    }
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".into()
+}
+
+fn default_cert_lifetime() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MtlsConfig {
+    #[serde(default)]
+    pub mode: MtlsMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum MtlsMode {
+    Strict,
+    #[default]
+    Permissive,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Telemetry {
+    #[serde(default = "yes")]
+    pub access_log: bool,
+    #[serde(default = "yes")]
+    pub prometheus: bool,
+    /// Share of requests traced, 0.0..=100.0.
+    #[serde(default)]
+    pub tracing_sample_percent: f64,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            access_log: true,
+            prometheus: true,
+            tracing_sample_percent: 0.0,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Deployment {
+    pub metadata: ObjectMeta,
+    pub spec: DeploymentSpec,
+}
+
+/// Local instances of a service for `trellis up`: each replica is a process with its sidecar, and
+/// gets a Workload carrying these labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeploymentSpec {
+    pub service: String,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// The built-in demo application; the only kind of app `trellis up` starts today.
+    #[serde(default)]
+    pub demo_app: DemoApp,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DemoApp {
+    /// Reported as `version` in answers; defaults to the `version` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Duration>,
+    /// Share of requests answered 500, 0.0..=1.0.
+    #[serde(default)]
+    pub error_rate: f64,
+}

@@ -1,0 +1,331 @@
+//! Multi-document YAML to typed resources.
+//!
+//! Each document is read as a generic YAML value first (so syntax errors keep their line), then
+//! dispatched on `kind` and deserialized with `serde_path_to_error` (so a type error names its
+//! field path), then validated. Unknown fields are errors, not silently dropped.
+use crate::error::{ConfigError, FieldError};
+use crate::mesh::{Deployment, MeshConfig};
+use crate::meta::{ObjectMeta, API_VERSION};
+use crate::policy::DestinationPolicy;
+use crate::route::Route;
+use crate::security::{AuthorizationPolicy, RequestAuthentication};
+use crate::service::{Service, Workload};
+use crate::validate;
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::Value;
+
+/// Sources larger than this are refused before parsing.
+pub const MAX_SOURCE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Every kind Trellis knows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    Service(Service),
+    Workload(Workload),
+    Route(Route),
+    DestinationPolicy(DestinationPolicy),
+    AuthorizationPolicy(AuthorizationPolicy),
+    RequestAuthentication(RequestAuthentication),
+    MeshConfig(MeshConfig),
+    Deployment(Deployment),
+}
+
+/// The kinds, in the order `trellis get` lists them.
+pub const KINDS: &[&str] = &[
+    "MeshConfig",
+    "Service",
+    "Workload",
+    "Route",
+    "DestinationPolicy",
+    "AuthorizationPolicy",
+    "RequestAuthentication",
+    "Deployment",
+];
+
+impl Resource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Service(_) => "Service",
+            Resource::Workload(_) => "Workload",
+            Resource::Route(_) => "Route",
+            Resource::DestinationPolicy(_) => "DestinationPolicy",
+            Resource::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Resource::RequestAuthentication(_) => "RequestAuthentication",
+            Resource::MeshConfig(_) => "MeshConfig",
+            Resource::Deployment(_) => "Deployment",
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Resource::Service(r) => &r.metadata,
+            Resource::Workload(r) => &r.metadata,
+            Resource::Route(r) => &r.metadata,
+            Resource::DestinationPolicy(r) => &r.metadata,
+            Resource::AuthorizationPolicy(r) => &r.metadata,
+            Resource::RequestAuthentication(r) => &r.metadata,
+            Resource::MeshConfig(r) => &r.metadata,
+            Resource::Deployment(r) => &r.metadata,
+        }
+    }
+
+    /// `Kind/namespace/name`, unique within a set.
+    pub fn key(&self) -> String {
+        let m = self.metadata();
+        format!("{}/{}/{}", self.kind(), m.namespace, m.name)
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    kind: &'static str,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+impl Serialize for Resource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let kind = self.kind();
+        macro_rules! env {
+            ($r:expr) => {
+                Envelope {
+                    api_version: API_VERSION,
+                    kind,
+                    body: $r,
+                }
+                .serialize(s)
+            };
+        }
+        match self {
+            Resource::Service(r) => env!(r),
+            Resource::Workload(r) => env!(r),
+            Resource::Route(r) => env!(r),
+            Resource::DestinationPolicy(r) => env!(r),
+            Resource::AuthorizationPolicy(r) => env!(r),
+            Resource::RequestAuthentication(r) => env!(r),
+            Resource::MeshConfig(r) => env!(r),
+            Resource::Deployment(r) => env!(r),
+        }
+    }
+}
+
+/// A validated, duplicate-free collection of resources.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct ResourceSet {
+    pub resources: Vec<Resource>,
+}
+
+macro_rules! accessor {
+    ($fn:ident, $variant:ident, $ty:ty) => {
+        pub fn $fn(&self) -> impl Iterator<Item = &$ty> + '_ {
+            self.resources.iter().filter_map(|r| match r {
+                Resource::$variant(x) => Some(x),
+                _ => None,
+            })
+        }
+    };
+}
+
+impl ResourceSet {
+    accessor!(services, Service, Service);
+    accessor!(workloads, Workload, Workload);
+    accessor!(routes, Route, Route);
+    accessor!(destination_policies, DestinationPolicy, DestinationPolicy);
+    accessor!(
+        authorization_policies,
+        AuthorizationPolicy,
+        AuthorizationPolicy
+    );
+    accessor!(
+        request_authentications,
+        RequestAuthentication,
+        RequestAuthentication
+    );
+    accessor!(mesh_configs, MeshConfig, MeshConfig);
+    accessor!(deployments, Deployment, Deployment);
+
+    /// The mesh-wide settings: the first MeshConfig, or defaults.
+    pub fn mesh_config(&self) -> crate::mesh::MeshConfigSpec {
+        self.mesh_configs()
+            .next()
+            .map(|m| m.spec.clone())
+            .unwrap_or_default()
+    }
+
+    /// Serializes the set back to multi-document YAML.
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        for r in &self.resources {
+            out.push_str("---\n");
+            // Serializing plain data structs to a string cannot fail.
+            out.push_str(&serde_yaml_ng::to_string(r).unwrap_or_default());
+        }
+        out
+    }
+}
+
+/// Parses and validates every document of `text`; `file` names the source in errors.
+/// All documents are checked and every problem reported; any problem rejects the whole source.
+pub fn parse_documents(file: &str, text: &str) -> Result<ResourceSet, ConfigError> {
+    if text.len() > MAX_SOURCE_BYTES {
+        return Err(ConfigError::file(
+            file,
+            format!(
+                "source is {} bytes; the limit is {MAX_SOURCE_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    let mut resources = Vec::new();
+    let mut documents = Vec::new();
+    let mut errors = Vec::new();
+    for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let document = index + 1;
+        let value = match Value::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(yaml_error(file, document, &e));
+                // A syntax error leaves the rest of the stream unreadable.
+                break;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        match parse_one(file, document, value) {
+            Ok(r) => {
+                let problems = validate::resource(&r);
+                if problems.is_empty() {
+                    resources.push(r);
+                    documents.push(document);
+                } else {
+                    let (kind, name) = (r.kind(), r.metadata().name.clone());
+                    errors.extend(problems.into_iter().map(|(path, message)| FieldError {
+                        file: file.to_string(),
+                        document,
+                        kind: Some(kind.to_string()),
+                        name: Some(name.clone()),
+                        path,
+                        line: None,
+                        message,
+                    }));
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    for (i, path, message) in validate::set(&resources) {
+        let r = &resources[i];
+        errors.push(FieldError {
+            file: file.to_string(),
+            document: documents[i],
+            kind: Some(r.kind().to_string()),
+            name: Some(r.metadata().name.clone()),
+            path,
+            line: None,
+            message,
+        });
+    }
+    if errors.is_empty() {
+        Ok(ResourceSet { resources })
+    } else {
+        Err(ConfigError { errors })
+    }
+}
+
+fn yaml_error(file: &str, document: usize, e: &serde_yaml_ng::Error) -> FieldError {
+    FieldError {
+        file: file.to_string(),
+        document,
+        kind: None,
+        name: None,
+        path: String::new(),
+        line: e.location().map(|l| l.line()),
+        message: format!("invalid YAML: {e}"),
+    }
+}
+
+fn parse_one(file: &str, document: usize, value: Value) -> Result<Resource, FieldError> {
+    let err = |kind: Option<&str>, name: Option<String>, path: &str, message: String| FieldError {
+        file: file.to_string(),
+        document,
+        kind: kind.map(str::to_string),
+        name,
+        path: path.to_string(),
+        line: None,
+        message,
+    };
+    let Value::Mapping(mut map) = value else {
+        return Err(err(
+            None,
+            None,
+            "",
+            "a document must be a mapping with apiVersion, kind, metadata and spec".into(),
+        ));
+    };
+    let name = map
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let kind = match map.remove("kind") {
+        Some(Value::String(k)) => k,
+        Some(_) => return Err(err(None, name, "kind", "must be a string".into())),
+        None => return Err(err(None, name, "kind", "missing field".into())),
+    };
+    let Some(kind) = KINDS.iter().copied().find(|k| *k == kind) else {
+        return Err(err(
+            None,
+            name,
+            "kind",
+            format!(
+                "unknown kind {kind:?}; expected one of {}",
+                KINDS.join(", ")
+            ),
+        ));
+    };
+    match map.remove("apiVersion") {
+        Some(Value::String(v)) if v == API_VERSION => {}
+        Some(Value::String(v)) => {
+            return Err(err(
+                Some(kind),
+                name,
+                "apiVersion",
+                format!("unsupported apiVersion {v:?}; expected {API_VERSION:?}"),
+            ))
+        }
+        Some(_) => {
+            return Err(err(
+                Some(kind),
+                name,
+                "apiVersion",
+                "must be a string".into(),
+            ))
+        }
+        None => return Err(err(Some(kind), name, "apiVersion", "missing field".into())),
+    }
+    let value = Value::Mapping(map);
+    fn typed<T: for<'de> Deserialize<'de>>(
+        value: Value,
+    ) -> Result<T, serde_path_to_error::Error<serde_yaml_ng::Error>> {
+        serde_path_to_error::deserialize(value)
+    }
+    let result = match kind {
+        "Service" => typed(value).map(Resource::Service),
+        "Workload" => typed(value).map(Resource::Workload),
+        "Route" => typed(value).map(Resource::Route),
+        "DestinationPolicy" => typed(value).map(Resource::DestinationPolicy),
+        "AuthorizationPolicy" => typed(value).map(Resource::AuthorizationPolicy),
+        "RequestAuthentication" => typed(value).map(Resource::RequestAuthentication),
+        "MeshConfig" => typed(value).map(Resource::MeshConfig),
+        _ => typed(value).map(Resource::Deployment),
+    };
+    result.map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        err(Some(kind), name, &path, e.into_inner().to_string())
+    })
+}

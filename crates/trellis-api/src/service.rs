@@ -1,0 +1,86 @@
+//! `Service` (a name callers use, its ports and protocols, and which workloads serve it) and
+//! `Workload` (one instance of a service: where it listens, its labels, zone and health).
+use crate::meta::ObjectMeta;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Service {
+    pub metadata: ObjectMeta,
+    pub spec: ServiceSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// At least one port. Callers name the port in `Host: svc:PORT`; the first port is the default.
+    pub ports: Vec<ServicePort>,
+    /// Workloads whose labels contain all of these belong to the service. When empty, workloads
+    /// whose `spec.service` names this service belong to it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServicePort {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// What travels on a port. `Detect` sniffs the first bytes (bounded, with a timeout); the others
+/// skip detection, which server-first protocols (databases, SMTP) need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Detect,
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Workload {
+    pub metadata: ObjectMeta,
+    pub spec: WorkloadSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    /// The service this instance serves, when the service has no selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// IP address callers connect to (IPv4 or IPv6 literal).
+    pub address: String,
+    /// The port callers connect to: the sidecar's inbound port when the instance has one.
+    pub port: u16,
+    /// The port the application itself listens on, behind its sidecar (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_port: Option<u16>,
+    /// Locality, for zone-aware balancing and failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Expected SPIFFE identity of the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(default)]
+    pub health: WorkloadHealth,
+    /// Relative weight of this instance among its peers (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum WorkloadHealth {
+    #[default]
+    Healthy,
+    Unhealthy,
+}
