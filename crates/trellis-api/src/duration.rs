@@ -61,7 +61,11 @@ impl std::str::FromStr for Duration {
             }
             let (num, tail) = rest.split_at(digits);
             let value: u128 = num.parse().map_err(|_| err("number too large"))?;
-            let unit_len = tail.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
+            // By char, so the multi-byte `µs` is one unit.
+            let unit_len = tail
+                .char_indices()
+                .find(|(_, c)| !c.is_alphabetic())
+                .map_or(tail.len(), |(i, _)| i);
             if unit_len == 0 {
                 return Err(err("missing unit"));
             }

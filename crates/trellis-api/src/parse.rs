@@ -18,6 +18,8 @@ use serde_yaml_ng::Value;
 pub const MAX_SOURCE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Every kind Trellis knows.
+// Not boxed: other crates match on these variants, and a set holds few resources.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
     Service(Service),
@@ -214,7 +216,7 @@ pub fn parse_documents(file: &str, text: &str) -> Result<ResourceSet, ConfigErro
                     }));
                 }
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(*e),
         }
     }
     for (i, path, message) in validate::set(&resources) {
@@ -248,15 +250,17 @@ fn yaml_error(file: &str, document: usize, e: &serde_yaml_ng::Error) -> FieldErr
     }
 }
 
-fn parse_one(file: &str, document: usize, value: Value) -> Result<Resource, FieldError> {
-    let err = |kind: Option<&str>, name: Option<String>, path: &str, message: String| FieldError {
-        file: file.to_string(),
-        document,
-        kind: kind.map(str::to_string),
-        name,
-        path: path.to_string(),
-        line: None,
-        message,
+fn parse_one(file: &str, document: usize, value: Value) -> Result<Resource, Box<FieldError>> {
+    let err = |kind: Option<&str>, name: Option<String>, path: &str, message: String| {
+        Box::new(FieldError {
+            file: file.to_string(),
+            document,
+            kind: kind.map(str::to_string),
+            name,
+            path: path.to_string(),
+            line: None,
+            message,
+        })
     };
     let Value::Mapping(mut map) = value else {
         return Err(err(

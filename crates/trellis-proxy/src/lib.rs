@@ -1,1 +1,151 @@
+//! The Trellis sidecar: the data plane that carries a service instance's inbound and outbound
+//! traffic, steered by an immutable config snapshot swapped atomically on change.
+//!
+//! [`run`] binds every listener, loads the first config (the proxy is ready only then), serves
+//! until asked to stop, then drains: listeners close, in-flight requests finish, and the process
+//! exits once connections are gone or the drain timeout passes.
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod config;
+pub mod detect;
+pub mod drain;
+pub mod error;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod retry;
+pub mod source;
+pub mod state;
+pub mod tcp;
+
+use crate::drain::Drain;
+use crate::http::outbound::FixedTarget;
+use crate::listener::Role;
+use crate::state::{LocalIdentity, ProxyState, Settings};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// A Consul-style local port bound to one upstream service.
+#[derive(Debug, Clone)]
+pub struct UpstreamPort {
+    pub service: String,
+    pub port: Option<u16>,
+    pub listen: SocketAddr,
+}
+
+/// Everything `trellis proxy` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub config: PathBuf,
+    pub watch_interval: Duration,
+    pub identity: LocalIdentity,
+    pub settings: Settings,
+    /// The `Host`-routed outbound listener; `None` disables it.
+    pub outbound: Option<SocketAddr>,
+    pub upstreams: Vec<UpstreamPort>,
+    /// Inbound listener and the local app it forwards to.
+    pub inbound: Option<(SocketAddr, SocketAddr)>,
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] source::LoadError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Addresses actually bound (useful when a port was 0).
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub admin: SocketAddr,
+    pub outbound: Option<SocketAddr>,
+    pub inbound: Option<SocketAddr>,
+    pub upstreams: Vec<SocketAddr>,
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, what, source })
+}
+
+/// Runs the proxy until `shutdown` resolves or `/shutdown` is called, then drains.
+/// `on_ready` is called once listeners are bound and the first config is in force.
+pub async fn run(
+    opts: ProxyOptions,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&Bound),
+) -> Result<(), StartError> {
+    let state = ProxyState::new(opts.identity.clone(), opts.settings.clone());
+    let first = source::load(&opts.config, 1, None)?;
+    state.install(first);
+    let drain = Drain::new();
+
+    let admin = bind(opts.admin, "admin").await?;
+    let mut bound = Bound {
+        admin: admin.local_addr().unwrap_or(opts.admin),
+        outbound: None,
+        inbound: None,
+        upstreams: Vec::new(),
+    };
+    let mut listeners = Vec::new();
+    if let Some(addr) = opts.outbound {
+        let l = bind(addr, "outbound").await?;
+        bound.outbound = l.local_addr().ok();
+        listeners.push((l, Role::Outbound { fixed: None }));
+    }
+    for up in &opts.upstreams {
+        let l = bind(up.listen, "upstream").await?;
+        bound.upstreams.push(l.local_addr().unwrap_or(up.listen));
+        let fixed = FixedTarget {
+            namespace: opts.identity.namespace.clone(),
+            service: up.service.clone(),
+            port: up.port,
+        };
+        listeners.push((l, Role::Outbound { fixed: Some(Arc::new(fixed)) }));
+    }
+    if let Some((listen, app)) = opts.inbound {
+        let l = bind(listen, "inbound").await?;
+        bound.inbound = l.local_addr().ok();
+        listeners.push((l, Role::Inbound { app }));
+    }
+    for (l, role) in listeners {
+        tokio::spawn(listener::run(l, role, state.clone(), drain.clone()));
+    }
+    let admin_task = tokio::spawn(admin::run(admin, state.clone(), drain.clone()));
+    let watch_task = tokio::spawn(source::watch(
+        opts.config.clone(),
+        opts.watch_interval,
+        state.clone(),
+    ));
+    on_ready(&bound);
+
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutdown signal received; draining"),
+        _ = drain.started() => {}
+    }
+    drain.start();
+    watch_task.abort();
+    let idle = drain.wait_idle(opts.settings.drain_timeout).await;
+    if !idle {
+        tracing::warn!(
+            open = drain.active(),
+            "drain timeout passed with connections still open; closing them"
+        );
+    }
+    admin_task.abort();
+    Ok(())
+}

@@ -1,1 +1,96 @@
-fn main() {}
+//! The `trellis` binary: one executable, one verb per role — the sidecar (`proxy`), the sample
+//! service (`demo-app`), a whole mesh on one machine (`up`), and config checking (`validate`).
+#![forbid(unsafe_code)]
+
+mod demo_app;
+mod proxy_cmd;
+mod up;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "trellis", version, about = "Trellis service mesh")]
+struct Cli {
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `trellis_proxy=debug`.
+    #[arg(long, global = true, env = "TRELLIS_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a sidecar proxy beside one service instance.
+    Proxy(proxy_cmd::ProxyArgs),
+    /// Run the sample service used by examples, tests and benchmarks.
+    #[command(disable_version_flag = true)]
+    DemoApp(demo_app::DemoArgs),
+    /// Start a whole mesh on this machine from a manifest: apps, sidecars and config.
+    Up(up::UpArgs),
+    /// Check config files and report every problem with file, document and field path.
+    Validate {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Proxy(args) => proxy_cmd::run(args).await,
+            Command::DemoApp(args) => demo_app::run(args).await,
+            Command::Up(args) => up::run(args).await,
+            Command::Validate { files } => validate(&files),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let mut failed = false;
+    for f in files {
+        let name = f.display().to_string();
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?;
+        match trellis_api::parse_documents(&name, &text) {
+            Ok(set) => println!("{name}: ok ({} resources)", set.resources.len()),
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        anyhow::bail!("invalid config");
+    }
+    Ok(())
+}

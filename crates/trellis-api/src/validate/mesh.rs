@@ -1,0 +1,70 @@
+//! `MeshConfig` and `Deployment`.
+use super::checks::{labels, service_ref_problem, zone_problem, Problems};
+use super::{MAX_CERTIFICATE_LIFETIME, MAX_REPLICAS, MIN_CERTIFICATE_LIFETIME};
+use crate::mesh::{DeploymentSpec, MeshConfigSpec};
+
+pub(super) fn mesh_config(p: &mut Problems, spec: &MeshConfigSpec) {
+    let td = &spec.trust_domain;
+    if td.is_empty() {
+        p.add(
+            "spec.trustDomain",
+            "must not be empty; use a DNS name such as \"cluster.local\"",
+        );
+    } else if td.len() > 255
+        || !td
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+    {
+        p.add(
+            "spec.trustDomain",
+            format!(
+                "{td:?} is not a valid trust domain; use a DNS name of lowercase letters, digits, '.', '-' and '_' (no scheme, '/', ':' or spaces), e.g. \"cluster.local\""
+            ),
+        );
+    }
+    let life = spec.certificate_lifetime;
+    if life < MIN_CERTIFICATE_LIFETIME || life > MAX_CERTIFICATE_LIFETIME {
+        p.add(
+            "spec.certificateLifetime",
+            format!(
+                "must be between {MIN_CERTIFICATE_LIFETIME} and {MAX_CERTIFICATE_LIFETIME} (90 days) (got {life})"
+            ),
+        );
+    }
+    p.percent(
+        "spec.telemetry.tracingSamplePercent",
+        spec.telemetry.tracing_sample_percent,
+    );
+}
+
+pub(super) fn deployment(p: &mut Problems, spec: &DeploymentSpec) {
+    p.check("spec.service", service_ref_problem(&spec.service));
+    if !(1..=MAX_REPLICAS).contains(&spec.replicas) {
+        p.add(
+            "spec.replicas",
+            format!(
+                "must be between 1 and {MAX_REPLICAS} (got {})",
+                spec.replicas
+            ),
+        );
+    }
+    labels(p, "spec.labels", &spec.labels);
+    if let Some(zone) = &spec.zone {
+        p.check("spec.zone", zone_problem(zone));
+    }
+    if let Some(v) = &spec.demo_app.version {
+        if v.is_empty() {
+            p.add(
+                "spec.demoApp.version",
+                "must not be empty; omit it to use the `version` label",
+            );
+        }
+    }
+    let rate = spec.demo_app.error_rate;
+    if !(0.0..=1.0).contains(&rate) {
+        p.add(
+            "spec.demoApp.errorRate",
+            format!("must be a fraction between 0.0 and 1.0, e.g. 0.05 for 5% (got {rate})"),
+        );
+    }
+}

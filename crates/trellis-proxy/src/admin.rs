@@ -1,0 +1,141 @@
+//! The admin listener (loopback by default): readiness, liveness, metrics, the config in force,
+//! and shutdown. Never reachable from the data-plane ports.
+use crate::body::{self, Body};
+use crate::drain::Drain;
+use crate::state::ProxyState;
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub async fn run(listener: TcpListener, state: Arc<ProxyState>, drain: Drain) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (state, drain) = (state.clone(), drain.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let (state, drain) = (state.clone(), drain.clone());
+                async move { Ok::<_, Infallible>(handle(&state, &drain, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut rsp = Response::new(body::full(body));
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    rsp
+}
+
+fn handle(state: &ProxyState, drain: &Drain, req: Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (&Method::GET, "/ready") => {
+            if drain.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if state.snapshot.load().is_some() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let mut rsp = text(StatusCode::OK, state.metrics.encode());
+            rsp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            rsp
+        }
+        (&Method::GET, "/config") => config(state),
+        (&Method::POST, "/shutdown") => {
+            tracing::info!("shutdown requested on the admin port; draining");
+            drain.start();
+            text(StatusCode::OK, "draining\n")
+        }
+        (_, "/shutdown") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST /shutdown\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "admin endpoints: /ready /live /metrics /config, POST /shutdown\n",
+        ),
+    }
+}
+
+fn config(state: &ProxyState) -> Response<Body> {
+    let snap = state.snapshot.load_full();
+    let services: serde_json::Value = snap
+        .as_ref()
+        .map(|s| {
+            let mut list: Vec<_> = s
+                .services
+                .values()
+                .map(|svc| {
+                    let endpoints: Vec<_> = svc
+                        .groups
+                        .get(&None)
+                        .map(|g| {
+                            g.endpoints
+                                .iter()
+                                .map(|e| serde_json::json!({
+                                    "address": e.addr.to_string(),
+                                    "labels": e.labels,
+                                    "zone": e.zone,
+                                    "inFlight": e.load.in_flight(),
+                                    "ewmaMs": e.load.ewma_ms(),
+                                }))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    serde_json::json!({
+                        "name": svc.name,
+                        "namespace": svc.namespace,
+                        "rules": svc.rules.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+                        "endpoints": endpoints,
+                    })
+                })
+                .collect();
+            list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            serde_json::Value::Array(list)
+        })
+        .unwrap_or(serde_json::Value::Null);
+    let body = serde_json::json!({
+        "identity": {
+            "service": state.identity.service,
+            "namespace": state.identity.namespace,
+            "zone": state.identity.zone,
+        },
+        "version": snap.as_ref().map(|s| s.version),
+        "source": snap.as_ref().map(|s| s.source.clone()),
+        "lastError": state.last_error(),
+        "services": services,
+        "resources": snap.as_ref().map(|s| &s.resources),
+    });
+    let mut rsp = text(
+        StatusCode::OK,
+        serde_json::to_vec_pretty(&body).unwrap_or_default(),
+    );
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    rsp
+}

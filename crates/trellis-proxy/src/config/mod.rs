@@ -1,0 +1,129 @@
+//! Config as the hot path sees it: an immutable [`Snapshot`] compiled from resources (regexes
+//! compiled, header names parsed, endpoint sets and balancers built), swapped atomically.
+//!
+//! Building a snapshot is the only place config is interpreted; it either succeeds whole or
+//! fails with a [`BuildError`] and the previous snapshot stays in force.
+mod build;
+mod matcher;
+mod modifier;
+
+pub use build::{BuildError, Snapshot};
+pub use matcher::{PathMatcher, RouteMatcher, ValueMatcher};
+pub use modifier::HeaderModifier;
+
+use crate::balance::{Balancer, Endpoint};
+use crate::retry::{RetryBudget, RetryPolicy};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use trellis_api::service::ServicePort;
+
+/// A service as callers see it: ports, ordered routing rules and endpoint groups by subset.
+#[derive(Debug)]
+pub struct ServiceTarget {
+    pub name: String,
+    pub namespace: String,
+    pub ports: Vec<ServicePort>,
+    pub rules: Vec<Rule>,
+    /// `None` is every endpoint of the service; `Some(subset)` a named subset.
+    pub groups: HashMap<Option<String>, Arc<EndpointGroup>>,
+    pub connect_timeout: Duration,
+}
+
+impl ServiceTarget {
+    /// The port a caller asked for, or the first one.
+    pub fn port(&self, port: Option<u16>) -> Option<&ServicePort> {
+        match port {
+            Some(p) => self.ports.iter().find(|sp| sp.port == p),
+            None => self.ports.first(),
+        }
+    }
+}
+
+/// Endpoints of a service (or subset) and the balancer that picks among them.
+#[derive(Debug)]
+pub struct EndpointGroup {
+    pub endpoints: Vec<Endpoint>,
+    pub balancer: Balancer,
+    pub hash_on: Option<trellis_api::policy::HashOn>,
+}
+
+/// Where a rule sends traffic: a service (by namespace and name), optionally a subset.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendRef {
+    pub namespace: String,
+    pub service: String,
+    pub subset: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct WeightedBackend {
+    pub backend: BackendRef,
+    pub weight: u32,
+}
+
+/// One compiled routing rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// Label for metrics and logs: the Route's name, plus `/rule` when the rule is named.
+    pub name: String,
+    /// Empty matches every request.
+    pub matches: Vec<RouteMatcher>,
+    pub backends: Vec<WeightedBackend>,
+    pub total_weight: u64,
+    pub timeout: Option<Duration>,
+    pub retry: Option<Arc<RetryPolicy>>,
+    pub budget: Arc<RetryBudget>,
+    pub fault: Option<Fault>,
+    pub mirror: Option<MirrorTarget>,
+    pub request_headers: Option<HeaderModifier>,
+    pub response_headers: Option<HeaderModifier>,
+    pub rewrite: Option<Rewrite>,
+}
+
+impl Rule {
+    /// The index of the first match that fits, or `Some(usize::MAX)` for a rule with none.
+    pub fn matching<B>(&self, req: &http::Request<B>) -> Option<usize> {
+        if self.matches.is_empty() {
+            return Some(usize::MAX);
+        }
+        self.matches.iter().position(|m| m.matches(req))
+    }
+
+    /// Picks a backend by weight, with `roll` uniform in `0..total_weight`.
+    pub fn backend(&self, roll: u64) -> Option<&BackendRef> {
+        let mut acc = 0u64;
+        for b in &self.backends {
+            acc += u64::from(b.weight);
+            if roll < acc {
+                return Some(&b.backend);
+            }
+        }
+        None
+    }
+}
+
+#[derive(Debug)]
+pub struct Fault {
+    pub delay: Option<(Duration, f64)>,
+    pub abort: Option<FaultAbort>,
+    pub headers: Vec<ValueMatcher>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum FaultAbort {
+    Http { status: http::StatusCode, percent: f64 },
+    Grpc { code: u32, percent: f64 },
+}
+
+#[derive(Debug)]
+pub struct MirrorTarget {
+    pub backend: BackendRef,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    pub path: Option<String>,
+    pub host: Option<http::HeaderValue>,
+}

@@ -1,0 +1,297 @@
+//! Sending a routed request to a backend: pick an endpoint, try, classify, maybe retry (bounded by
+//! attempts, the retry budget and the replay buffer), all within the rule's timeout. The last
+//! attempt gets whatever time remains. Also mirroring and HTTP/1.1 upgrades.
+use super::headers::strip_hop_by_hop;
+use super::replay::{prepare, Prepared, Replayable};
+use super::upstream::{boxed_response, AttemptError, Wire};
+use crate::balance::{hash_key, Endpoint};
+use crate::body::{self, Body};
+use crate::config::{BackendRef, Rule, Snapshot};
+use crate::error::{ProxyError, Reason};
+use crate::metrics::RetryLabels;
+use crate::retry::{Backoff, Failure, RetryPolicy};
+use crate::state::ProxyState;
+use http::{request::Parts, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Request bodies are buffered up to this for mirroring when no retry policy says otherwise.
+const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything an attempt needs besides the body.
+pub struct Target<'a> {
+    pub state: &'a Arc<ProxyState>,
+    pub snapshot: &'a Arc<Snapshot>,
+    pub rule: &'a Rule,
+    pub service: &'a str,
+    pub wire: Wire,
+    pub peer: SocketAddr,
+}
+
+pub async fn forward(t: &Target<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    let fut = forward_inner(t, req);
+    match t.rule.timeout {
+        None => fut.await,
+        Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+            Err(ProxyError::new(
+                Reason::Timeout,
+                format!(
+                    "no response within the route timeout of {limit:?} (route {})",
+                    t.rule.name
+                ),
+            ))
+        }),
+    }
+}
+
+async fn forward_inner(t: &Target<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    let policy = t.rule.retry.clone();
+    let attempts = policy.as_ref().map_or(1, |p| p.attempts.max(1));
+    t.rule.budget.deposit();
+    if attempts == 1 && t.rule.mirror.is_none() {
+        let backend = choose_backend(t.rule)?;
+        let ep = pick(t, backend, req.headers(), None)?;
+        return attempt(t, &ep, req).await.map_err(|e| failure_error(e, 1));
+    }
+    let limit = policy
+        .as_ref()
+        .map_or(DEFAULT_REPLAY_LIMIT, |p| p.max_buffer_bytes);
+    let (parts, body) = req.into_parts();
+    let length = content_length(&parts.headers);
+    let prepared = prepare(body, limit, length).await.map_err(|e| {
+        ProxyError::new(Reason::BadRequest, format!("reading the request body: {e}"))
+    })?;
+    match prepared {
+        Prepared::Streaming(body) => {
+            let backend = choose_backend(t.rule)?;
+            let ep = pick(t, backend, &parts.headers, None)?;
+            let req = Request::from_parts(parts, body);
+            attempt(t, &ep, req).await.map_err(|e| failure_error(e, 1))
+        }
+        Prepared::Replayable(replay) => {
+            mirror(t, &parts, &replay);
+            retry_loop(t, policy, attempts, &parts, &replay).await
+        }
+    }
+}
+
+async fn retry_loop(
+    t: &Target<'_>,
+    policy: Option<Arc<RetryPolicy>>,
+    attempts: u32,
+    parts: &Parts,
+    replay: &Replayable,
+) -> Result<Response<Body>, ProxyError> {
+    let backoff = policy.as_ref().map(|p| p.backoff.clone()).unwrap_or_default();
+    let mut avoid = None;
+    for n in 1..=attempts {
+        let backend = choose_backend(t.rule)?;
+        let ep = pick(t, backend, &parts.headers, avoid)?;
+        let req = Request::from_parts(clone_parts(parts), replay.body());
+        let last = n == attempts;
+        let result = attempt(t, &ep, req).await;
+        let retry = match (&result, policy.as_deref()) {
+            (_, None) => false,
+            (Ok(rsp), Some(p)) => p.retry_on_response(rsp.status(), rsp.headers()),
+            (Err(e), Some(p)) => p.retry_on_failure(e.failure),
+        };
+        if !retry || last {
+            return result.map_err(|e| failure_error(e, n));
+        }
+        if !t.rule.budget.try_withdraw() {
+            count_retry(t, "budget-exhausted");
+            return result.map_err(|e| failure_error(e, n));
+        }
+        count_retry(t, "attempted");
+        avoid = Some(ep.addr);
+        tokio::time::sleep(backoff_delay(&backoff, n)).await;
+    }
+    Err(ProxyError::new(Reason::RetriesExhausted, "no attempt made"))
+}
+
+fn backoff_delay(b: &Backoff, retry_number: u32) -> Duration {
+    b.delay(retry_number)
+}
+
+fn count_retry(t: &Target<'_>, outcome: &'static str) {
+    t.state
+        .metrics
+        .retries
+        .get_or_create(&RetryLabels {
+            service: t.service.to_string(),
+            route: t.rule.name.clone(),
+            outcome,
+        })
+        .inc();
+}
+
+/// One try against one endpoint, bounded by the per-try timeout.
+async fn attempt(
+    t: &Target<'_>,
+    ep: &Endpoint,
+    req: Request<Body>,
+) -> Result<Response<Body>, AttemptError> {
+    let per_try = t.rule.retry.as_ref().and_then(|p| p.per_try_timeout);
+    let mut in_flight = ep.load.start();
+    let started = Instant::now();
+    let send = t.state.upstreams.send(ep.addr, t.wire, req);
+    let rsp = match per_try {
+        None => send.await?,
+        Some(limit) => tokio::time::timeout(limit, send)
+            .await
+            .map_err(|_| AttemptError {
+                failure: Failure::PerTryTimeout,
+                detail: format!("{}: no response within the per-try timeout of {limit:?}", ep.addr),
+            })??,
+    };
+    in_flight.observe_latency(started.elapsed());
+    let mut rsp = boxed_response(rsp);
+    strip_hop_by_hop(rsp.headers_mut(), false);
+    Ok(rsp)
+}
+
+fn failure_error(e: AttemptError, attempts: u32) -> ProxyError {
+    let reason = match e.failure {
+        _ if attempts > 1 => Reason::RetriesExhausted,
+        Failure::ConnectFailed => Reason::ConnectFailed,
+        Failure::Reset => Reason::UpstreamReset,
+        Failure::PerTryTimeout => Reason::Timeout,
+    };
+    let detail = if attempts > 1 {
+        format!("{attempts} attempts; last: {:?}: {}", e.failure, e.detail)
+    } else {
+        e.detail
+    };
+    ProxyError::new(reason, detail)
+}
+
+fn choose_backend(rule: &Rule) -> Result<&BackendRef, ProxyError> {
+    let roll = if rule.total_weight > 1 {
+        rand::random_range(0..rule.total_weight)
+    } else {
+        0
+    };
+    rule.backend(roll).ok_or_else(|| {
+        ProxyError::new(
+            Reason::NoHealthyEndpoints,
+            format!("route {} has no backend with weight > 0", rule.name),
+        )
+    })
+}
+
+/// Picks an endpoint of `backend`, avoiding `avoid` (the one that just failed) when another is
+/// available.
+fn pick(
+    t: &Target<'_>,
+    backend: &BackendRef,
+    headers: &http::HeaderMap,
+    avoid: Option<SocketAddr>,
+) -> Result<Endpoint, ProxyError> {
+    let unavailable = |detail: String| ProxyError::new(Reason::NoHealthyEndpoints, detail);
+    let svc = t
+        .snapshot
+        .service(&backend.namespace, &backend.service)
+        .ok_or_else(|| unavailable(format!("backend service {} is not in the mesh", backend.service)))?;
+    let group = svc.groups.get(&backend.subset).ok_or_else(|| {
+        unavailable(format!(
+            "subset {:?} of {} is not declared in its DestinationPolicy",
+            backend.subset.as_deref().unwrap_or(""),
+            backend.service
+        ))
+    })?;
+    let key = group
+        .hash_on
+        .as_ref()
+        .and_then(|h| hash_key(h, headers, Some(t.peer.ip())));
+    let eps = &group.endpoints;
+    let idx = group
+        .balancer
+        .pick(eps, key, |i| Some(eps[i].addr) != avoid)
+        .or_else(|| group.balancer.pick(eps, key, |_| true))
+        .ok_or_else(|| {
+            unavailable(format!(
+                "{}{} has no healthy endpoint",
+                backend.service,
+                backend
+                    .subset
+                    .as_ref()
+                    .map(|s| format!(" subset {s}"))
+                    .unwrap_or_default()
+            ))
+        })?;
+    Ok(eps[idx].clone())
+}
+
+fn clone_parts(parts: &Parts) -> Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req.into_parts().0
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Sends a copy to the mirror backend, fire and forget: its answer and failures are dropped.
+fn mirror(t: &Target<'_>, parts: &Parts, replay: &Replayable) {
+    let Some(m) = &t.rule.mirror else {
+        return;
+    };
+    if rand::random_range(0.0..100.0) >= m.percent {
+        return;
+    }
+    let Ok(ep) = pick(t, &m.backend, &parts.headers, None) else {
+        return;
+    };
+    let req = Request::from_parts(clone_parts(parts), replay.body());
+    let upstreams = t.state.upstreams.clone();
+    let wire = t.wire;
+    tokio::spawn(async move {
+        let send = upstreams.send(ep.addr, wire, req);
+        if let Ok(Ok(rsp)) = tokio::time::timeout(MIRROR_TIMEOUT, send).await {
+            let _ = http_body_util::BodyExt::collect(rsp.into_body()).await;
+        }
+    });
+}
+
+/// Forwards an HTTP/1.1 upgrade and, on `101 Switching Protocols`, splices the two connections.
+pub async fn forward_upgrade(
+    state: &ProxyState,
+    addr: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let downstream = hyper::upgrade::on(&mut req);
+    let req = req.map(body::boxed);
+    let mut rsp = state
+        .upstreams
+        .send_upgrade(addr, req)
+        .await
+        .map_err(|e| failure_error(e, 1))?;
+    if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(&mut rsp);
+        tokio::spawn(async move {
+            match (downstream.await, upstream.await) {
+                (Ok(d), Ok(u)) => {
+                    let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                }
+                (d, u) => tracing::debug!(
+                    downstream_ok = d.is_ok(),
+                    upstream_ok = u.is_ok(),
+                    "upgrade failed"
+                ),
+            }
+        });
+    }
+    Ok(rsp.map(body::boxed))
+}

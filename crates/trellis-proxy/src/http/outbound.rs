@@ -1,0 +1,287 @@
+//! The outbound side: a request from the local app, matched to a service (by `Host`, or fixed by
+//! a per-upstream port), routed by the service's rules, subjected to faults, rewritten, and
+//! forwarded.
+use super::forward::{forward, forward_upgrade, Target};
+use super::headers::{is_upgrade, rewrite_path, strip_hop_by_hop};
+use super::upstream::Wire;
+use super::{record, Outcome};
+use crate::body::{self, Body};
+use crate::config::{Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
+use crate::error::{ProxyError, Reason, ERROR_HEADER};
+use crate::state::ProxyState;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use trellis_api::service::Protocol;
+
+/// A listener bound to one upstream service (Consul-style local port) instead of `Host` routing.
+#[derive(Debug, Clone)]
+pub struct FixedTarget {
+    pub namespace: String,
+    pub service: String,
+    pub port: Option<u16>,
+}
+
+pub async fn handle(
+    state: Arc<ProxyState>,
+    fixed: Option<Arc<FixedTarget>>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let outcome = route(&state, fixed.as_deref(), peer, req).await;
+    if let Some(reason) = outcome.reason {
+        tracing::debug!(service = %outcome.service, route = %outcome.route, reason = reason.as_str(), "proxy answered");
+    }
+    record(&state.metrics, "outbound", &outcome, start);
+    Ok(outcome.response)
+}
+
+async fn route(
+    state: &Arc<ProxyState>,
+    fixed: Option<&FixedTarget>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Outcome {
+    let Some(snapshot) = state.snapshot.load_full() else {
+        return Outcome::error(
+            ProxyError::new(Reason::NotReady, "the proxy has no config yet"),
+            "",
+            "",
+        );
+    };
+    let (svc, port) = match resolve(state, &snapshot, fixed, &req) {
+        Ok(found) => found,
+        Err(e) => return Outcome::error(e, "", ""),
+    };
+    let service = svc.name.clone();
+    let Some((rule, matched)) = svc
+        .rules
+        .iter()
+        .find_map(|r| r.matching(&req).map(|m| (r, m)))
+    else {
+        let e = ProxyError::new(
+            Reason::NoRoute,
+            format!(
+                "no rule of service {} matches {} {}",
+                svc.name,
+                req.method(),
+                req.uri().path()
+            ),
+        );
+        return Outcome::error(e, &service, "");
+    };
+    let result = routed(state, &snapshot, &svc, port, rule, matched, peer, req).await;
+    let (response, reason) = match result {
+        Ok(mut rsp) => {
+            if let Some(m) = &rule.response_headers {
+                m.apply(rsp.headers_mut());
+            }
+            let reason = rsp.extensions().get::<Reason>().copied();
+            (rsp, reason)
+        }
+        Err(e) => {
+            let reason = e.reason;
+            (e.into_response(), Some(reason))
+        }
+    };
+    Outcome {
+        response,
+        service,
+        route: rule.name.clone(),
+        reason,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn routed(
+    state: &Arc<ProxyState>,
+    snapshot: &Arc<Snapshot>,
+    svc: &ServiceTarget,
+    port: Option<u16>,
+    rule: &Rule,
+    matched: usize,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    if let Some(fault) = &rule.fault {
+        if let Some(abort) = inject_fault(fault, &req).await {
+            return Ok(abort);
+        }
+    }
+    let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    if let Some(m) = &rule.request_headers {
+        m.apply(req.headers_mut());
+    }
+    apply_rewrite(rule, matched, &mut req)?;
+    let protocol = svc.port(port).map(|p| p.protocol).unwrap_or_default();
+    let wire = if req.version() == Version::HTTP_2
+        || matches!(protocol, Protocol::Http2 | Protocol::Grpc)
+    {
+        Wire::Http2
+    } else {
+        Wire::Http1
+    };
+    let target = Target {
+        state,
+        snapshot,
+        rule,
+        service: &svc.name,
+        wire,
+        peer,
+    };
+    if upgrade {
+        let backend = rule.backend(0).ok_or_else(|| {
+            ProxyError::new(Reason::NoHealthyEndpoints, "route has no backend")
+        })?;
+        let ep = target_endpoint(&target, backend, req.headers())?;
+        return forward_upgrade(state, ep, req).await;
+    }
+    forward(&target, req.map(body::boxed)).await
+}
+
+fn target_endpoint(
+    t: &Target<'_>,
+    backend: &crate::config::BackendRef,
+    headers: &http::HeaderMap,
+) -> Result<SocketAddr, ProxyError> {
+    let svc = t
+        .snapshot
+        .service(&backend.namespace, &backend.service)
+        .ok_or_else(|| ProxyError::new(Reason::NoHealthyEndpoints, "backend not in the mesh"))?;
+    let group = svc
+        .groups
+        .get(&backend.subset)
+        .ok_or_else(|| ProxyError::new(Reason::NoHealthyEndpoints, "subset not declared"))?;
+    let key = group
+        .hash_on
+        .as_ref()
+        .and_then(|h| crate::balance::hash_key(h, headers, Some(t.peer.ip())));
+    group
+        .balancer
+        .pick(&group.endpoints, key, |_| true)
+        .map(|i| group.endpoints[i].addr)
+        .ok_or_else(|| {
+            ProxyError::new(
+                Reason::NoHealthyEndpoints,
+                format!("{} has no healthy endpoint", backend.service),
+            )
+        })
+}
+
+/// Finds the destination service: fixed by the listener, or from `:authority` / `Host`.
+fn resolve(
+    state: &ProxyState,
+    snapshot: &Snapshot,
+    fixed: Option<&FixedTarget>,
+    req: &Request<Incoming>,
+) -> Result<(Arc<ServiceTarget>, Option<u16>), ProxyError> {
+    if let Some(f) = fixed {
+        return snapshot
+            .service(&f.namespace, &f.service)
+            .map(|s| (s.clone(), f.port))
+            .ok_or_else(|| {
+                ProxyError::new(
+                    Reason::NoRoute,
+                    format!("upstream service {} is not in the mesh config", f.service),
+                )
+            });
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .ok_or_else(|| {
+            ProxyError::new(
+                Reason::BadRequest,
+                "the request names no destination (no Host header or :authority)",
+            )
+        })?;
+    snapshot
+        .resolve_host(&host, &state.identity.namespace)
+        .map(|(s, p)| (s.clone(), p))
+        .ok_or_else(|| {
+            ProxyError::new(
+                Reason::NoRoute,
+                format!("no service in the mesh matches host {host:?}"),
+            )
+        })
+}
+
+fn apply_rewrite(rule: &Rule, matched: usize, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+    let Some(rw) = &rule.rewrite else {
+        return Ok(());
+    };
+    if let Some(path) = &rw.path {
+        let prefix = rule.matches.get(matched).and_then(|m| match &m.path {
+            Some(PathMatcher::Prefix(p)) => Some(p.as_str()),
+            _ => None,
+        });
+        let new = rewrite_path(req.uri(), prefix, path);
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(new.parse().map_err(|_| {
+            ProxyError::new(Reason::BadRequest, format!("rewritten path {new:?} is invalid"))
+        })?);
+        *req.uri_mut() = http::Uri::from_parts(parts)
+            .map_err(|e| ProxyError::new(Reason::BadRequest, format!("rewrite: {e}")))?;
+    }
+    if let Some(host) = &rw.host {
+        req.headers_mut().insert(http::header::HOST, host.clone());
+        if req.uri().authority().is_some() {
+            let mut parts = req.uri().clone().into_parts();
+            parts.authority = host.to_str().ok().and_then(|h| h.parse().ok());
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn roll(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && rand::random_range(0.0..100.0) < percent)
+}
+
+/// Delays and/or aborts as the rule's fault says; `Some` is the abort answer.
+async fn inject_fault(fault: &Fault, req: &Request<Incoming>) -> Option<Response<Body>> {
+    if !fault.headers.iter().all(|h| h.matches_headers(req.headers())) {
+        return None;
+    }
+    if let Some((delay, percent)) = fault.delay {
+        if roll(percent) {
+            tokio::time::sleep(delay).await;
+        }
+    }
+    match fault.abort {
+        Some(FaultAbort::Http { status, percent }) if roll(percent) => {
+            let mut rsp =
+                ProxyError::new(Reason::FaultInjected, "abort injected by route fault policy")
+                    .with_status(status)
+                    .into_response();
+            rsp.extensions_mut().insert(Reason::FaultInjected);
+            Some(rsp)
+        }
+        Some(FaultAbort::Grpc { code, percent }) if roll(percent) => {
+            let mut rsp = Response::new(body::empty());
+            *rsp.status_mut() = StatusCode::OK;
+            let h = rsp.headers_mut();
+            h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            h.insert("grpc-status", HeaderValue::from(code));
+            h.insert("grpc-message", HeaderValue::from_static("fault injected"));
+            h.insert(ERROR_HEADER, HeaderValue::from_static("fault-injected"));
+            rsp.extensions_mut().insert(Reason::FaultInjected);
+            Some(rsp)
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,164 @@
+//! `trellis proxy`: command-line flags to [`trellis_proxy::ProxyOptions`], signals to drain.
+use anyhow::Context;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use trellis_proxy::state::{LocalIdentity, Settings};
+use trellis_proxy::{ProxyOptions, UpstreamPort};
+
+#[derive(Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// Mesh config (multi-document YAML); watched, and re-applied when it changes.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The service this sidecar stands beside.
+    #[arg(long)]
+    pub service: String,
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Outbound listener routed by `Host` / `:authority`; `off` disables it.
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    pub outbound: String,
+    /// A local port bound to one upstream: `SERVICE[:PORT]=[ADDR:]LOCALPORT` (repeatable).
+    #[arg(long = "upstream", value_parser = parse_upstream)]
+    pub upstreams: Vec<UpstreamPort>,
+    /// Inbound listener; requires `--app`.
+    #[arg(long, requires = "app")]
+    pub inbound: Option<SocketAddr>,
+    /// The local application the inbound listener forwards to.
+    #[arg(long, requires = "inbound")]
+    pub app: Option<SocketAddr>,
+    /// Admin listener: /ready /live /metrics /config /shutdown.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// How long protocol detection waits for the client's first bytes.
+    #[arg(long, default_value = "5s")]
+    pub detect_timeout: trellis_api::Duration,
+    #[arg(long, default_value = "5s")]
+    pub connect_timeout: trellis_api::Duration,
+    /// How long a drain waits for in-flight requests before exiting anyway.
+    #[arg(long, default_value = "30s")]
+    pub drain_timeout: trellis_api::Duration,
+    /// How often the config file is checked for changes.
+    #[arg(long, default_value = "500ms")]
+    pub watch_interval: trellis_api::Duration,
+    /// Largest accepted request head (request line and headers), in bytes.
+    #[arg(long, default_value_t = 65536)]
+    pub max_header_bytes: usize,
+}
+
+fn parse_upstream(s: &str) -> Result<UpstreamPort, String> {
+    let (target, listen) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected SERVICE[:PORT]=[ADDR:]LOCALPORT, got {s:?}"))?;
+    let (service, port) = match target.split_once(':') {
+        Some((svc, p)) => (
+            svc,
+            Some(p.parse::<u16>().map_err(|_| format!("bad service port {p:?} in {s:?}"))?),
+        ),
+        None => (target, None),
+    };
+    if service.is_empty() {
+        return Err(format!("missing service name in {s:?}"));
+    }
+    let listen: SocketAddr = match listen.parse::<u16>() {
+        Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+        Err(_) => listen
+            .parse()
+            .map_err(|_| format!("bad local listen address {listen:?} in {s:?}"))?,
+    };
+    Ok(UpstreamPort {
+        service: service.to_string(),
+        port,
+        listen,
+    })
+}
+
+pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
+    let outbound = if args.outbound == "off" {
+        None
+    } else {
+        Some(
+            args.outbound
+                .parse()
+                .with_context(|| format!("--outbound {:?} is not ADDR:PORT or off", args.outbound))?,
+        )
+    };
+    Ok(ProxyOptions {
+        config: args.config,
+        watch_interval: args.watch_interval.as_std(),
+        identity: LocalIdentity {
+            service: args.service,
+            namespace: args.namespace,
+            zone: args.zone,
+        },
+        settings: Settings {
+            detect_timeout: args.detect_timeout.as_std(),
+            connect_timeout: args.connect_timeout.as_std(),
+            drain_timeout: args.drain_timeout.as_std(),
+            max_header_bytes: args.max_header_bytes,
+        },
+        outbound,
+        upstreams: args.upstreams,
+        inbound: args.inbound.zip(args.app),
+        admin: args.admin,
+    })
+}
+
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let opts = options(args)?;
+    let service = opts.identity.service.clone();
+    trellis_proxy::run(opts, shutdown_signal(), |bound| {
+        println!(
+            "trellis proxy for {service} ready: admin={} outbound={} inbound={} upstreams={:?}",
+            bound.admin,
+            bound.outbound.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+            bound.inbound.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+            bound.upstreams,
+        );
+    })
+    .await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_flags() {
+        let u = parse_upstream("reviews=9001").unwrap();
+        assert_eq!(u.service, "reviews");
+        assert_eq!(u.port, None);
+        assert_eq!(u.listen, "127.0.0.1:9001".parse().unwrap());
+        let u = parse_upstream("db:5432=0.0.0.0:15432").unwrap();
+        assert_eq!(u.port, Some(5432));
+        assert!(parse_upstream("reviews").is_err());
+        assert!(parse_upstream("=9001").is_err());
+        assert!(parse_upstream("a:x=1").is_err());
+    }
+}

@@ -1,0 +1,357 @@
+//! `trellis up MESH.yaml`: a whole mesh on one machine with nothing to install. Every replica of
+//! every `Deployment` becomes a demo-app process with its own sidecar; a Workload is generated for
+//! each; one more sidecar is the user's way in (a `Host`-routed port plus one local port per
+//! service). Saving the manifest re-applies routes and policies to every sidecar live.
+use anyhow::{bail, Context};
+use clap::Args;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use trellis_api::service::{Workload, WorkloadHealth, WorkloadSpec};
+use trellis_api::{ObjectMeta, Resource, ResourceSet};
+
+#[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    /// The mesh manifest: Services, Deployments, Routes, DestinationPolicies, ...
+    pub file: PathBuf,
+    /// Your way in, routed by `Host`: `curl -H 'Host: SERVICE' http://ADDR/`.
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    pub outbound: SocketAddr,
+    /// Admin port of the entry sidecar (metrics, config).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// First local port of the per-service ports (one per service, in manifest order); 0 picks
+    /// free ports.
+    #[arg(long, default_value_t = 9001)]
+    pub upstream_base: u16,
+    /// Where the generated config and process logs go (a fresh temporary folder by default).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Stop everything after this long (for scripted demos and tests).
+    #[arg(long)]
+    pub exit_after: Option<trellis_api::Duration>,
+}
+
+/// One replica: its app and sidecar ports.
+struct Instance {
+    name: String,
+    service: String,
+    labels: BTreeMap<String, String>,
+    zone: Option<String>,
+    version: String,
+    latency: Option<trellis_api::Duration>,
+    error_rate: f64,
+    app: SocketAddr,
+    inbound: SocketAddr,
+    admin: SocketAddr,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let manifest = read_manifest(&args.file)?;
+    let work = match &args.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("trellis-up-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let instances = plan(&manifest)?;
+    let config = work.join("mesh.generated.yaml");
+    write_config(&config, &manifest, &instances)?;
+    let services: Vec<String> = manifest.services().map(|s| s.metadata.name.clone()).collect();
+    let upstream_ports = entry_ports(args.upstream_base, services.len())?;
+    let mut children = Vec::new();
+    let result = start_all(&args, &work, &config, &instances, &services, &upstream_ports, &mut children).await;
+    if let Err(e) = result {
+        stop_all(&mut children).await;
+        return Err(e);
+    }
+    print_banner(&args, &work, &instances, &services, &upstream_ports);
+    let watch = tokio::spawn(watch_manifest(args.file.clone(), config.clone(), instances));
+    let until = async {
+        match args.exit_after {
+            Some(d) => tokio::time::sleep(d.as_std()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = crate::proxy_cmd::shutdown_signal() => {}
+        _ = until => {}
+    }
+    watch.abort();
+    println!("stopping the mesh");
+    stop_all(&mut children).await;
+    Ok(())
+}
+
+fn read_manifest(path: &Path) -> anyhow::Result<ResourceSet> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
+    Ok(trellis_api::parse_documents(&name, &text)?)
+}
+
+/// A free loopback port, chosen by the kernel.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(l.local_addr()?)
+}
+
+fn entry_ports(base: u16, n: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    (0..n)
+        .map(|i| {
+            if base == 0 {
+                free_port()
+            } else {
+                let port = base
+                    .checked_add(i as u16)
+                    .context("--upstream-base too high for the number of services")?;
+                Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+            }
+        })
+        .collect()
+}
+
+fn plan(manifest: &ResourceSet) -> anyhow::Result<Vec<Instance>> {
+    let mut out = Vec::new();
+    for d in manifest.deployments() {
+        let spec = &d.spec;
+        if !manifest.services().any(|s| s.metadata.name == spec.service) {
+            bail!(
+                "Deployment {:?}: spec.service {:?} names no Service in the manifest",
+                d.metadata.name,
+                spec.service
+            );
+        }
+        for i in 0..spec.replicas {
+            let mut labels = spec.labels.clone();
+            labels.entry("app".into()).or_insert_with(|| spec.service.clone());
+            let version = spec
+                .demo_app
+                .version
+                .clone()
+                .or_else(|| labels.get("version").cloned())
+                .unwrap_or_else(|| "v1".into());
+            out.push(Instance {
+                name: format!("{}-{i}", d.metadata.name),
+                service: spec.service.clone(),
+                labels,
+                zone: spec.zone.clone(),
+                version,
+                latency: spec.demo_app.latency,
+                error_rate: spec.demo_app.error_rate,
+                app: free_port()?,
+                inbound: free_port()?,
+                admin: free_port()?,
+            });
+        }
+    }
+    if out.is_empty() {
+        bail!("the manifest has no Deployment: nothing to start");
+    }
+    Ok(out)
+}
+
+/// The manifest's resources minus Deployments, plus one Workload per instance.
+fn generated(manifest: &ResourceSet, instances: &[Instance]) -> ResourceSet {
+    let mut resources: Vec<Resource> = manifest
+        .resources
+        .iter()
+        .filter(|r| !matches!(r, Resource::Deployment(_)))
+        .cloned()
+        .collect();
+    for inst in instances {
+        let mut metadata = ObjectMeta::new(inst.name.clone());
+        metadata.labels = inst.labels.clone();
+        resources.push(Resource::Workload(Workload {
+            metadata,
+            spec: WorkloadSpec {
+                service: Some(inst.service.clone()),
+                address: inst.inbound.ip().to_string(),
+                port: inst.inbound.port(),
+                app_port: Some(inst.app.port()),
+                zone: inst.zone.clone(),
+                identity: None,
+                health: WorkloadHealth::Healthy,
+                weight: None,
+            },
+        }));
+    }
+    ResourceSet { resources }
+}
+
+/// Writes atomically (temp file + rename) so a watching sidecar never reads half a file.
+fn write_config(path: &Path, manifest: &ResourceSet, instances: &[Instance]) -> anyhow::Result<()> {
+    let text = generated(manifest, instances).to_yaml();
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn spawn(work: &Path, log_name: &str, args: &[String]) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the trellis executable")?;
+    let log = std::fs::File::create(work.join(format!("{log_name}.log")))?;
+    let err = log.try_clone()?;
+    Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {log_name}"))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_all(
+    args: &UpArgs,
+    work: &Path,
+    config: &Path,
+    instances: &[Instance],
+    services: &[String],
+    upstream_ports: &[SocketAddr],
+    children: &mut Vec<Child>,
+) -> anyhow::Result<()> {
+    let config = config.display().to_string();
+    let mut admins = Vec::new();
+    for inst in instances {
+        let mut app = vec![
+            "demo-app".into(),
+            format!("--listen={}", inst.app),
+            format!("--name={}", inst.service),
+            format!("--version={}", inst.version),
+            format!("--instance={}", inst.name),
+            format!("--error-rate={}", inst.error_rate),
+        ];
+        if let Some(l) = inst.latency {
+            app.push(format!("--latency={l}"));
+        }
+        children.push(spawn(work, &inst.name, &app)?);
+        let mut proxy = vec![
+            "proxy".into(),
+            format!("--config={config}"),
+            format!("--service={}", inst.service),
+            "--outbound=off".into(),
+            format!("--inbound={}", inst.inbound),
+            format!("--app={}", inst.app),
+            format!("--admin={}", inst.admin),
+        ];
+        if let Some(z) = &inst.zone {
+            proxy.push(format!("--zone={z}"));
+        }
+        children.push(spawn(work, &format!("{}-proxy", inst.name), &proxy)?);
+        admins.push(inst.admin);
+    }
+    let mut entry = vec![
+        "proxy".into(),
+        format!("--config={config}"),
+        "--service=trellis-up-entry".into(),
+        format!("--outbound={}", args.outbound),
+        format!("--admin={}", args.admin),
+    ];
+    for (svc, port) in services.iter().zip(upstream_ports) {
+        entry.push(format!("--upstream={svc}={port}"));
+    }
+    children.push(spawn(work, "entry-proxy", &entry)?);
+    admins.push(args.admin);
+    for admin in admins {
+        wait_ready(admin, children, work).await?;
+    }
+    Ok(())
+}
+
+/// Polls a sidecar's `/ready` until it answers 200 (bounded: 20 s).
+async fn wait_ready(admin: SocketAddr, children: &mut [Child], work: &Path) -> anyhow::Result<()> {
+    for _ in 0..400 {
+        if ready(admin).await {
+            return Ok(());
+        }
+        for c in children.iter_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                bail!(
+                    "a mesh process exited early ({status}); see the logs in {}",
+                    work.display()
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("sidecar with admin {admin} not ready after 20 s; see the logs in {}", work.display())
+}
+
+async fn ready(admin: SocketAddr) -> bool {
+    let Ok(Ok(mut s)) =
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(admin)).await
+    else {
+        return false;
+    };
+    if s.write_all(b"GET /ready HTTP/1.0\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut buf)).await;
+    matches!(read, Ok(Ok(_)))
+        && (buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200"))
+}
+
+async fn stop_all(children: &mut [Child]) {
+    for c in children.iter_mut() {
+        let _ = c.start_kill();
+    }
+    for c in children.iter_mut() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
+    }
+}
+
+fn print_banner(
+    args: &UpArgs,
+    work: &Path,
+    instances: &[Instance],
+    services: &[String],
+    upstream_ports: &[SocketAddr],
+) {
+    println!("Trellis mesh from {} is up.", args.file.display());
+    println!();
+    for (svc, port) in services.iter().zip(upstream_ports) {
+        let versions: Vec<String> = instances
+            .iter()
+            .filter(|i| &i.service == svc)
+            .map(|i| format!("{} ({})", i.name, i.version))
+            .collect();
+        println!("  {svc}: {}", versions.join(", "));
+        println!("    curl http://{port}/");
+        println!("    curl -H 'Host: {svc}' http://{}/", args.outbound);
+    }
+    println!();
+    println!("  metrics: curl http://{}/metrics", args.admin);
+    println!("  config:  curl http://{}/config", args.admin);
+    println!("  logs and generated config: {}", work.display());
+    println!();
+    println!(
+        "Edit {} and save: routes and policies are re-applied live. Ctrl-C stops the mesh.",
+        args.file.display()
+    );
+    println!("trellis up: ready");
+}
+
+/// Re-generates the sidecars' config whenever the manifest changes and still validates.
+async fn watch_manifest(file: PathBuf, config: PathBuf, instances: Vec<Instance>) {
+    let mut last = std::fs::read(&file).ok();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let current = std::fs::read(&file).ok();
+        if current.is_none() || current == last {
+            continue;
+        }
+        last = current;
+        match read_manifest(&file) {
+            Ok(manifest) => match write_config(&config, &manifest, &instances) {
+                Ok(()) => println!("applied the changed {}", file.display()),
+                Err(e) => eprintln!("cannot apply the change: {e:#}"),
+            },
+            Err(e) => eprintln!("change rejected, the mesh keeps its last good config:\n{e:#}"),
+        }
+    }
+}

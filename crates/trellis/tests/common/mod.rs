@@ -1,0 +1,290 @@
+//! Shared pieces of the end-to-end tests: real `trellis` processes on loopback, stopped by PID
+//! when a test ends, and small HTTP clients.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_trellis");
+
+/// A loopback port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr")
+}
+
+/// A child process killed (by PID) when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(BIN)
+            .args(args)
+            .env("TRELLIS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn trellis");
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM by PID via the `kill` utility (no unsafe code in tests).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+    }
+
+    /// Waits up to `limit` for exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "trellis-test-{tag}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).expect("tempdir");
+    dir
+}
+
+/// Blocks until `GET /ready` on `admin` answers 200 (bounded: 20 s).
+pub async fn wait_ready(admin: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok((200, _)) = get_status(admin, "/ready").await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("proxy with admin {admin} never became ready");
+}
+
+/// Waits until something accepts connections on `addr` (bounded: 20 s).
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing listening on {addr}");
+}
+
+pub async fn get_status(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let rsp = http1()
+        .get(format!("http://{addr}{path}").parse().unwrap())
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = rsp.status().as_u16();
+    let body = rsp.into_body().collect().await.map_err(|e| e.to_string())?;
+    Ok((status, String::from_utf8_lossy(&body.to_bytes()).into_owned()))
+}
+
+pub type H1Client = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn http1() -> H1Client {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn http2() -> H1Client {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// An answer reduced to what tests look at.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// `GET http://{addr}{path}` with an optional `Host` and extra headers.
+pub async fn get(
+    client: &H1Client,
+    addr: SocketAddr,
+    host: Option<&str>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut req = http::Request::get(format!("http://{addr}{path}"));
+    if let Some(h) = host {
+        req = req.header(http::header::HOST, h);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let rsp = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .expect("request failed");
+    let status = rsp.status().as_u16();
+    let headers = rsp.headers().clone();
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// One service instance: a demo app and its sidecar.
+pub struct Instance {
+    pub app: Proc,
+    pub sidecar: Proc,
+    pub app_addr: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Starts `demo-app` with `app_args` and a sidecar with an inbound listener in front of it.
+pub fn start_instance(
+    dir: &Path,
+    config: &Path,
+    service: &str,
+    instance: &str,
+    app_args: &[&str],
+) -> Instance {
+    let (app_addr, inbound, admin) = (free_addr(), free_addr(), free_addr());
+    let mut args = vec![
+        "demo-app".to_string(),
+        format!("--listen={app_addr}"),
+        format!("--name={service}"),
+        format!("--instance={instance}"),
+    ];
+    args.extend(app_args.iter().map(|s| s.to_string()));
+    let app = Proc::spawn(dir, &format!("{instance}-app"), &args);
+    let sidecar = Proc::spawn(
+        dir,
+        &format!("{instance}-proxy"),
+        &[
+            "proxy".into(),
+            format!("--config={}", config.display()),
+            format!("--service={service}"),
+            "--outbound=off".into(),
+            format!("--inbound={inbound}"),
+            format!("--app={app_addr}"),
+            format!("--admin={admin}"),
+            "--detect-timeout=300ms".into(),
+        ],
+    );
+    Instance {
+        app,
+        sidecar,
+        app_addr,
+        inbound,
+        admin,
+    }
+}
+
+/// The caller's sidecar: a Host-routed outbound port plus optional per-upstream ports.
+pub struct Caller {
+    pub proc: Proc,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub upstreams: Vec<SocketAddr>,
+}
+
+pub fn start_caller(dir: &Path, config: &Path, upstreams: &[&str]) -> Caller {
+    let (outbound, admin) = (free_addr(), free_addr());
+    let mut args = vec![
+        "proxy".to_string(),
+        format!("--config={}", config.display()),
+        "--service=caller".into(),
+        format!("--outbound={outbound}"),
+        format!("--admin={admin}"),
+        "--watch-interval=100ms".into(),
+        "--detect-timeout=300ms".into(),
+    ];
+    let mut ports = Vec::new();
+    for u in upstreams {
+        let p = free_addr();
+        args.push(format!("--upstream={u}={p}"));
+        ports.push(p);
+    }
+    Caller {
+        proc: Proc::spawn(dir, "caller-proxy", &args),
+        outbound,
+        admin,
+        upstreams: ports,
+    }
+}
+
+/// A Workload document for an instance.
+pub fn workload(name: &str, service: &str, version: &str, addr: SocketAddr) -> String {
+    format!(
+        "---\napiVersion: trellis.dev/v1\nkind: Workload\nmetadata:\n  name: {name}\n  labels:\n    app: {service}\n    version: {version}\nspec:\n  service: {service}\n  address: {}\n  port: {}\n",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// A Service document.
+pub fn service(name: &str, protocol: &str) -> String {
+    format!(
+        "---\napiVersion: trellis.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n    - port: 80\n      protocol: {protocol}\n"
+    )
+}
+
+/// Writes config atomically so a watching proxy never sees half a file.
+pub fn write_config(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
