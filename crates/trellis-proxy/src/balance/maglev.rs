@@ -52,11 +52,8 @@ impl Maglev {
         let weights: Vec<u64> = endpoints.iter().map(effective_weight).collect();
         let mut next = vec![0u64; n];
         let mut table = vec![EMPTY; size];
-        let mut filled = 0;
-        for i in Edf::new(&weights) {
-            if filled == size {
-                break;
-            }
+        // Each turn claims one slot, so `size` turns fill the table.
+        for i in Edf::new(&weights).take(size) {
             let (Some(&(offset, skip)), Some(tries), Ok(owner)) =
                 (perms.get(i), next.get_mut(i), u32::try_from(i))
             else {
@@ -64,7 +61,7 @@ impl Maglev {
             };
             // The permutation visits every slot once in `m` steps, so a free one is found.
             for _ in 0..m {
-                let slot = (offset + *tries * skip) % m;
+                let slot = (offset + (*tries % m) * skip) % m;
                 *tries += 1;
                 match usize::try_from(slot).ok().and_then(|s| table.get_mut(s)) {
                     Some(entry) if *entry == EMPTY => {
@@ -74,7 +71,6 @@ impl Maglev {
                     _ => {}
                 }
             }
-            filled += 1;
         }
         Self { table }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 pub const DEFAULT_BASE_INTERVAL: Duration = Duration::from_millis(25);
 
 /// How long to wait before a retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backoff {
     base: Duration,
     max: Duration,
