@@ -60,7 +60,7 @@ pub fn resource(r: &Resource) -> Vec<(String, String)> {
         Resource::AuthorizationPolicy(ap) => security::authorization(&mut p, &ap.spec),
         Resource::RequestAuthentication(ra) => security::authentication(&mut p, &ra.spec),
         Resource::MeshConfig(m) => mesh::mesh_config(&mut p, &m.spec),
-        Resource::Deployment(d) => mesh::deployment(&mut p, &d.spec),
+        Resource::Deployment(d) => mesh::deployment(&mut p, &d.metadata, &d.spec),
     }
     p.into_vec()
 }

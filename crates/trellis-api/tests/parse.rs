@@ -27,10 +27,16 @@ fn full_fixture_is_valid_and_holds_every_kind() {
     assert_eq!(rule.backends[1].weight, 10);
     assert_eq!(rule.timeout, Some(Duration::from_secs(3)));
     let retries = rule.retries.as_ref().unwrap();
-    assert_eq!(retries.backoff.as_ref().unwrap().base_interval, Duration::from_millis(25));
+    assert_eq!(
+        retries.backoff.as_ref().unwrap().base_interval,
+        Duration::from_millis(25)
+    );
     assert_eq!(set.mesh_config().trust_domain, "cluster.local");
     // Defaults fill what the file leaves out.
-    let ratings = set.services().find(|s| s.metadata.name == "ratings").unwrap();
+    let ratings = set
+        .services()
+        .find(|s| s.metadata.name == "ratings")
+        .unwrap();
     assert_eq!(ratings.spec.ports[0].name, "");
     let mc = set.mesh_configs().next().unwrap();
     assert_eq!(mc.metadata.namespace, "default");
@@ -49,7 +55,9 @@ fn round_trip_through_to_yaml_gives_an_equal_set() {
 #[test]
 fn empty_sources_and_documents_are_skipped() {
     assert!(valid("").resources.is_empty());
-    assert!(valid("---\n---\n# only a comment\n---\n").resources.is_empty());
+    assert!(valid("---\n---\n# only a comment\n---\n")
+        .resources
+        .is_empty());
     let text = format!("---\n---\n{}\n---\n~\n---\n", doc("Service", "ratings"));
     assert_eq!(valid(&text).resources.len(), 1);
 }
@@ -67,7 +75,10 @@ fn malformed_yaml_reports_line_and_document() {
     assert!(e.line.is_some(), "{e:?}");
     assert!(e.message.starts_with("invalid YAML"), "{}", e.message);
     let shown = e.to_string();
-    assert!(shown.starts_with(&format!("{FILE}:{}", e.line.unwrap())), "{shown}");
+    assert!(
+        shown.starts_with(&format!("{FILE}:{}", e.line.unwrap())),
+        "{shown}"
+    );
 
     // Tab indentation, a classic.
     let e = &errors("apiVersion: trellis.dev/v1\nkind: Service\nmetadata:\n\tname: x\n")[0];
@@ -88,7 +99,11 @@ fn unknown_field_names_its_path() {
     assert!(shown.contains("spec.rules[0].bakends"), "{shown}");
 
     // At the top level and in metadata too.
-    expect(&with(&doc("Service", "ratings"), "status", "{}"), "status", "unknown field");
+    expect(
+        &with(&doc("Service", "ratings"), "status", "{}"),
+        "status",
+        "unknown field",
+    );
     expect(
         &with(&doc("Service", "ratings"), "metadata.label", "{a: b}"),
         "metadata.label",
@@ -109,8 +124,16 @@ fn wrong_type_names_its_path() {
     let text = with(&doc("Route", "reviews"), "spec.rules", "{}");
     expect(&text, "spec.rules", "invalid type");
 
-    let text = with(&doc("Route", "reviews"), "spec.rules[0].matches[0].path.type", "Prefix");
-    expect(&text, "spec.rules[0].matches[0].path.type", "unknown variant `Prefix`");
+    let text = with(
+        &doc("Route", "reviews"),
+        "spec.rules[0].matches[0].path.type",
+        "Prefix",
+    );
+    expect(
+        &text,
+        "spec.rules[0].matches[0].path.type",
+        "unknown variant `Prefix`",
+    );
 
     let text = with(&doc("Route", "reviews"), "spec.service", "~");
     expect(&text, "spec", "missing field `service`");
@@ -120,10 +143,18 @@ fn wrong_type_names_its_path() {
 fn out_of_range_weight() {
     let text = format!(
         "{}---\n{}",
-        with(&doc("Route", "reviews"), "spec.rules[1].backends[1].weight", "10001"),
+        with(
+            &doc("Route", "reviews"),
+            "spec.rules[1].backends[1].weight",
+            "10001"
+        ),
         doc("DestinationPolicy", "reviews")
     );
-    let e = expect(&text, "spec.rules[1].backends[1].weight", "between 0 and 10000");
+    let e = expect(
+        &text,
+        "spec.rules[1].backends[1].weight",
+        "between 0 and 10000",
+    );
     assert_eq!(e.document, 1);
     assert_eq!(e.kind.as_deref(), Some("Route"));
     assert_eq!(e.name.as_deref(), Some("reviews"));
@@ -139,7 +170,10 @@ fn duplicate_names() {
     // The same name in another namespace, or of another kind, is fine.
     let other_ns = with(&svc, "metadata.namespace", "other");
     valid(&format!("{svc}---\n{other_ns}"));
-    valid(&format!("{svc}---\n{}", doc("Workload", "ratings-0").replace("ratings-0", "ratings")));
+    valid(&format!(
+        "{svc}---\n{}",
+        doc("Workload", "ratings-0").replace("ratings-0", "ratings")
+    ));
 }
 
 #[test]
@@ -166,21 +200,49 @@ fn regex_that_does_not_compile() {
 fn unknown_kind() {
     let text = doc("Service", "ratings").replace("kind: Service", "kind: VirtualService");
     let e = expect(&text, "kind", "unknown kind \"VirtualService\"");
-    assert!(e.message.contains("Service, Workload, Route"), "{}", e.message);
+    assert!(
+        e.message.contains("Service, Workload, Route"),
+        "{}",
+        e.message
+    );
     assert_eq!(e.kind, None);
     assert_eq!(e.name.as_deref(), Some("ratings"));
-    expect(&with(&doc("Service", "ratings"), "kind", "~"), "kind", "missing field");
-    expect(&with(&doc("Service", "ratings"), "kind", "[Service]"), "kind", "must be a string");
+    expect(
+        &with(&doc("Service", "ratings"), "kind", "~"),
+        "kind",
+        "missing field",
+    );
+    expect(
+        &with(&doc("Service", "ratings"), "kind", "[Service]"),
+        "kind",
+        "must be a string",
+    );
 }
 
 #[test]
 fn wrong_api_version() {
-    let text = with(&doc("Service", "ratings"), "apiVersion", "networking.istio.io/v1");
-    let e = expect(&text, "apiVersion", "unsupported apiVersion \"networking.istio.io/v1\"");
+    let text = with(
+        &doc("Service", "ratings"),
+        "apiVersion",
+        "networking.istio.io/v1",
+    );
+    let e = expect(
+        &text,
+        "apiVersion",
+        "unsupported apiVersion \"networking.istio.io/v1\"",
+    );
     assert!(e.message.contains("trellis.dev/v1"));
     assert_eq!(e.kind.as_deref(), Some("Service"));
-    expect(&with(&doc("Service", "ratings"), "apiVersion", "~"), "apiVersion", "missing field");
-    expect(&with(&doc("Service", "ratings"), "apiVersion", "1"), "apiVersion", "must be a string");
+    expect(
+        &with(&doc("Service", "ratings"), "apiVersion", "~"),
+        "apiVersion",
+        "missing field",
+    );
+    expect(
+        &with(&doc("Service", "ratings"), "apiVersion", "1"),
+        "apiVersion",
+        "must be a string",
+    );
 }
 
 #[test]
@@ -190,7 +252,11 @@ fn non_mapping_documents() {
         assert_eq!(errs.len(), 1, "{text:?}: {errs:?}");
         assert_eq!(errs[0].path, "");
         assert_eq!(errs[0].document, 1);
-        assert!(errs[0].message.contains("must be a mapping"), "{text:?}: {}", errs[0]);
+        assert!(
+            errs[0].message.contains("must be a mapping"),
+            "{text:?}: {}",
+            errs[0]
+        );
     }
 }
 
@@ -204,8 +270,14 @@ fn every_document_is_checked_and_every_problem_reported() {
     );
     let errs = errors(&text);
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert_eq!((errs[0].document, errs[0].path.as_str()), (1, "spec.ports[0].port"));
-    assert_eq!((errs[1].document, errs[1].path.as_str()), (3, "spec.replicas"));
+    assert_eq!(
+        (errs[0].document, errs[0].path.as_str()),
+        (1, "spec.ports[0].port")
+    );
+    assert_eq!(
+        (errs[1].document, errs[1].path.as_str()),
+        (3, "spec.replicas")
+    );
     // ConfigError's Display lists them one per line.
     let shown = parse(&text).unwrap_err().to_string();
     assert_eq!(shown.lines().count(), 2, "{shown}");
@@ -271,4 +343,18 @@ fn hostile_yaml_does_not_panic() {
     let _ = parse("? [a]\n: b\n");
     let _ = parse("<<: *undefined\n");
     let _ = parse("\0\u{1}\u{85}\u{2028}");
+}
+
+/// The example mesh bundled at the repository root (`trellis up examples/mesh.yaml`) must stay
+/// valid as validation grows.
+#[test]
+fn bundled_example_mesh_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/mesh.yaml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        eprintln!("skipped: {} not found", path.display());
+        return;
+    };
+    let set = valid(&text);
+    let again = parse_documents("again.yaml", &set.to_yaml()).unwrap();
+    assert_eq!(set, again);
 }

@@ -95,13 +95,15 @@ fn config(state: &ProxyState) -> Response<Body> {
                         .map(|g| {
                             g.endpoints
                                 .iter()
-                                .map(|e| serde_json::json!({
-                                    "address": e.addr.to_string(),
-                                    "labels": e.labels,
-                                    "zone": e.zone,
-                                    "inFlight": e.load.in_flight(),
-                                    "ewmaMs": e.load.ewma_ms(),
-                                }))
+                                .map(|e| {
+                                    serde_json::json!({
+                                        "address": e.addr.to_string(),
+                                        "labels": e.labels,
+                                        "zone": e.zone,
+                                        "inFlight": e.load.in_flight(),
+                                        "ewmaMs": e.load.ewma_ms(),
+                                    })
+                                })
                                 .collect()
                         })
                         .unwrap_or_default();

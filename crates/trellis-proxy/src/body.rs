@@ -13,7 +13,9 @@ pub fn empty() -> Body {
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|e| match e {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|e| match e {})
+        .boxed_unsync()
 }
 
 /// Boxes any body whose errors convert into [`BoxError`].

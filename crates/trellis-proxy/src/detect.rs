@@ -214,7 +214,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn silent_peer_times_out() {
         let (_client, mut server) = tokio::io::duplex(1024);
-        let (kind, prefix) = detect(&mut server, Duration::from_millis(500)).await.unwrap();
+        let (kind, prefix) = detect(&mut server, Duration::from_millis(500))
+            .await
+            .unwrap();
         assert_eq!(kind, Detected::Timeout);
         assert!(prefix.is_empty());
     }

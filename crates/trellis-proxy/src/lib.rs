@@ -115,7 +115,12 @@ pub async fn run(
             service: up.service.clone(),
             port: up.port,
         };
-        listeners.push((l, Role::Outbound { fixed: Some(Arc::new(fixed)) }));
+        listeners.push((
+            l,
+            Role::Outbound {
+                fixed: Some(Arc::new(fixed)),
+            },
+        ));
     }
     if let Some((listen, app)) = opts.inbound {
         let l = bind(listen, "inbound").await?;

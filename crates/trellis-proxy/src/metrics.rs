@@ -78,10 +78,9 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("trellis");
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency =
-            Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
+        let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
         let conns_opened = Family::<ConnLabels, Counter>::default();
         let conns_closed = Family::<ConnLabels, Counter>::default();
         let bytes = Family::<BytesLabels, Counter>::default();

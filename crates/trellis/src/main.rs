@@ -79,8 +79,8 @@ fn validate(files: &[std::path::PathBuf]) -> anyhow::Result<()> {
     let mut failed = false;
     for f in files {
         let name = f.display().to_string();
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?;
+        let text =
+            std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?;
         match trellis_api::parse_documents(&name, &text) {
             Ok(set) => println!("{name}: ok ({} resources)", set.resources.len()),
             Err(e) => {

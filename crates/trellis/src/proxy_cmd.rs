@@ -56,7 +56,10 @@ fn parse_upstream(s: &str) -> Result<UpstreamPort, String> {
     let (service, port) = match target.split_once(':') {
         Some((svc, p)) => (
             svc,
-            Some(p.parse::<u16>().map_err(|_| format!("bad service port {p:?} in {s:?}"))?),
+            Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("bad service port {p:?} in {s:?}"))?,
+            ),
         ),
         None => (target, None),
     };
@@ -77,15 +80,14 @@ fn parse_upstream(s: &str) -> Result<UpstreamPort, String> {
 }
 
 pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
-    let outbound = if args.outbound == "off" {
-        None
-    } else {
-        Some(
-            args.outbound
-                .parse()
-                .with_context(|| format!("--outbound {:?} is not ADDR:PORT or off", args.outbound))?,
-        )
-    };
+    let outbound =
+        if args.outbound == "off" {
+            None
+        } else {
+            Some(args.outbound.parse().with_context(|| {
+                format!("--outbound {:?} is not ADDR:PORT or off", args.outbound)
+            })?)
+        };
     Ok(ProxyOptions {
         config: args.config,
         watch_interval: args.watch_interval.as_std(),
@@ -114,8 +116,14 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         println!(
             "trellis proxy for {service} ready: admin={} outbound={} inbound={} upstreams={:?}",
             bound.admin,
-            bound.outbound.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
-            bound.inbound.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+            bound
+                .outbound
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into()),
+            bound
+                .inbound
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into()),
             bound.upstreams,
         );
     })

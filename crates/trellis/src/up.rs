@@ -60,10 +60,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let instances = plan(&manifest)?;
     let config = work.join("mesh.generated.yaml");
     write_config(&config, &manifest, &instances)?;
-    let services: Vec<String> = manifest.services().map(|s| s.metadata.name.clone()).collect();
+    let services: Vec<String> = manifest
+        .services()
+        .map(|s| s.metadata.name.clone())
+        .collect();
     let upstream_ports = entry_ports(args.upstream_base, services.len())?;
     let mut children = Vec::new();
-    let result = start_all(&args, &work, &config, &instances, &services, &upstream_ports, &mut children).await;
+    let result = start_all(
+        &args,
+        &work,
+        &config,
+        &instances,
+        &services,
+        &upstream_ports,
+        &mut children,
+    )
+    .await;
     if let Err(e) = result {
         stop_all(&mut children).await;
         return Err(e);
@@ -126,7 +138,9 @@ fn plan(manifest: &ResourceSet) -> anyhow::Result<Vec<Instance>> {
         }
         for i in 0..spec.replicas {
             let mut labels = spec.labels.clone();
-            labels.entry("app".into()).or_insert_with(|| spec.service.clone());
+            labels
+                .entry("app".into())
+                .or_insert_with(|| spec.service.clone());
             let version = spec
                 .demo_app
                 .version
@@ -278,12 +292,18 @@ async fn wait_ready(admin: SocketAddr, children: &mut [Child], work: &Path) -> a
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("sidecar with admin {admin} not ready after 20 s; see the logs in {}", work.display())
+    bail!(
+        "sidecar with admin {admin} not ready after 20 s; see the logs in {}",
+        work.display()
+    )
 }
 
 async fn ready(admin: SocketAddr) -> bool {
-    let Ok(Ok(mut s)) =
-        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(admin)).await
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect(admin),
+    )
+    .await
     else {
         return false;
     };

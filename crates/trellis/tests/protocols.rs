@@ -22,13 +22,14 @@ struct Pair {
 async fn pair(tag: &str, protocol: &str, app_args: &[&str]) -> Pair {
     let dir = tempdir(tag);
     let config = dir.join("mesh.yaml");
-    let instance = start_instance(&dir, &config, "echo", "echo-0", app_args);
+    let ports = Ports::free();
     let text = format!(
         "{}{}",
         service("echo", protocol),
-        workload("echo-0", "echo", "v1", instance.inbound)
+        workload("echo-0", "echo", "v1", ports.inbound)
     );
     write_config(&config, &text);
+    let instance = start_instance(&dir, &config, "echo", "echo-0", app_args, ports);
     let caller = start_caller(&dir, &config, &["echo"]);
     wait_ready(instance.admin).await;
     wait_ready(caller.admin).await;
@@ -65,10 +66,8 @@ async fn http1_chunked_body_streams_through() {
         .map(|i| Ok(Frame::data(Bytes::from(format!("chunk-{i};")))))
         .collect();
     let body = StreamBody::new(futures_util::stream::iter(chunks));
-    let client = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .build_http::<StreamBody<_>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<StreamBody<_>>();
     let req = http::Request::post(format!("http://{}/echo", p.caller.outbound))
         .header("host", "echo")
         .body(body)
@@ -113,8 +112,7 @@ async fn expect_100_continue_is_honoured() {
 #[tokio::test]
 async fn http2_prior_knowledge() {
     let p = pair("h2", "http2", &[]).await;
-    let client = http2();
-    let req = http::Request::get(format!("http://echo/h2path"))
+    let req = http::Request::get("http://echo/h2path")
         .body(Full::new(Bytes::new()))
         .unwrap();
     // Connect to the caller's outbound port while keeping :authority = echo.
@@ -133,7 +131,6 @@ async fn http2_prior_knowledge() {
     let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(j["protocol"], "HTTP/2");
     assert_eq!(j["path"], "/h2path");
-    drop(client);
 }
 
 /// A unary gRPC call: the length-prefixed message comes back and `grpc-status` arrives as a

@@ -21,17 +21,19 @@ async fn mesh(tag: &str, specs: &[(&str, &str, &[&str])], extra: &str) -> Mesh {
     let dir = tempdir(tag);
     let config = dir.join("mesh.yaml");
     let mut text = service("web", "http");
-    let mut instances = Vec::new();
-    for (name, version, args) in specs {
-        let mut app_args = vec![format!("--version={version}")];
-        app_args.extend(args.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = app_args.iter().map(String::as_str).collect();
-        let inst = start_instance(&dir, &config, "web", name, &refs);
-        text.push_str(&workload(name, "web", version, inst.inbound));
-        instances.push(inst);
+    let ports: Vec<Ports> = specs.iter().map(|_| Ports::free()).collect();
+    for ((name, version, _), p) in specs.iter().zip(&ports) {
+        text.push_str(&workload(name, "web", version, p.inbound));
     }
     text.push_str(extra);
     write_config(&config, &text);
+    let mut instances = Vec::new();
+    for ((name, version, args), p) in specs.iter().zip(&ports) {
+        let mut app_args = vec![format!("--version={version}")];
+        app_args.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = app_args.iter().map(String::as_str).collect();
+        instances.push(start_instance(&dir, &config, "web", name, &refs, *p));
+    }
     let caller = start_caller(&dir, &config, &[]);
     for i in &instances {
         wait_ready(i.admin).await;
@@ -80,7 +82,9 @@ async fn versions(m: &Mesh, n: usize, path: &str) -> HashMap<String, usize> {
     for _ in 0..n {
         let a = get(&client, m.caller.outbound, Some("web"), path, &[]).await;
         assert_eq!(a.status, 200, "{}", a.body);
-        *seen.entry(a.json()["version"].as_str().unwrap().to_string()).or_default() += 1;
+        *seen
+            .entry(a.json()["version"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     seen
 }
@@ -88,13 +92,21 @@ async fn versions(m: &Mesh, n: usize, path: &str) -> HashMap<String, usize> {
 #[tokio::test]
 async fn canary_split_is_within_tolerance() {
     let extra = format!("{SUBSETS}{}", split_route(80, 20));
-    let m = mesh("split", &[("web-v1", "v1", &[]), ("web-v2", "v2", &[])], &extra).await;
+    let m = mesh(
+        "split",
+        &[("web-v1", "v1", &[]), ("web-v2", "v2", &[])],
+        &extra,
+    )
+    .await;
     let n = 1000;
     let seen = versions(&m, n, "/").await;
     let v2 = *seen.get("v2").unwrap_or(&0) as f64 / n as f64;
     println!("canary split 80/20 over {n} requests: {seen:?} (v2 share {v2:.3})");
     // Binomial(1000, 0.2): sd ≈ 0.0126; ±5 sd.
-    assert!((0.137..=0.263).contains(&v2), "v2 share {v2} outside tolerance");
+    assert!(
+        (0.137..=0.263).contains(&v2),
+        "v2 share {v2} outside tolerance"
+    );
 }
 
 #[tokio::test]
@@ -131,25 +143,42 @@ spec:
     .await;
     let seen = versions(&m, 200, "/").await;
     println!("with retries, 200 requests answered by {seen:?}");
-    assert_eq!(seen.get("v1"), Some(&200), "every request must succeed via v1");
+    assert_eq!(
+        seen.get("v1"),
+        Some(&200),
+        "every request must succeed via v1"
+    );
     // The failing endpoint really was tried (and its 500s retried away).
     let metrics = get_status(m.caller.admin, "/metrics").await.unwrap().1;
     let scrape = parse_metrics(&metrics);
-    let retries = sample(&scrape, "trellis_retries_total", &[("outcome", "attempted")]);
+    let retries = sample(
+        &scrape,
+        "trellis_retries_total",
+        &[("outcome", "attempted")],
+    );
     assert!(retries >= 50.0, "expected retries to happen, saw {retries}");
 
     // Without the route the failures show: the retry was what masked them.
-    let text = std::fs::read_to_string(&m.config).unwrap().replace(route, "");
+    let text = std::fs::read_to_string(&m.config)
+        .unwrap()
+        .replace(route, "");
     write_config(&m.config, &text);
     wait_version(m.caller.admin, 2).await;
     let client = http1();
     let mut failed = 0;
     for _ in 0..20 {
-        if get(&client, m.caller.outbound, Some("web"), "/", &[]).await.status == 500 {
+        if get(&client, m.caller.outbound, Some("web"), "/", &[])
+            .await
+            .status
+            == 500
+        {
             failed += 1;
         }
     }
-    assert!(failed > 0, "without retries the bad endpoint's errors reach the caller");
+    assert!(
+        failed > 0,
+        "without retries the bad endpoint's errors reach the caller"
+    );
 }
 
 #[tokio::test]
@@ -200,10 +229,22 @@ spec:
       backends: [{service: web, subset: v2}]
 ";
     let extra = format!("{SUBSETS}{route}");
-    let m = mesh("match", &[("web-v1", "v1", &[]), ("web-v2", "v2", &[])], &extra).await;
+    let m = mesh(
+        "match",
+        &[("web-v1", "v1", &[]), ("web-v2", "v2", &[])],
+        &extra,
+    )
+    .await;
     let c = http1();
     let out = m.caller.outbound;
-    let a = get(&c, out, Some("web"), "/api/users?debug=1", &[("x-user", "admin"), ("x-drop", "1")]).await;
+    let a = get(
+        &c,
+        out,
+        Some("web"),
+        "/api/users?debug=1",
+        &[("x-user", "admin"), ("x-drop", "1")],
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.body);
     let j = a.json();
     assert_eq!(j["version"], "v2");
@@ -212,15 +253,38 @@ spec:
     assert!(j["headers"].get("x-drop").is_none());
     assert_eq!(a.header("x-route"), Some("api"));
     // Header regex must match: `bob` does not, and no later rule matches either.
-    let a = get(&c, out, Some("web"), "/api/users?debug=1", &[("x-user", "bob")]).await;
+    let a = get(
+        &c,
+        out,
+        Some("web"),
+        "/api/users?debug=1",
+        &[("x-user", "bob")],
+    )
+    .await;
     assert_eq!(a.status, 404);
     assert_eq!(a.header("trellis-error"), Some("no-route"));
     // Prefix is by path element.
-    let a = get(&c, out, Some("web"), "/apix?debug=1", &[("x-user", "admin")]).await;
+    let a = get(
+        &c,
+        out,
+        Some("web"),
+        "/apix?debug=1",
+        &[("x-user", "admin")],
+    )
+    .await;
     assert_eq!(a.status, 404);
-    assert_eq!(get(&c, out, Some("web"), "/only", &[]).await.json()["version"], "v1");
-    assert_eq!(get(&c, out, Some("web"), "/only/not", &[]).await.status, 404);
-    assert_eq!(get(&c, out, Some("web"), "/items/42", &[]).await.json()["version"], "v2");
+    assert_eq!(
+        get(&c, out, Some("web"), "/only", &[]).await.json()["version"],
+        "v1"
+    );
+    assert_eq!(
+        get(&c, out, Some("web"), "/only/not", &[]).await.status,
+        404
+    );
+    assert_eq!(
+        get(&c, out, Some("web"), "/items/42", &[]).await.json()["version"],
+        "v2"
+    );
     assert_eq!(get(&c, out, Some("web"), "/items/x", &[]).await.status, 404);
 }
 
@@ -237,7 +301,15 @@ spec:
       mirror: {service: web, subset: v2, percent: 100}
 ";
     let extra = format!("{SUBSETS}{route}");
-    let m = mesh("mirror", &[("web-v1", "v1", &[]), ("web-v2", "v2", &["--latency=300ms"])], &extra).await;
+    let m = mesh(
+        "mirror",
+        &[
+            ("web-v1", "v1", &[]),
+            ("web-v2", "v2", &["--latency=300ms"]),
+        ],
+        &extra,
+    )
+    .await;
     let seen = versions(&m, 20, "/").await;
     assert_eq!(seen.get("v1"), Some(&20), "callers only see the primary");
     // The mirror's sidecar saw the copies.
@@ -245,7 +317,11 @@ spec:
     let mut served = 0.0;
     for _ in 0..100 {
         let text = get_status(mirror_admin, "/metrics").await.unwrap().1;
-        served = sample(&parse_metrics(&text), "trellis_requests_total", &[("direction", "inbound"), ("code", "200")]);
+        served = sample(
+            &parse_metrics(&text),
+            "trellis_requests_total",
+            &[("direction", "inbound"), ("code", "200")],
+        );
         if served >= 20.0 {
             break;
         }
@@ -257,7 +333,12 @@ spec:
 #[tokio::test]
 async fn hot_reload_changes_routing_while_a_long_request_finishes() {
     let extra = format!("{SUBSETS}{}", split_route(1, 0));
-    let m = mesh("reload", &[("web-v1", "v1", &[]), ("web-v2", "v2", &[])], &extra).await;
+    let m = mesh(
+        "reload",
+        &[("web-v1", "v1", &[]), ("web-v2", "v2", &[])],
+        &extra,
+    )
+    .await;
     let client = http1();
     let out = m.caller.outbound;
     let long = {
@@ -271,9 +352,17 @@ async fn hot_reload_changes_routing_while_a_long_request_finishes() {
     write_config(&m.config, &text);
     wait_version(m.caller.admin, 2).await;
     let a = get(&client, out, Some("web"), "/", &[]).await;
-    assert_eq!(a.json()["version"], "v2", "new requests follow the new route");
+    assert_eq!(
+        a.json()["version"],
+        "v2",
+        "new requests follow the new route"
+    );
     let done = long.await.unwrap();
-    assert_eq!(done.status, 200, "the in-flight request finished: {}", done.body);
+    assert_eq!(
+        done.status, 200,
+        "the in-flight request finished: {}",
+        done.body
+    );
     assert_eq!(done.json()["version"], "v1");
     assert!(!m.dir.as_os_str().is_empty());
 }

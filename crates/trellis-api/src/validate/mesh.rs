@@ -1,7 +1,8 @@
 //! `MeshConfig` and `Deployment`.
-use super::checks::{labels, service_ref_problem, zone_problem, Problems};
+use super::checks::{dns_label_problem, labels, zone_problem, Problems};
 use super::{MAX_CERTIFICATE_LIFETIME, MAX_REPLICAS, MIN_CERTIFICATE_LIFETIME};
 use crate::mesh::{DeploymentSpec, MeshConfigSpec};
+use crate::meta::ObjectMeta;
 
 pub(super) fn mesh_config(p: &mut Problems, spec: &MeshConfigSpec) {
     let td = &spec.trust_domain;
@@ -37,8 +38,22 @@ pub(super) fn mesh_config(p: &mut Problems, spec: &MeshConfigSpec) {
     );
 }
 
-pub(super) fn deployment(p: &mut Problems, spec: &DeploymentSpec) {
-    p.check("spec.service", service_ref_problem(&spec.service));
+pub(super) fn deployment(p: &mut Problems, meta: &ObjectMeta, spec: &DeploymentSpec) {
+    // Instances are named `<name>-<index>` and must still be valid names.
+    let longest = format!("{}-{}", meta.name, MAX_REPLICAS.saturating_sub(1));
+    if !meta.name.is_empty() && meta.name.len() <= 63 && longest.len() > 63 {
+        p.add(
+            "metadata.name",
+            format!(
+                "is {} characters long; a Deployment's name may have at most {} so that its instances (\"{}-<index>\") are valid names",
+                meta.name.len(),
+                63 - (longest.len() - meta.name.len()),
+                meta.name
+            ),
+        );
+    }
+    // Names a Service of the manifest, so a plain name, not a dotted reference.
+    p.check("spec.service", dns_label_problem(&spec.service));
     if !(1..=MAX_REPLICAS).contains(&spec.replicas) {
         p.add(
             "spec.replicas",

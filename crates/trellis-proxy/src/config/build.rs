@@ -1,7 +1,7 @@
 //! Compiles a validated [`ResourceSet`] into a [`Snapshot`].
 use super::{
-    BackendRef, EndpointGroup, Fault, FaultAbort, HeaderModifier, MirrorTarget, Rewrite, Rule,
-    RouteMatcher, ServiceTarget, ValueMatcher, WeightedBackend,
+    BackendRef, EndpointGroup, Fault, FaultAbort, HeaderModifier, MirrorTarget, Rewrite,
+    RouteMatcher, Rule, ServiceTarget, ValueMatcher, WeightedBackend,
 };
 use crate::balance::{Balancer, Endpoint, EndpointLoad};
 use crate::retry::{RetryBudget, RetryPolicy};
@@ -215,7 +215,12 @@ fn groups_of(
     for subset in policy.map(|p| p.subsets.as_slice()).unwrap_or_default() {
         let members = endpoints
             .iter()
-            .filter(|e| subset.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .filter(|e| {
+                subset
+                    .labels
+                    .iter()
+                    .all(|(k, v)| e.labels.get(k) == Some(v))
+            })
             .cloned()
             .collect();
         let lb = subset.load_balancer.as_ref().unwrap_or(lb);
@@ -296,18 +301,21 @@ fn compile_rule(route: &Route, index: usize, rule: &RouteRule) -> Result<Rule, B
                 .delay
                 .as_ref()
                 .map(|d| (d.fixed_delay.as_std(), d.percent)),
-            abort: f.abort.as_ref().map(|a| match (a.grpc_status, a.http_status) {
-                (Some(code), _) => FaultAbort::Grpc {
-                    code,
-                    percent: a.percent,
-                },
-                (None, status) => FaultAbort::Http {
-                    status: status
-                        .and_then(|s| http::StatusCode::from_u16(s).ok())
-                        .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE),
-                    percent: a.percent,
-                },
-            }),
+            abort: f
+                .abort
+                .as_ref()
+                .map(|a| match (a.grpc_status, a.http_status) {
+                    (Some(code), _) => FaultAbort::Grpc {
+                        code,
+                        percent: a.percent,
+                    },
+                    (None, status) => FaultAbort::Http {
+                        status: status
+                            .and_then(|s| http::StatusCode::from_u16(s).ok())
+                            .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE),
+                        percent: a.percent,
+                    },
+                }),
             headers: f
                 .headers
                 .iter()

@@ -145,8 +145,13 @@ impl RouteMatcher {
                 return false;
             }
         }
-        self.headers.iter().all(|h| h.matches_headers(req.headers()))
-            && self.query.iter().all(|q| q.matches_query(req.uri().query()))
+        self.headers
+            .iter()
+            .all(|h| h.matches_headers(req.headers()))
+            && self
+                .query
+                .iter()
+                .all(|q| q.matches_query(req.uri().query()))
     }
 }
 

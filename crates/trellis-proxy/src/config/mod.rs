@@ -112,8 +112,14 @@ pub struct Fault {
 
 #[derive(Debug, Clone, Copy)]
 pub enum FaultAbort {
-    Http { status: http::StatusCode, percent: f64 },
-    Grpc { code: u32, percent: f64 },
+    Http {
+        status: http::StatusCode,
+        percent: f64,
+    },
+    Grpc {
+        code: u32,
+        percent: f64,
+    },
 }
 
 #[derive(Debug)]

@@ -11,8 +11,8 @@ pub struct HeaderModifier {
 fn pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
     let n = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("invalid header name {name:?}"))?;
-    let v = HeaderValue::from_str(value)
-        .map_err(|_| format!("invalid value for header {name:?}"))?;
+    let v =
+        HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name:?}"))?;
     Ok((n, v))
 }
 

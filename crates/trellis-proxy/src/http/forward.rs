@@ -86,7 +86,10 @@ async fn retry_loop(
     parts: &Parts,
     replay: &Replayable,
 ) -> Result<Response<Body>, ProxyError> {
-    let backoff = policy.as_ref().map(|p| p.backoff.clone()).unwrap_or_default();
+    let backoff = policy
+        .as_ref()
+        .map(|p| p.backoff.clone())
+        .unwrap_or_default();
     let mut avoid = None;
     for n in 1..=attempts {
         let backend = choose_backend(t.rule)?;
@@ -145,7 +148,10 @@ async fn attempt(
             .await
             .map_err(|_| AttemptError {
                 failure: Failure::PerTryTimeout,
-                detail: format!("{}: no response within the per-try timeout of {limit:?}", ep.addr),
+                detail: format!(
+                    "{}: no response within the per-try timeout of {limit:?}",
+                    ep.addr
+                ),
             })??,
     };
     in_flight.observe_latency(started.elapsed());
@@ -195,7 +201,12 @@ fn pick(
     let svc = t
         .snapshot
         .service(&backend.namespace, &backend.service)
-        .ok_or_else(|| unavailable(format!("backend service {} is not in the mesh", backend.service)))?;
+        .ok_or_else(|| {
+            unavailable(format!(
+                "backend service {} is not in the mesh",
+                backend.service
+            ))
+        })?;
     let group = svc.groups.get(&backend.subset).ok_or_else(|| {
         unavailable(format!(
             "subset {:?} of {} is not declared in its DestinationPolicy",

@@ -49,13 +49,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
     }
     if keep_upgrade {
-        headers.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        headers.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
     }
 }
 

@@ -135,9 +135,9 @@ async fn routed(
         peer,
     };
     if upgrade {
-        let backend = rule.backend(0).ok_or_else(|| {
-            ProxyError::new(Reason::NoHealthyEndpoints, "route has no backend")
-        })?;
+        let backend = rule
+            .backend(0)
+            .ok_or_else(|| ProxyError::new(Reason::NoHealthyEndpoints, "route has no backend"))?;
         let ep = target_endpoint(&target, backend, req.headers())?;
         return forward_upgrade(state, ep, req).await;
     }
@@ -218,7 +218,11 @@ fn resolve(
         })
 }
 
-fn apply_rewrite(rule: &Rule, matched: usize, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+fn apply_rewrite(
+    rule: &Rule,
+    matched: usize,
+    req: &mut Request<Incoming>,
+) -> Result<(), ProxyError> {
     let Some(rw) = &rule.rewrite else {
         return Ok(());
     };
@@ -230,7 +234,10 @@ fn apply_rewrite(rule: &Rule, matched: usize, req: &mut Request<Incoming>) -> Re
         let new = rewrite_path(req.uri(), prefix, path);
         let mut parts = req.uri().clone().into_parts();
         parts.path_and_query = Some(new.parse().map_err(|_| {
-            ProxyError::new(Reason::BadRequest, format!("rewritten path {new:?} is invalid"))
+            ProxyError::new(
+                Reason::BadRequest,
+                format!("rewritten path {new:?} is invalid"),
+            )
         })?);
         *req.uri_mut() = http::Uri::from_parts(parts)
             .map_err(|e| ProxyError::new(Reason::BadRequest, format!("rewrite: {e}")))?;
@@ -254,7 +261,11 @@ fn roll(percent: f64) -> bool {
 
 /// Delays and/or aborts as the rule's fault says; `Some` is the abort answer.
 async fn inject_fault(fault: &Fault, req: &Request<Incoming>) -> Option<Response<Body>> {
-    if !fault.headers.iter().all(|h| h.matches_headers(req.headers())) {
+    if !fault
+        .headers
+        .iter()
+        .all(|h| h.matches_headers(req.headers()))
+    {
         return None;
     }
     if let Some((delay, percent)) = fault.delay {
@@ -264,10 +275,12 @@ async fn inject_fault(fault: &Fault, req: &Request<Incoming>) -> Option<Response
     }
     match fault.abort {
         Some(FaultAbort::Http { status, percent }) if roll(percent) => {
-            let mut rsp =
-                ProxyError::new(Reason::FaultInjected, "abort injected by route fault policy")
-                    .with_status(status)
-                    .into_response();
+            let mut rsp = ProxyError::new(
+                Reason::FaultInjected,
+                "abort injected by route fault policy",
+            )
+            .with_status(status)
+            .into_response();
             rsp.extensions_mut().insert(Reason::FaultInjected);
             Some(rsp)
         }
@@ -275,7 +288,10 @@ async fn inject_fault(fault: &Fault, req: &Request<Incoming>) -> Option<Response
             let mut rsp = Response::new(body::empty());
             *rsp.status_mut() = StatusCode::OK;
             let h = rsp.headers_mut();
-            h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
             h.insert("grpc-status", HeaderValue::from(code));
             h.insert("grpc-message", HeaderValue::from_static("fault injected"));
             h.insert(ERROR_HEADER, HeaderValue::from_static("fault-injected"));

@@ -89,7 +89,9 @@ mod tests {
             let got = r.body().collect().await.unwrap().to_bytes();
             assert_eq!(got, "hello");
         }
-        let p = prepare(body::full("0123456789abcdef"), 10, None).await.unwrap();
+        let p = prepare(body::full("0123456789abcdef"), 10, None)
+            .await
+            .unwrap();
         let Prepared::Streaming(b) = p else {
             panic!("expected streaming")
         };

@@ -122,7 +122,10 @@ pub async fn get_status(addr: SocketAddr, path: &str) -> Result<(u16, String), S
         .map_err(|e| e.to_string())?;
     let status = rsp.status().as_u16();
     let body = rsp.into_body().collect().await.map_err(|e| e.to_string())?;
-    Ok((status, String::from_utf8_lossy(&body.to_bytes()).into_owned()))
+    Ok((
+        status,
+        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+    ))
 }
 
 pub type H1Client = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -147,8 +150,7 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -193,15 +195,39 @@ pub struct Instance {
     pub admin: SocketAddr,
 }
 
+/// Addresses of an instance, chosen before its config is written.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub app: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Ports {
+    pub fn free() -> Self {
+        Self {
+            app: free_addr(),
+            inbound: free_addr(),
+            admin: free_addr(),
+        }
+    }
+}
+
 /// Starts `demo-app` with `app_args` and a sidecar with an inbound listener in front of it.
+/// The config file must already exist.
 pub fn start_instance(
     dir: &Path,
     config: &Path,
     service: &str,
     instance: &str,
     app_args: &[&str],
+    ports: Ports,
 ) -> Instance {
-    let (app_addr, inbound, admin) = (free_addr(), free_addr(), free_addr());
+    let Ports {
+        app: app_addr,
+        inbound,
+        admin,
+    } = ports;
     let mut args = vec![
         "demo-app".to_string(),
         format!("--listen={app_addr}"),
