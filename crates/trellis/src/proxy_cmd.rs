@@ -44,6 +44,10 @@ pub struct ProxyArgs {
     /// How often the config file is checked for changes.
     #[arg(long, default_value = "500ms")]
     pub watch_interval: trellis_api::Duration,
+    /// Worker threads. 1 (the default) runs everything on one thread, as light as a sidecar
+    /// should be; 0 uses one per CPU.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
     /// Largest accepted request head (request line and headers), in bytes.
     #[arg(long, default_value_t = 65536)]
     pub max_header_bytes: usize,

@@ -403,3 +403,70 @@ pub fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &s
 
 #[allow(dead_code)]
 fn _unused(_: &Path) {}
+
+#[tokio::test]
+async fn per_try_timeout_retries_away_from_a_hanging_endpoint() {
+    let extra = "---
+apiVersion: trellis.dev/v1
+kind: DestinationPolicy
+metadata: {name: web}
+spec:
+  service: web
+  loadBalancer: {algorithm: RoundRobin}
+---
+apiVersion: trellis.dev/v1
+kind: Route
+metadata: {name: web}
+spec:
+  service: web
+  rules:
+    - timeout: 5s
+      retries:
+        attempts: 2
+        perTryTimeout: 150ms
+        retryOn: [5xx]
+        backoff: {baseInterval: 1ms}
+";
+    let m = mesh(
+        "pertry",
+        &[
+            ("web-fast", "v1", &[]),
+            ("web-hung", "v2", &["--latency=3s"]),
+        ],
+        extra,
+    )
+    .await;
+    let seen = versions(&m, 20, "/").await;
+    assert_eq!(
+        seen.get("v1"),
+        Some(&20),
+        "the hanging endpoint is retried away: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn exhausted_retries_say_so() {
+    let dir = tempdir("exhausted");
+    let config = dir.join("mesh.yaml");
+    let text = format!(
+        "{}{}{}---
+apiVersion: trellis.dev/v1
+kind: Route
+metadata: {{name: web}}
+spec:
+  service: web
+  rules:
+    - retries: {{attempts: 3, retryOn: [connect-failure], backoff: {{baseInterval: 1ms}}}}
+",
+        service("web", "http"),
+        workload("dead-a", "web", "v1", free_addr()),
+        workload("dead-b", "web", "v1", free_addr()),
+    );
+    write_config(&config, &text);
+    let caller = start_caller(&dir, &config, &[]);
+    wait_ready(caller.admin).await;
+    let a = get(&http1(), caller.outbound, Some("web"), "/", &[]).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.header("trellis-error"), Some("retries-exhausted"));
+    assert!(a.body.contains("3 attempts"), "{}", a.body);
+}

@@ -33,7 +33,11 @@ pub struct Target<'a> {
 }
 
 pub async fn forward(t: &Target<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-    let fut = forward_inner(t, req);
+    let deadline = t
+        .rule
+        .timeout
+        .map(|limit| tokio::time::Instant::now() + limit);
+    let fut = forward_inner(t, req, deadline);
     match t.rule.timeout {
         None => fut.await,
         Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
@@ -48,14 +52,20 @@ pub async fn forward(t: &Target<'_>, req: Request<Body>) -> Result<Response<Body
     }
 }
 
-async fn forward_inner(t: &Target<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+async fn forward_inner(
+    t: &Target<'_>,
+    req: Request<Body>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Response<Body>, ProxyError> {
     let policy = t.rule.retry.clone();
     let attempts = policy.as_ref().map_or(1, |p| p.attempts.max(1));
     t.rule.budget.deposit();
     if attempts == 1 && t.rule.mirror.is_none() {
         let backend = choose_backend(t.rule)?;
         let ep = pick(t, backend, req.headers(), None)?;
-        return attempt(t, &ep, req).await.map_err(|e| failure_error(e, 1));
+        return attempt(t, &ep, req, None)
+            .await
+            .map_err(|e| failure_error(e, 1));
     }
     let limit = policy
         .as_ref()
@@ -70,11 +80,14 @@ async fn forward_inner(t: &Target<'_>, req: Request<Body>) -> Result<Response<Bo
             let backend = choose_backend(t.rule)?;
             let ep = pick(t, backend, &parts.headers, None)?;
             let req = Request::from_parts(parts, body);
-            attempt(t, &ep, req).await.map_err(|e| failure_error(e, 1))
+            let limit = policy.as_ref().and_then(|p| p.per_try_timeout);
+            attempt(t, &ep, req, limit)
+                .await
+                .map_err(|e| failure_error(e, 1))
         }
         Prepared::Replayable(replay) => {
             mirror(t, &parts, &replay);
-            retry_loop(t, policy, attempts, &parts, &replay).await
+            retry_loop(t, policy, attempts, &parts, &replay, deadline).await
         }
     }
 }
@@ -85,6 +98,7 @@ async fn retry_loop(
     attempts: u32,
     parts: &Parts,
     replay: &Replayable,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<Response<Body>, ProxyError> {
     let backoff = policy
         .as_ref()
@@ -96,7 +110,10 @@ async fn retry_loop(
         let ep = pick(t, backend, &parts.headers, avoid)?;
         let req = Request::from_parts(clone_parts(parts), replay.body());
         let last = n == attempts;
-        let result = attempt(t, &ep, req).await;
+        // The last try gets whatever remains of the request timeout.
+        let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        let limit = policy.as_ref().and_then(|p| p.try_timeout(n, remaining));
+        let result = attempt(t, &ep, req, limit).await;
         let retry = match (&result, policy.as_deref()) {
             (_, None) => false,
             (Ok(rsp), Some(p)) => p.retry_on_response(rsp.status(), rsp.headers()),
@@ -132,27 +149,32 @@ fn count_retry(t: &Target<'_>, outcome: &'static str) {
         .inc();
 }
 
-/// One try against one endpoint, bounded by the per-try timeout.
+/// One try against one endpoint, bounded by `limit`. A try that times out teaches the balancer
+/// its latency, so peak-EWMA steers away from an endpoint that hangs.
 async fn attempt(
     t: &Target<'_>,
     ep: &Endpoint,
     req: Request<Body>,
+    limit: Option<Duration>,
 ) -> Result<Response<Body>, AttemptError> {
-    let per_try = t.rule.retry.as_ref().and_then(|p| p.per_try_timeout);
     let mut in_flight = ep.load.start();
     let started = Instant::now();
     let send = t.state.upstreams.send(ep.addr, t.wire, req);
-    let rsp = match per_try {
+    let rsp = match limit {
         None => send.await?,
-        Some(limit) => tokio::time::timeout(limit, send)
-            .await
-            .map_err(|_| AttemptError {
-                failure: Failure::PerTryTimeout,
-                detail: format!(
-                    "{}: no response within the per-try timeout of {limit:?}",
-                    ep.addr
-                ),
-            })??,
+        Some(limit) => match tokio::time::timeout(limit, send).await {
+            Ok(result) => result?,
+            Err(_) => {
+                in_flight.observe_latency(started.elapsed());
+                return Err(AttemptError {
+                    failure: Failure::PerTryTimeout,
+                    detail: format!(
+                        "{}: no response within the per-try timeout of {limit:?}",
+                        ep.addr
+                    ),
+                });
+            }
+        },
     };
     in_flight.observe_latency(started.elapsed());
     let mut rsp = boxed_response(rsp);
