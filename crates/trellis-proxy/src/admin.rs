@@ -101,6 +101,8 @@ fn config(state: &ProxyState) -> Response<Body> {
                                         "labels": e.labels,
                                         "zone": e.zone,
                                         "inFlight": e.load.in_flight(),
+                                    "ejected": e.outlier.is_ejected(),
+                                    "ejections": e.outlier.ejections(),
                                         "ewmaMs": e.load.ewma_ms(),
                                     })
                                 })

@@ -91,7 +91,7 @@ pub async fn run(
     on_ready: impl FnOnce(&Bound),
 ) -> Result<(), StartError> {
     let state = ProxyState::new(opts.identity.clone(), opts.settings.clone());
-    let first = source::load(&opts.config, 1, None)?;
+    let first = source::load(&opts.config, 1, None, opts.identity.zone.as_deref())?;
     state.install(first);
     let drain = Drain::new();
 

@@ -43,6 +43,11 @@ pub struct BytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -71,6 +76,7 @@ pub struct Metrics {
     pub detections: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
+    pub ejections: Family<ServiceLabels, Counter>,
     pub config_version: Gauge,
 }
 
@@ -87,6 +93,7 @@ impl Metrics {
         let detections = Family::<ResultLabels, Counter>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let retries = Family::<RetryLabels, Counter>::default();
+        let ejections = Family::<ServiceLabels, Counter>::default();
         let config_version = Gauge::default();
         registry.register(
             "requests",
@@ -129,6 +136,11 @@ impl Metrics {
             retries.clone(),
         );
         registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            ejections.clone(),
+        );
+        registry.register(
             "config_version",
             "Version of the config snapshot in use",
             config_version.clone(),
@@ -143,6 +155,7 @@ impl Metrics {
             detections,
             reloads,
             retries,
+            ejections,
             config_version,
         })
     }

@@ -23,14 +23,21 @@ pub enum LoadError {
 }
 
 /// Reads, parses and compiles `path` into a snapshot with the given version.
-pub fn load(path: &Path, version: u64, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
+pub fn load(
+    path: &Path,
+    version: u64,
+    previous: Option<&Snapshot>,
+    zone: Option<&str>,
+) -> Result<Snapshot, LoadError> {
     let display = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: display.clone(),
         source,
     })?;
     let resources = trellis_api::parse_documents(&display, &text)?;
-    Ok(Snapshot::build(version, display, resources, previous)?)
+    Ok(Snapshot::build(
+        version, display, resources, previous, zone,
+    )?)
 }
 
 /// Polls `path` every `interval`; applies each change that loads cleanly.
@@ -59,7 +66,12 @@ pub async fn watch(path: PathBuf, interval: Duration, state: Arc<ProxyState>) {
 pub fn reload(path: &Path, state: &ProxyState) -> bool {
     let previous = state.snapshot.load_full();
     let version = previous.as_ref().map_or(1, |s| s.version + 1);
-    let result = load(path, version, previous.as_deref());
+    let result = load(
+        path,
+        version,
+        previous.as_deref(),
+        state.identity.zone.as_deref(),
+    );
     let outcome = match result {
         Ok(snapshot) => {
             tracing::info!(path = %path.display(), version, "config applied");

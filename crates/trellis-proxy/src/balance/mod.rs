@@ -45,6 +45,8 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     /// Live load, shared across config snapshots.
     pub load: Arc<EndpointLoad>,
+    /// Passive health (consecutive failures, ejection), shared across config snapshots.
+    pub outlier: Arc<crate::resilience::OutlierState>,
 }
 
 impl Endpoint {
@@ -56,6 +58,7 @@ impl Endpoint {
             zone: None,
             labels: BTreeMap::new(),
             load: Arc::new(EndpointLoad::new()),
+            outlier: Arc::new(crate::resilience::OutlierState::new()),
         }
     }
 }

@@ -4,6 +4,7 @@ use super::{
     RouteMatcher, Rule, ServiceTarget, ValueMatcher, WeightedBackend,
 };
 use crate::balance::{Balancer, Endpoint, EndpointLoad};
+use crate::resilience::{LimitState, Limits, Locality, OutlierPolicy, OutlierState};
 use crate::retry::{RetryBudget, RetryPolicy};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -35,17 +36,31 @@ pub struct Snapshot {
     pub services: HashMap<(String, String), Arc<ServiceTarget>>,
     /// Live per-endpoint load, carried across snapshots so balancing state survives reloads.
     pub loads: HashMap<SocketAddr, Arc<EndpointLoad>>,
+    /// Per-endpoint outlier state, carried likewise so an ejection survives a reload.
+    pub outliers: HashMap<SocketAddr, Arc<OutlierState>>,
+    /// Per-service limit counters, carried likewise.
+    pub limit_states: HashMap<(String, String), Arc<LimitState>>,
+}
+
+/// Endpoint state carried from the previous snapshot into the next.
+#[derive(Default)]
+struct Carried {
+    loads: HashMap<SocketAddr, Arc<EndpointLoad>>,
+    outliers: HashMap<SocketAddr, Arc<OutlierState>>,
 }
 
 impl Snapshot {
-    /// Compiles `resources`; `previous` lends its per-endpoint load state.
+    /// Compiles `resources`; `previous` lends its per-endpoint state; `zone` is the caller's own
+    /// zone, for locality preference.
     pub fn build(
         version: u64,
         source: String,
         resources: ResourceSet,
         previous: Option<&Snapshot>,
+        zone: Option<&str>,
     ) -> Result<Self, BuildError> {
-        let mut loads = HashMap::new();
+        let mut carried = Carried::default();
+        let mut limit_states = HashMap::new();
         let policies: HashMap<(String, String), &DestinationPolicySpec> = resources
             .destination_policies()
             .map(|p| {
@@ -59,7 +74,7 @@ impl Snapshot {
         for svc in resources.services() {
             let key = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
             let policy = policies.get(&key).copied();
-            let endpoints = endpoints_of(svc, &resources, previous, &mut loads)?;
+            let endpoints = endpoints_of(svc, &resources, previous, &mut carried)?;
             let groups = groups_of(&endpoints, policy);
             let mut routes: Vec<&Route> = resources
                 .routes()
@@ -83,6 +98,15 @@ impl Snapshot {
                 .and_then(|c| c.connect_timeout)
                 .map(|d| d.as_std())
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+            let limits = Limits::from_config(policy.and_then(|p| p.connection_pool.as_ref()));
+            let limit_state = match previous.and_then(|p| p.limit_states.get(&key)) {
+                Some(s) => {
+                    s.resize(&limits);
+                    s.clone()
+                }
+                None => LimitState::new(&limits),
+            };
+            limit_states.insert(key.clone(), limit_state.clone());
             services.insert(
                 key,
                 Arc::new(ServiceTarget {
@@ -92,6 +116,14 @@ impl Snapshot {
                     rules,
                     groups,
                     connect_timeout,
+                    outlier: policy
+                        .and_then(|p| p.outlier_detection.as_ref())
+                        .map(OutlierPolicy::from_config),
+                    limits,
+                    limit_state,
+                    locality: zone.map(|z| {
+                        Locality::new(z.to_string(), policy.and_then(|p| p.locality.as_ref()))
+                    }),
                 }),
             );
         }
@@ -100,7 +132,9 @@ impl Snapshot {
             source,
             resources,
             services,
-            loads,
+            loads: carried.loads,
+            outliers: carried.outliers,
+            limit_states,
         })
     }
 
@@ -145,7 +179,7 @@ fn endpoints_of(
     svc: &Service,
     resources: &ResourceSet,
     previous: Option<&Snapshot>,
-    loads: &mut HashMap<SocketAddr, Arc<EndpointLoad>>,
+    carried: &mut Carried,
 ) -> Result<Vec<Endpoint>, BuildError> {
     let mut out = Vec::new();
     for w in resources.workloads() {
@@ -169,7 +203,17 @@ fn endpoints_of(
             message: format!("{:?} is not an IP address", w.spec.address),
         })?;
         let addr = SocketAddr::new(ip, w.spec.port);
-        let load = loads
+        let outlier = carried
+            .outliers
+            .entry(addr)
+            .or_insert_with(|| {
+                previous
+                    .and_then(|p| p.outliers.get(&addr).cloned())
+                    .unwrap_or_else(|| Arc::new(OutlierState::new()))
+            })
+            .clone();
+        let load = carried
+            .loads
             .entry(addr)
             .or_insert_with(|| {
                 previous
@@ -187,6 +231,7 @@ fn endpoints_of(
             zone: w.spec.zone.clone(),
             labels,
             load,
+            outlier,
         });
     }
     out.sort_by_key(|e| e.addr);

@@ -12,6 +12,7 @@ pub use matcher::{PathMatcher, RouteMatcher, ValueMatcher};
 pub use modifier::HeaderModifier;
 
 use crate::balance::{Balancer, Endpoint};
+use crate::resilience::{LimitState, Limits, Locality, OutlierPolicy};
 use crate::retry::{RetryBudget, RetryPolicy};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,12 @@ pub struct ServiceTarget {
     /// `None` is every endpoint of the service; `Some(subset)` a named subset.
     pub groups: HashMap<Option<String>, Arc<EndpointGroup>>,
     pub connect_timeout: Duration,
+    pub outlier: Option<OutlierPolicy>,
+    pub limits: Limits,
+    /// Live limit counters, shared across snapshots.
+    pub limit_state: Arc<LimitState>,
+    /// Zone preference, when the caller has a zone.
+    pub locality: Option<Locality>,
 }
 
 impl ServiceTarget {

@@ -6,9 +6,11 @@ use super::replay::{prepare, Prepared, Replayable};
 use super::upstream::{boxed_response, AttemptError, Wire};
 use crate::balance::{hash_key, Endpoint};
 use crate::body::{self, Body};
-use crate::config::{BackendRef, Rule, Snapshot};
+use crate::config::{BackendRef, Rule, ServiceTarget, Snapshot};
 use crate::error::{ProxyError, Reason};
-use crate::metrics::RetryLabels;
+use crate::metrics::{RetryLabels, ServiceLabels};
+use crate::resilience::outlier::honour_ejections;
+use crate::resilience::Outcome;
 use crate::retry::{Backoff, Failure, RetryPolicy};
 use crate::state::ProxyState;
 use http::{request::Parts, Request, Response, StatusCode};
@@ -62,8 +64,8 @@ async fn forward_inner(
     t.rule.budget.deposit();
     if attempts == 1 && t.rule.mirror.is_none() {
         let backend = choose_backend(t.rule)?;
-        let ep = pick(t, backend, req.headers(), None)?;
-        return attempt(t, &ep, req, None)
+        let picked = pick(t, backend, req.headers(), None)?;
+        return attempt(t, &picked, req, None, false)
             .await
             .map_err(|e| failure_error(e, 1));
     }
@@ -78,10 +80,10 @@ async fn forward_inner(
     match prepared {
         Prepared::Streaming(body) => {
             let backend = choose_backend(t.rule)?;
-            let ep = pick(t, backend, &parts.headers, None)?;
+            let picked = pick(t, backend, &parts.headers, None)?;
             let req = Request::from_parts(parts, body);
             let limit = policy.as_ref().and_then(|p| p.per_try_timeout);
-            attempt(t, &ep, req, limit)
+            attempt(t, &picked, req, limit, false)
                 .await
                 .map_err(|e| failure_error(e, 1))
         }
@@ -107,17 +109,17 @@ async fn retry_loop(
     let mut avoid = None;
     for n in 1..=attempts {
         let backend = choose_backend(t.rule)?;
-        let ep = pick(t, backend, &parts.headers, avoid)?;
+        let picked = pick(t, backend, &parts.headers, avoid)?;
         let req = Request::from_parts(clone_parts(parts), replay.body());
         let last = n == attempts;
         // The last try gets whatever remains of the request timeout.
         let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
         let limit = policy.as_ref().and_then(|p| p.try_timeout(n, remaining));
-        let result = attempt(t, &ep, req, limit).await;
+        let result = attempt(t, &picked, req, limit, n > 1).await;
         let retry = match (&result, policy.as_deref()) {
-            (_, None) => false,
+            (_, None) | (Err(TryFailure::Refused(_)), _) => false,
             (Ok(rsp), Some(p)) => p.retry_on_response(rsp.status(), rsp.headers()),
-            (Err(e), Some(p)) => p.retry_on_failure(e.failure),
+            (Err(TryFailure::Upstream(e)), Some(p)) => p.retry_on_failure(e.failure),
         };
         if !retry || last {
             return result.map_err(|e| failure_error(e, n));
@@ -127,7 +129,7 @@ async fn retry_loop(
             return result.map_err(|e| failure_error(e, n));
         }
         count_retry(t, "attempted");
-        avoid = Some(ep.addr);
+        avoid = Some(picked.ep.addr);
         tokio::time::sleep(backoff_delay(&backoff, n)).await;
     }
     Err(ProxyError::new(Reason::RetriesExhausted, "no attempt made"))
@@ -149,40 +151,126 @@ fn count_retry(t: &Target<'_>, outcome: &'static str) {
         .inc();
 }
 
-/// One try against one endpoint, bounded by `limit`. A try that times out teaches the balancer
-/// its latency, so peak-EWMA steers away from an endpoint that hangs.
+/// Why a try produced no upstream answer.
+enum TryFailure {
+    /// The upstream failed (retry policy decides what happens next).
+    Upstream(AttemptError),
+    /// The proxy refused to send it (a circuit-breaking limit): never retried.
+    Refused(ProxyError),
+}
+
+impl From<AttemptError> for TryFailure {
+    fn from(e: AttemptError) -> Self {
+        TryFailure::Upstream(e)
+    }
+}
+
+/// An endpoint chosen for a try, and the service whose limits and outlier policy govern it.
+struct Picked {
+    ep: Endpoint,
+    svc: Arc<ServiceTarget>,
+}
+
+/// One try against one endpoint, bounded by `limit`, admitted by the service's limits, and
+/// reported to outlier detection. A try that times out teaches the balancer its latency, so
+/// peak-EWMA steers away from an endpoint that hangs.
 async fn attempt(
     t: &Target<'_>,
-    ep: &Endpoint,
+    picked: &Picked,
     req: Request<Body>,
     limit: Option<Duration>,
-) -> Result<Response<Body>, AttemptError> {
+    retry: bool,
+) -> Result<Response<Body>, TryFailure> {
+    let Picked { ep, svc } = picked;
+    let hold_connection = t.wire == Wire::Http1;
+    let _permit = svc
+        .limit_state
+        .admit(&svc.limits, retry, hold_connection, svc.connect_timeout)
+        .await
+        .map_err(|o| {
+            TryFailure::Refused(ProxyError::new(
+                Reason::PoolOverflow,
+                format!(
+                    "{} is at its limit of {}",
+                    svc.name,
+                    o.describe(&svc.limits)
+                ),
+            ))
+        })?;
     let mut in_flight = ep.load.start();
     let started = Instant::now();
     let send = t.state.upstreams.send(ep.addr, t.wire, req);
-    let rsp = match limit {
-        None => send.await?,
+    let result = match limit {
+        None => send.await,
         Some(limit) => match tokio::time::timeout(limit, send).await {
-            Ok(result) => result?,
+            Ok(result) => result,
             Err(_) => {
                 in_flight.observe_latency(started.elapsed());
-                return Err(AttemptError {
+                Err(AttemptError {
                     failure: Failure::PerTryTimeout,
                     detail: format!(
                         "{}: no response within the per-try timeout of {limit:?}",
                         ep.addr
                     ),
-                });
+                })
             }
         },
     };
+    report_outcome(t, picked, &result);
+    let rsp = result?;
     in_flight.observe_latency(started.elapsed());
     let mut rsp = boxed_response(rsp);
     strip_hop_by_hop(rsp.headers_mut(), false);
     Ok(rsp)
 }
 
-fn failure_error(e: AttemptError, attempts: u32) -> ProxyError {
+/// Feeds a try's outcome to the service's outlier detection, if it has one.
+fn report_outcome<B>(t: &Target<'_>, picked: &Picked, result: &Result<Response<B>, AttemptError>) {
+    let Some(policy) = &picked.svc.outlier else {
+        return;
+    };
+    let outcome = match result {
+        Ok(rsp) => match rsp.status().as_u16() {
+            502..=504 => Outcome::GatewayError,
+            500..=599 => Outcome::ServerError,
+            _ => Outcome::Success,
+        },
+        Err(e) if e.failure == Failure::ConnectFailed => Outcome::ConnectFailed,
+        Err(_) => Outcome::GatewayError,
+    };
+    let all = picked
+        .svc
+        .groups
+        .get(&None)
+        .map(|g| g.endpoints.as_slice())
+        .unwrap_or_default();
+    let ejected = all.iter().filter(|e| e.outlier.is_ejected()).count();
+    if picked
+        .ep
+        .outlier
+        .record(policy, outcome, ejected, all.len())
+    {
+        tracing::warn!(
+            service = %picked.svc.name,
+            endpoint = %picked.ep.addr,
+            ejections = picked.ep.outlier.ejections(),
+            "endpoint ejected by outlier detection"
+        );
+        t.state
+            .metrics
+            .ejections
+            .get_or_create(&ServiceLabels {
+                service: picked.svc.name.clone(),
+            })
+            .inc();
+    }
+}
+
+fn failure_error(e: TryFailure, attempts: u32) -> ProxyError {
+    let e = match e {
+        TryFailure::Refused(p) => return p,
+        TryFailure::Upstream(e) => e,
+    };
     let reason = match e.failure {
         _ if attempts > 1 => Reason::RetriesExhausted,
         Failure::ConnectFailed => Reason::ConnectFailed,
@@ -211,14 +299,15 @@ fn choose_backend(rule: &Rule) -> Result<&BackendRef, ProxyError> {
     })
 }
 
-/// Picks an endpoint of `backend`, avoiding `avoid` (the one that just failed) when another is
-/// available.
+/// Picks an endpoint of `backend`: not ejected (unless below the panic threshold), in the
+/// preferred zone when the caller has one, and other than `avoid` (the one that just failed)
+/// when another is available. Each preference is dropped in turn rather than failing.
 fn pick(
     t: &Target<'_>,
     backend: &BackendRef,
     headers: &http::HeaderMap,
     avoid: Option<SocketAddr>,
-) -> Result<Endpoint, ProxyError> {
+) -> Result<Picked, ProxyError> {
     let unavailable = |detail: String| ProxyError::new(Reason::NoHealthyEndpoints, detail);
     let svc = t
         .snapshot
@@ -241,10 +330,20 @@ fn pick(
         .as_ref()
         .and_then(|h| hash_key(h, headers, Some(t.peer.ip())));
     let eps = &group.endpoints;
-    let idx = group
-        .balancer
-        .pick(eps, key, |i| Some(eps[i].addr) != avoid)
-        .or_else(|| group.balancer.pick(eps, key, |_| true))
+    let healthy = healthy_filter(svc, eps);
+    let zone = svc
+        .locality
+        .as_ref()
+        .and_then(|l| l.choose(eps, |i| healthy[i]));
+    let in_zone = |i: usize| zone.is_none_or(|z| eps[i].zone.as_deref() == Some(z));
+    let b = &group.balancer;
+    let idx = b
+        .pick(eps, key, |i| {
+            healthy[i] && in_zone(i) && Some(eps[i].addr) != avoid
+        })
+        .or_else(|| b.pick(eps, key, |i| healthy[i] && in_zone(i)))
+        .or_else(|| b.pick(eps, key, |i| healthy[i]))
+        .or_else(|| b.pick(eps, key, |_| true))
         .ok_or_else(|| {
             unavailable(format!(
                 "{}{} has no healthy endpoint",
@@ -256,7 +355,25 @@ fn pick(
                     .unwrap_or_default()
             ))
         })?;
-    Ok(eps[idx].clone())
+    Ok(Picked {
+        ep: eps[idx].clone(),
+        svc: svc.clone(),
+    })
+}
+
+/// Which endpoints outlier detection lets through: all of them when the service has no policy
+/// or fewer than its panic threshold are available.
+fn healthy_filter(svc: &ServiceTarget, eps: &[Endpoint]) -> Vec<bool> {
+    let Some(policy) = &svc.outlier else {
+        return vec![true; eps.len()];
+    };
+    let up: Vec<bool> = eps.iter().map(|e| !e.outlier.is_ejected()).collect();
+    let available = up.iter().filter(|u| **u).count();
+    if honour_ejections(policy, available, eps.len()) {
+        up
+    } else {
+        vec![true; eps.len()]
+    }
 }
 
 fn clone_parts(parts: &Parts) -> Parts {
@@ -283,7 +400,7 @@ fn mirror(t: &Target<'_>, parts: &Parts, replay: &Replayable) {
     if rand::random_range(0.0..100.0) >= m.percent {
         return;
     }
-    let Ok(ep) = pick(t, &m.backend, &parts.headers, None) else {
+    let Ok(Picked { ep, .. }) = pick(t, &m.backend, &parts.headers, None) else {
         return;
     };
     let req = Request::from_parts(clone_parts(parts), replay.body());
@@ -309,7 +426,7 @@ pub async fn forward_upgrade(
         .upstreams
         .send_upgrade(addr, req)
         .await
-        .map_err(|e| failure_error(e, 1))?;
+        .map_err(|e| failure_error(TryFailure::Upstream(e), 1))?;
     if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut rsp);
         tokio::spawn(async move {
