@@ -2,6 +2,7 @@
 //! and shutdown. Never reachable from the data-plane ports.
 use crate::body::{self, Body};
 use crate::drain::Drain;
+use crate::resilience::health::Health;
 use crate::state::ProxyState;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -130,6 +131,15 @@ fn config(state: &ProxyState) -> Response<Body> {
         "version": snap.as_ref().map(|s| s.version),
         "source": snap.as_ref().map(|s| s.source.clone()),
         "lastError": state.last_error(),
+        "localApp": {
+            "address": state.app.map(|a| a.to_string()),
+            "health": match state.local_health() {
+                None => serde_json::Value::Null,
+                Some(Health::Unknown) => serde_json::json!("Unknown"),
+                Some(Health::Healthy) => serde_json::json!("Healthy"),
+                Some(Health::Unhealthy(why)) => serde_json::json!({"Unhealthy": why}),
+            },
+        },
         "services": services,
         "resources": snap.as_ref().map(|s| &s.resources),
     });

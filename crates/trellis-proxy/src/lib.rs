@@ -60,11 +60,11 @@ pub struct ProxyOptions {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] source::LoadError),
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what}): {error}")]
     Bind {
         addr: SocketAddr,
         what: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -80,7 +80,7 @@ pub struct Bound {
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind { addr, what, source })
+        .map_err(|error| StartError::Bind { addr, what, error })
 }
 
 /// Runs the proxy until `shutdown` resolves or `/shutdown` is called, then drains.
@@ -90,7 +90,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&Bound),
 ) -> Result<(), StartError> {
-    let state = ProxyState::new(opts.identity.clone(), opts.settings.clone());
+    let app = opts.inbound.map(|(_, app)| app);
+    let state = ProxyState::new(opts.identity.clone(), opts.settings.clone(), app);
     let first = source::load(&opts.config, 1, None, opts.identity.zone.as_deref())?;
     state.install(first);
     let drain = Drain::new();

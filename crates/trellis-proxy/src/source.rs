@@ -11,15 +11,26 @@ use std::time::Duration;
 /// Why config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    // The wrapped errors are part of each message, not error sources, so a report that prints
+    // the source chain does not say everything twice.
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("invalid config:\n{0}")]
-    Invalid(#[from] trellis_api::ConfigError),
+    Invalid(trellis_api::ConfigError),
     #[error("config cannot be applied: {0}")]
-    Build(#[from] crate::config::BuildError),
+    Build(crate::config::BuildError),
+}
+
+impl From<trellis_api::ConfigError> for LoadError {
+    fn from(e: trellis_api::ConfigError) -> Self {
+        LoadError::Invalid(e)
+    }
+}
+
+impl From<crate::config::BuildError> for LoadError {
+    fn from(e: crate::config::BuildError) -> Self {
+        LoadError::Build(e)
+    }
 }
 
 /// Reads, parses and compiles `path` into a snapshot with the given version.
@@ -30,9 +41,9 @@ pub fn load(
     zone: Option<&str>,
 ) -> Result<Snapshot, LoadError> {
     let display = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
         path: display.clone(),
-        source,
+        error,
     })?;
     let resources = trellis_api::parse_documents(&display, &text)?;
     Ok(Snapshot::build(

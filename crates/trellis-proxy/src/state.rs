@@ -3,9 +3,12 @@
 use crate::config::Snapshot;
 use crate::http::upstream::Upstreams;
 use crate::metrics::Metrics;
+use crate::resilience::health::{self, CheckConfig, Health};
 use arc_swap::ArcSwapOption;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// The service instance this sidecar stands beside.
 #[derive(Debug, Clone)]
@@ -44,10 +47,14 @@ pub struct ProxyState {
     pub settings: Settings,
     /// The last config change that was rejected, and why (shown on `/config`).
     pub last_error: Mutex<Option<String>>,
+    /// The local application, when this sidecar has an inbound side.
+    pub app: Option<SocketAddr>,
+    /// Active health checking of the local app: the config it runs with and its verdicts.
+    health: Mutex<Option<(CheckConfig, watch::Receiver<Health>)>>,
 }
 
 impl ProxyState {
-    pub fn new(identity: LocalIdentity, settings: Settings) -> Arc<Self> {
+    pub fn new(identity: LocalIdentity, settings: Settings, app: Option<SocketAddr>) -> Arc<Self> {
         Arc::new(Self {
             snapshot: ArcSwapOption::empty(),
             upstreams: Upstreams::new(settings.connect_timeout),
@@ -55,13 +62,52 @@ impl ProxyState {
             identity,
             settings,
             last_error: Mutex::new(None),
+            app,
+            health: Mutex::new(None),
         })
     }
 
     /// Installs a new snapshot; requests already running keep the one they started with.
     pub fn install(&self, snapshot: Snapshot) {
         self.metrics.config_version.set(snapshot.version as i64);
+        let check = self.health_check_config(&snapshot);
         self.snapshot.store(Some(Arc::new(snapshot)));
+        self.apply_health_check(check);
+    }
+
+    /// The active health check the own service's DestinationPolicy asks for.
+    fn health_check_config(&self, snapshot: &Snapshot) -> Option<CheckConfig> {
+        self.app?;
+        snapshot
+            .resources
+            .destination_policies()
+            .find(|p| {
+                p.metadata.namespace == self.identity.namespace
+                    && p.spec.service == self.identity.service
+            })
+            .and_then(|p| p.spec.health_check.as_ref())
+            .map(CheckConfig::from_config)
+    }
+
+    /// Starts, restarts or stops the checker when its config changed. Dropping the old
+    /// receiver ends the old checker.
+    fn apply_health_check(&self, check: Option<CheckConfig>) {
+        let (Some(app), Ok(mut current)) = (self.app, self.health.lock()) else {
+            return;
+        };
+        if current.as_ref().map(|(c, _)| c) == check.as_ref() {
+            return;
+        }
+        *current = check.map(|c| {
+            let rx = health::spawn(app, c.clone());
+            (c, rx)
+        });
+    }
+
+    /// The local app's health verdict, when it is checked.
+    pub fn local_health(&self) -> Option<Health> {
+        let current = self.health.lock().ok()?;
+        current.as_ref().map(|(_, rx)| rx.borrow().clone())
     }
 
     pub fn set_last_error(&self, error: Option<String>) {

@@ -127,3 +127,44 @@ spec:
     );
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn sidecar_health_checks_its_app_with_the_grpc_health_protocol() {
+    let policy = "---
+apiVersion: trellis.dev/v1
+kind: DestinationPolicy
+metadata: {name: web}
+spec:
+  service: web
+  healthCheck: {grpc: {}, interval: 100ms, timeout: 100ms, healthyThreshold: 1, unhealthyThreshold: 2}
+";
+    let (mut instances, _caller, _d) = start("health", &[("web-a", &[])], policy).await;
+    let admin = instances[0].admin;
+    let health = || async move {
+        let (_, body) = get_status(admin, "/config").await.unwrap();
+        let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+        j["localApp"]["health"].clone()
+    };
+    let mut seen = serde_json::Value::Null;
+    for _ in 0..100 {
+        seen = health().await;
+        if seen == "Healthy" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, "Healthy");
+    let _ = instances[0].app.child.kill();
+    for _ in 0..100 {
+        seen = health().await;
+        if seen.get("Unhealthy").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen["Unhealthy"].as_str().unwrap_or("").contains("connect"),
+        "{seen}"
+    );
+    instances.clear();
+}

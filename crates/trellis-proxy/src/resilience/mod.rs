@@ -4,6 +4,7 @@
 //!
 //! State that must outlive a config reload (who is ejected, how many requests are in flight)
 //! lives in `Arc`s the snapshot builder carries from one snapshot to the next.
+pub mod health;
 pub mod limits;
 pub mod locality;
 pub mod outlier;
