@@ -7,15 +7,29 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[tokio::test]
-async fn up_runs_the_example_mesh() {
+/// `trellis up` on `example`, killed when dropped; returns once it printed its ready line.
+struct Up {
+    child: std::process::Child,
+    outbound: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    _dir: std::path::PathBuf,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn up(example: &str) -> Up {
     let dir = tempdir("up");
     let (outbound, admin) = (free_addr(), free_addr());
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/mesh.yaml");
+    let path = format!("{}/../../examples/{example}", env!("CARGO_MANIFEST_DIR"));
     let mut child = Command::new(BIN)
         .args([
             "up",
-            example,
+            &path,
             &format!("--outbound={outbound}"),
             &format!("--admin={admin}"),
             "--upstream-base=0",
@@ -45,6 +59,18 @@ async fn up_runs_the_example_mesh() {
             break;
         }
     }
+    Up {
+        child,
+        outbound,
+        admin,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn up_runs_the_example_mesh() {
+    let mesh = up("mesh.yaml");
+    let outbound = mesh.outbound;
     let c = http1();
     let mut versions = std::collections::HashMap::<String, usize>::new();
     for _ in 0..200 {
@@ -75,6 +101,50 @@ async fn up_runs_the_example_mesh() {
     println!("ratings (20% errors, retried): {ok}/100 succeeded");
     // 3 attempts at 20% errors: P(fail) = 0.8%; budget ratio 0.5 allows them.
     assert!(ok >= 95, "retries should mask most errors, got {ok}/100");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(mesh);
+}
+
+#[tokio::test]
+async fn up_runs_the_resilience_example() {
+    let mesh = up("resilience.yaml");
+    let c = http1();
+    let mut ok = 0;
+    for _ in 0..60 {
+        if get(&c, mesh.outbound, Some("checkout"), "/", &[])
+            .await
+            .status
+            == 200
+        {
+            ok += 1;
+        }
+    }
+    println!("checkout (one instance failing 50%, retried and ejected): {ok}/60 succeeded");
+    assert!(
+        ok >= 58,
+        "retries and ejection hide the failing canary: {ok}/60"
+    );
+    let (_, body) = get_status(mesh.admin, "/config").await.unwrap();
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let checkout = j["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "checkout")
+        .unwrap();
+    let ejected = checkout["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ejected"] == true)
+        .count();
+    assert_eq!(ejected, 1, "the failing canary is ejected: {checkout}");
+    let a = get(
+        &c,
+        mesh.outbound,
+        Some("inventory"),
+        "/",
+        &[("x-chaos", "on")],
+    )
+    .await;
+    assert!(a.status == 200 || a.header("trellis-error") == Some("fault-injected"));
 }
