@@ -22,6 +22,10 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Set by the control plane on every resource it returns: the store revision of the last
+    /// write. Sent back on a replace, it makes the write conditional (optimistic concurrency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
 }
 
 impl ObjectMeta {
@@ -31,6 +35,7 @@ impl ObjectMeta {
             namespace: default_namespace(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
+            resource_version: None,
         }
     }
 }

@@ -95,9 +95,9 @@ fn route_subsets(
                     }
                 ))
             }
-            None => Some(format!(
-                "subset {subset:?} is not declared: no DestinationPolicy declares subsets for service {service:?} in namespace {ns:?}"
-            )),
+            // The policy may live in another file or be applied later (a control plane gets
+            // resources one at a time); the proxy answers `no-healthy-endpoints` until it exists.
+            None => None,
         }
     };
     let mut problems = Vec::new();
