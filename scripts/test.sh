@@ -16,6 +16,17 @@ need_cargo_component() {
 need_cargo_component fmt rustfmt
 need_cargo_component clippy clippy
 
+# The etcd store's tests start real etcd processes (Debian's etcd-server 3.4) on free loopback
+# ports; without the binary they fail, on purpose. The package may start a system etcd on 2379:
+# harmless, the tests never use that port.
+if ! command -v etcd >/dev/null 2>&1; then
+  log "installing etcd-server (for the etcd store's tests)"
+  as_root=()
+  if [ "$(id -u)" -ne 0 ]; then as_root=(sudo); fi
+  "${as_root[@]}" apt-get update
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

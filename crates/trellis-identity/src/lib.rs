@@ -31,10 +31,32 @@ pub use authz::{Authorizer, Decision, RequestAttrs};
 pub use ca::{CaState, CertBundle, CertificateAuthority};
 pub use jwt::{Claims, JwtError, JwtValidator};
 pub use keys::WorkloadKey;
+pub use pem::PemError;
 pub use spiffe::SpiffeId;
-pub use tls::{CertSource, Rotator, TrustSource};
+pub use tls::{CertSource, ClientConfigs, Rotator, TrustSource};
 
 /// The rustls version these configs are built with, re-exported so callers use the same one.
 pub use rustls;
 /// The tokio-rustls version matching [`rustls`], re-exported for the same reason.
 pub use tokio_rustls;
+
+#[cfg(test)]
+mod tests {
+    /// The proxy shares these across tasks and awaits `validate` inside `Send` futures.
+    #[test]
+    fn shared_types_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<crate::JwtValidator>();
+        send_sync::<crate::Authorizer>();
+        send_sync::<crate::CertificateAuthority>();
+        send_sync::<crate::CertSource>();
+        send_sync::<crate::TrustSource>();
+        send_sync::<crate::ClientConfigs>();
+        send_sync::<crate::Rotator>();
+        fn send<T: Send>(_: &T) {}
+        let v = crate::JwtValidator::new(&[]).unwrap();
+        let (h, u) = (http::HeaderMap::new(), http::Uri::from_static("/"));
+        let fut = v.validate(&h, &u);
+        send(&fut);
+    }
+}

@@ -170,9 +170,9 @@ impl<'de> Deserialize<'de> for SpiffeId {
 pub fn validate_trust_domain(td: &str) -> Result<(), SpiffeIdError> {
     let ok = !td.is_empty()
         && td.len() <= MAX_TRUST_DOMAIN
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        });
     if ok {
         Ok(())
     } else {
@@ -210,6 +210,44 @@ fn validate_service(sa: &str) -> Result<(), SpiffeIdError> {
     }
 }
 
+/// Why a certificate does not carry a usable mesh identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertIdentityError {
+    #[error("certificate is not valid DER X.509: {0}")]
+    Malformed(String),
+    #[error("certificate has no URI subject alternative name (a mesh certificate carries exactly one SPIFFE ID)")]
+    NoUriSan,
+    #[error("certificate has {0} URI subject alternative names; a mesh certificate carries exactly one SPIFFE ID")]
+    SeveralUriSans(usize),
+    #[error("certificate URI SAN is not a mesh SPIFFE ID: {0}")]
+    Invalid(#[from] SpiffeIdError),
+}
+
+/// The SPIFFE ID in a DER certificate's URI SAN. Per the X.509-SVID spec there must be exactly
+/// one URI SAN; anything else is refused rather than guessed.
+pub fn spiffe_id_from_cert(der: &[u8]) -> Result<SpiffeId, CertIdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| CertIdentityError::Malformed(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| CertIdentityError::Malformed(e.to_string()))?
+        .ok_or(CertIdentityError::NoUriSan)?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [] => Err(CertIdentityError::NoUriSan),
+        [uri] => Ok(SpiffeId::parse(uri)?),
+        more => Err(CertIdentityError::SeveralUriSans(more.len())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,8 +258,14 @@ mod tests {
         assert_eq!(id.trust_domain(), "cluster.local");
         assert_eq!(id.namespace(), "default");
         assert_eq!(id.service(), "reviews");
-        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/reviews");
-        assert_eq!(id, SpiffeId::new("cluster.local", "default", "reviews").unwrap());
+        assert_eq!(
+            id.to_string(),
+            "spiffe://cluster.local/ns/default/sa/reviews"
+        );
+        assert_eq!(
+            id,
+            SpiffeId::new("cluster.local", "default", "reviews").unwrap()
+        );
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(json, "\"spiffe://cluster.local/ns/default/sa/reviews\"");
         assert_eq!(serde_json::from_str::<SpiffeId>(&json).unwrap(), id);
@@ -230,29 +274,62 @@ mod tests {
     #[test]
     fn rejects_malformed_ids_with_typed_errors() {
         use SpiffeIdError as E;
-        let cases: &[(&str, fn(&SpiffeIdError) -> bool)] = &[
-            ("cluster.local/ns/a/sa/b", |e| matches!(e, E::MissingScheme(_))),
-            ("SPIFFE://cluster.local/ns/a/sa/b", |e| matches!(e, E::MissingScheme(_))),
-            ("spiffe:///ns/a/sa/b", |e| matches!(e, E::InvalidTrustDomain(_))),
-            ("spiffe://Cluster.local/ns/a/sa/b", |e| matches!(e, E::InvalidTrustDomain(_))),
-            ("spiffe://td:8080/ns/a/sa/b", |e| matches!(e, E::ForbiddenComponent(_))),
-            ("spiffe://td/ns/a/sa/b?x=1", |e| matches!(e, E::ForbiddenComponent(_))),
-            ("spiffe://td/ns/a/sa/b#f", |e| matches!(e, E::ForbiddenComponent(_))),
-            ("spiffe://u@td/ns/a/sa/b", |e| matches!(e, E::ForbiddenComponent(_))),
+        type Check = fn(&SpiffeIdError) -> bool;
+        let cases: &[(&str, Check)] = &[
+            ("cluster.local/ns/a/sa/b", |e| {
+                matches!(e, E::MissingScheme(_))
+            }),
+            ("SPIFFE://cluster.local/ns/a/sa/b", |e| {
+                matches!(e, E::MissingScheme(_))
+            }),
+            ("spiffe:///ns/a/sa/b", |e| {
+                matches!(e, E::InvalidTrustDomain(_))
+            }),
+            ("spiffe://Cluster.local/ns/a/sa/b", |e| {
+                matches!(e, E::InvalidTrustDomain(_))
+            }),
+            ("spiffe://td:8080/ns/a/sa/b", |e| {
+                matches!(e, E::ForbiddenComponent(_))
+            }),
+            ("spiffe://td/ns/a/sa/b?x=1", |e| {
+                matches!(e, E::ForbiddenComponent(_))
+            }),
+            ("spiffe://td/ns/a/sa/b#f", |e| {
+                matches!(e, E::ForbiddenComponent(_))
+            }),
+            ("spiffe://u@td/ns/a/sa/b", |e| {
+                matches!(e, E::ForbiddenComponent(_))
+            }),
             ("spiffe://td", |e| matches!(e, E::BadPath(..))),
             ("spiffe://td/", |e| matches!(e, E::BadPath(..))),
             ("spiffe://td/ns/a", |e| matches!(e, E::BadPath(..))),
             ("spiffe://td/ns/a/sa/b/", |e| matches!(e, E::BadPath(..))),
             ("spiffe://td/ns/a/sa/b/c", |e| matches!(e, E::BadPath(..))),
             ("spiffe://td/sa/b/ns/a", |e| matches!(e, E::BadPath(..))),
-            ("spiffe://td/ns//sa/b", |e| matches!(e, E::InvalidNamespace(_))),
-            ("spiffe://td/ns/A/sa/b", |e| matches!(e, E::InvalidNamespace(_))),
-            ("spiffe://td/ns/-a/sa/b", |e| matches!(e, E::InvalidNamespace(_))),
-            ("spiffe://td/ns/a/sa/", |e| matches!(e, E::InvalidService(_))),
-            ("spiffe://td/ns/a/sa/..", |e| matches!(e, E::InvalidService(_))),
-            ("spiffe://td/ns/a/sa/b%2f", |e| matches!(e, E::InvalidService(_))),
-            ("spiffe://td/ns/a/sa/b c", |e| matches!(e, E::InvalidService(_))),
-            ("spiffe://td/ns/a/sa/ü", |e| matches!(e, E::InvalidService(_))),
+            ("spiffe://td/ns//sa/b", |e| {
+                matches!(e, E::InvalidNamespace(_))
+            }),
+            ("spiffe://td/ns/A/sa/b", |e| {
+                matches!(e, E::InvalidNamespace(_))
+            }),
+            ("spiffe://td/ns/-a/sa/b", |e| {
+                matches!(e, E::InvalidNamespace(_))
+            }),
+            ("spiffe://td/ns/a/sa/", |e| {
+                matches!(e, E::InvalidService(_))
+            }),
+            ("spiffe://td/ns/a/sa/..", |e| {
+                matches!(e, E::InvalidService(_))
+            }),
+            ("spiffe://td/ns/a/sa/b%2f", |e| {
+                matches!(e, E::InvalidService(_))
+            }),
+            ("spiffe://td/ns/a/sa/b c", |e| {
+                matches!(e, E::InvalidService(_))
+            }),
+            ("spiffe://td/ns/a/sa/ü", |e| {
+                matches!(e, E::InvalidService(_))
+            }),
         ];
         for (input, check) in cases {
             let err = SpiffeId::parse(input).expect_err(input);
@@ -268,7 +345,13 @@ mod tests {
 
     #[test]
     fn never_panics_on_odd_input() {
-        for s in ["", "spiffe://", "spiffe:///", "spiffe://\u{0}/ns/a/sa/b", "spiffe://ü/x"] {
+        for s in [
+            "",
+            "spiffe://",
+            "spiffe:///",
+            "spiffe://\u{0}/ns/a/sa/b",
+            "spiffe://ü/x",
+        ] {
             let _ = SpiffeId::parse(s);
         }
     }

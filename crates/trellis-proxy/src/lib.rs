@@ -16,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod registration;
 pub mod resilience;
 pub mod retry;
 pub mod source;

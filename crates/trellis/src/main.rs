@@ -2,6 +2,8 @@
 //! service (`demo-app`), a whole mesh on one machine (`up`), and config checking (`validate`).
 #![forbid(unsafe_code)]
 
+mod control_cmd;
+mod ctl;
 mod demo_app;
 mod proxy_cmd;
 mod up;
@@ -21,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the control plane: config store, registry, xDS push, HTTP API.
+    Control(control_cmd::ControlCmdArgs),
     /// Run a sidecar proxy beside one service instance.
     Proxy(proxy_cmd::ProxyArgs),
     /// Run the sample service used by examples, tests and benchmarks.
@@ -28,6 +32,14 @@ enum Command {
     DemoApp(demo_app::DemoArgs),
     /// Start a whole mesh on this machine from a manifest: apps, sidecars and config.
     Up(up::UpArgs),
+    /// Create or update resources on a control plane from files, a directory, or stdin.
+    Apply(ctl::ApplyArgs),
+    /// List resources of a kind, or show one.
+    Get(ctl::GetArgs),
+    /// Show one resource in full, with what the mesh knows about it.
+    Describe(ctl::GetArgs),
+    /// Delete a resource.
+    Delete(ctl::DeleteArgs),
     /// Check config files and report every problem with file, document and field path.
     Validate {
         /// Files to check.
@@ -74,6 +86,11 @@ fn main() -> ExitCode {
             Command::DemoApp(args) => demo_app::run(args).await,
             Command::Up(args) => up::run(args).await,
             Command::Validate { files } => validate(&files),
+            Command::Control(args) => control_cmd::run(args).await,
+            Command::Apply(args) => ctl::apply(args).await,
+            Command::Get(args) => ctl::get(args).await,
+            Command::Describe(args) => ctl::describe(args).await,
+            Command::Delete(args) => ctl::delete(args).await,
         }
     });
     match result {

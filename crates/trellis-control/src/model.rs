@@ -1,0 +1,105 @@
+//! The control plane's in-memory copy of the mesh: every resource with its version, kept in step
+//! with the store by list-then-watch. Each replica follows the store on its own, so every
+//! replica sees every change (made through any replica) in revision order.
+use crate::store::{Listing, ResourceKey, Revision, Store, StoreError, Stored, WatchEvent};
+use futures_util::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use trellis_api::{Resource, ResourceSet};
+
+/// A consistent picture of the store at one revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Model {
+    pub items: BTreeMap<ResourceKey, Stored>,
+    pub revision: Revision,
+}
+
+impl Model {
+    pub fn from_listing(listing: Listing) -> Self {
+        Self {
+            items: listing.items.into_iter().map(|s| (s.key(), s)).collect(),
+            revision: listing.revision,
+        }
+    }
+
+    /// Applies one watch event; returns whether anything changed.
+    pub fn apply(&mut self, event: WatchEvent) -> bool {
+        self.revision = self.revision.max(event.revision());
+        match event {
+            WatchEvent::Put(stored) => {
+                let key = stored.key();
+                let changed = self.items.get(&key) != Some(&stored);
+                self.items.insert(key, stored);
+                changed
+            }
+            WatchEvent::Delete { key, .. } => self.items.remove(&key).is_some(),
+        }
+    }
+
+    pub fn resources(&self) -> impl Iterator<Item = &Resource> {
+        self.items.values().map(|s| &s.resource)
+    }
+
+    /// Every resource, as the proxy's snapshot builder takes them.
+    pub fn resource_set(&self) -> ResourceSet {
+        ResourceSet {
+            resources: self.resources().cloned().collect(),
+        }
+    }
+}
+
+/// Follows `store` for as long as a receiver lives: lists, then watches from the listed
+/// revision; on a broken watch it watches again from the last revision seen, and on
+/// compaction (or any other error) it lists again, backing off while the store is away. The
+/// model published is always whole: never half of a change.
+pub fn follow(store: Arc<dyn Store>) -> watch::Receiver<Arc<Model>> {
+    let (tx, rx) = watch::channel(Arc::new(Model::default()));
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if tx.is_closed() {
+                return;
+            }
+            let listing = match store.list(None, None).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the store; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            let mut model = Model::from_listing(listing);
+            tx.send_replace(Arc::new(model.clone()));
+            if let Err(e) = watch_from(&*store, &mut model, &tx).await {
+                tracing::warn!(error = %e, revision = model.revision, "store watch ended; resyncing");
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    });
+    rx
+}
+
+/// Applies watch events until the watch fails. Events of one revision arrive together and are
+/// published together.
+async fn watch_from(
+    store: &dyn Store,
+    model: &mut Model,
+    tx: &watch::Sender<Arc<Model>>,
+) -> Result<(), StoreError> {
+    loop {
+        let mut events = store.watch(model.revision).await?;
+        while let Some(event) = events.next().await {
+            let changed = model.apply(event?);
+            if tx.is_closed() {
+                return Ok(());
+            }
+            if changed {
+                tx.send_replace(Arc::new(model.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! What each proxy is sent: only the services it may call (with their workloads, routes and
+//! destination policies, following route backends and mirrors to other services), plus the
+//! policy for its own inbound side and the mesh settings. Proxy memory then follows what a
+//! workload calls, not the size of the mesh.
+//!
+//! "May call" is read from AuthorizationPolicies: a service whose policies could never allow
+//! this caller (deny by default, and no allow rule whose `from` matches its identity or
+//! namespace) is left out. Anything a rule could allow stays in: the inbound side still decides
+//! each request, so this filter may over-include but never wrongly excludes.
+use crate::model::Model;
+use crate::store::Stored;
+use std::collections::{BTreeSet, VecDeque};
+use trellis_api::security::{AuthorizationPolicy, AuthzAction, AuthzSource};
+use trellis_api::{Resource, Service, Workload};
+
+/// Who a proxy is, as it says when it connects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeInfo {
+    pub service: String,
+    pub namespace: String,
+}
+
+impl NodeInfo {
+    /// The SPIFFE identity this proxy's workload holds.
+    pub fn principal(&self, trust_domain: &str) -> String {
+        format!(
+            "spiffe://{trust_domain}/ns/{}/sa/{}",
+            self.namespace, self.service
+        )
+    }
+}
+
+/// The resources `node` should hold, in key order.
+pub fn view<'m>(model: &'m Model, node: &NodeInfo) -> Vec<&'m Stored> {
+    let trust_domain = model
+        .resources()
+        .find_map(|r| match r {
+            Resource::MeshConfig(m) => Some(m.spec.trust_domain.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "cluster.local".into());
+    let principal = node.principal(&trust_domain);
+    let mut services = reachable_services(model, node, &principal);
+    services.insert((node.namespace.clone(), node.service.clone()));
+    let selected: Vec<&Service> = model
+        .resources()
+        .filter_map(|r| match r {
+            Resource::Service(s)
+                if services.contains(&(s.metadata.namespace.clone(), s.metadata.name.clone())) =>
+            {
+                Some(s)
+            }
+            _ => None,
+        })
+        .collect();
+    let wanted = Wanted {
+        node,
+        services: &services,
+        selected: &selected,
+    };
+    model
+        .items
+        .values()
+        .filter(|s| wanted.resource(&s.resource))
+        .collect()
+}
+
+struct Wanted<'a> {
+    node: &'a NodeInfo,
+    /// Services the node may call, plus its own.
+    services: &'a BTreeSet<(String, String)>,
+    selected: &'a [&'a Service],
+}
+
+impl Wanted<'_> {
+    fn has(&self, ns: &str, svc: &str) -> bool {
+        self.services.contains(&(ns.to_string(), svc.to_string()))
+    }
+
+    fn own(&self, ns: &str, svc: &str) -> bool {
+        ns == self.node.namespace && svc == self.node.service
+    }
+
+    fn resource(&self, r: &Resource) -> bool {
+        let ns = r.metadata().namespace.as_str();
+        match r {
+            Resource::MeshConfig(_) => true,
+            Resource::Service(s) => self.has(ns, &s.metadata.name),
+            Resource::Route(x) => self.has(ns, &x.spec.service),
+            Resource::DestinationPolicy(p) => self.has(ns, &p.spec.service),
+            Resource::Workload(w) => self.selected.iter().any(|s| selects(s, w)),
+            Resource::AuthorizationPolicy(p) => self.own(ns, &p.spec.service),
+            Resource::RequestAuthentication(p) => self.own(ns, &p.spec.service),
+            Resource::Deployment(_) => false,
+        }
+    }
+}
+
+/// The same rule the proxy's snapshot builder applies.
+fn selects(s: &Service, w: &Workload) -> bool {
+    if s.metadata.namespace != w.metadata.namespace {
+        return false;
+    }
+    if s.spec.selector.is_empty() {
+        w.spec.service.as_deref() == Some(s.metadata.name.as_str())
+    } else {
+        s.spec
+            .selector
+            .iter()
+            .all(|(k, v)| w.metadata.labels.get(k) == Some(v))
+    }
+}
+
+/// Services this node may call, closed over route backends and mirrors.
+fn reachable_services(
+    model: &Model,
+    node: &NodeInfo,
+    principal: &str,
+) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let mut queue: VecDeque<(String, String)> = model
+        .resources()
+        .filter_map(|r| match r {
+            Resource::Service(s) => Some((s.metadata.namespace.clone(), s.metadata.name.clone())),
+            _ => None,
+        })
+        .filter(|(ns, name)| may_call(model, ns, name, node, principal))
+        .collect();
+    while let Some(key) = queue.pop_front() {
+        if !out.insert(key.clone()) {
+            continue;
+        }
+        for r in model.resources() {
+            if let Resource::Route(route) = r {
+                if route.metadata.namespace != key.0 || route.spec.service != key.1 {
+                    continue;
+                }
+                for rule in &route.spec.rules {
+                    let targets = rule
+                        .backends
+                        .iter()
+                        .map(|b| b.service.clone())
+                        .chain(rule.mirror.iter().map(|m| m.service.clone()));
+                    for t in targets {
+                        queue.push_back((key.0.clone(), t));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// False only when the service's policies can never allow this caller.
+fn may_call(model: &Model, ns: &str, service: &str, node: &NodeInfo, principal: &str) -> bool {
+    let policies: Vec<&AuthorizationPolicy> = model
+        .resources()
+        .filter_map(|r| match r {
+            Resource::AuthorizationPolicy(p)
+                if p.metadata.namespace == ns && p.spec.service == service =>
+            {
+                Some(p)
+            }
+            _ => None,
+        })
+        .collect();
+    if policies.is_empty() {
+        return true;
+    }
+    policies.iter().any(|p| {
+        p.spec.default_action == AuthzAction::Allow
+            || p.spec.rules.iter().any(|rule| {
+                rule.action == AuthzAction::Allow
+                    && rule
+                        .from
+                        .as_ref()
+                        .is_none_or(|f| source_may_match(f, node, principal))
+            })
+    })
+}
+
+fn source_may_match(from: &AuthzSource, node: &NodeInfo, principal: &str) -> bool {
+    let principal_ok = from.principals.is_empty()
+        || from.principals.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => principal.starts_with(prefix),
+            None => p == principal,
+        });
+    let namespace_ok = from.namespaces.is_empty() || from.namespaces.contains(&node.namespace);
+    principal_ok && namespace_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ResourceKey, Stored};
+
+    fn model(yaml: &str) -> Model {
+        let set = trellis_api::parse_documents("test.yaml", yaml).expect("valid test config");
+        let items = set
+            .resources
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let s = Stored {
+                    resource: r,
+                    version: i as u64 + 1,
+                    lease: None,
+                };
+                (ResourceKey::of(&s.resource), s)
+            })
+            .collect();
+        Model {
+            items,
+            revision: 100,
+        }
+    }
+
+    fn names(v: &[&Stored]) -> Vec<String> {
+        v.iter().map(|s| s.key().to_string()).collect()
+    }
+
+    const MESH: &str = "
+apiVersion: trellis.dev/v1
+kind: Service
+metadata: {name: a}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: trellis.dev/v1
+kind: Service
+metadata: {name: b}
+spec: {selector: {app: b}, ports: [{port: 80}]}
+---
+apiVersion: trellis.dev/v1
+kind: Service
+metadata: {name: c}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: trellis.dev/v1
+kind: Service
+metadata: {name: secret}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: trellis.dev/v1
+kind: Workload
+metadata: {name: b-0, labels: {app: b}}
+spec: {address: 10.0.0.2, port: 80}
+---
+apiVersion: trellis.dev/v1
+kind: Workload
+metadata: {name: c-0}
+spec: {service: c, address: 10.0.0.3, port: 80}
+---
+apiVersion: trellis.dev/v1
+kind: Workload
+metadata: {name: s-0}
+spec: {service: secret, address: 10.0.0.4, port: 80}
+---
+apiVersion: trellis.dev/v1
+kind: Route
+metadata: {name: b}
+spec:
+  service: b
+  rules: [{mirror: {service: c}}]
+---
+apiVersion: trellis.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: secret}
+spec:
+  service: secret
+  defaultAction: Deny
+  rules:
+    - action: Allow
+      from: {principals: ['spiffe://cluster.local/ns/default/sa/admin']}
+---
+apiVersion: trellis.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: a}
+spec:
+  service: a
+  defaultAction: Deny
+  rules: [{action: Allow, from: {namespaces: [default]}}]
+";
+
+    #[test]
+    fn callers_get_what_they_may_call_and_their_own_policy() {
+        let m = model(MESH);
+        let a = NodeInfo {
+            service: "a".into(),
+            namespace: "default".into(),
+        };
+        let got = names(&view(&m, &a));
+        assert!(got.contains(&"Service/default/b".to_string()));
+        assert!(
+            got.contains(&"Workload/default/b-0".to_string()),
+            "selected by label"
+        );
+        assert!(
+            got.contains(&"Workload/default/c-0".to_string()),
+            "mirror target followed"
+        );
+        assert!(
+            got.contains(&"AuthorizationPolicy/default/a".to_string()),
+            "own inbound policy"
+        );
+        assert!(
+            !got.iter().any(|k| k.contains("secret")),
+            "not allowed to call secret: {got:?}"
+        );
+        let admin = NodeInfo {
+            service: "admin".into(),
+            namespace: "default".into(),
+        };
+        let got = names(&view(&m, &admin));
+        assert!(got.contains(&"Workload/default/s-0".to_string()));
+        assert!(!got.contains(&"AuthorizationPolicy/default/secret".to_string()));
+    }
+}

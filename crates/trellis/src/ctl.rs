@@ -1,0 +1,299 @@
+//! The Kubernetes-style verbs against a control plane: `apply`, `get`, `describe`, `delete`,
+//! `proxy-config`, `check`. They speak the control plane's HTTP JSON API and print what it says,
+//! errors included (with file, document and field path for invalid config).
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Where the control plane is.
+#[derive(Args, Debug, Clone)]
+pub struct ControlArgs {
+    /// Control plane address (its HTTP API).
+    #[arg(
+        long,
+        env = "TRELLIS_CONTROL",
+        default_value = "http://127.0.0.1:15010"
+    )]
+    pub control: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// A file, a directory of *.yaml/*.yml/*.json files, or `-` for standard input.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Output {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Kind (`services`, `route`, `dp`, ...).
+    pub kind: String,
+    pub name: Option<String>,
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    pub kind: String,
+    pub name: String,
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+}
+
+pub struct Api {
+    base: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Api {
+    pub fn new(args: &ControlArgs) -> Self {
+        Self {
+            base: args.control.trim_end_matches('/').to_string(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Sends a request; returns the JSON body of a 2xx answer, or an error with the API's words.
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .with_context(|| format!("bad control plane address {url:?}"))?;
+        let rsp =
+            tokio::time::timeout(std::time::Duration::from_secs(30), self.client.request(req))
+                .await
+                .with_context(|| {
+                    format!(
+                        "no answer from the control plane at {} within 30 s",
+                        self.base
+                    )
+                })?
+                .with_context(|| format!("cannot reach the control plane at {}", self.base))?;
+        let status = rsp.status();
+        let bytes = rsp.into_body().collect().await?.to_bytes();
+        let json: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if status.is_success() {
+            return Ok(json);
+        }
+        let mut msg = json["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| json.to_string());
+        for d in json["details"].as_array().into_iter().flatten() {
+            msg.push_str("\n  ");
+            msg.push_str(d.as_str().unwrap_or_default());
+        }
+        bail!("{msg}")
+    }
+}
+
+/// Expands `-f` arguments into (name, text) sources.
+fn sources(files: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for f in files {
+        if f == "-" {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            out.push(("stdin".into(), text));
+            continue;
+        }
+        let path = PathBuf::from(f);
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)
+                .with_context(|| format!("cannot read directory {f}"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_config(p))
+                .collect();
+            entries.sort();
+            for p in entries {
+                out.push(read(&p)?);
+            }
+        } else {
+            out.push(read(&path)?);
+        }
+    }
+    Ok(out)
+}
+
+fn is_config(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+fn read(p: &Path) -> anyhow::Result<(String, String)> {
+    let name = p.display().to_string();
+    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {name}"))?;
+    Ok((name, text))
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.control);
+    // Check every source locally first: nothing is sent unless all of it is valid.
+    let sources = sources(&args.files)?;
+    for (name, text) in &sources {
+        trellis_api::parse_documents(name, text)?;
+    }
+    for (name, text) in sources {
+        let path = format!("/api/v1/apply?file={}", encode(&name));
+        let result = api.call(http::Method::POST, &path, Some(text)).await?;
+        for r in result["results"].as_array().into_iter().flatten() {
+            println!(
+                "{} {}",
+                r["key"].as_str().unwrap_or_default(),
+                r["action"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn get(args: GetArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.control);
+    let value = match &args.name {
+        Some(name) => {
+            let path = format!(
+                "/api/v1/resources/{}/{}/{}",
+                encode(&args.kind),
+                encode(&args.namespace),
+                encode(name)
+            );
+            api.call(http::Method::GET, &path, None).await?
+        }
+        None => {
+            let path = format!(
+                "/api/v1/resources?kind={}&namespace={}",
+                encode(&args.kind),
+                encode(&args.namespace)
+            );
+            api.call(http::Method::GET, &path, None).await?["items"].clone()
+        }
+    };
+    print_value(&value, args.output)
+}
+
+fn print_value(value: &Value, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => match value {
+            Value::Array(items) => {
+                for item in items {
+                    print!("---\n{}", serde_yaml_ng::to_string(item)?);
+                }
+            }
+            v => print!("{}", serde_yaml_ng::to_string(v)?),
+        },
+        Output::Table => {
+            let items = match value {
+                Value::Array(items) => items.clone(),
+                v => vec![v.clone()],
+            };
+            println!(
+                "{:<22} {:<12} {:<32} {:>8}",
+                "KIND", "NAMESPACE", "NAME", "VERSION"
+            );
+            for i in items {
+                let m = &i["metadata"];
+                println!(
+                    "{:<22} {:<12} {:<32} {:>8}",
+                    i["kind"].as_str().unwrap_or_default(),
+                    m["namespace"].as_str().unwrap_or_default(),
+                    m["name"].as_str().unwrap_or_default(),
+                    m["resourceVersion"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn describe(args: GetArgs) -> anyhow::Result<()> {
+    let Some(name) = args.name.clone() else {
+        bail!("describe needs a name: trellis describe KIND NAME");
+    };
+    let api = Api::new(&args.control);
+    let path = format!(
+        "/api/v1/resources/{}/{}/{}",
+        encode(&args.kind),
+        encode(&args.namespace),
+        encode(&name)
+    );
+    let value = api.call(http::Method::GET, &path, None).await?;
+    print!("{}", serde_yaml_ng::to_string(&value)?);
+    let proxies = api.call(http::Method::GET, "/api/v1/proxies", None).await?;
+    let kind = value["kind"].as_str().unwrap_or_default();
+    if kind == "Service" {
+        let holders: Vec<String> = proxies["proxies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["service"].as_str() == Some(name.as_str()))
+            .map(|p| p["id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        println!(
+            "# proxies of this service: {}",
+            if holders.is_empty() {
+                "none connected".into()
+            } else {
+                holders.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.control);
+    let path = format!(
+        "/api/v1/resources/{}/{}/{}",
+        encode(&args.kind),
+        encode(&args.namespace),
+        encode(&args.name)
+    );
+    let v = api.call(http::Method::DELETE, &path, None).await?;
+    println!("{} deleted", v["deleted"].as_str().unwrap_or_default());
+    Ok(())
+}
