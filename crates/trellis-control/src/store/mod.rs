@@ -209,7 +209,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every change after `from_revision`, in order, then live changes as they happen.
     /// [`StoreError::Compacted`] (from this call or as the stream's first item) when that history
-    /// is gone.
+    /// is gone. Revisions never go down; on etcd, the deletes of one lapsed lease share one.
     async fn watch(&self, from_revision: Revision) -> Result<WatchStream>;
 
     /// Discards watch history up to `revision`: later `watch(from)` calls with `from < revision`

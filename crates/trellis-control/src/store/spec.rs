@@ -32,7 +32,7 @@ impl StoreSpec {
 
 /// `etcd://h1:2379,h2:2379` to `["http://h1:2379", "http://h2:2379"]`. Each endpoint may repeat
 /// the `etcd://` prefix; IPv6 hosts go in brackets (`[::1]:2379`).
-pub fn parse_etcd_url(url: &str) -> Result<Vec<String>> {
+fn parse_etcd_url(url: &str) -> Result<Vec<String>> {
     let bad = |detail: String| StoreError::Config {
         setting: url.to_string(),
         detail,

@@ -9,14 +9,9 @@
 //! * `meta`: `revision` (last assigned), `compacted` (history at or below it is gone),
 //!   `next_lease`
 use super::Inner;
-use crate::store::codec::{decode, parse_key};
-use crate::store::{
-    LeaseId, Listing, ResourceKey, Result, Revision, StoreError, Stored, WatchEvent,
-};
-use redb::{
-    MultimapTableDefinition, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
-    WriteTransaction,
-};
+use crate::store::codec::parse_key;
+use crate::store::{LeaseId, ResourceKey, Result, Revision, StoreError, Stored, WatchEvent};
+use redb::{MultimapTableDefinition, ReadableTable, TableDefinition, WriteTransaction};
 use std::time::Duration;
 
 pub(super) const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
@@ -26,10 +21,10 @@ pub(super) const LEASE_KEYS: MultimapTableDefinition<i64, &str> =
     MultimapTableDefinition::new("lease_keys");
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-const REVISION: &str = "revision";
-const COMPACTED: &str = "compacted";
+pub(super) const REVISION: &str = "revision";
+pub(super) const COMPACTED: &str = "compacted";
 const NEXT_LEASE: &str = "next_lease";
-const HEADER: usize = 16;
+pub(super) const HEADER: usize = 16;
 
 /// One write transaction: changes made through it commit together or not at all.
 pub(super) struct Tx<'a> {
@@ -152,131 +147,6 @@ impl Inner {
             Ok(leases)
         };
         run().map_err(|e| self.backend(e))
-    }
-
-    pub(super) fn read(&self) -> Result<ReadTransaction> {
-        self.db.begin_read().map_err(|e| self.backend(e))
-    }
-
-    pub(super) fn get(&self, key: &ResourceKey) -> Result<Option<Stored>> {
-        let rtxn = self.read()?;
-        let table = rtxn.open_table(RESOURCES).map_err(|e| self.backend(e))?;
-        let key_s = key.to_string();
-        match table.get(key_s.as_str()).map_err(|e| self.backend(e))? {
-            Some(v) => Ok(Some(self.decode_record(key, v.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    pub(super) fn list(&self, kind: Option<&str>, namespace: Option<&str>) -> Result<Listing> {
-        let rtxn = self.read()?;
-        let revision = read_meta(&rtxn, REVISION).map_err(|e| self.backend(e))?;
-        let table = rtxn.open_table(RESOURCES).map_err(|e| self.backend(e))?;
-        // '0' is the character after '/', so `P/`..`P0` is exactly the keys under prefix `P/`.
-        let (start, end) = match (kind, namespace) {
-            (Some(k), Some(ns)) => (format!("{k}/{ns}/"), format!("{k}/{ns}0")),
-            (Some(k), None) => (format!("{k}/"), format!("{k}0")),
-            (None, _) => (String::new(), "\u{10ffff}".to_string()),
-        };
-        let mut items = Vec::new();
-        let rows = table
-            .range(start.as_str()..end.as_str())
-            .map_err(|e| self.backend(e))?;
-        for row in rows {
-            let (k, v) = row.map_err(|e| self.backend(e))?;
-            let key = parse_key(&self.name, k.value())?;
-            if namespace.is_some_and(|ns| ns != key.namespace) {
-                continue;
-            }
-            items.push(self.decode_record(&key, v.value())?);
-        }
-        Ok(Listing { items, revision })
-    }
-
-    /// The events after `from` in a snapshot, with its revision and compaction point.
-    pub(super) fn events_after(
-        &self,
-        rtxn: &ReadTransaction,
-        from: Revision,
-    ) -> Result<Vec<WatchEvent>> {
-        let run = || -> Result<(Revision, Revision), redb::Error> {
-            Ok((read_meta(rtxn, REVISION)?, read_meta(rtxn, COMPACTED)?))
-        };
-        let (revision, compacted) = run().map_err(|e| self.backend(e))?;
-        if from < compacted {
-            return Err(StoreError::Compacted {
-                requested: from,
-                compacted,
-            });
-        }
-        let table = rtxn.open_table(EVENTS).map_err(|e| self.backend(e))?;
-        let mut out = Vec::new();
-        if from >= revision {
-            return Ok(out);
-        }
-        for row in table.range(from + 1..).map_err(|e| self.backend(e))? {
-            let (rev, bytes) = row.map_err(|e| self.backend(e))?;
-            out.push(self.decode_event(rev.value(), bytes.value())?);
-        }
-        Ok(out)
-    }
-
-    fn decode_record(&self, key: &ResourceKey, bytes: &[u8]) -> Result<Stored> {
-        let Some((header, json)) = bytes.split_first_chunk::<HEADER>() else {
-            return Err(self.corrupt(&key.to_string(), "record shorter than its header"));
-        };
-        let (version, lease) = split_header(header);
-        Ok(Stored {
-            resource: decode(&self.name, key, json)?,
-            version,
-            lease: (lease != 0).then_some(LeaseId(lease)),
-        })
-    }
-
-    fn decode_event(&self, revision: Revision, bytes: &[u8]) -> Result<WatchEvent> {
-        let at = format!("event log, revision {revision}");
-        let (&tag, rest) = bytes
-            .split_first()
-            .ok_or_else(|| self.corrupt(&at, "empty event"))?;
-        let (lease, rest) = rest
-            .split_first_chunk::<8>()
-            .ok_or_else(|| self.corrupt(&at, "truncated event"))?;
-        let (len, rest) = rest
-            .split_first_chunk::<2>()
-            .ok_or_else(|| self.corrupt(&at, "truncated event"))?;
-        let len = usize::from(u16::from_be_bytes(*len));
-        let (key, json) = rest
-            .split_at_checked(len)
-            .ok_or_else(|| self.corrupt(&at, "truncated key"))?;
-        let key = std::str::from_utf8(key).map_err(|e| self.corrupt(&at, &e.to_string()))?;
-        let key = parse_key(&self.name, key)?;
-        match tag {
-            0 => {
-                let lease = i64::from_be_bytes(*lease);
-                Ok(WatchEvent::Put(Stored {
-                    resource: decode(&self.name, &key, json)?,
-                    version: revision,
-                    lease: (lease != 0).then_some(LeaseId(lease)),
-                }))
-            }
-            1 => Ok(WatchEvent::Delete { key, revision }),
-            t => Err(self.corrupt(&at, &format!("unknown event type {t}"))),
-        }
-    }
-
-    pub(super) fn backend(&self, e: impl Into<redb::Error>) -> StoreError {
-        StoreError::Backend {
-            store: self.name.clone(),
-            detail: e.into().to_string(),
-        }
-    }
-
-    fn corrupt(&self, key: &str, detail: &str) -> StoreError {
-        StoreError::Corrupt {
-            store: self.name.clone(),
-            key: key.to_string(),
-            detail: detail.to_string(),
-        }
     }
 }
 
@@ -415,7 +285,7 @@ impl Tx<'_> {
     }
 }
 
-fn split_header(header: &[u8; HEADER]) -> (Revision, i64) {
+pub(super) fn split_header(header: &[u8; HEADER]) -> (Revision, i64) {
     let (version, lease) = header.split_at(8);
     let mut v = [0u8; 8];
     let mut l = [0u8; 8];
@@ -438,14 +308,6 @@ fn event_bytes(tag: u8, lease: i64, key: &str, json: &[u8]) -> Vec<u8> {
 
 fn meta(txn: &WriteTransaction, name: &str) -> Result<u64, redb::Error> {
     Ok(txn
-        .open_table(META)?
-        .get(name)?
-        .map(|v| v.value())
-        .unwrap_or(0))
-}
-
-fn read_meta(rtxn: &ReadTransaction, name: &str) -> Result<u64, redb::Error> {
-    Ok(rtxn
         .open_table(META)?
         .get(name)?
         .map(|v| v.value())

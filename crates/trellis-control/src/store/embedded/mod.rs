@@ -17,7 +17,7 @@
 //!   also serves proxies. The write mutex is a `std` mutex held only inside those closures.
 //! * **One process.** redb locks the file; a second control plane on the same `--data-dir` fails
 //!   to open it with a message saying so. Use etcd for several replicas.
-//! * **Leases**: see `lease.rs`.
+//! * **Leases**: see `lease.rs`. File layout: see `db.rs`.
 use super::codec::{check_key, check_kind, check_part, encode};
 use super::{
     Lease, LeaseId, Listing, Result, Revision, Store, StoreError, Stored, WatchStream, DATA_FILE,
@@ -32,6 +32,7 @@ use trellis_api::Resource;
 
 mod db;
 mod lease;
+mod read;
 mod watch;
 
 /// Tunables of the embedded store; the defaults suit production.

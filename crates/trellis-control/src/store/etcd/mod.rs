@@ -11,10 +11,12 @@
 //!   is. Nothing is ever written half.
 //! * **Leases** are etcd's own: grant, one-shot keep-alive (one request on a `LeaseKeepAlive`
 //!   stream), revoke, and puts carrying the lease id. etcd deletes a lapsed lease's keys and
-//!   emits the deletes to every watcher, on every replica.
+//!   emits the deletes to every watcher, on every replica — several deletes of one lapsed lease
+//!   share one revision, as they are one etcd transaction.
 //! * **Failures.** Every request has a deadline ([`EtcdOptions::request_timeout`]); an etcd that
 //!   is down, partitioned or leaderless gives [`StoreError::Unavailable`] within it, and works
-//!   again once etcd is back (the gRPC channel reconnects by itself). A write that timed out
+//!   again once etcd is back (the gRPC channel reconnects by itself). With several endpoints a
+//!   request fails over to the next member (see `client.rs`). A write that timed out
 //!   after being sent may or may not have been applied; the error says so. Watch streams end
 //!   with `Unavailable` when the connection drops (HTTP/2 keep-alives notice a silent peer);
 //!   the caller watches again from the last revision it saw.
