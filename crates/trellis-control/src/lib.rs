@@ -1,9 +1,12 @@
 //! The Trellis control plane.
 //!
-//! For now this crate holds the config store ([`store`]): where the mesh's resources live, with
-//! resource versions, optimistic concurrency, leases for self-registered workloads, and a watch
-//! that lets several control-plane replicas (and the snapshot builder) follow every change in
-//! order. The registry, snapshot builder, xDS transport and HTTP API build on top of it.
+//! - [`store`]: where the mesh's resources live (an embedded redb file, or etcd shared by several
+//!   replicas), with resource versions, optimistic concurrency, leases for self-registered
+//!   workloads, and a watch that lets every replica follow every change in order.
+//! - [`model`]: each replica's in-memory copy of the store, kept by list-then-watch.
+//! - [`view`]: what each proxy is sent (only what it may call, plus its own inbound policy).
+//! - [`api`]: the HTTP JSON API for the CLI and for sidecar registration.
+//! - [`server`]: `trellis control`, tying them together with the xDS transport.
 #![forbid(unsafe_code)]
 
 pub mod api;
