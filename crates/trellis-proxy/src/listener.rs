@@ -157,7 +157,15 @@ where
     let Some(addr) = target else {
         return;
     };
-    match state.upstreams.connect(addr).await {
+    let timeout = match role {
+        Role::Outbound { fixed: Some(f) } => state.snapshot.load_full().and_then(|s| {
+            s.service(&f.namespace, &f.service)
+                .and_then(|t| t.connect_timeout)
+        }),
+        _ => None,
+    }
+    .unwrap_or_else(|| state.upstreams.default_connect_timeout());
+    match state.upstreams.connect(addr, timeout).await {
         Ok(upstream) => splice(&state.metrics, role.direction(), service, io, upstream).await,
         Err(e) => tracing::warn!(%peer, error = %e.detail, "tcp upstream connect failed"),
     }

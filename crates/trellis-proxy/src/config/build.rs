@@ -9,13 +9,10 @@ use crate::retry::{RetryBudget, RetryPolicy};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 use trellis_api::policy::{DestinationPolicySpec, LoadBalancer};
 use trellis_api::route::RouteRule;
 use trellis_api::service::{Service, WorkloadHealth};
 use trellis_api::{ResourceSet, Route};
-
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a resource set could not become a snapshot.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -96,8 +93,7 @@ impl Snapshot {
             let connect_timeout = policy
                 .and_then(|p| p.connection_pool.as_ref())
                 .and_then(|c| c.connect_timeout)
-                .map(|d| d.as_std())
-                .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+                .map(|d| d.as_std());
             let limits = Limits::from_config(policy.and_then(|p| p.connection_pool.as_ref()));
             let limit_state = match previous.and_then(|p| p.limit_states.get(&key)) {
                 Some(s) => {

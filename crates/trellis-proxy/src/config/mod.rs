@@ -28,7 +28,8 @@ pub struct ServiceTarget {
     pub rules: Vec<Rule>,
     /// `None` is every endpoint of the service; `Some(subset)` a named subset.
     pub groups: HashMap<Option<String>, Arc<EndpointGroup>>,
-    pub connect_timeout: Duration,
+    /// From the DestinationPolicy; the proxy's `--connect-timeout` when unset.
+    pub connect_timeout: Option<Duration>,
     pub outlier: Option<OutlierPolicy>,
     pub limits: Limits,
     /// Live limit counters, shared across snapshots.

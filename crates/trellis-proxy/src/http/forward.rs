@@ -185,7 +185,13 @@ async fn attempt(
     let hold_connection = t.wire == Wire::Http1;
     let _permit = svc
         .limit_state
-        .admit(&svc.limits, retry, hold_connection, svc.connect_timeout)
+        .admit(
+            &svc.limits,
+            retry,
+            hold_connection,
+            svc.connect_timeout
+                .unwrap_or_else(|| t.state.upstreams.default_connect_timeout()),
+        )
         .await
         .map_err(|o| {
             TryFailure::Refused(ProxyError::new(
@@ -199,7 +205,10 @@ async fn attempt(
         })?;
     let mut in_flight = ep.load.start();
     let started = Instant::now();
-    let send = t.state.upstreams.send(ep.addr, t.wire, req);
+    let send = t
+        .state
+        .upstreams
+        .send(ep.addr, t.wire, req, svc.connect_timeout);
     let result = match limit {
         None => send.await,
         Some(limit) => match tokio::time::timeout(limit, send).await {
@@ -407,7 +416,7 @@ fn mirror(t: &Target<'_>, parts: &Parts, replay: &Replayable) {
     let upstreams = t.state.upstreams.clone();
     let wire = t.wire;
     tokio::spawn(async move {
-        let send = upstreams.send(ep.addr, wire, req);
+        let send = upstreams.send(ep.addr, wire, req, None);
         if let Ok(Ok(rsp)) = tokio::time::timeout(MIRROR_TIMEOUT, send).await {
             let _ = http_body_util::BodyExt::collect(rsp.into_body()).await;
         }

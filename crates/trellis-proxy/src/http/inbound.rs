@@ -54,7 +54,7 @@ async fn to_app(
         Wire::Http1
     };
     let req = req.map(body::boxed);
-    match state.upstreams.send(app, wire, req).await {
+    match state.upstreams.send(app, wire, req, None).await {
         Ok(rsp) => {
             let mut rsp = boxed_response(rsp);
             strip_hop_by_hop(rsp.headers_mut(), false);

@@ -33,38 +33,61 @@ pub struct AttemptError {
 type H2Sender = hyper::client::conn::http2::SendRequest<Body>;
 
 pub struct Upstreams {
-    h1: Client<HttpConnector, Body>,
+    /// One pooled HTTP/1 client per connect timeout in use (services may set their own).
+    h1: Mutex<HashMap<Duration, Client<HttpConnector, Body>>>,
     h2: Mutex<HashMap<SocketAddr, H2Sender>>,
+    /// The proxy-wide default, for services that set none.
     connect_timeout: Duration,
+}
+
+fn h1_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(connector)
 }
 
 impl Upstreams {
     pub fn new(connect_timeout: Duration) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.enforce_http(true);
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         Arc::new(Self {
-            h1,
+            h1: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
             connect_timeout,
         })
     }
 
-    /// Sends one attempt to `addr`. The request's URI may be origin-form or absolute.
+    /// The proxy-wide connect timeout.
+    pub fn default_connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// Sends one attempt to `addr`, connecting within `connect_timeout` (the proxy default when
+    /// `None`). The request's URI may be origin-form or absolute.
     pub async fn send(
         &self,
         addr: SocketAddr,
         wire: Wire,
         req: Request<Body>,
+        connect_timeout: Option<Duration>,
     ) -> Result<Response<Incoming>, AttemptError> {
+        let timeout = connect_timeout.unwrap_or(self.connect_timeout);
         match wire {
-            Wire::Http1 => self.send_h1(addr, req).await,
-            Wire::Http2 => self.send_h2(addr, req).await,
+            Wire::Http1 => self.send_h1(addr, req, timeout).await,
+            Wire::Http2 => self.send_h2(addr, req, timeout).await,
+        }
+    }
+
+    fn h1(&self, connect_timeout: Duration) -> Client<HttpConnector, Body> {
+        match self.h1.lock() {
+            Ok(mut map) => map
+                .entry(connect_timeout)
+                .or_insert_with(|| h1_client(connect_timeout))
+                .clone(),
+            Err(_) => h1_client(connect_timeout),
         }
     }
 
@@ -72,6 +95,7 @@ impl Upstreams {
         &self,
         addr: SocketAddr,
         mut req: Request<Body>,
+        connect_timeout: Duration,
     ) -> Result<Response<Incoming>, AttemptError> {
         if !req.headers().contains_key(http::header::HOST) {
             if let Some(a) = req.uri().authority() {
@@ -82,7 +106,7 @@ impl Upstreams {
         }
         *req.uri_mut() = with_authority(req.uri(), &addr.to_string())?;
         *req.version_mut() = Version::HTTP_11;
-        self.h1.request(req).await.map_err(|e| {
+        self.h1(connect_timeout).request(req).await.map_err(|e| {
             let failure = if e.is_connect() {
                 Failure::ConnectFailed
             } else {
@@ -99,6 +123,7 @@ impl Upstreams {
         &self,
         addr: SocketAddr,
         mut req: Request<Body>,
+        connect_timeout: Duration,
     ) -> Result<Response<Incoming>, AttemptError> {
         if req.uri().authority().is_none() {
             let host = req
@@ -111,7 +136,7 @@ impl Upstreams {
         }
         req.headers_mut().remove(http::header::HOST);
         *req.version_mut() = Version::HTTP_2;
-        let mut sender = self.h2_sender(addr).await?;
+        let mut sender = self.h2_sender(addr, connect_timeout).await?;
         sender.ready().await.map_err(|e| {
             self.forget_h2(addr);
             AttemptError {
@@ -131,7 +156,11 @@ impl Upstreams {
         }
     }
 
-    async fn h2_sender(&self, addr: SocketAddr) -> Result<H2Sender, AttemptError> {
+    async fn h2_sender(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<H2Sender, AttemptError> {
         if let Ok(map) = self.h2.lock() {
             if let Some(s) = map.get(&addr) {
                 if !s.is_closed() {
@@ -139,7 +168,7 @@ impl Upstreams {
                 }
             }
         }
-        let stream = self.connect(addr).await?;
+        let stream = self.connect(addr, connect_timeout).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .adaptive_window(true)
             .handshake(TokioIo::new(stream))
@@ -159,16 +188,19 @@ impl Upstreams {
         Ok(sender)
     }
 
-    /// A plain TCP connection with the connect timeout applied.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, AttemptError> {
+    /// A plain TCP connection within `connect_timeout`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<TcpStream, AttemptError> {
         let fail = |detail: String| AttemptError {
             failure: Failure::ConnectFailed,
             detail,
         };
-        match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Err(_) => Err(fail(format!(
-                "{addr}: connect timed out after {:?}",
-                self.connect_timeout
+                "{addr}: connect timed out after {connect_timeout:?}"
             ))),
             Ok(Err(e)) => Err(fail(format!("{addr}: {e}"))),
             Ok(Ok(s)) => {
@@ -185,7 +217,7 @@ impl Upstreams {
         addr: SocketAddr,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, AttemptError> {
-        let stream = self.connect(addr).await?;
+        let stream = self.connect(addr, self.connect_timeout).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| AttemptError {

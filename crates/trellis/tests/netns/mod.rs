@@ -52,7 +52,7 @@ pub const HOST_IF: &str = "eth0";
 
 /// The outcome of a command: stdout on success, a message with stderr otherwise.
 fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd)
+    let out = Command::new(tool(cmd))
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -77,20 +77,44 @@ fn must(what: &str, args: &[&str]) -> String {
     })
 }
 
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+/// Where `ip` and `iptables` may live besides `PATH` (a non-login root shell may lack sbin).
+const SBIN: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+/// The absolute path of `name`, from `PATH` or the usual sbin directories.
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SBIN.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }
 
-/// Fails with a clear message when `ip` or `iptables` is missing. `scripts/test.sh` installs
-/// Debian's `iproute2` and `iptables` when they are absent.
-pub fn require_tools() {
-    for (tool, package) in [("ip", "iproute2"), ("iptables", "iptables")] {
-        assert!(
-            on_path(tool),
-            "chaos tests need `{tool}` (Debian package `{package}`; scripts/test.sh installs it)"
-        );
+/// The absolute path of `name`; fails with a clear message when it is missing.
+fn tool(name: &str) -> String {
+    let package = if name == "ip" { "iproute2" } else { name };
+    match find_tool(name) {
+        Some(p) => p.display().to_string(),
+        None => panic!(
+            "chaos tests need `{name}` (Debian package `{package}`; scripts/test.sh installs it)"
+        ),
     }
+}
+
+/// Fails with a clear message when not root (the effective UID), or when `ip` or `iptables` is
+/// missing (`scripts/test.sh` installs Debian's `iproute2` and `iptables` when they are absent).
+pub fn require_tools() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1));
+    assert_eq!(
+        uid,
+        Some("0"),
+        "chaos tests must run as root: they create network namespaces, veths and iptables rules"
+    );
+    tool("ip");
+    tool("iptables");
 }
 
 /// Held while a chaos test runs, so chaos tests run one at a time even when nextest runs them
@@ -141,7 +165,7 @@ impl Host {
         let log = dir.join(format!("{label}.log"));
         let out = std::fs::File::create(&log).expect("create log file");
         let err = out.try_clone().expect("clone log file");
-        let child = Command::new("ip")
+        let child = Command::new(tool("ip"))
             .args(["netns", "exec", &self.ns, BIN])
             .args(args)
             .env("TRELLIS_LOG", "info")
@@ -163,12 +187,28 @@ impl Host {
     /// -j DROP`): peers' SYNs go unanswered and established connections go silent, as when a
     /// machine falls off the network. Loopback inside the host keeps working.
     pub fn partition(&self) {
-        self.exec(&["iptables", "-A", "INPUT", "-i", HOST_IF, "-j", "DROP"]);
+        self.exec(&[
+            &tool("iptables"),
+            "-A",
+            "INPUT",
+            "-i",
+            HOST_IF,
+            "-j",
+            "DROP",
+        ]);
     }
 
     /// Removes the rule `partition` added.
     pub fn heal_partition(&self) {
-        self.exec(&["iptables", "-D", "INPUT", "-i", HOST_IF, "-j", "DROP"]);
+        self.exec(&[
+            &tool("iptables"),
+            "-D",
+            "INPUT",
+            "-i",
+            HOST_IF,
+            "-j",
+            "DROP",
+        ]);
     }
 }
 
@@ -330,7 +370,15 @@ impl Topology {
         if let Some(h) = topo.hosts.first() {
             if let Err(e) = run(
                 "ip",
-                &["netns", "exec", &h.ns, "iptables", "-L", "INPUT", "-n"],
+                &[
+                    "netns",
+                    "exec",
+                    &h.ns,
+                    &tool("iptables"),
+                    "-L",
+                    "INPUT",
+                    "-n",
+                ],
             ) {
                 panic!("chaos tests need iptables (netfilter) inside a network namespace: {e}");
             }
@@ -396,7 +444,8 @@ fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Removes namespaces and root veths left by chaos tests whose process no longer exists.
+/// Removes namespaces (and the processes still in them) and root veths left by chaos tests
+/// whose process no longer exists: a test killed before its `Drop` ran.
 fn remove_leftovers() {
     let names = run("ip", &["netns", "list"]).unwrap_or_default();
     for line in names.lines() {
@@ -407,6 +456,12 @@ fn remove_leftovers() {
         let owner = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
         if owner.is_some_and(|p| !pid_alive(p)) {
             eprintln!("chaos: removing namespace {name} left by a dead test process");
+            // Its processes (sidecars, apps) outlived the test; a deleted namespace would hide
+            // them but keep them running.
+            let pids = run("ip", &["netns", "pids", name]).unwrap_or_default();
+            for pid in pids.split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
             let _ = run("ip", &["netns", "del", name]);
         }
     }
