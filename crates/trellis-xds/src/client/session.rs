@@ -1,0 +1,384 @@
+//! One connection to one control-plane replica: connect, open the ADS stream, subscribe to every
+//! type (saying what the proxy already holds, so a resync sends only what differs), then turn
+//! each response into a candidate, let the [`Applier`] judge it, and ACK or NACK.
+//!
+//! A session ends when the stream does; it never retries by itself (the caller owns backoff
+//! and failover) and never touches the cache except through the applier.
+use super::cache::{Applier, Cached, Candidate, TypeCache, Verdict};
+use super::{ClientConfig, TypeChange};
+use crate::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use crate::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use crate::pb::google::rpc::Status as RpcStatus;
+use crate::server::registry::now_ms;
+use crate::server::Mode;
+use std::collections::BTreeMap;
+use std::future::Future;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Request, Response, Status, Streaming};
+
+/// `google.rpc.Code.INVALID_ARGUMENT`, the code of every NACK.
+const INVALID_ARGUMENT: i32 = 3;
+/// Most decode problems listed in one NACK.
+const MAX_ERRORS: usize = 10;
+
+/// How a session ended.
+pub(crate) struct SessionEnd {
+    /// Whether the server sent at least one response (the connection was good).
+    pub received: bool,
+    pub error: String,
+}
+
+type Client = AggregatedDiscoveryServiceClient<Channel>;
+
+/// A response as `(type URL, nonce, candidate or why it was refused)`.
+type Decoded = (String, String, Result<Candidate, String>);
+
+pub(crate) async fn run(uri: &Uri, cfg: &ClientConfig, applier: &mut Applier) -> SessionEnd {
+    let endpoint = uri.to_string();
+    let channel = match connect(uri, cfg).await {
+        Ok(c) => c,
+        Err(e) => return end(false, format!("cannot connect to {endpoint}: {e}")),
+    };
+    let client = AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(cfg.max_message_bytes)
+        .max_encoding_message_size(cfg.max_message_bytes);
+    applier.new_session();
+    match cfg.mode {
+        Mode::Sotw => {
+            let initial = initial_sotw(cfg, applier);
+            let open = |mut c: Client, r| async move { c.stream_aggregated_resources(r).await };
+            drive(
+                &endpoint,
+                cfg,
+                applier,
+                client,
+                initial,
+                open,
+                sotw_candidate,
+                sotw_reply,
+            )
+            .await
+        }
+        Mode::Delta => {
+            let initial = initial_delta(cfg, applier);
+            let open = |mut c: Client, r| async move { c.delta_aggregated_resources(r).await };
+            drive(
+                &endpoint,
+                cfg,
+                applier,
+                client,
+                initial,
+                open,
+                delta_candidate,
+                delta_reply,
+            )
+            .await
+        }
+    }
+}
+
+async fn connect(uri: &Uri, cfg: &ClientConfig) -> Result<Channel, String> {
+    let endpoint = Endpoint::from(uri.clone())
+        .connect_timeout(cfg.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(cfg.keepalive_interval)
+        .keep_alive_timeout(cfg.keepalive_timeout)
+        .keep_alive_while_idle(true);
+    match tokio::time::timeout(cfg.connect_timeout, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(error_chain(&e)),
+        Err(_) => Err(format!("no connection within {:?}", cfg.connect_timeout)),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn end(received: bool, error: String) -> SessionEnd {
+    SessionEnd { received, error }
+}
+
+/// Opens the stream with `initial` requests queued, then answers responses until it ends.
+#[allow(clippy::too_many_arguments)]
+async fn drive<Req, Resp, Open, Fut>(
+    endpoint: &str,
+    cfg: &ClientConfig,
+    applier: &mut Applier,
+    client: Client,
+    initial: Vec<Req>,
+    open: Open,
+    candidate: fn(Resp, &Applier) -> Decoded,
+    reply: fn(Verdict) -> Req,
+) -> SessionEnd
+where
+    Req: Send + 'static,
+    Open: FnOnce(Client, Request<ReceiverStream<Req>>) -> Fut,
+    Fut: Future<Output = Result<Response<Streaming<Resp>>, Status>>,
+{
+    // Room for every initial request plus a burst of replies; replies wait when it is full.
+    let (tx, rx) = mpsc::channel(initial.len() + 16);
+    for req in initial {
+        let _ = tx.try_send(req);
+    }
+    let mut request = Request::new(ReceiverStream::new(rx));
+    if let Some(token) = &cfg.token {
+        if let Ok(value) = format!("Bearer {token}").parse() {
+            request.metadata_mut().insert("authorization", value);
+        }
+    }
+    let mut inbound = match tokio::time::timeout(cfg.connect_timeout, open(client, request)).await {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => return end(false, format!("{endpoint} refused the stream: {status}")),
+        Err(_) => {
+            return end(
+                false,
+                format!("{endpoint} did not answer within {:?}", cfg.connect_timeout),
+            )
+        }
+    };
+    applier.status().send_modify(|s| {
+        s.endpoint = Some(endpoint.to_string());
+        s.connected_since_unix_ms = Some(now_ms());
+        s.connects += 1;
+    });
+    tracing::info!(endpoint, "connected to the control plane");
+    let mut received = false;
+    loop {
+        let response = match inbound.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return end(received, format!("{endpoint} closed the stream")),
+            Err(status) => return end(received, format!("stream to {endpoint} failed: {status}")),
+        };
+        received = true;
+        let (type_url, nonce, result) = candidate(response, applier);
+        for verdict in applier.receive(type_url, nonce, result, endpoint) {
+            if tx.send(reply(verdict)).await.is_err() {
+                return end(received, format!("stream to {endpoint} closed"));
+            }
+        }
+    }
+}
+
+fn initial_sotw(cfg: &ClientConfig, applier: &Applier) -> Vec<DiscoveryRequest> {
+    applier
+        .types()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| DiscoveryRequest {
+            version_info: applier.version(t),
+            node: (i == 0).then(|| cfg.node.to_node()),
+            type_url: t.clone(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn initial_delta(cfg: &ClientConfig, applier: &Applier) -> Vec<DeltaDiscoveryRequest> {
+    applier
+        .types()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| DeltaDiscoveryRequest {
+            node: (i == 0).then(|| cfg.node.to_node()),
+            type_url: t.clone(),
+            initial_resource_versions: applier.resource_versions(t),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn nack_detail(error: String) -> Option<RpcStatus> {
+    Some(RpcStatus {
+        code: INVALID_ARGUMENT,
+        message: error,
+        details: Vec::new(),
+    })
+}
+
+fn sotw_reply(v: Verdict) -> DiscoveryRequest {
+    match v {
+        Verdict::Ack {
+            type_url,
+            nonce,
+            version,
+        } => DiscoveryRequest {
+            version_info: version,
+            type_url,
+            response_nonce: nonce,
+            ..Default::default()
+        },
+        Verdict::Nack {
+            type_url,
+            nonce,
+            version,
+            error,
+        } => DiscoveryRequest {
+            version_info: version,
+            type_url,
+            response_nonce: nonce,
+            error_detail: nack_detail(error),
+            ..Default::default()
+        },
+    }
+}
+
+fn delta_reply(v: Verdict) -> DeltaDiscoveryRequest {
+    match v {
+        Verdict::Ack {
+            type_url, nonce, ..
+        } => DeltaDiscoveryRequest {
+            type_url,
+            response_nonce: nonce,
+            ..Default::default()
+        },
+        Verdict::Nack {
+            type_url,
+            nonce,
+            error,
+            ..
+        } => DeltaDiscoveryRequest {
+            type_url,
+            response_nonce: nonce,
+            error_detail: nack_detail(error),
+            ..Default::default()
+        },
+    }
+}
+
+/// Collects decode problems, a bounded number of them.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, p: String) {
+        if self.0.len() < MAX_ERRORS {
+            self.0.push(p);
+        }
+    }
+
+    fn into_result<T>(self, ok: T) -> Result<T, String> {
+        if self.0.is_empty() {
+            Ok(ok)
+        } else {
+            Err(self.0.join("; "))
+        }
+    }
+}
+
+fn sotw_candidate(r: DiscoveryResponse, applier: &Applier) -> Decoded {
+    let t = r.type_url;
+    if !applier.subscribes(&t) {
+        let e = format!("not subscribed to {t}");
+        return (t, r.nonce, Err(e));
+    }
+    let mut problems = Problems::default();
+    let mut resources = BTreeMap::new();
+    for any in &r.resources {
+        if any.type_url != t {
+            problems.push(format!("a {t} response holds a {} resource", any.type_url));
+            continue;
+        }
+        match crate::decode(any) {
+            Ok(resource) => {
+                let name = crate::resource_name(&resource);
+                let version = crate::server::VersionedResource::new(any.clone()).version;
+                if resources
+                    .insert(name.clone(), Cached { version, resource })
+                    .is_some()
+                {
+                    problems.push(format!("{t}: resource {name:?} appears twice"));
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    let previous = applier.base(&t).resources;
+    let mut change = TypeChange {
+        type_url: t.clone(),
+        version: r.version_info.clone(),
+        updated: Vec::new(),
+        removed: Vec::new(),
+    };
+    for (name, c) in &resources {
+        if previous.get(name).map(|p| &p.version) != Some(&c.version) {
+            change.updated.push(name.clone());
+        }
+    }
+    change.removed = previous
+        .keys()
+        .filter(|n| !resources.contains_key(*n))
+        .cloned()
+        .collect();
+    let state = TypeCache {
+        version: r.version_info,
+        resources,
+    };
+    (
+        t,
+        r.nonce,
+        problems.into_result(Candidate { state, change }),
+    )
+}
+
+fn delta_candidate(r: DeltaDiscoveryResponse, applier: &Applier) -> Decoded {
+    let t = r.type_url;
+    if !applier.subscribes(&t) {
+        let e = format!("not subscribed to {t}");
+        return (t, r.nonce, Err(e));
+    }
+    let mut problems = Problems::default();
+    let mut state = applier.base(&t);
+    let mut change = TypeChange {
+        type_url: t.clone(),
+        version: r.system_version_info.clone(),
+        updated: Vec::new(),
+        removed: Vec::new(),
+    };
+    for res in r.resources {
+        if state.resources.get(&res.name).map(|c| &c.version) == Some(&res.version) {
+            continue;
+        }
+        let Some(any) = res.resource else {
+            problems.push(format!("{t}: resource {:?} has no body", res.name));
+            continue;
+        };
+        if any.type_url != t {
+            problems.push(format!("a {t} response holds a {} resource", any.type_url));
+            continue;
+        }
+        match crate::resource::decode_named(&any, Some(&res.name)) {
+            Ok(resource) => {
+                let cached = Cached {
+                    version: res.version,
+                    resource,
+                };
+                state.resources.insert(res.name.clone(), cached);
+                change.updated.push(res.name);
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    for name in r.removed_resources {
+        if state.resources.remove(&name).is_some() {
+            change.removed.push(name);
+        }
+    }
+    state.version = r.system_version_info;
+    (
+        t,
+        r.nonce,
+        problems.into_result(Candidate { state, change }),
+    )
+}
