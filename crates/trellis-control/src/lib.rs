@@ -14,6 +14,7 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod view;
+pub mod views;
 
 pub use store::{
     open, validate, EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, Lease, LeaseId,

@@ -1,13 +1,19 @@
-//! `trellis control`: opens the store, follows it into an in-memory model, and serves the HTTP
-//! API (and the xDS transport) until shutdown.
-use crate::api::{self, ApiState};
+//! `trellis control`: opens the store, follows it into an in-memory model, computes each
+//! proxy's view, and serves the HTTP API and the xDS transport on one port: a connection that
+//! opens with the HTTP/2 preface is gRPC (xDS), anything else is the HTTP/1 API.
+use crate::api::{self, ApiState, ProxyStatus};
 use crate::model;
 use crate::store::{self, StoreSpec};
+use crate::views::MeshViews;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use trellis_xds::server::ServerConfig;
+use trellis_xds::{AdsServer, Registry};
 
 #[derive(Debug, Clone)]
 pub struct ControlOptions {
@@ -28,6 +34,27 @@ pub enum ControlError {
     },
 }
 
+struct XdsStatus(Registry);
+
+impl ProxyStatus for XdsStatus {
+    fn proxies(&self) -> serde_json::Value {
+        let nodes: Vec<serde_json::Value> = self
+            .0
+            .nodes()
+            .into_iter()
+            .map(|n| {
+                let in_sync = n.in_sync();
+                let mut v = serde_json::to_value(&n).unwrap_or_default();
+                v["inSync"] = serde_json::Value::Bool(in_sync);
+                v["id"] = serde_json::Value::String(n.node.id.clone());
+                v["service"] = serde_json::Value::String(n.node.service.clone());
+                v
+            })
+            .collect();
+        serde_json::Value::Array(nodes)
+    }
+}
+
 /// Runs a control plane until `shutdown` resolves; `on_ready` gets the bound address.
 pub async fn run(
     opts: ControlOptions,
@@ -38,11 +65,13 @@ pub async fn run(
         .await
         .map_err(ControlError::Store)?;
     let model = model::follow(store.clone());
+    let views = MeshViews::spawn(model.clone());
+    let ads = AdsServer::new(views, ServerConfig::default());
     let state = Arc::new(ApiState {
         store,
         model,
         lease_ttl: opts.lease_ttl,
-        status: None,
+        status: Some(Arc::new(XdsStatus(ads.registry()))),
     });
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -52,12 +81,65 @@ pub async fn run(
         })?;
     let addr = listener.local_addr().unwrap_or(opts.listen);
     on_ready(addr);
-    let app = api::router(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::warn!(error = %e, "control plane server ended with an error");
+    let api = api::router(state);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (api, ads) = (api.clone(), ads.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(stream, api, ads).await {
+                tracing::debug!(%peer, error = %e, "control connection ended");
+            }
+        });
+    }
+    // Proxies fail over to another replica at once instead of waiting for a timeout.
+    ads.close_streams();
+    Ok(())
+}
+
+/// Whether the client opened with the HTTP/2 preface (`PRI * HTTP/2.0`), waiting (bounded) for
+/// the first three bytes.
+async fn is_http2(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; 3];
+    for _ in 0..5_000 {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if n >= 3 {
+            return Ok(&buf == b"PRI");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(false)
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    api: axum::Router,
+    ads: AdsServer,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    if is_http2(&stream).await? {
+        let svc = TowerToHyperService::new(ads.service());
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), svc)
+            .await?;
+    } else {
+        let svc = TowerToHyperService::new(api);
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .await?;
     }
     Ok(())
 }

@@ -131,6 +131,7 @@ fn config(state: &ProxyState) -> Response<Body> {
         "version": snap.as_ref().map(|s| s.version),
         "source": snap.as_ref().map(|s| s.source.clone()),
         "lastError": state.last_error(),
+        "controlPlane": state.control_status(),
         "localApp": {
             "address": state.app.map(|a| a.to_string()),
             "health": match state.local_health() {

@@ -12,6 +12,7 @@ pub mod body;
 pub mod config;
 pub mod detect;
 pub mod drain;
+pub mod dynamic;
 pub mod error;
 pub mod http;
 pub mod listener;
@@ -42,11 +43,32 @@ pub struct UpstreamPort {
     pub listen: SocketAddr,
 }
 
+/// Where the proxy's config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A YAML file, polled every `watch_interval`.
+    File {
+        path: PathBuf,
+        watch_interval: Duration,
+    },
+    /// Pushed by control-plane replicas over xDS.
+    Control(Box<ControlSource>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ControlSource {
+    /// Control-plane replicas (`http://host:port`); any one will do.
+    pub endpoints: Vec<String>,
+    pub node_id: String,
+    /// The workload to register under a lease, when this proxy has an inbound side.
+    pub register: Option<trellis_api::Workload>,
+    pub lease_ttl: Duration,
+}
+
 /// Everything `trellis proxy` is told on its command line.
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
-    pub config: PathBuf,
-    pub watch_interval: Duration,
+    pub source: ConfigSource,
     pub identity: LocalIdentity,
     pub settings: Settings,
     /// The `Host`-routed outbound listener; `None` disables it.
@@ -61,6 +83,8 @@ pub struct ProxyOptions {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] source::LoadError),
+    #[error("control plane: {0}")]
+    Control(String),
     #[error("cannot listen on {addr} ({what}): {error}")]
     Bind {
         addr: SocketAddr,
@@ -93,9 +117,26 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let app = opts.inbound.map(|(_, app)| app);
     let state = ProxyState::new(opts.identity.clone(), opts.settings.clone(), app);
-    let first = source::load(&opts.config, 1, None, opts.identity.zone.as_deref())?;
-    state.install(first);
     let drain = Drain::new();
+    // The file source loads before anything listens, so a bad file stops the start; a control
+    // plane may be away at start, so the proxy listens and is ready once the first push lands.
+    let mut watch_task = None;
+    let mut control = None;
+    match &opts.source {
+        ConfigSource::File {
+            path,
+            watch_interval,
+        } => {
+            let first = source::load(path, 1, None, opts.identity.zone.as_deref())?;
+            state.install(first);
+            watch_task = Some(tokio::spawn(source::watch(
+                path.clone(),
+                *watch_interval,
+                state.clone(),
+            )));
+        }
+        ConfigSource::Control(c) => control = Some(dynamic::start(c, &state)?),
+    }
 
     let admin = bind(opts.admin, "admin").await?;
     let mut bound = Bound {
@@ -134,19 +175,20 @@ pub async fn run(
         tokio::spawn(listener::run(l, role, state.clone(), drain.clone()));
     }
     let admin_task = tokio::spawn(admin::run(admin, state.clone(), drain.clone()));
-    let watch_task = tokio::spawn(source::watch(
-        opts.config.clone(),
-        opts.watch_interval,
-        state.clone(),
-    ));
     on_ready(&bound);
 
     tokio::select! {
         _ = shutdown => tracing::info!("shutdown signal received; draining"),
         _ = drain.started() => {}
     }
+    // Leave every caller's endpoint set first, then stop taking connections.
+    if let Some(c) = &control {
+        c.deregister().await;
+    }
     drain.start();
-    watch_task.abort();
+    if let Some(t) = watch_task {
+        t.abort();
+    }
     let idle = drain.wait_idle(opts.settings.drain_timeout).await;
     if !idle {
         tracing::warn!(

@@ -51,6 +51,8 @@ pub struct ProxyState {
     pub app: Option<SocketAddr>,
     /// Active health checking of the local app: the config it runs with and its verdicts.
     health: Mutex<Option<(CheckConfig, watch::Receiver<Health>)>>,
+    /// The xDS client's status, when config comes from a control plane.
+    control: Mutex<Option<watch::Receiver<trellis_xds::ClientStatus>>>,
 }
 
 impl ProxyState {
@@ -64,6 +66,7 @@ impl ProxyState {
             last_error: Mutex::new(None),
             app,
             health: Mutex::new(None),
+            control: Mutex::new(None),
         })
     }
 
@@ -102,6 +105,19 @@ impl ProxyState {
             let rx = health::spawn(app, c.clone());
             (c, rx)
         });
+    }
+
+    pub fn set_control_status(&self, rx: watch::Receiver<trellis_xds::ClientStatus>) {
+        if let Ok(mut c) = self.control.lock() {
+            *c = Some(rx);
+        }
+    }
+
+    /// The xDS client's status as JSON, when config comes from a control plane.
+    pub fn control_status(&self) -> Option<serde_json::Value> {
+        let c = self.control.lock().ok()?;
+        let status = c.as_ref()?.borrow().clone();
+        serde_json::to_value(status).ok()
     }
 
     /// The local app's health verdict, when it is checked.

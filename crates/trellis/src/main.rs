@@ -26,7 +26,7 @@ enum Command {
     /// Run the control plane: config store, registry, xDS push, HTTP API.
     Control(control_cmd::ControlCmdArgs),
     /// Run a sidecar proxy beside one service instance.
-    Proxy(proxy_cmd::ProxyArgs),
+    Proxy(Box<proxy_cmd::ProxyArgs>),
     /// Run the sample service used by examples, tests and benchmarks.
     #[command(disable_version_flag = true)]
     DemoApp(demo_app::DemoArgs),
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Proxy(args) => proxy_cmd::run(args).await,
+            Command::Proxy(args) => proxy_cmd::run(*args).await,
             Command::DemoApp(args) => demo_app::run(args).await,
             Command::Up(args) => up::run(args).await,
             Command::Validate { files } => validate(&files),

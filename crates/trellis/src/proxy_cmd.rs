@@ -4,13 +4,29 @@ use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use trellis_proxy::state::{LocalIdentity, Settings};
-use trellis_proxy::{ProxyOptions, UpstreamPort};
+use trellis_proxy::{ConfigSource, ControlSource, ProxyOptions, UpstreamPort};
 
 #[derive(Args, Debug, Clone)]
 pub struct ProxyArgs {
     /// Mesh config (multi-document YAML); watched, and re-applied when it changes.
+    #[arg(long, required_unless_present = "control", conflicts_with = "control")]
+    pub config: Option<PathBuf>,
+    /// Control-plane replicas to take config from over xDS (comma-separated URLs).
+    #[arg(long, value_delimiter = ',')]
+    pub control: Vec<String>,
+    /// This proxy's name on the control plane (default: SERVICE-PID).
     #[arg(long)]
-    pub config: PathBuf,
+    pub node_id: Option<String>,
+    /// Labels of this instance (`version=v2`), for subsets; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Address peers reach this instance's inbound listener on (default: the inbound IP, or
+    /// 127.0.0.1 when it listens on all addresses).
+    #[arg(long)]
+    pub advertise: Option<std::net::IpAddr>,
+    /// Lease TTL asked for when registering with the control plane.
+    #[arg(long, default_value = "10s")]
+    pub lease_ttl: trellis_api::Duration,
     /// The service this sidecar stands beside.
     #[arg(long)]
     pub service: String,
@@ -53,6 +69,43 @@ pub struct ProxyArgs {
     pub max_header_bytes: usize,
 }
 
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// The Workload a sidecar registers for its instance.
+fn workload(args: &ProxyArgs, node_id: &str) -> Option<trellis_api::Workload> {
+    let inbound = args.inbound?;
+    let ip = args.advertise.unwrap_or(if inbound.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        inbound.ip()
+    });
+    let mut metadata = trellis_api::ObjectMeta::new(node_id.to_string());
+    metadata.namespace = args.namespace.clone();
+    metadata.labels = args.labels.iter().cloned().collect();
+    metadata
+        .labels
+        .entry("app".into())
+        .or_insert_with(|| args.service.clone());
+    Some(trellis_api::Workload {
+        metadata,
+        spec: trellis_api::service::WorkloadSpec {
+            service: Some(args.service.clone()),
+            address: ip.to_string(),
+            port: inbound.port(),
+            app_port: args.app.map(|a| a.port()),
+            zone: args.zone.clone(),
+            identity: None,
+            health: trellis_api::service::WorkloadHealth::Healthy,
+            weight: None,
+        },
+    })
+}
+
 fn parse_upstream(s: &str) -> Result<UpstreamPort, String> {
     let (target, listen) = s
         .split_once('=')
@@ -92,9 +145,26 @@ pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
                 format!("--outbound {:?} is not ADDR:PORT or off", args.outbound)
             })?)
         };
+    let source = match &args.config {
+        Some(path) => ConfigSource::File {
+            path: path.clone(),
+            watch_interval: args.watch_interval.as_std(),
+        },
+        None => {
+            let node_id = args
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", args.service, std::process::id()));
+            ConfigSource::Control(Box::new(ControlSource {
+                endpoints: args.control.clone(),
+                register: workload(&args, &node_id),
+                node_id,
+                lease_ttl: args.lease_ttl.as_std(),
+            }))
+        }
+    };
     Ok(ProxyOptions {
-        config: args.config,
-        watch_interval: args.watch_interval.as_std(),
+        source,
         identity: LocalIdentity {
             service: args.service,
             namespace: args.namespace,

@@ -1,0 +1,101 @@
+//! Config from the control plane: an xDS client whose every update is compiled into a snapshot
+//! (a rejected one is NACKed with the reason and the last good snapshot stays), plus
+//! self-registration of this proxy's workload under a lease. While the control plane is away the
+//! proxy keeps serving its last good config; the client reconnects with backoff and jitter,
+//! fails over across replicas, and resyncs.
+use crate::config::Snapshot;
+use crate::metrics::ResultLabels;
+use crate::registration::Registration;
+use crate::state::ProxyState;
+use crate::{ControlSource, StartError};
+use std::sync::Arc;
+use trellis_xds::{AdsClient, ClientConfig, NodeInfo, Update};
+
+/// The running link to the control plane; dropping it stops the client.
+pub struct Control {
+    _client: AdsClient,
+    registration: Option<Arc<Registration>>,
+    keep_alive: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Control {
+    /// Stops keeping the lease alive and revokes it.
+    pub async fn deregister(&self) {
+        if let Some(t) = &self.keep_alive {
+            t.abort();
+        }
+        if let Some(r) = &self.registration {
+            r.deregister().await;
+        }
+    }
+}
+
+pub fn start(c: &ControlSource, state: &Arc<ProxyState>) -> Result<Control, StartError> {
+    let uris = c
+        .endpoints
+        .iter()
+        .map(|e| {
+            e.parse()
+                .map_err(|_| StartError::Control(format!("{e:?} is not a control plane URL")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let node = NodeInfo::new(
+        c.node_id.clone(),
+        state.identity.service.clone(),
+        state.identity.namespace.clone(),
+    );
+    let st = state.clone();
+    let client = AdsClient::spawn(ClientConfig::new(uris, node), move |u| apply(&st, u))
+        .map_err(|e| StartError::Control(e.to_string()))?;
+    state.set_control_status(client.watch_status());
+    let (registration, keep_alive) = match &c.register {
+        None => (None, None),
+        Some(w) => {
+            let r = Registration::new(c.endpoints.clone(), w.clone(), c.lease_ttl);
+            let first = r.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) = first.register().await {
+                    tracing::warn!(error = %e, "registration failed; retrying");
+                }
+                first.keep_alive_loop().await;
+            });
+            (Some(r), Some(task))
+        }
+    };
+    Ok(Control {
+        _client: client,
+        registration,
+        keep_alive,
+    })
+}
+
+/// Compiles an update into a snapshot and installs it; an error is NACKed by the client.
+fn apply(state: &ProxyState, update: Update) -> Result<(), String> {
+    let previous = state.snapshot.load_full();
+    let version = previous.as_ref().map_or(1, |s| s.version + 1);
+    let built = Snapshot::build(
+        version,
+        format!("xds:{}", update.endpoint),
+        update.resources,
+        previous.as_deref(),
+        state.identity.zone.as_deref(),
+    );
+    let (result, outcome) = match built {
+        Ok(snapshot) => {
+            state.install(snapshot);
+            state.set_last_error(None);
+            (Ok(()), "applied")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config from the control plane rejected; keeping the last good config");
+            state.set_last_error(Some(e.to_string()));
+            (Err(e.to_string()), "rejected")
+        }
+    };
+    state
+        .metrics
+        .reloads
+        .get_or_create(&ResultLabels { result: outcome })
+        .inc();
+    result
+}
