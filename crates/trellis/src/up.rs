@@ -1,18 +1,19 @@
-//! `trellis up MESH.yaml`: a whole mesh on one machine with nothing to install. Every replica of
-//! every `Deployment` becomes a demo-app process with its own sidecar; a Workload is generated for
-//! each; one more sidecar is the user's way in (a `Host`-routed port plus one local port per
-//! service). Saving the manifest re-applies routes and policies to every sidecar live.
+//! `trellis up MESH.yaml`: a whole mesh on one machine with nothing to install. The control plane
+//! runs in-process on an embedded store; the manifest's resources are applied to it; every replica
+//! of every `Deployment` becomes a demo-app process with its own sidecar, which registers its
+//! workload itself; one more sidecar is the user's way in (a `Host`-routed port plus one local
+//! port per service). Saving the manifest re-applies it: changed resources are pushed to every
+//! sidecar, removed ones deleted.
 use anyhow::{bail, Context};
 use clap::Args;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
-use trellis_api::service::{Workload, WorkloadHealth, WorkloadSpec};
-use trellis_api::{ObjectMeta, Resource, ResourceSet};
+use trellis_api::{Resource, ResourceSet};
 
 #[derive(Args, Debug, Clone)]
 pub struct UpArgs {
@@ -34,6 +35,9 @@ pub struct UpArgs {
     /// Stop everything after this long (for scripted demos and tests).
     #[arg(long)]
     pub exit_after: Option<trellis_api::Duration>,
+    /// The in-process control plane's API and xDS address.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    pub control: SocketAddr,
 }
 
 /// One replica: its app and sidecar ports.
@@ -58,8 +62,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let instances = plan(&manifest)?;
-    let config = work.join("mesh.generated.yaml");
-    write_config(&config, &manifest, &instances)?;
+    let (control, stop_control) = start_control(&args, &work).await?;
+    let api = crate::ctl::Api::new(&crate::ctl::ControlArgs {
+        control: control.clone(),
+    });
+    let mut applied = apply_manifest(&api, &args.file, &manifest, &BTreeSet::new()).await?;
     let services: Vec<String> = manifest
         .services()
         .map(|s| s.metadata.name.clone())
@@ -69,7 +76,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let result = start_all(
         &args,
         &work,
-        &config,
+        &control,
         &instances,
         &services,
         &upstream_ports,
@@ -78,10 +85,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     .await;
     if let Err(e) = result {
         stop_all(&mut children).await;
+        let _ = stop_control.send(());
         return Err(e);
     }
     print_banner(&args, &work, &instances, &services, &upstream_ports);
-    let watch = tokio::spawn(watch_manifest(args.file.clone(), config.clone(), instances));
+    let file = args.file.clone();
+    let watch = tokio::spawn(async move { watch_manifest(&file, &api, &mut applied).await });
     let until = async {
         match args.exit_after {
             Some(d) => tokio::time::sleep(d.as_std()).await,
@@ -95,7 +104,77 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     watch.abort();
     println!("stopping the mesh");
     stop_all(&mut children).await;
+    let _ = stop_control.send(());
     Ok(())
+}
+
+/// Starts the control plane in this process on an embedded store under `work`.
+async fn start_control(
+    args: &UpArgs,
+    work: &Path,
+) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    let opts = trellis_control::server::ControlOptions {
+        listen: args.control,
+        store: trellis_control::StoreSpec::Embedded {
+            data_dir: work.join("control"),
+        },
+        lease_ttl: Duration::from_secs(5),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stop_rx.await;
+        };
+        let result = trellis_control::server::run(opts, shutdown, |addr| {
+            let _ = ready_tx.send(addr);
+        })
+        .await;
+        if let Err(e) = result {
+            eprintln!("control plane: {e}");
+        }
+    });
+    let addr = ready_rx.await.map_err(|_| {
+        anyhow::anyhow!(
+            "the control plane did not start (is {} free?)",
+            args.control
+        )
+    })?;
+    Ok((format!("http://{addr}"), stop_tx))
+}
+
+/// Applies the manifest (all but Deployments) and deletes what an earlier version had and this
+/// one does not. Returns the keys now applied.
+async fn apply_manifest(
+    api: &crate::ctl::Api,
+    file: &Path,
+    manifest: &ResourceSet,
+    before: &BTreeSet<(String, String, String)>,
+) -> anyhow::Result<BTreeSet<(String, String, String)>> {
+    let set = ResourceSet {
+        resources: manifest
+            .resources
+            .iter()
+            .filter(|r| !matches!(r, Resource::Deployment(_)))
+            .cloned()
+            .collect(),
+    };
+    let keys: BTreeSet<(String, String, String)> = set
+        .resources
+        .iter()
+        .map(|r| {
+            let m = r.metadata();
+            (r.kind().to_string(), m.namespace.clone(), m.name.clone())
+        })
+        .collect();
+    let path = format!("/api/v1/apply?file={}", file.display());
+    api.call(http::Method::POST, &path, Some(set.to_yaml()))
+        .await?;
+    for (kind, ns, name) in before.difference(&keys) {
+        let path = format!("/api/v1/resources/{kind}/{ns}/{name}");
+        api.call(http::Method::DELETE, &path, None).await?;
+    }
+    Ok(keys)
 }
 
 fn read_manifest(path: &Path) -> anyhow::Result<ResourceSet> {
@@ -167,43 +246,6 @@ fn plan(manifest: &ResourceSet) -> anyhow::Result<Vec<Instance>> {
     Ok(out)
 }
 
-/// The manifest's resources minus Deployments, plus one Workload per instance.
-fn generated(manifest: &ResourceSet, instances: &[Instance]) -> ResourceSet {
-    let mut resources: Vec<Resource> = manifest
-        .resources
-        .iter()
-        .filter(|r| !matches!(r, Resource::Deployment(_)))
-        .cloned()
-        .collect();
-    for inst in instances {
-        let mut metadata = ObjectMeta::new(inst.name.clone());
-        metadata.labels = inst.labels.clone();
-        resources.push(Resource::Workload(Workload {
-            metadata,
-            spec: WorkloadSpec {
-                service: Some(inst.service.clone()),
-                address: inst.inbound.ip().to_string(),
-                port: inst.inbound.port(),
-                app_port: Some(inst.app.port()),
-                zone: inst.zone.clone(),
-                identity: None,
-                health: WorkloadHealth::Healthy,
-                weight: None,
-            },
-        }));
-    }
-    ResourceSet { resources }
-}
-
-/// Writes atomically (temp file + rename) so a watching sidecar never reads half a file.
-fn write_config(path: &Path, manifest: &ResourceSet, instances: &[Instance]) -> anyhow::Result<()> {
-    let text = generated(manifest, instances).to_yaml();
-    let tmp = path.with_extension("yaml.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 fn spawn(work: &Path, log_name: &str, args: &[String]) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("cannot find the trellis executable")?;
     let log = std::fs::File::create(work.join(format!("{log_name}.log")))?;
@@ -222,13 +264,12 @@ fn spawn(work: &Path, log_name: &str, args: &[String]) -> anyhow::Result<Child> 
 async fn start_all(
     args: &UpArgs,
     work: &Path,
-    config: &Path,
+    control: &str,
     instances: &[Instance],
     services: &[String],
     upstream_ports: &[SocketAddr],
     children: &mut Vec<Child>,
 ) -> anyhow::Result<()> {
-    let config = config.display().to_string();
     let mut admins = Vec::new();
     for inst in instances {
         let mut app = vec![
@@ -245,13 +286,18 @@ async fn start_all(
         children.push(spawn(work, &inst.name, &app)?);
         let mut proxy = vec![
             "proxy".into(),
-            format!("--config={config}"),
+            format!("--control={control}"),
+            format!("--node-id={}", inst.name),
             format!("--service={}", inst.service),
             "--outbound=off".into(),
             format!("--inbound={}", inst.inbound),
             format!("--app={}", inst.app),
             format!("--admin={}", inst.admin),
+            "--lease-ttl=5s".into(),
         ];
+        for (k, v) in &inst.labels {
+            proxy.push(format!("--label={k}={v}"));
+        }
         if let Some(z) = &inst.zone {
             proxy.push(format!("--zone={z}"));
         }
@@ -260,7 +306,8 @@ async fn start_all(
     }
     let mut entry = vec![
         "proxy".into(),
-        format!("--config={config}"),
+        format!("--control={control}"),
+        "--node-id=entry".into(),
         "--service=trellis-up-entry".into(),
         format!("--outbound={}", args.outbound),
         format!("--admin={}", args.admin),
@@ -356,19 +403,26 @@ fn print_banner(
     println!("trellis up: ready");
 }
 
-/// Re-generates the sidecars' config whenever the manifest changes and still validates.
-async fn watch_manifest(file: PathBuf, config: PathBuf, instances: Vec<Instance>) {
-    let mut last = std::fs::read(&file).ok();
+/// Re-applies the manifest whenever it changes and still validates.
+async fn watch_manifest(
+    file: &Path,
+    api: &crate::ctl::Api,
+    applied: &mut BTreeSet<(String, String, String)>,
+) {
+    let mut last = std::fs::read(file).ok();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let current = std::fs::read(&file).ok();
+        let current = std::fs::read(file).ok();
         if current.is_none() || current == last {
             continue;
         }
         last = current;
-        match read_manifest(&file) {
-            Ok(manifest) => match write_config(&config, &manifest, &instances) {
-                Ok(()) => println!("applied the changed {}", file.display()),
+        match read_manifest(file) {
+            Ok(manifest) => match apply_manifest(api, file, &manifest, applied).await {
+                Ok(keys) => {
+                    *applied = keys;
+                    println!("applied the changed {}", file.display());
+                }
                 Err(e) => eprintln!("cannot apply the change: {e:#}"),
             },
             Err(e) => eprintln!("change rejected, the mesh keeps its last good config:\n{e:#}"),

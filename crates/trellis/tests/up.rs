@@ -32,6 +32,7 @@ fn up(example: &str) -> Up {
             &path,
             &format!("--outbound={outbound}"),
             &format!("--admin={admin}"),
+            &format!("--control={}", free_addr()),
             "--upstream-base=0",
             &format!("--work-dir={}", dir.display()),
             "--exit-after=120s",
