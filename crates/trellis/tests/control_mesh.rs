@@ -1,0 +1,481 @@
+//! A steered mesh with real processes: `trellis control` pushes config to sidecars that register
+//! themselves. A Route applied while traffic flows changes the split at the client; a killed
+//! instance leaves every endpoint set within its lease; traffic goes on while the control plane
+//! is away and proxies resync when it returns; and with three replicas over a real etcd, killing
+//! the one a proxy is connected to moves it to another with no failed request.
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SERVICE: &str = "apiVersion: trellis.dev/v1
+kind: Service
+metadata: {name: web}
+spec: {selector: {app: web}, ports: [{port: 80, protocol: http}]}
+---
+apiVersion: trellis.dev/v1
+kind: DestinationPolicy
+metadata: {name: web}
+spec:
+  service: web
+  loadBalancer: {algorithm: RoundRobin}
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+";
+
+fn route(v1: u32, v2: u32) -> String {
+    format!(
+        "apiVersion: trellis.dev/v1
+kind: Route
+metadata: {{name: web}}
+spec:
+  service: web
+  rules:
+    - backends: [{{service: web, subset: v1, weight: {v1}}}, {{service: web, subset: v2, weight: {v2}}}]
+      retries: {{attempts: 3, retryOn: [connect-failure, reset, gateway-error], backoff: {{baseInterval: 5ms}}}}
+"
+    )
+}
+
+fn control(dir: &Path, name: &str, addr: SocketAddr, store: &str) -> Proc {
+    Proc::spawn(
+        dir,
+        name,
+        &[
+            "control".into(),
+            format!("--listen={addr}"),
+            format!("--store={store}"),
+            format!("--data-dir={}", dir.join(format!("{name}-data")).display()),
+        ],
+    )
+}
+
+async fn wait_api(addr: SocketAddr) {
+    for _ in 0..400 {
+        if let Ok((200, _)) = get_status(addr, "/api/v1/health").await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("control plane at {addr} never answered");
+}
+
+fn apply(control: &str, dir: &Path, text: &str) {
+    let file = dir.join(format!("apply-{}.yaml", rand::random::<u32>()));
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["apply", "-f", file.to_str().unwrap()])
+        .env("TRELLIS_CONTROL", control)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A demo app and its sidecar registering with the control plane(s).
+fn instance(dir: &Path, controls: &str, name: &str, version: &str) -> (Proc, Proc, SocketAddr) {
+    let p = Ports::free();
+    let app = Proc::spawn(
+        dir,
+        &format!("{name}-app"),
+        &[
+            "demo-app".into(),
+            format!("--listen={}", p.app),
+            "--name=web".into(),
+            format!("--version={version}"),
+            format!("--instance={name}"),
+        ],
+    );
+    let sidecar = Proc::spawn(
+        dir,
+        &format!("{name}-proxy"),
+        &[
+            "proxy".into(),
+            format!("--control={controls}"),
+            format!("--node-id={name}"),
+            "--service=web".into(),
+            "--outbound=off".into(),
+            format!("--inbound={}", p.inbound),
+            format!("--app={}", p.app),
+            format!("--admin={}", p.admin),
+            format!("--label=version={version}"),
+            "--lease-ttl=2s".into(),
+        ],
+    );
+    (app, sidecar, p.admin)
+}
+
+fn caller(dir: &Path, controls: &str) -> Caller {
+    let (outbound, admin) = (free_addr(), free_addr());
+    Caller {
+        proc: Proc::spawn(
+            dir,
+            "caller",
+            &[
+                "proxy".into(),
+                format!("--control={controls}"),
+                "--node-id=caller".into(),
+                "--service=caller".into(),
+                format!("--outbound={outbound}"),
+                format!("--admin={admin}"),
+            ],
+        ),
+        outbound,
+        admin,
+        upstreams: Vec::new(),
+    }
+}
+
+async fn config_of(admin: SocketAddr) -> serde_json::Value {
+    let (_, body) = get_status(admin, "/config").await.unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits (bounded) until the caller holds `n` endpoints of `web`.
+async fn wait_endpoints(admin: SocketAddr, n: usize) -> Duration {
+    let start = Instant::now();
+    for _ in 0..600 {
+        let j = config_of(admin).await;
+        let count = j["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "web"))
+            .and_then(|s| s["endpoints"].as_array().map(|e| e.len()))
+            .unwrap_or(0);
+        if count == n {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("caller never held {n} endpoints of web");
+}
+
+/// Background traffic: counts answers by version and failures until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicUsize>,
+    by_version: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn load(outbound: SocketAddr) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let by_version = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let (s, f, v) = (stop.clone(), failed.clone(), by_version.clone());
+    let task = tokio::spawn(async move {
+        let c = http1();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let a = get(&c, outbound, Some("web"), "/", &[]).await;
+            if a.status == 200 {
+                let ver = a.json()["version"].as_str().unwrap_or("?").to_string();
+                *v.lock().unwrap().entry(ver).or_default() += 1;
+            } else {
+                f.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "failed: {} {:?} {}",
+                    a.status,
+                    a.header("trellis-error"),
+                    a.body
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    Load {
+        stop,
+        failed,
+        by_version,
+        task,
+    }
+}
+
+impl Load {
+    fn reset(&self) -> HashMap<String, usize> {
+        std::mem::take(&mut *self.by_version.lock().unwrap())
+    }
+    async fn finish(self) -> (usize, HashMap<String, usize>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        (
+            self.failed.load(Ordering::Relaxed),
+            self.by_version.lock().unwrap().clone(),
+        )
+    }
+}
+
+struct Mesh {
+    dir: PathBuf,
+    cp: Proc,
+    cp_addr: SocketAddr,
+    url: String,
+    _instances: Vec<(Proc, Proc, SocketAddr)>,
+    caller: Caller,
+}
+
+async fn mesh(tag: &str) -> Mesh {
+    let dir = tempdir(tag);
+    let cp_addr = free_addr();
+    let url = format!("http://{cp_addr}");
+    let cp = control(&dir, "control", cp_addr, "embedded");
+    wait_api(cp_addr).await;
+    apply(&url, &dir, &format!("{SERVICE}---\n{}", route(1, 0)));
+    let instances = vec![
+        instance(&dir, &url, "web-v1", "v1"),
+        instance(&dir, &url, "web-v2", "v2"),
+    ];
+    let caller = caller(&dir, &url);
+    for (_, _, admin) in &instances {
+        wait_ready(*admin).await;
+    }
+    wait_ready(caller.admin).await;
+    wait_endpoints(caller.admin, 2).await;
+    Mesh {
+        dir,
+        cp,
+        cp_addr,
+        url,
+        _instances: instances,
+        caller,
+    }
+}
+
+#[tokio::test]
+async fn applied_route_changes_the_split_while_traffic_flows() {
+    let m = mesh("cp-split").await;
+    let l = load(m.caller.outbound);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = l.reset();
+    let applied_at = Instant::now();
+    apply(&m.url, &m.dir, &route(0, 1));
+    // Wait until the caller sees the new route, then measure.
+    loop {
+        let a = get(&http1(), m.caller.outbound, Some("web"), "/", &[]).await;
+        if a.json()["version"] == "v2" {
+            break;
+        }
+        assert!(
+            applied_at.elapsed() < Duration::from_secs(10),
+            "route never arrived"
+        );
+    }
+    println!("route took effect {:?} after apply", applied_at.elapsed());
+    l.reset();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (failed, after) = l.finish().await;
+    println!("before: {before:?} after: {after:?} failed: {failed}");
+    assert_eq!(before.get("v2"), None, "before the apply all went to v1");
+    assert!(after.get("v2").copied().unwrap_or(0) > 10 && after.get("v1").is_none());
+    assert_eq!(failed, 0, "no request failed across the change");
+}
+
+#[tokio::test]
+async fn killed_instance_leaves_within_its_lease() {
+    let mut m = mesh("cp-kill").await;
+    apply(&m.url, &m.dir, &route(1, 1));
+    let (_, sidecar, _) = &mut m._instances[1];
+    let killed_at = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-9", &sidecar.pid().to_string()])
+        .status();
+    wait_endpoints(m.caller.admin, 1).await;
+    let gone = killed_at.elapsed();
+    println!("kill -9 to gone from the caller's endpoints: {gone:?} (lease TTL 2 s)");
+    let out = Command::new(BIN)
+        .args(["get", "workloads"])
+        .env("TRELLIS_CONTROL", &m.url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("web-v2") && text.contains("web-v1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn traffic_continues_without_the_control_plane_and_resyncs() {
+    let mut m = mesh("cp-away").await;
+    let l = load(m.caller.outbound);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = Command::new("kill")
+        .args(["-9", &m.cp.pid().to_string()])
+        .status();
+    let _ = m.cp.wait_exit(Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = l.reset();
+    assert!(during.get("v1").copied().unwrap_or(0) > 10, "{during:?}");
+    // Back on the same data: proxies reconnect and take the next change.
+    m.cp = control(&m.dir, "control", m.cp_addr, "embedded");
+    wait_api(m.cp_addr).await;
+    apply(&m.url, &m.dir, &route(0, 1));
+    let start = Instant::now();
+    loop {
+        let a = get(&http1(), m.caller.outbound, Some("web"), "/", &[]).await;
+        if a.status == 200 && a.json()["version"] == "v2" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "proxies never resynced"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "resynced {:?} after the control plane came back",
+        start.elapsed()
+    );
+    let (failed, _) = l.finish().await;
+    assert_eq!(
+        failed, 0,
+        "no request failed while the control plane was away"
+    );
+}
+
+/// A real etcd (Debian's etcd-server, installed by the test script) on free loopback ports.
+fn etcd(dir: &Path) -> (Proc, String) {
+    let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("etcd is not installed: run scripts/test.sh, which installs Debian's etcd-server");
+    let (client, peer) = (free_addr(), free_addr());
+    let data = dir.join("etcd-data");
+    let child = std::process::Command::new(bin)
+        .args([
+            "--name=trellis-test",
+            &format!("--data-dir={}", data.display()),
+            &format!("--listen-client-urls=http://{client}"),
+            &format!("--advertise-client-urls=http://{client}"),
+            &format!("--listen-peer-urls=http://{peer}"),
+            &format!("--initial-advertise-peer-urls=http://{peer}"),
+            &format!("--initial-cluster=trellis-test=http://{peer}"),
+        ])
+        .stdout(std::fs::File::create(dir.join("etcd.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("etcd.err.log")).unwrap())
+        .spawn()
+        .expect("start etcd");
+    (
+        Proc {
+            name: "etcd".into(),
+            child,
+            log: dir.join("etcd.err.log"),
+        },
+        format!("{client}"),
+    )
+}
+
+async fn wait_etcd(client: &str) {
+    let addr: SocketAddr = client.parse().unwrap();
+    for _ in 0..400 {
+        if let Ok((200, body)) = get_status(addr, "/health").await {
+            if body.contains("true") {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("etcd at {client} never became healthy");
+}
+
+#[tokio::test]
+async fn three_replicas_over_etcd_fail_over_without_a_failed_request() {
+    let dir = tempdir("cp-etcd");
+    let (_etcd, client) = etcd(&dir);
+    wait_etcd(&client).await;
+    let store = format!("etcd://{client}");
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut replicas: Vec<Option<Proc>> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Some(control(&dir, &format!("control-{i}"), *a, &store)))
+        .collect();
+    for a in &addrs {
+        wait_api(*a).await;
+    }
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let all = urls.join(",");
+    apply(&urls[0], &dir, &format!("{SERVICE}---\n{}", route(1, 0)));
+    let instances = vec![
+        instance(&dir, &all, "web-v1", "v1"),
+        instance(&dir, &all, "web-v2", "v2"),
+    ];
+    let caller = caller(&dir, &all);
+    for (_, _, admin) in &instances {
+        wait_ready(*admin).await;
+    }
+    wait_ready(caller.admin).await;
+    wait_endpoints(caller.admin, 2).await;
+    // Every replica sees the registrations made through any of them.
+    for u in &urls {
+        let out = Command::new(BIN)
+            .args(["get", "workloads"])
+            .env("TRELLIS_CONTROL", u)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("web-v1") && text.contains("web-v2"),
+            "{u}: {text}"
+        );
+    }
+    let l = load(caller.outbound);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let connected = config_of(caller.admin).await["controlPlane"]["endpoint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let victim = urls
+        .iter()
+        .position(|u| connected.starts_with(u.as_str()))
+        .unwrap_or_else(|| panic!("caller connected to {connected:?}, not one of {urls:?}"));
+    let p = replicas[victim].take().unwrap();
+    let _ = Command::new("kill")
+        .args(["-9", &p.pid().to_string()])
+        .status();
+    drop(p);
+    let start = Instant::now();
+    let moved_to = loop {
+        let now = config_of(caller.admin).await["controlPlane"]["endpoint"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let ready = config_of(caller.admin).await["controlPlane"]["ready"] == true;
+        if ready && !now.is_empty() && now != connected {
+            break now;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the caller never failed over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "caller moved from {connected} to {moved_to} in {:?}",
+        start.elapsed()
+    );
+    let survivor = (victim + 1) % 3;
+    apply(&urls[survivor], &dir, &route(0, 1));
+    let start = Instant::now();
+    loop {
+        let a = get(&http1(), caller.outbound, Some("web"), "/", &[]).await;
+        if a.status == 200 && a.json()["version"] == "v2" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "change through a survivor never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (failed, seen) = l.finish().await;
+    println!("traffic across the failover: {seen:?}, failed {failed}");
+    assert_eq!(failed, 0, "no request failed across the replica's death");
+}
