@@ -297,3 +297,135 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     println!("{} deleted", v["deleted"].as_str().unwrap_or_default());
     Ok(())
 }
+
+#[derive(Args, Debug, Clone)]
+pub struct ProxyConfigArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// A proxy's node id, or a service name (every proxy of it).
+    pub name: String,
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+/// Short name of a type URL: `type.googleapis.com/trellis.v1.Route` → `Route`.
+fn short_type(url: &str) -> &str {
+    url.rsplit('.').next().unwrap_or(url)
+}
+
+/// What each matching proxy holds: per type, the version sent, the version it acknowledged, and
+/// the last rejection with its reason.
+pub async fn proxy_config(args: ProxyConfigArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.control);
+    let v = api.call(http::Method::GET, "/api/v1/proxies", None).await?;
+    let proxies: Vec<&Value> = v["proxies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["id"] == args.name.as_str() || p["service"] == args.name.as_str())
+        .collect();
+    if proxies.is_empty() {
+        bail!(
+            "no connected proxy is named {:?} or serves a service of that name",
+            args.name
+        );
+    }
+    if !matches!(args.output, Output::Table) {
+        return print_value(
+            &Value::Array(proxies.into_iter().cloned().collect()),
+            args.output,
+        );
+    }
+    for p in proxies {
+        println!(
+            "proxy {} (service {}, {} stream, {})",
+            p["id"].as_str().unwrap_or_default(),
+            p["service"].as_str().unwrap_or_default(),
+            p["mode"].as_str().unwrap_or_default(),
+            if p["inSync"] == true {
+                "in sync"
+            } else {
+                "NOT in sync"
+            }
+        );
+        println!("  {:<24} {:<20} {:<20} LAST NACK", "TYPE", "SENT", "ACKED");
+        for (url, t) in p["types"].as_object().into_iter().flatten() {
+            let nack = match &t["last_nack"] {
+                Value::Null => "-".to_string(),
+                n => format!(
+                    "version {}: {}",
+                    n["version"].as_str().unwrap_or_default(),
+                    n["error"].as_str().unwrap_or_default()
+                ),
+            };
+            println!(
+                "  {:<24} {:<20} {:<20} {}",
+                short_type(url),
+                t["sent_version"].as_str().unwrap_or("-"),
+                t["acked_version"].as_str().unwrap_or("-"),
+                nack
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Is the mesh healthy: the control plane answers, every registered workload's proxy is
+/// connected, and every connected proxy holds (has acknowledged) what it was sent.
+pub async fn check(args: ControlArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args);
+    api.call(http::Method::GET, "/api/v1/health", None).await?;
+    println!("ok   control plane at {} answers", args.control);
+    let proxies = api.call(http::Method::GET, "/api/v1/proxies", None).await?;
+    let proxies: Vec<Value> = proxies["proxies"].as_array().cloned().unwrap_or_default();
+    let workloads = api
+        .call(http::Method::GET, "/api/v1/resources?kind=Workload", None)
+        .await?;
+    let mut problems = 0;
+    for w in workloads["items"].as_array().into_iter().flatten() {
+        let name = w["metadata"]["name"].as_str().unwrap_or_default();
+        if proxies.iter().any(|p| p["id"] == name) {
+            println!("ok   workload {name} has a connected proxy");
+        } else {
+            println!("FAIL workload {name} is registered but no proxy named {name} is connected to this replica");
+            problems += 1;
+        }
+    }
+    for p in &proxies {
+        let id = p["id"].as_str().unwrap_or_default();
+        let nacks: Vec<String> = p["types"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(url, t)| {
+                let n = &t["last_nack"];
+                let current = n["version"] == t["sent_version"];
+                (!n.is_null() && current).then(|| {
+                    format!(
+                        "{} rejected: {}",
+                        short_type(url),
+                        n["error"].as_str().unwrap_or_default()
+                    )
+                })
+            })
+            .collect();
+        if p["inSync"] == true && nacks.is_empty() {
+            println!("ok   proxy {id} is in sync");
+        } else {
+            problems += 1;
+            println!(
+                "FAIL proxy {id} is not in sync{}",
+                if nacks.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", nacks.join("; "))
+                }
+            );
+        }
+    }
+    if problems > 0 {
+        bail!("{problems} problem(s) found");
+    }
+    println!("the mesh is healthy ({} proxies connected)", proxies.len());
+    Ok(())
+}

@@ -40,6 +40,10 @@ enum Command {
     Describe(ctl::GetArgs),
     /// Delete a resource.
     Delete(ctl::DeleteArgs),
+    /// What config a proxy holds: versions sent and acknowledged, and the last rejection.
+    ProxyConfig(ctl::ProxyConfigArgs),
+    /// Is the mesh healthy: control plane reachable, every proxy connected and in sync.
+    Check(ctl::ControlArgs),
     /// Check config files and report every problem with file, document and field path.
     Validate {
         /// Files to check.
@@ -91,6 +95,8 @@ fn main() -> ExitCode {
             Command::Get(args) => ctl::get(args).await,
             Command::Describe(args) => ctl::describe(args).await,
             Command::Delete(args) => ctl::delete(args).await,
+            Command::ProxyConfig(args) => ctl::proxy_config(args).await,
+            Command::Check(args) => ctl::check(args).await,
         }
     });
     match result {

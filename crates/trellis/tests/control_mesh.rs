@@ -479,3 +479,44 @@ async fn three_replicas_over_etcd_fail_over_without_a_failed_request() {
     println!("traffic across the failover: {seen:?}, failed {failed}");
     assert_eq!(failed, 0, "no request failed across the replica's death");
 }
+
+#[tokio::test]
+async fn check_and_proxy_config_report_sync_state() {
+    let m = mesh("cp-check").await;
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("TRELLIS_CONTROL", &m.url)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = run(&["check"]);
+    println!("{out}");
+    assert!(ok, "{out}");
+    assert!(out.contains("ok   proxy caller is in sync"), "{out}");
+    assert!(
+        out.contains("ok   workload web-v1 has a connected proxy"),
+        "{out}"
+    );
+    let (ok, out) = run(&["proxy-config", "caller"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("in sync") && out.contains("Route"), "{out}");
+    let (ok, out) = run(&["proxy-config", "web"]);
+    assert!(
+        ok && out.contains("proxy web-v1") && out.contains("proxy web-v2"),
+        "{out}"
+    );
+    let (ok, _) = run(&["proxy-config", "nobody"]);
+    assert!(!ok);
+    // A registered workload without its proxy is a failed check.
+    drop(m.caller);
+    let (ok, _) = run(&["check"]);
+    assert!(
+        ok,
+        "the caller registered no workload, so its absence is fine"
+    );
+}
