@@ -11,7 +11,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use trellis_api::{Resource, Workload};
 
@@ -22,7 +22,7 @@ pub struct Registration {
     endpoints: Vec<String>,
     next: AtomicUsize,
     client: Client<HttpConnector, Full<Bytes>>,
-    workload: Workload,
+    workload: Mutex<Workload>,
     ttl: Duration,
     lease: AtomicI64,
 }
@@ -40,7 +40,7 @@ impl Registration {
                 .collect(),
             next: AtomicUsize::new(0),
             client: Client::builder(TokioExecutor::new()).build_http(),
-            workload,
+            workload: Mutex::new(workload),
             ttl,
             lease: AtomicI64::new(0),
         })
@@ -87,9 +87,37 @@ impl Registration {
         Err(RegistrationError(last))
     }
 
+    fn workload(&self) -> Result<Workload, RegistrationError> {
+        self.workload
+            .lock()
+            .map(|w| w.clone())
+            .map_err(|_| RegistrationError("registration state poisoned".into()))
+    }
+
+    /// Reports the local app's health: the workload is registered again with it, so the control
+    /// plane takes an unhealthy instance out of every caller's endpoint set and puts it back
+    /// when it recovers. The old lease, no longer holding anything, lapses.
+    pub async fn set_health(&self, health: trellis_api::service::WorkloadHealth) {
+        let changed = match self.workload.lock() {
+            Ok(mut w) if w.spec.health != health => {
+                w.spec.health = health;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            if let Err(e) = self.register().await {
+                tracing::warn!(error = %e, "could not report health; the keep-alive loop retries");
+                self.lease.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Registers the workload under a fresh lease.
     pub async fn register(&self) -> Result<(), RegistrationError> {
-        let workload = serde_json::to_value(Resource::Workload(self.workload.clone()))
+        let current = self.workload()?;
+        let name = current.metadata.name.clone();
+        let workload = serde_json::to_value(Resource::Workload(current))
             .map_err(|e| RegistrationError(e.to_string()))?;
         let body = json!({"workload": workload, "ttlSeconds": self.ttl.as_secs().max(1)});
         let (status, v) = self
@@ -98,7 +126,7 @@ impl Registration {
         match v["leaseId"].as_i64() {
             Some(id) if status < 300 => {
                 self.lease.store(id, Ordering::Relaxed);
-                tracing::info!(workload = %self.workload.metadata.name, lease = format!("{id:x}"), "registered with the control plane");
+                tracing::info!(workload = %name, lease = format!("{id:x}"), "registered with the control plane");
                 Ok(())
             }
             _ => Err(RegistrationError(format!(

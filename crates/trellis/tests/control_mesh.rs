@@ -520,3 +520,69 @@ async fn check_and_proxy_config_report_sync_state() {
         "the caller registered no workload, so its absence is fine"
     );
 }
+
+#[tokio::test]
+async fn unhealthy_app_leaves_the_endpoint_set_and_returns() {
+    let dir = tempdir("cp-health");
+    let cp_addr = free_addr();
+    let url = format!("http://{cp_addr}");
+    let _cp = control(&dir, "control", cp_addr, "embedded");
+    wait_api(cp_addr).await;
+    let policy = SERVICE.replace(
+        "  loadBalancer: {algorithm: RoundRobin}\n",
+        "  loadBalancer: {algorithm: RoundRobin}\n  healthCheck: {http: {path: /health}, interval: 200ms, timeout: 200ms, unhealthyThreshold: 2}\n",
+    );
+    apply(&url, &dir, &policy);
+    let (_a1, _s1, admin1) = instance(&dir, &url, "web-v1", "v1");
+    // The second instance by hand, so its app can be stopped and started on the same port.
+    let p = Ports::free();
+    let app_args = |n: &str| {
+        vec![
+            "demo-app".to_string(),
+            format!("--listen={}", p.app),
+            "--name=web".into(),
+            "--version=v2".into(),
+            format!("--instance={n}"),
+        ]
+    };
+    let app = Proc::spawn(&dir, "web-v2-app", &app_args("web-v2"));
+    let _sidecar = Proc::spawn(
+        &dir,
+        "web-v2-proxy",
+        &[
+            "proxy".into(),
+            format!("--control={url}"),
+            "--node-id=web-v2".into(),
+            "--service=web".into(),
+            "--outbound=off".into(),
+            format!("--inbound={}", p.inbound),
+            format!("--app={}", p.app),
+            format!("--admin={}", p.admin),
+            "--label=version=v2".into(),
+            "--lease-ttl=2s".into(),
+        ],
+    );
+    let caller = caller(&dir, &url);
+    wait_ready(admin1).await;
+    wait_ready(p.admin).await;
+    wait_ready(caller.admin).await;
+    wait_endpoints(caller.admin, 2).await;
+    drop(app);
+    let gone = wait_endpoints(caller.admin, 1).await;
+    println!("app stopped → out of the caller's endpoints in {gone:?}");
+    let _app = Proc::spawn(&dir, "web-v2-app-again", &app_args("web-v2"));
+    let back = wait_endpoints(caller.admin, 2).await;
+    println!("app healthy again → back in {back:?}");
+    let mut seen = HashMap::<String, usize>::new();
+    for _ in 0..20 {
+        let a = get(&http1(), caller.outbound, Some("web"), "/", &[]).await;
+        assert_eq!(a.status, 200);
+        *seen
+            .entry(a.json()["version"].as_str().unwrap().into())
+            .or_default() += 1;
+    }
+    assert!(
+        seen.contains_key("v2"),
+        "the recovered instance serves again: {seen:?}"
+    );
+}
