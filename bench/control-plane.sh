@@ -9,9 +9,14 @@ rounds=30
 [ "${1:-}" = "--rounds" ] && rounds="$2"
 
 echo "==> building (release)"
-cargo build --release -p trellis -p trellis-xds --example xds_scale >/dev/null 2>&1 || cargo build --release -p trellis -p trellis-xds --example xds_scale
+cargo build --release -p trellis >/dev/null
+cargo build --release -p trellis-xds --example xds_scale >/dev/null
+cargo build --release -p trellis-control --example control_scale >/dev/null
 
-echo "==> push latency, delta and state of the world"
+echo "==> apply (HTTP API) -> store -> views -> xDS -> every proxy applied, real control plane"
+target/release/examples/control_scale --clients 100,1000 --rounds "$rounds"
+
+echo "==> transport alone: new view -> every proxy's ACK, delta and state of the world"
 for mode in delta sotw; do
   target/release/examples/xds_scale --clients 100,1000 --rounds "$rounds" --mode "$mode"
 done

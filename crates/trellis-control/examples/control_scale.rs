@@ -1,0 +1,215 @@
+//! Push latency through the whole control plane: a real `trellis control` (in this process, on
+//! an embedded store in a temporary folder), N simulated proxies (real xDS clients, one
+//! connection each, all of one caller service), and rounds that each `apply` one changed Route
+//! over the HTTP API. Measures the time from sending the apply until every proxy has applied
+//! the change (its ACK follows at once).
+//!
+//! ```sh
+//! cargo run --release -p trellis-control --example control_scale -- --clients 100,1000 --rounds 20
+//! ```
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use trellis_api::Resource;
+use trellis_control::server::{run, ControlOptions};
+use trellis_control::StoreSpec;
+use trellis_xds::client::{AdsClient, Backoff, ClientConfig};
+use trellis_xds::NodeInfo;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn route(round: usize) -> String {
+    format!(
+        "apiVersion: trellis.dev/v1\nkind: Route\nmetadata: {{name: reviews}}\nspec:\n  service: reviews\n  rules:\n    - timeout: {}s\n",
+        round + 1
+    )
+}
+
+fn mesh(workloads: usize) -> String {
+    let mut yaml = String::new();
+    for svc in ["reviews", "ratings", "details"] {
+        yaml.push_str(&format!(
+            "---\napiVersion: trellis.dev/v1\nkind: Service\nmetadata: {{name: {svc}}}\nspec: {{ports: [{{port: 80, protocol: http}}]}}\n"
+        ));
+        for i in 0..workloads {
+            yaml.push_str(&format!(
+                "---\napiVersion: trellis.dev/v1\nkind: Workload\nmetadata: {{name: {svc}-{i}}}\nspec: {{service: {svc}, address: 127.0.{}.{}, port: 9080}}\n",
+                i / 250,
+                i % 250 + 1
+            ));
+        }
+    }
+    yaml
+}
+
+/// The round a proxy's config is at: the route timeout minus one.
+fn round_of(resources: &[Resource]) -> Option<usize> {
+    resources.iter().find_map(|r| match r {
+        Resource::Route(route) => route
+            .spec
+            .rules
+            .first()?
+            .timeout
+            .map(|t| t.as_std().as_secs() as usize - 1),
+        _ => None,
+    })
+}
+
+async fn post(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    url: &str,
+    body: String,
+) -> Result<(), String> {
+    let req = http::Request::post(url)
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let rsp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = rsp.status();
+    let body = rsp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted
+        .get(rank.clamp(1, sorted.len().max(1)) - 1)
+        .copied()
+        .unwrap_or_default()
+}
+
+async fn bench(n: usize, rounds: usize) -> Result<(), String> {
+    let dir =
+        std::env::temp_dir().join(format!("trellis-control-scale-{}-{n}", std::process::id()));
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| e.to_string())?
+        .local_addr()
+        .map_err(|e| e.to_string())?;
+    let opts = ControlOptions {
+        listen,
+        store: StoreSpec::Embedded {
+            data_dir: dir.clone(),
+        },
+        lease_ttl: Duration::from_secs(10),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(run(
+        opts,
+        async {
+            let _ = stopped.await;
+        },
+        move |a| {
+            let _ = ready_tx.send(a);
+        },
+    ));
+    let addr = ready_rx
+        .await
+        .map_err(|_| "control plane did not start".to_string())?;
+    let base = format!("http://{addr}");
+    let http = Client::builder(TokioExecutor::new()).build_http();
+    post(
+        &http,
+        &format!("{base}/api/v1/apply"),
+        format!("{}---\n{}", mesh(20), route(0)),
+    )
+    .await?;
+
+    let at_round = Arc::new(AtomicUsize::new(0));
+    let current: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..n).map(|_| AtomicUsize::new(usize::MAX)).collect());
+    let uri: tonic::transport::Uri = base.parse().map_err(|e| format!("{e}"))?;
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut c = ClientConfig::new(
+            vec![uri.clone()],
+            NodeInfo::new(format!("proxy-{i}"), "productpage", "default"),
+        );
+        c.backoff = Backoff {
+            base: Duration::from_millis(50),
+            max: Duration::from_secs(2),
+        };
+        let current = current.clone();
+        let client = AdsClient::spawn(c, move |u| {
+            if let Some(r) = round_of(&u.resources.resources) {
+                current[i].store(r, Ordering::Release);
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+        clients.push(client);
+    }
+    for c in &clients {
+        tokio::time::timeout(WAIT, c.ready())
+            .await
+            .map_err(|_| "a client never synced".to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    let connect_all = started.elapsed();
+    let mut times = Vec::new();
+    for round in 1..=rounds {
+        at_round.store(round, Ordering::Release);
+        let t0 = Instant::now();
+        post(&http, &format!("{base}/api/v1/apply"), route(round)).await?;
+        let deadline = t0 + WAIT;
+        while current.iter().any(|c| c.load(Ordering::Acquire) != round) {
+            if Instant::now() > deadline {
+                return Err(format!("round {round}: not every proxy got the change"));
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        times.push(t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    times.sort();
+    println!(
+        "N={n} rounds={rounds}: apply -> every proxy applied: p50={:.1}ms p99={:.1}ms max={:.1}ms | all {n} connected+synced in {:.0}ms",
+        percentile(&times, 50.0).as_secs_f64() * 1e3,
+        percentile(&times, 99.0).as_secs_f64() * 1e3,
+        times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        connect_all.as_secs_f64() * 1e3,
+    );
+    drop(clients);
+    let _ = stop.send(());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let mut clients = vec![100, 1000];
+    let mut rounds = 20;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        match (pair[0].as_str(), pair.get(1)) {
+            ("--clients", Some(v)) => {
+                clients = v.split(',').filter_map(|n| n.parse().ok()).collect()
+            }
+            ("--rounds", Some(v)) => rounds = v.parse().unwrap_or(rounds),
+            _ => {
+                eprintln!("usage: control_scale [--clients N,N] [--rounds R]");
+                std::process::exit(2);
+            }
+        }
+    }
+    for n in clients {
+        if let Err(e) = bench(n, rounds).await {
+            eprintln!("N={n}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
