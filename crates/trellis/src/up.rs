@@ -320,7 +320,45 @@ async fn start_all(
     for admin in admins {
         wait_ready(admin, children, work).await?;
     }
-    Ok(())
+    wait_registered(control, args.admin, instances.len()).await
+}
+
+/// Waits (bounded: 20 s) until every instance has registered and the entry sidecar holds all
+/// their endpoints, so the first request after the banner reaches every version.
+async fn wait_registered(
+    control: &str,
+    entry_admin: SocketAddr,
+    instances: usize,
+) -> anyhow::Result<()> {
+    let api = crate::ctl::Api::new(&crate::ctl::ControlArgs {
+        control: control.to_string(),
+    });
+    let entry = crate::ctl::Api::new(&crate::ctl::ControlArgs {
+        control: format!("http://{entry_admin}"),
+    });
+    for _ in 0..400 {
+        let registered = api
+            .call(http::Method::GET, "/api/v1/resources?kind=Workload", None)
+            .await
+            .map(|v| v["items"].as_array().map_or(0, |a| a.len()))
+            .unwrap_or(0);
+        let held = entry
+            .call(http::Method::GET, "/config", None)
+            .await
+            .map(|v| {
+                v["services"].as_array().map_or(0, |s| {
+                    s.iter()
+                        .map(|svc| svc["endpoints"].as_array().map_or(0, |e| e.len()))
+                        .sum()
+                })
+            })
+            .unwrap_or(0);
+        if registered >= instances && held >= instances {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("not every instance registered with the control plane within 20 s")
 }
 
 /// Polls a sidecar's `/ready` until it answers 200 (bounded: 20 s).
