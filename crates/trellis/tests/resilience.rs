@@ -168,3 +168,95 @@ spec:
     );
     instances.clear();
 }
+
+#[tokio::test]
+async fn callers_prefer_their_zone_and_fail_over_in_order() {
+    let dir = tempdir("locality");
+    let config = dir.join("mesh.yaml");
+    let zones = ["zone-a", "zone-b", "zone-c"];
+    let ports: Vec<Ports> = zones.iter().map(|_| Ports::free()).collect();
+    let mut text = service("web", "http");
+    for (zone, p) in zones.iter().zip(&ports) {
+        text.push_str(&format!(
+            "---\napiVersion: trellis.dev/v1\nkind: Workload\nmetadata: {{name: web-{zone}}}\nspec: {{service: web, address: {}, port: {}, zone: {zone}}}\n",
+            p.inbound.ip(),
+            p.inbound.port()
+        ));
+    }
+    text.push_str(
+        "---
+apiVersion: trellis.dev/v1
+kind: DestinationPolicy
+metadata: {name: web}
+spec:
+  service: web
+  outlierDetection: {consecutiveConnectErrors: 1, consecutive5xxErrors: 1, baseEjectionTime: 60s, maxEjectionPercent: 100}
+  locality: {failover: [zone-c, zone-b]}
+---
+apiVersion: trellis.dev/v1
+kind: Route
+metadata: {name: web}
+spec:
+  service: web
+  rules: [{retries: {attempts: 3, retryOn: [connect-failure, 5xx], backoff: {baseInterval: 1ms}}}]
+",
+    );
+    write_config(&config, &text);
+    let mut instances: Vec<Instance> = zones
+        .iter()
+        .zip(&ports)
+        .map(|(zone, p)| {
+            let args = [format!("--version={zone}")];
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            start_instance(&dir, &config, "web", &format!("web-{zone}"), &refs, *p)
+        })
+        .collect();
+    let (outbound, admin) = (free_addr(), free_addr());
+    let _caller = Proc::spawn(
+        &dir,
+        "caller",
+        &[
+            "proxy".into(),
+            format!("--config={}", config.display()),
+            "--service=caller".into(),
+            "--zone=zone-a".into(),
+            format!("--outbound={outbound}"),
+            format!("--admin={admin}"),
+        ],
+    );
+    for i in &instances {
+        wait_ready(i.admin).await;
+        wait_listening(i.app_addr).await;
+    }
+    wait_ready(admin).await;
+    let c = http1();
+    let zones_seen = |n: usize| {
+        let c = c.clone();
+        async move {
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            for _ in 0..n {
+                let a = get(&c, outbound, Some("web"), "/", &[]).await;
+                assert_eq!(a.status, 200, "{}", a.body);
+                *seen
+                    .entry(a.json()["version"].as_str().unwrap().into())
+                    .or_default() += 1;
+            }
+            seen
+        }
+    };
+    let seen = zones_seen(30).await;
+    assert_eq!(
+        seen.get("zone-a"),
+        Some(&30),
+        "own zone preferred: {seen:?}"
+    );
+    // Zone a's only instance dies: fail over to zone c (first in the failover order), not b.
+    drop(instances.remove(0));
+    let seen = zones_seen(30).await;
+    println!("after zone-a failed: {seen:?}");
+    assert_eq!(
+        seen.get("zone-c"),
+        Some(&30),
+        "failover follows the configured order: {seen:?}"
+    );
+}
