@@ -432,7 +432,7 @@ fn print_banner(
     println!();
     println!("  metrics: curl http://{}/metrics", args.admin);
     println!("  config:  curl http://{}/config", args.admin);
-    println!("  logs and generated config: {}", work.display());
+    println!("  logs and control-plane data: {}", work.display());
     println!();
     println!(
         "Edit {} and save: routes and policies are re-applied live. Ctrl-C stops the mesh.",
