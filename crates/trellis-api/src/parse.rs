@@ -71,6 +71,19 @@ impl Resource {
         }
     }
 
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Resource::Service(r) => &mut r.metadata,
+            Resource::Workload(r) => &mut r.metadata,
+            Resource::Route(r) => &mut r.metadata,
+            Resource::DestinationPolicy(r) => &mut r.metadata,
+            Resource::AuthorizationPolicy(r) => &mut r.metadata,
+            Resource::RequestAuthentication(r) => &mut r.metadata,
+            Resource::MeshConfig(r) => &mut r.metadata,
+            Resource::Deployment(r) => &mut r.metadata,
+        }
+    }
+
     /// `Kind/namespace/name`, unique within a set.
     pub fn key(&self) -> String {
         let m = self.metadata();

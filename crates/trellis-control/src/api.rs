@@ -100,17 +100,7 @@ pub fn render(stored: &Stored) -> Value {
 }
 
 fn set_version(r: &mut Resource, v: Option<String>) {
-    let meta = match r {
-        Resource::Service(x) => &mut x.metadata,
-        Resource::Workload(x) => &mut x.metadata,
-        Resource::Route(x) => &mut x.metadata,
-        Resource::DestinationPolicy(x) => &mut x.metadata,
-        Resource::AuthorizationPolicy(x) => &mut x.metadata,
-        Resource::RequestAuthentication(x) => &mut x.metadata,
-        Resource::MeshConfig(x) => &mut x.metadata,
-        Resource::Deployment(x) => &mut x.metadata,
-    };
-    meta.resource_version = v;
+    r.metadata_mut().resource_version = v;
 }
 
 /// Takes `metadata.resourceVersion` off a resource about to be written.

@@ -28,26 +28,13 @@ pub fn validate(resource: &Resource) -> Result<()> {
 /// stale the moment it was written. [`super::Stored::version`] is the version.
 pub(crate) fn encode(mut resource: Resource) -> Result<(ResourceKey, Resource, Vec<u8>)> {
     validate(&resource)?;
-    metadata_mut(&mut resource).resource_version = None;
+    resource.metadata_mut().resource_version = None;
     let key = ResourceKey::of(&resource);
     let bytes = serde_json::to_vec(&resource).map_err(|e| StoreError::Invalid {
         key: key.to_string(),
         problems: vec![(String::new(), format!("cannot be serialized: {e}"))],
     })?;
     Ok((key, resource, bytes))
-}
-
-fn metadata_mut(r: &mut Resource) -> &mut trellis_api::ObjectMeta {
-    match r {
-        Resource::Service(x) => &mut x.metadata,
-        Resource::Workload(x) => &mut x.metadata,
-        Resource::Route(x) => &mut x.metadata,
-        Resource::DestinationPolicy(x) => &mut x.metadata,
-        Resource::AuthorizationPolicy(x) => &mut x.metadata,
-        Resource::RequestAuthentication(x) => &mut x.metadata,
-        Resource::MeshConfig(x) => &mut x.metadata,
-        Resource::Deployment(x) => &mut x.metadata,
-    }
 }
 
 /// Decodes a stored value, which must hold exactly the resource at `key`.
@@ -63,7 +50,7 @@ pub(crate) fn decode(store: &str, key: &ResourceKey, bytes: &[u8]) -> Result<Res
     let mut resources = set.resources.into_iter();
     match (resources.next(), resources.next()) {
         (Some(mut r), None) if ResourceKey::of(&r) == *key => {
-            metadata_mut(&mut r).resource_version = None;
+            r.metadata_mut().resource_version = None;
             Ok(r)
         }
         (Some(r), None) => Err(corrupt(format!("holds {} instead", r.key()))),
@@ -137,7 +124,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut r = service();
-        metadata_mut(&mut r).resource_version = Some("7".into());
+        r.metadata_mut().resource_version = Some("7".into());
         let (key, clean, bytes) = encode(r.clone()).expect("encodes");
         assert_eq!(key.to_string(), "Service/default/web");
         assert_eq!(clean.metadata().resource_version, None, "never stored");
