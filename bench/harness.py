@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import datetime as dt
 import http.client
 import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -148,11 +150,15 @@ def free_port() -> int:
 # /proc readings
 # --------------------------------------------------------------------------------------------
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime (fields 14 and 15 of /proc/PID/stat), in seconds."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime): fields 14 and 15 of /proc/PID/stat, in seconds."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2:].split()  # fields from 3 (state) on
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def mem_kb(pid: int) -> dict[str, int]:
@@ -188,6 +194,43 @@ class AnonSampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all CPUs), from the first line of /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = f[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+class OtherLoad:
+    """Measures the CPU (in cores) used during a run by processes that are not the bench's:
+    machine busy time less this harness, its waited children (load generators), the backend
+    and the proxies. A high figure means the run shared the machine with other work."""
+
+    def __init__(self, pids: list[int]):
+        self.pids, self.cores = pids, float("nan")
+
+    def _own(self) -> float:
+        total = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            ru = resource.getrusage(who)
+            total += ru.ru_utime + ru.ru_stime
+        for pid in self.pids:
+            try:
+                total += cpu_seconds(pid)
+            except OSError:
+                pass
+        return total
+
+    def __enter__(self):
+        self.t0, self.busy0, self.own0 = time.monotonic(), busy_seconds(), self._own()
+        return self
+
+    def __exit__(self, *exc):
+        elapsed = time.monotonic() - self.t0
+        other = (busy_seconds() - self.busy0) - (self._own() - self.own0)
+        self.cores = max(0.0, other / elapsed)
 
 
 def loadavg() -> str:
@@ -267,7 +310,11 @@ def start_nginx(tools: Tools, work: Path) -> tuple[subprocess.Popen, int, int]:
               work / "nginx.log")
     t0 = time.perf_counter()
     wait_ready(p, h1, "/", t0)
+    BACKEND_PIDS[:] = [p.pid, *child_pids(p.pid)]
     return p, h1, h2
+
+
+BACKEND_PIDS: list[int] = []  # nginx master and worker, for OtherLoad
 
 
 def start_trellis(tools: Tools, work: Path, name: str, args: list[str], admin: int) -> Proxy:
@@ -374,7 +421,7 @@ def oha_fixed(tools: Tools, url: str, secs: int, rate: int, conns: int) -> dict:
     j = json.loads(r.stdout)
     pct = j["latencyPercentiles"]
     codes = {str(k): v for k, v in j.get("statusCodeDistribution", {}).items()}
-    errors = sum(j.get("errorDistribution", {}).values())
+    errors = oha_errors(j)
     return {
         "p50": pct["p50"] * 1e3, "p90": pct["p90"] * 1e3,
         "p99": pct["p99"] * 1e3, "p99.9": pct["p99.9"] * 1e3,
@@ -382,6 +429,12 @@ def oha_fixed(tools: Tools, url: str, secs: int, rate: int, conns: int) -> dict:
         "ok": codes.get("200", 0), "non200": sum(codes.values()) - codes.get("200", 0),
         "errors": errors,
     }
+
+
+def oha_errors(j: dict) -> int:
+    """Errors oha saw, less the requests cut off when the duration ran out."""
+    return sum(n for k, n in j.get("errorDistribution", {}).items()
+               if "aborted due to deadline" not in k)
 
 
 def wrk_max(tools: Tools, url: str, secs: int, threads: int, conns: int) -> dict:
@@ -408,7 +461,7 @@ def oha_max(tools: Tools, url: str, secs: int, conns: int) -> dict:
     codes = {str(k): v for k, v in j.get("statusCodeDistribution", {}).items()}
     return {"rps": j["summary"]["requestsPerSec"], "requests": sum(codes.values()),
             "non2xx": sum(codes.values()) - codes.get("200", 0),
-            "socket_errors": sum(j.get("errorDistribution", {}).values())}
+            "socket_errors": oha_errors(j)}
 
 
 def h2load_max(tools: Tools, url: str, secs: int, conns: int, streams: int) -> dict:
@@ -466,28 +519,29 @@ def measure_h1(name: str, tools: Tools, work: Path, backend: int, s: Settings) -
 
 
 def fixed_rate_with_cpu(topo: Topology, tools: Tools, s: Settings, out: dict) -> dict:
-    before = {px.name: cpu_seconds(px.proc.pid) for px in topo.proxies}
-    fixed = oha_fixed(tools, topo.url, s.secs, s.rate, s.conns)
-    done = fixed["ok"] + fixed["non200"]
+    before = {px.name: cpu_times(px.proc.pid) for px in topo.proxies}
+    with OtherLoad(BACKEND_PIDS + [px.proc.pid for px in topo.proxies]) as other:
+        fixed = oha_fixed(tools, topo.url, s.secs, s.rate, s.conns)
+    fixed["other_load"] = other.cores
+    thousands = (fixed["ok"] + fixed["non200"]) / 1000 or float("nan")
     for px in topo.proxies:
-        used = cpu_seconds(px.proc.pid) - before[px.name]
-        out[px.name]["cpu_s_per_1k"] = used / (done / 1000) if done else float("nan")
+        (u0, s0), (u1, s1) = before[px.name], cpu_times(px.proc.pid)
+        out[px.name].update({"cpu_s_per_1k": (u1 - u0 + s1 - s0) / thousands,
+                             "user_s_per_1k": (u1 - u0) / thousands,
+                             "sys_s_per_1k": (s1 - s0) / thousands})
     return fixed
 
 
 def max_rate_with_memory(topo: Topology, tools: Tools, s: Settings, out: dict) -> dict:
-    samplers = [AnonSampler(px.proc.pid) for px in topo.proxies]
     before = {px.name: cpu_seconds(px.proc.pid) for px in topo.proxies}
-    for smp in samplers:
-        smp.__enter__()
-    try:
+    with contextlib.ExitStack() as stack:
+        samplers = [stack.enter_context(AnonSampler(px.proc.pid)) for px in topo.proxies]
+        other = stack.enter_context(OtherLoad(BACKEND_PIDS + [px.proc.pid for px in topo.proxies]))
         if s.max_tool == "wrk":
             mx = wrk_max(tools, topo.url, s.secs, s.wrk_threads, s.conns)
         else:
             mx = oha_max(tools, topo.url, s.secs, s.conns)
-    finally:
-        for smp in samplers:
-            smp.__exit__(None, None, None)
+    mx["other_load"] = other.cores
     for px, smp in zip(topo.proxies, samplers):
         mem = mem_kb(px.proc.pid)
         used = cpu_seconds(px.proc.pid) - before[px.name]
@@ -510,12 +564,12 @@ def measure_h2(name: str, tools: Tools, work: Path, backend_h2: int, s: Settings
 # --------------------------------------------------------------------------------------------
 
 def run_rounds(tools: Tools, work: Path, s: Settings, rounds: int, names: list[str],
-               h2: bool, wait_quiet: float) -> list[dict]:
+               h2: bool, quiet: tuple[float, float]) -> list[dict]:
     nginx, h1_port, h2_port = start_nginx(tools, work)
     all_rounds = []
     try:
         for r in range(rounds):
-            wait_for_quiet(wait_quiet)
+            wait_for_quiet(*quiet)
             order = names[r % len(names):] + names[:r % len(names)]
             rnd = {"round": r + 1, "loadavg": loadavg(), "order": order, "topologies": {}}
             print(f"round {r + 1}/{rounds}  loadavg {rnd['loadavg']}  order {' '.join(order)}",
@@ -532,7 +586,7 @@ def run_rounds(tools: Tools, work: Path, s: Settings, rounds: int, names: list[s
     return all_rounds
 
 
-def wait_for_quiet(max_wait: float, threshold: float = 1.0) -> None:
+def wait_for_quiet(max_wait: float, threshold: float) -> None:
     """Waits (at most `max_wait` s) for the 1-minute load average to drop below `threshold`."""
     t0 = time.time()
     while time.time() - t0 < max_wait and float(loadavg().split()[0]) >= threshold:
@@ -548,7 +602,8 @@ def one_line(name: str, res: dict) -> str:
     bad = f["non200"] + f["errors"] + m["non2xx"] + m["socket_errors"]
     warn = f" ERRORS={bad}" if bad else ""
     return (f"{name:13s} max={m['rps']:.0f}/s{h2} p50={f['p50']:.3f} p90={f['p90']:.3f} "
-            f"p99={f['p99']:.3f} p99.9={f['p99.9']:.3f}ms {px}{warn}")
+            f"p99={f['p99']:.3f} p99.9={f['p99.9']:.3f}ms {px} "
+            f"other-load={f['other_load']:.2f}/{m['other_load']:.2f}{warn}")
 
 
 def med(xs: list[float]) -> float:
@@ -578,7 +633,7 @@ def summarize(rounds: list[dict], names: list[str]) -> dict:
 
 def proxy_medians(rs: list[dict]) -> dict:
     keys = ("ready_ms", "idle_rss_kb", "idle_anon_kb", "peak_rss_kb", "peak_anon_kb",
-            "cpu_s_per_1k", "cpu_s_per_1k_at_max")
+            "cpu_s_per_1k", "user_s_per_1k", "sys_s_per_1k", "cpu_s_per_1k_at_max")
     names = rs[0]["proxies"].keys() if rs else []
     return {p: {k: med([r["proxies"][p][k] for r in rs]) for k in keys} for p in names}
 
@@ -625,6 +680,7 @@ def targets(summary: dict) -> list[tuple[str, bool, str]]:
     rps = tr["max_rps"] / en["max_rps"]
     added = safe_div(tr["added_p99"], en["added_p99"])
     cpu = worst(tr, "cpu_s_per_1k")
+    cpu_max = worst(tr, "cpu_s_per_1k_at_max")
     idle = worst(tr, "idle_rss_kb") / 1024
     peak = worst(tr, "peak_rss_kb") / 1024
     ready = worst(tr, "ready_ms")
@@ -634,7 +690,8 @@ def targets(summary: dict) -> list[tuple[str, bool, str]]:
         ("added p99 over direct <= 1/2 of Envoy's", added <= 0.5,
          f"+{tr['added_p99']:.3f} ms vs +{en['added_p99']:.3f} ms = {added:.2f}x"),
         ("CPU per proxy <= 0.06 vCPU per 1000 req/s", cpu <= 0.06,
-         f"{cpu:.3f} vCPU (busier proxy of the pair)"),
+         f"{cpu:.3f} vCPU at 1000 req/s (busier proxy of the pair; at max load "
+         f"{cpu_max:.3f} CPU s per 1000 req)"),
         ("RSS <= 10 MB idle", idle <= 10, f"{idle:.1f} MB (larger of the pair)"),
         ("RSS <= 20 MB under max-rate load", peak <= 20, f"{peak:.1f} MB VmHWM (larger)"),
         ("start-to-ready <= 50 ms", ready <= 50, f"{ready:.1f} ms (slower of the pair)"),
@@ -673,9 +730,9 @@ def tool_versions(tools: Tools) -> dict:
     }
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--trellis", required=True, help="trellis binary (copied to a temp dir)")
+    ap.add_argument("--trellis", help="trellis binary (copied to a temp dir first)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="3 s runs, 1 round unless --rounds")
     ap.add_argument("--secs", type=int, default=10, help="duration of each load run")
@@ -685,15 +742,35 @@ def main() -> int:
     ap.add_argument("--no-h2", action="store_true", help="skip the HTTP/2 (h2load) figures")
     ap.add_argument("--topologies", default=",".join(TOPOLOGIES))
     ap.add_argument("--wait-quiet", type=float, default=0,
-                    help="wait up to this many seconds before each round for loadavg < 1")
+                    help="wait up to this many seconds before each round for a quiet machine")
+    ap.add_argument("--quiet-below", type=float, default=1.0,
+                    help="quiet = 1-minute load average below this")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run the whole bench at this nice value (e.g. -10, as root) so that "
+                         "other work on the machine (compiles) disturbs it less")
     ap.add_argument("--out", default=str(BENCH_DIR), help="where RESULTS.md etc. are written")
     ap.add_argument("--command", default="", help="the command line to record in RESULTS.md")
+    ap.add_argument("--report-only", metavar="RESULTS_JSON",
+                    help="measure nothing: rewrite RESULTS.md and latency.png from a results.json")
     a = ap.parse_args()
     if a.quick:
         a.secs = min(a.secs, 3)
         if "--rounds" not in sys.argv:
             a.rounds = 1
+    if not a.report_only and not a.trellis:
+        ap.error("--trellis is required (unless --report-only)")
+    return a
+
+
+def main() -> int:
+    a = parse_args()
+    if a.report_only:
+        j = json.loads(Path(a.report_only).read_text())
+        print(write_outputs(Path(a.out), j["meta"], j["rounds"], j["summary"]))
+        return 0
     names = a.topologies.split(",")
+    if a.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, a.nice)  # inherited by every process started
     s = Settings(secs=a.secs, rate=a.rate, conns=a.conns, wrk_threads=2, max_tool=a.max_tool,
                  h2_secs=min(a.secs, 5), h2_streams=10, warmup_secs=1, settle=0.3)
     work = Path(tempfile.mkdtemp(prefix="trellis-bench-"))
@@ -702,27 +779,32 @@ def main() -> int:
     start_load = loadavg()
     print(f"work dir {work}; loadavg at start {start_load}", flush=True)
     try:
-        rounds = run_rounds(tools, work, s, a.rounds, names, not a.no_h2, a.wait_quiet)
+        rounds = run_rounds(tools, work, s, a.rounds, names, not a.no_h2,
+                            (a.wait_quiet, a.quiet_below))
     finally:
         stop_all()
-    summary = summarize(rounds, names)
     meta = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "loadavg_start": start_load,
             "loadavg_end": loadavg(), "machine": machine_info(), "tools": tool_versions(tools),
-            "settings": s.__dict__, "rounds": a.rounds, "command": a.command or " ".join(sys.argv)}
-    out = Path(a.out)
-    from report import write_report, write_chart  # local module, matplotlib imported lazily
-    (out / "results.json").write_text(json.dumps(
-        {"meta": meta, "rounds": rounds, "summary": summary, "ratios": ratios(summary)},
-        indent=1))
-    write_chart(summary, rounds, out / "latency.png", meta)
-    text = write_report(out / "RESULTS.md", meta, summary, ratios(summary), targets(summary),
-                        rounds)
-    print(text)
+            "settings": s.__dict__, "rounds": a.rounds, "nice": a.nice,
+            "command": a.command or " ".join(sys.argv)}
+    print(write_outputs(Path(a.out), meta, rounds, summarize(rounds, names)))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def find_tools(trellis: str, work: Path) -> Tools:
+def write_outputs(out: Path, meta: dict, rounds: list, summary: dict) -> str:
+    """results.json, latency.png and RESULTS.md in `out`; returns the report's text."""
+    from report import write_chart, write_report  # matplotlib is imported only here
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(
+        {"meta": meta, "rounds": rounds, "summary": summary, "ratios": ratios(summary)},
+        indent=1))
+    write_chart(summary, rounds, out / "latency.png", meta)
+    return write_report(out / "RESULTS.md", meta, summary, ratios(summary), targets(summary),
+                        rounds)
+
+
+def find_tools(trellis: str, work: Path, need: tuple[str, ...] = ()) -> Tools:
     """Locates every tool; copies trellis so a rebuild during the run cannot disturb it."""
     copy = work / "trellis"
     shutil.copy2(trellis, copy)
@@ -736,7 +818,8 @@ def find_tools(trellis: str, work: Path) -> Tools:
     oha = shutil.which("oha") or str(Path.home() / ".cargo/bin/oha")
     found = Tools(str(copy), envoy or "", nginx, oha, shutil.which("wrk") or "",
                   shutil.which("h2load") or "")
-    missing = [k for k, v in found.__dict__.items() if not v or not os.access(v, os.X_OK)]
+    missing = [k for k, v in found.__dict__.items()
+               if (not need or k in need) and (not v or not os.access(v, os.X_OK))]
     if missing:
         raise SystemExit(f"missing tools: {missing} (bench/run.sh installs them)")
     return found

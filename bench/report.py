@@ -13,6 +13,40 @@ STYLE = {  # topology: (colour, line style, label)
 }
 
 
+# shared/BASELINE.md (Envoy 1.40 on a 2-core machine of this kind, same method): for a sanity
+# check of the harness. max req/s, p50, p90, p99 ms, CPU s per 1000 req (per proxy).
+BASELINE = {
+    "direct": (89000, 0.095, 0.20, 0.40, None),
+    "envoy-1hop": (19000, 0.32, 0.49, 0.82, 0.18),
+    "envoy-pair": (9300, 0.54, 0.76, 1.48, 0.19),
+}
+
+
+def baseline_table(summary: dict) -> list[str]:
+    """This run's direct and Envoy figures against BASELINE.md: off by more than 20% = suspect."""
+    lines = ["| topology | figure | this run | baseline | this / baseline |",
+             "|---|---|---|---|---|"]
+    for name, ref in BASELINE.items():
+        t = summary.get(name)
+        if not t:
+            continue
+        cpu = max((v["cpu_s_per_1k"] for v in t["proxies"].values()), default=None)
+        ours = (t["max_rps"], t["p50"], t["p90"], t["p99"], cpu)
+        for label, a, b in zip(("max req/s", "p50 ms", "p90 ms", "p99 ms", "CPU s/1000 req"),
+                               ours, ref):
+            if a is None or b is None:
+                continue
+            r = a / b
+            flag = "" if 0.8 <= r <= 1.2 else " **(off > 20%)**"
+            fa, fb = (f"{a:.0f}", f"{b:.0f}") if b > 100 else (f"{a:.3f}", f"{b:.3f}")
+            lines.append(f"| {name} | {label} | {fa} | {fb} | {r:.2f}{flag} |")
+    if "direct" in summary and "envoy-1hop" in summary:
+        ours = summary["envoy-1hop"]["max_rps"] / summary["direct"]["max_rps"]
+        lines.append(f"| envoy-1hop / direct | max req/s | {ours:.3f} | "
+                     f"{19000 / 89000:.3f} | {ours / (19000 / 89000):.2f} |")
+    return lines
+
+
 def mb(kb: float) -> str:
     return f"{kb / 1024:.1f}"
 
@@ -26,7 +60,8 @@ def main_table(summary: dict) -> list[str]:
     has_h2 = all("h2_rps" in t for t in summary.values())
     head = ["topology", "max req/s (h1)"] + (["max req/s (h2)"] if has_h2 else []) + [
         "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "added p99 ms",
-        "CPU s per 1000 req", "RSS idle MB", "RSS peak MB", "private idle / peak MB",
+        "CPU s per 1000 req (user+sys)", "CPU s per 1000 req at max", "RSS idle MB",
+        "RSS peak MB", "private idle / peak MB",
         "start-to-ready ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, t in summary.items():
@@ -34,7 +69,9 @@ def main_table(summary: dict) -> list[str]:
         row = [name, f"{t['max_rps']:.0f}"] + ([f"{t['h2_rps']:.0f}"] if has_h2 else []) + [
             f"{t[p]:.3f}" for p in PCTS] + [
             "—" if name == "direct" else f"+{t['added_p99']:.3f}",
-            per_proxy(t, "cpu_s_per_1k", lambda x: f"{x:.3f}"),
+            " / ".join(f"{v['cpu_s_per_1k']:.3f} ({v['user_s_per_1k']:.3f}+{v['sys_s_per_1k']:.3f})"
+                       for v in t["proxies"].values()) or "—",
+            per_proxy(t, "cpu_s_per_1k_at_max", lambda x: f"{x:.3f}"),
             per_proxy(t, "idle_rss_kb", mb), per_proxy(t, "peak_rss_kb", mb),
             " ; ".join(priv) or "—",
             per_proxy(t, "ready_ms", lambda x: f"{x:.1f}")]
@@ -54,25 +91,36 @@ def ratio_table(rat: dict) -> list[str]:
 
 
 def rounds_table(rounds: list[dict], names: list[str]) -> list[str]:
-    lines = ["| round | loadavg | " + " | ".join(f"{n} max req/s, p99 ms" for n in names) + " |",
+    lines = ["| round | loadavg | " + " | ".join(f"{n}: max req/s, p99 ms (other load)"
+                                               for n in names) + " |",
              "|---|---|" + "---|" * len(names)]
     for r in rounds:
         cells = []
         for n in names:
             t = r["topologies"].get(n)
-            cells.append(f"{t['max']['rps']:.0f}, {t['fixed']['p99']:.3f}" if t else "—")
+            other = max(t["fixed"].get("other_load", 0), t["max"].get("other_load", 0)) if t else 0
+            cells.append(f"{t['max']['rps']:.0f}, {t['fixed']['p99']:.3f} ({other:.2f})"
+                         if t else "—")
         lines.append(f"| {r['round']} | {r['loadavg']} | " + " | ".join(cells) + " |")
     return lines
 
 
+def other_load(rounds: list[dict]) -> str:
+    xs = sorted(t[run]["other_load"] for r in rounds for t in r["topologies"].values()
+                for run in ("fixed", "max") if "other_load" in t[run])
+    if not xs:
+        return "not measured"
+    return f"median {xs[len(xs) // 2]:.2f}, max {xs[-1]:.2f}"
+
+
 def commands(meta: dict) -> list[str]:
     s = meta["settings"]
-    max_cmd = (f"wrk -t{s['wrk_threads']} -c{s['conns']} -d{s['secs']}s URL" if s["max_tool"] == "wrk"
-               else f"oha -z {s['secs']}s -c {s['conns']} --no-tui URL")
+    max_cmd = (f"wrk -t{s['wrk_threads']} -c{s['conns']} -d{s['secs']}s URL"
+               if s["max_tool"] == "wrk" else f"oha -z {s['secs']}s -c {s['conns']} --no-tui URL")
     return [
         "```sh",
         f"{meta['command']}",
-        f"# per topology and round, in this order:",
+        "# per topology and round, in this order:",
         f"oha -z {s['warmup_secs']}s -q {s['rate']} -c {s['conns']} --latency-correction URL"
         "   # warm-up, not recorded",
         f"oha -z {s['secs']}s -q {s['rate']} -c {s['conns']} --latency-correction --no-tui "
@@ -97,8 +145,10 @@ def write_report(path: Path, meta: dict, summary: dict, rat: dict, tgt: list, ro
         f"- machine: {m['nproc']} CPUs, {m['cpu']}, {m['mem_gb']} GB, Linux {m['kernel']}",
         f"- load average (1/5/15 min) at start: {meta['loadavg_start']}; at end: "
         f"{meta['loadavg_end']} (other work on the machine disturbs the figures)",
+        f"- other work on the machine during the load runs (CPU used by processes not the "
+        f"bench's, in cores of {m['nproc']}): {other_load(rounds)}",
         f"- rounds: {meta['rounds']}, {meta['settings']['secs']} s per load run, "
-        f"topology order rotated each round",
+        f"topology order rotated each round; bench processes at nice {meta.get('nice', 0)}",
         f"- tools: trellis `{tv['trellis']}`, Envoy `{tv['envoy']}`, `{tv['nginx']}`, "
         f"`{tv['oha']}`, `{tv['wrk']}`, `{tv['h2load']}`",
         "- backend: nginx, 1 worker, `return 200 \"ok\"`, HTTP/1.1 keep-alive (h2c on a second "
@@ -121,14 +171,23 @@ def write_report(path: Path, meta: dict, summary: dict, rat: dict, tgt: list, ro
         "| target | met | figure |", "|---|---|---|",
         *[f"| {n} | {'met' if ok else '**not met**'} | {fig} |" for n, ok, fig in tgt], "",
         "## Rounds", "",
+        "Other load: CPU (cores) used by processes other than the bench during the run "
+        "(the larger of the fixed-rate and max-rate runs); anything well above 0 disturbed "
+        "that figure.", "",
         *rounds_table(rounds, names), "",
+        "## Sanity check against shared/BASELINE.md", "",
+        "The same method measured Envoy on a quiet machine of this kind. Figures far off (more "
+        "than ±20%) mean the machine was busy, or the harness differs: see the notes.", "",
+        *baseline_table(summary), "",
     ]
     errors = {n: t["errors"] for n, t in summary.items() if t["errors"]}
     if errors:
         out += [f"**Warning:** non-200 answers or socket errors: {errors}", ""]
-    profile = path.parent / "profile.md"
-    if profile.exists():
-        out += [profile.read_text().rstrip(), ""]
+    # Hand-written notes; optimizations and what each bought; profile.py's output; the
+    # control-plane scale figures (bench/control-plane.sh).
+    for extra in ("notes.md", "changes.md", "profile.md", "control-plane.md"):
+        if (path.parent / extra).exists():
+            out += [(path.parent / extra).read_text().rstrip(), ""]
     text = "\n".join(out)
     path.write_text(text)
     return text
@@ -156,9 +215,10 @@ def write_chart(summary: dict, rounds: list, path: Path, meta: dict) -> None:
                  f"(median of {meta['rounds']} rounds; band = min..max)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=9)
+    envoy = meta["tools"]["envoy"].split("/")
     fig.text(0.99, 0.01, f"{meta['date']} · {meta['machine']['nproc']} CPUs · "
-             f"Envoy {meta['tools']['envoy'].split('/')[1] if '/' in meta['tools']['envoy'] else ''}",
-             ha="right", fontsize=7, color="#777777")
+             f"Envoy {envoy[1] if len(envoy) > 1 else '?'}", ha="right", fontsize=7,
+             color="#777777")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -3,7 +3,7 @@
 # runs bench/harness.py, and writes bench/RESULTS.md, bench/results.json and bench/latency.png.
 #
 #   bash bench/run.sh                 # full: 5 rounds, 10 s per load run (about 15 minutes)
-#   bash bench/run.sh --quick         # 1 round, 3 s per run (about 1 minute): a smoke test
+#   bash bench/run.sh --quick         # 1 round, 3 s per run (2-3 minutes): a smoke test
 #   bash bench/run.sh --rounds 7      # more rounds
 #   bash bench/run.sh --no-build      # use target/release/trellis as it is
 #   bash bench/run.sh -- --no-h2 --max-tool oha ...   # anything after -- goes to harness.py
