@@ -122,6 +122,25 @@ async fn apply_get_delete_with_versions_and_errors() {
         .unwrap();
     assert_eq!(rsp.status(), 400);
 
+    // Garbage on the control port (HTTP/1 junk, a broken HTTP/2 preface, random bytes) is
+    // answered or closed, and the API keeps working.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for junk in [
+        &b"\x16\x03\x01\x02\x00garbage\r\n\r\n"[..],
+        &b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n\x00\x01"[..],
+        &b"GET /\x01 HTTP/9\r\n\r\n"[..],
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(junk).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    }
+    let (ok, out, _) = ctl(&control, &["get", "routes"]);
+    assert!(
+        ok && out.contains("web"),
+        "the API still answers after garbage: {out}"
+    );
+
     // Restart: config survives.
     cp.terminate();
     cp.wait_exit(Duration::from_secs(10))
