@@ -183,10 +183,20 @@ fn read_manifest(path: &Path) -> anyhow::Result<ResourceSet> {
     Ok(trellis_api::parse_documents(&name, &text)?)
 }
 
-/// A free loopback port, chosen by the kernel.
+/// A free loopback port, chosen by the kernel, never one already handed out by this process
+/// (the kernel may offer a just-released port again).
 fn free_port() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
-    Ok(l.local_addr()?)
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..1000 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+        let addr = l.local_addr()?;
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return Ok(addr);
+        }
+    }
+    bail!("cannot find a free port not already in use by this mesh")
 }
 
 fn entry_ports(base: u16, n: usize) -> anyhow::Result<Vec<SocketAddr>> {
