@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 struct Mesh {
@@ -400,9 +400,6 @@ pub fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &s
         })
         .sum()
 }
-
-#[allow(dead_code)]
-fn _unused(_: &Path) {}
 
 #[tokio::test]
 async fn per_try_timeout_retries_away_from_a_hanging_endpoint() {
