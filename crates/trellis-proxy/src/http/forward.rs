@@ -166,8 +166,8 @@ impl From<AttemptError> for TryFailure {
 }
 
 /// An endpoint chosen for a try, and the service whose limits and outlier policy govern it.
-struct Picked {
-    ep: Endpoint,
+pub(crate) struct Picked {
+    pub(crate) ep: Endpoint,
     svc: Arc<ServiceTarget>,
 }
 
@@ -311,7 +311,7 @@ fn choose_backend(rule: &Rule) -> Result<&BackendRef, ProxyError> {
 /// Picks an endpoint of `backend`: not ejected (unless below the panic threshold), in the
 /// preferred zone when the caller has one, and other than `avoid` (the one that just failed)
 /// when another is available. Each preference is dropped in turn rather than failing.
-fn pick(
+pub(crate) fn pick(
     t: &Target<'_>,
     backend: &BackendRef,
     headers: &http::HeaderMap,

@@ -1,7 +1,7 @@
 //! The outbound side: a request from the local app, matched to a service (by `Host`, or fixed by
 //! a per-upstream port), routed by the service's rules, subjected to faults, rewritten, and
 //! forwarded.
-use super::forward::{forward, forward_upgrade, Target};
+use super::forward::{forward, forward_upgrade, pick, Target};
 use super::headers::{is_upgrade, rewrite_path, strip_hop_by_hop};
 use super::upstream::Wire;
 use super::{record, Outcome};
@@ -138,39 +138,11 @@ async fn routed(
         let backend = rule
             .backend(0)
             .ok_or_else(|| ProxyError::new(Reason::NoHealthyEndpoints, "route has no backend"))?;
-        let ep = target_endpoint(&target, backend, req.headers())?;
-        return forward_upgrade(state, ep, req).await;
+        // The same pick as any request: ejection, zone preference and hashing apply.
+        let picked = pick(&target, backend, req.headers(), None)?;
+        return forward_upgrade(state, picked.ep.addr, req).await;
     }
     forward(&target, req.map(body::boxed)).await
-}
-
-fn target_endpoint(
-    t: &Target<'_>,
-    backend: &crate::config::BackendRef,
-    headers: &http::HeaderMap,
-) -> Result<SocketAddr, ProxyError> {
-    let svc = t
-        .snapshot
-        .service(&backend.namespace, &backend.service)
-        .ok_or_else(|| ProxyError::new(Reason::NoHealthyEndpoints, "backend not in the mesh"))?;
-    let group = svc
-        .groups
-        .get(&backend.subset)
-        .ok_or_else(|| ProxyError::new(Reason::NoHealthyEndpoints, "subset not declared"))?;
-    let key = group
-        .hash_on
-        .as_ref()
-        .and_then(|h| crate::balance::hash_key(h, headers, Some(t.peer.ip())));
-    group
-        .balancer
-        .pick(&group.endpoints, key, |_| true)
-        .map(|i| group.endpoints[i].addr)
-        .ok_or_else(|| {
-            ProxyError::new(
-                Reason::NoHealthyEndpoints,
-                format!("{} has no healthy endpoint", backend.service),
-            )
-        })
 }
 
 /// Finds the destination service: fixed by the listener, or from `:authority` / `Host`.
