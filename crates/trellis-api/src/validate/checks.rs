@@ -282,6 +282,33 @@ pub(crate) fn zone_problem(zone: &str) -> Option<String> {
     }
 }
 
+/// A rule's optional name: not empty, and unique among the rules seen so far (`names` maps each
+/// name to the index that used it first).
+pub(crate) fn rule_name<'a>(
+    p: &mut Problems,
+    names: &mut std::collections::HashMap<&'a str, usize>,
+    rp: &str,
+    index: usize,
+    name: Option<&'a str>,
+) {
+    let Some(name) = name else {
+        return;
+    };
+    if name.is_empty() {
+        p.add(
+            format!("{rp}.name"),
+            "must not be empty; omit it for an unnamed rule",
+        );
+    } else if let Some(first) = names.insert(name, index) {
+        p.add(
+            format!("{rp}.name"),
+            format!(
+                "rule name {name:?} is used twice (also spec.rules[{first}]); rule names must be unique"
+            ),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
 //! `AuthorizationPolicy` and `RequestAuthentication`.
+use super::checks::rule_name;
 use super::checks::{
     dns_label_problem, has_space_or_control, header_name_problem, header_value_problem,
     method_problem, service_ref_problem, Problems,
@@ -14,21 +15,7 @@ pub(super) fn authorization(p: &mut Problems, spec: &AuthorizationPolicySpec) {
     let mut names = HashMap::new();
     for (i, rule) in spec.rules.iter().enumerate() {
         let rp = format!("spec.rules[{i}]");
-        if let Some(name) = &rule.name {
-            if name.is_empty() {
-                p.add(
-                    format!("{rp}.name"),
-                    "must not be empty; omit it for an unnamed rule",
-                );
-            } else if let Some(first) = names.insert(name.as_str(), i) {
-                p.add(
-                    format!("{rp}.name"),
-                    format!(
-                        "rule name {name:?} is used twice (also spec.rules[{first}]); rule names must be unique"
-                    ),
-                );
-            }
-        }
+        rule_name(p, &mut names, &rp, i, rule.name.as_deref());
         if let Some(from) = &rule.from {
             source(p, &format!("{rp}.from"), from);
         }
