@@ -339,19 +339,17 @@ pub(crate) fn pick(
         .as_ref()
         .and_then(|h| hash_key(h, headers, Some(t.peer.ip())));
     let eps = &group.endpoints;
-    let healthy = healthy_filter(svc, eps);
-    let zone = svc
-        .locality
-        .as_ref()
-        .and_then(|l| l.choose(eps, |i| healthy[i]));
+    let ejected = ejected_filter(svc, eps);
+    let healthy = |i: usize| ejected.as_ref().is_none_or(|up| up[i]);
+    let zone = svc.locality.as_ref().and_then(|l| l.choose(eps, healthy));
     let in_zone = |i: usize| zone.is_none_or(|z| eps[i].zone.as_deref() == Some(z));
     let b = &group.balancer;
     let idx = b
         .pick(eps, key, |i| {
-            healthy[i] && in_zone(i) && Some(eps[i].addr) != avoid
+            healthy(i) && in_zone(i) && Some(eps[i].addr) != avoid
         })
-        .or_else(|| b.pick(eps, key, |i| healthy[i] && in_zone(i)))
-        .or_else(|| b.pick(eps, key, |i| healthy[i]))
+        .or_else(|| b.pick(eps, key, |i| healthy(i) && in_zone(i)))
+        .or_else(|| b.pick(eps, key, healthy))
         .or_else(|| b.pick(eps, key, |_| true))
         .ok_or_else(|| {
             unavailable(format!(
@@ -370,19 +368,14 @@ pub(crate) fn pick(
     })
 }
 
-/// Which endpoints outlier detection lets through: all of them when the service has no policy
-/// or fewer than its panic threshold are available.
-fn healthy_filter(svc: &ServiceTarget, eps: &[Endpoint]) -> Vec<bool> {
-    let Some(policy) = &svc.outlier else {
-        return vec![true; eps.len()];
-    };
+/// Which endpoints outlier detection lets through, when it excludes any: `None` (and no
+/// allocation on the request path) when the service has no policy or fewer than its panic
+/// threshold are available, so every endpoint may be used.
+fn ejected_filter(svc: &ServiceTarget, eps: &[Endpoint]) -> Option<Vec<bool>> {
+    let policy = svc.outlier.as_ref()?;
     let up: Vec<bool> = eps.iter().map(|e| !e.outlier.is_ejected()).collect();
     let available = up.iter().filter(|u| **u).count();
-    if honour_ejections(policy, available, eps.len()) {
-        up
-    } else {
-        vec![true; eps.len()]
-    }
+    honour_ejections(policy, available, eps.len()).then_some(up)
 }
 
 fn clone_parts(parts: &Parts) -> Parts {
