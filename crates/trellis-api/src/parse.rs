@@ -3,6 +3,7 @@
 //! Each document is read as a generic YAML value first (so syntax errors keep their line), then
 //! dispatched on `kind` and deserialized with `serde_path_to_error` (so a type error names its
 //! field path), then validated. Unknown fields are errors, not silently dropped.
+use crate::ca::{CertificateAuthority, TrustBundle};
 use crate::error::{ConfigError, FieldError};
 use crate::mesh::{Deployment, MeshConfig};
 use crate::meta::{ObjectMeta, API_VERSION};
@@ -30,6 +31,8 @@ pub enum Resource {
     RequestAuthentication(RequestAuthentication),
     MeshConfig(MeshConfig),
     Deployment(Deployment),
+    TrustBundle(TrustBundle),
+    CertificateAuthority(CertificateAuthority),
 }
 
 /// The kinds, in the order `trellis get` lists them.
@@ -42,7 +45,15 @@ pub const KINDS: &[&str] = &[
     "AuthorizationPolicy",
     "RequestAuthentication",
     "Deployment",
+    "TrustBundle",
+    "CertificateAuthority",
 ];
+
+/// Kinds only the control plane writes; the API refuses them from users.
+pub const MANAGED_KINDS: &[&str] = &["TrustBundle", "CertificateAuthority"];
+
+/// Kinds that never leave the control plane (they hold private keys).
+pub const SECRET_KINDS: &[&str] = &["CertificateAuthority"];
 
 impl Resource {
     pub fn kind(&self) -> &'static str {
@@ -55,6 +66,8 @@ impl Resource {
             Resource::RequestAuthentication(_) => "RequestAuthentication",
             Resource::MeshConfig(_) => "MeshConfig",
             Resource::Deployment(_) => "Deployment",
+            Resource::TrustBundle(_) => "TrustBundle",
+            Resource::CertificateAuthority(_) => "CertificateAuthority",
         }
     }
 
@@ -68,6 +81,8 @@ impl Resource {
             Resource::RequestAuthentication(r) => &r.metadata,
             Resource::MeshConfig(r) => &r.metadata,
             Resource::Deployment(r) => &r.metadata,
+            Resource::TrustBundle(r) => &r.metadata,
+            Resource::CertificateAuthority(r) => &r.metadata,
         }
     }
 
@@ -81,6 +96,8 @@ impl Resource {
             Resource::RequestAuthentication(r) => &mut r.metadata,
             Resource::MeshConfig(r) => &mut r.metadata,
             Resource::Deployment(r) => &mut r.metadata,
+            Resource::TrustBundle(r) => &mut r.metadata,
+            Resource::CertificateAuthority(r) => &mut r.metadata,
         }
     }
 
@@ -122,6 +139,8 @@ impl Serialize for Resource {
             Resource::RequestAuthentication(r) => env!(r),
             Resource::MeshConfig(r) => env!(r),
             Resource::Deployment(r) => env!(r),
+            Resource::TrustBundle(r) => env!(r),
+            Resource::CertificateAuthority(r) => env!(r),
         }
     }
 }
@@ -161,6 +180,7 @@ impl ResourceSet {
     );
     accessor!(mesh_configs, MeshConfig, MeshConfig);
     accessor!(deployments, Deployment, Deployment);
+    accessor!(trust_bundles, TrustBundle, TrustBundle);
 
     /// The mesh-wide settings: the first MeshConfig, or defaults.
     pub fn mesh_config(&self) -> crate::mesh::MeshConfigSpec {
@@ -338,7 +358,9 @@ fn parse_one(file: &str, document: usize, value: Value) -> Result<Resource, Box<
         "AuthorizationPolicy" => typed(value).map(Resource::AuthorizationPolicy),
         "RequestAuthentication" => typed(value).map(Resource::RequestAuthentication),
         "MeshConfig" => typed(value).map(Resource::MeshConfig),
-        _ => typed(value).map(Resource::Deployment),
+        "TrustBundle" => typed(value).map(Resource::TrustBundle),
+        "Deployment" => typed(value).map(Resource::Deployment),
+        _ => typed(value).map(Resource::CertificateAuthority),
     };
     result.map_err(|e| {
         let path = e.path().to_string();

@@ -30,6 +30,10 @@ pub struct ServicePort {
     pub port: u16,
     #[serde(default)]
     pub protocol: Protocol,
+    /// Overrides the mesh-wide mTLS mode for inbound traffic to this port (Istio's port-level
+    /// PeerAuthentication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<crate::mesh::MtlsMode>,
 }
 
 /// What travels on a port. `Detect` sniffs the first bytes (bounded, with a timeout); the others

@@ -61,6 +61,8 @@ pub fn resource(r: &Resource) -> Vec<(String, String)> {
         Resource::RequestAuthentication(ra) => security::authentication(&mut p, &ra.spec),
         Resource::MeshConfig(m) => mesh::mesh_config(&mut p, &m.spec),
         Resource::Deployment(d) => mesh::deployment(&mut p, &d.metadata, &d.spec),
+        Resource::TrustBundle(b) => mesh::trust_bundle(&mut p, &b.spec),
+        Resource::CertificateAuthority(c) => mesh::certificate_authority(&mut p, &c.spec),
     }
     p.into_vec()
 }

@@ -103,6 +103,9 @@ async fn bench(n: usize, rounds: usize) -> Result<(), String> {
             data_dir: dir.clone(),
         },
         lease_ttl: Duration::from_secs(10),
+        join_token: None,
+        join_token_file: None,
+        ca: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

@@ -21,6 +21,28 @@ pub struct ControlOptions {
     pub store: StoreSpec,
     /// TTL of the leases registered workloads live under.
     pub lease_ttl: Duration,
+    /// The join token proxies and the CLI must present (`authorization: Bearer <token>`) on the
+    /// API and the xDS stream. `None`: the token kept in the store, generated on first start.
+    pub join_token: Option<String>,
+    /// Where to write the token in force (mode 0600) for proxies and the CLI to read.
+    pub join_token_file: Option<std::path::PathBuf>,
+    /// A user-supplied CA certificate chain and key (PEM) used on first start instead of a
+    /// generated root.
+    pub ca: Option<SuppliedCa>,
+}
+
+/// A root or intermediate the operator brings, instead of one Trellis generates.
+#[derive(Clone)]
+pub struct SuppliedCa {
+    /// The signing certificate first, then its chain up to the root.
+    pub cert_chain_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for SuppliedCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SuppliedCa").field("key_pem", &"<redacted>").finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

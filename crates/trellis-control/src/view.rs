@@ -84,14 +84,14 @@ impl Wanted<'_> {
     fn resource(&self, r: &Resource) -> bool {
         let ns = r.metadata().namespace.as_str();
         match r {
-            Resource::MeshConfig(_) => true,
+            Resource::MeshConfig(_) | Resource::TrustBundle(_) => true,
             Resource::Service(s) => self.has(ns, &s.metadata.name),
             Resource::Route(x) => self.has(ns, &x.spec.service),
             Resource::DestinationPolicy(p) => self.has(ns, &p.spec.service),
             Resource::Workload(w) => self.selected.iter().any(|s| selects(s, w)),
             Resource::AuthorizationPolicy(p) => self.own(ns, &p.spec.service),
             Resource::RequestAuthentication(p) => self.own(ns, &p.spec.service),
-            Resource::Deployment(_) => false,
+            Resource::Deployment(_) | Resource::CertificateAuthority(_) => false,
         }
     }
 }

@@ -17,6 +17,7 @@ use prost::Message;
 use prost_types::Any;
 use serde::de::DeserializeOwned;
 use trellis_api::meta::{ObjectMeta, DEFAULT_NAMESPACE};
+use trellis_api::ca::TrustBundle;
 use trellis_api::{
     AuthorizationPolicy, Deployment, DestinationPolicy, MeshConfig, RequestAuthentication,
     Resource, Route, Service, Workload,
@@ -31,12 +32,14 @@ pub const DESTINATION_POLICY: &str = "type.googleapis.com/trellis.v1.Destination
 pub const ROUTE: &str = "type.googleapis.com/trellis.v1.Route";
 pub const AUTHORIZATION_POLICY: &str = "type.googleapis.com/trellis.v1.AuthorizationPolicy";
 pub const REQUEST_AUTHENTICATION: &str = "type.googleapis.com/trellis.v1.RequestAuthentication";
+pub const TRUST_BUNDLE: &str = "type.googleapis.com/trellis.v1.TrustBundle";
 
 /// The types a Trellis proxy subscribes to, in the order the server sends them when several
 /// change at once: what others refer to comes first (a Route's subsets are declared in its
 /// service's DestinationPolicy, so the policy goes out before the route).
-pub const TYPE_URLS: [&str; 7] = [
+pub const TYPE_URLS: [&str; 8] = [
     MESH_CONFIG,
+    TRUST_BUNDLE,
     SERVICE,
     WORKLOAD,
     DESTINATION_POLICY,
@@ -112,6 +115,9 @@ pub fn encode(r: &Resource) -> Any {
         Resource::RequestAuthentication(x) => serde_json::to_vec(&x.spec),
         Resource::MeshConfig(x) => serde_json::to_vec(&x.spec),
         Resource::Deployment(x) => serde_json::to_vec(&x.spec),
+        Resource::TrustBundle(x) => serde_json::to_vec(&x.spec),
+        // Holds private keys: never put on the wire, whatever asks for it.
+        Resource::CertificateAuthority(_) => Ok(Vec::new()),
     }
     .unwrap_or_default();
     let envelope = Envelope {
@@ -204,10 +210,19 @@ pub fn decode_named(any: &Any, wire_name: Option<&str>) -> Result<Resource, Deco
             metadata,
             spec: spec(s).map_err(invalid)?,
         }),
-        _ => Resource::Deployment(Deployment {
+        "TrustBundle" => Resource::TrustBundle(TrustBundle {
             metadata,
             spec: spec(s).map_err(invalid)?,
         }),
+        "Deployment" => Resource::Deployment(Deployment {
+            metadata,
+            spec: spec(s).map_err(invalid)?,
+        }),
+        other => {
+            return Err(invalid(format!(
+                "kind {other} is kept by the control plane and never sent"
+            )))
+        }
     };
     let problems = trellis_api::validate::resource(&resource);
     if !problems.is_empty() {

@@ -27,6 +27,9 @@ pub async fn run(args: ControlCmdArgs) -> anyhow::Result<()> {
         listen: args.listen,
         store,
         lease_ttl: args.lease_ttl.as_std(),
+        join_token: None,
+        join_token_file: None,
+        ca: None,
     };
     run_control(opts, crate::proxy_cmd::shutdown_signal(), |addr| {
         println!("trellis control ready: listening on {addr}");

@@ -119,6 +119,9 @@ async fn start_control(
             data_dir: work.join("control"),
         },
         lease_ttl: Duration::from_secs(5),
+        join_token: None,
+        join_token_file: None,
+        ca: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

@@ -1,11 +1,50 @@
 //! `MeshConfig` and `Deployment`.
 use super::checks::{dns_label_problem, labels, zone_problem, Problems};
 use super::{MAX_CERTIFICATE_LIFETIME, MAX_REPLICAS, MIN_CERTIFICATE_LIFETIME};
+use crate::ca::{CertificateAuthoritySpec, TrustBundleSpec};
 use crate::mesh::{DeploymentSpec, MeshConfigSpec};
 use crate::meta::ObjectMeta;
 
 pub(super) fn mesh_config(p: &mut Problems, spec: &MeshConfigSpec) {
-    let td = &spec.trust_domain;
+    trust_domain(p, &spec.trust_domain);
+    let life = spec.certificate_lifetime;
+    if life < MIN_CERTIFICATE_LIFETIME || life > MAX_CERTIFICATE_LIFETIME {
+        p.add(
+            "spec.certificateLifetime",
+            format!(
+                "must be between {MIN_CERTIFICATE_LIFETIME} and {MAX_CERTIFICATE_LIFETIME} (90 days) (got {life})"
+            ),
+        );
+    }
+    p.percent(
+        "spec.telemetry.tracingSamplePercent",
+        spec.telemetry.tracing_sample_percent,
+    );
+}
+
+pub(super) fn trust_bundle(p: &mut Problems, spec: &TrustBundleSpec) {
+    trust_domain(p, &spec.trust_domain);
+    if spec.roots.is_empty() {
+        p.add("spec.roots", "must hold at least one root certificate");
+    }
+    for (i, root) in spec.roots.iter().enumerate() {
+        if !root.contains("-----BEGIN CERTIFICATE-----") {
+            p.add(format!("spec.roots[{i}]"), "is not a PEM certificate");
+        }
+    }
+}
+
+pub(super) fn certificate_authority(p: &mut Problems, spec: &CertificateAuthoritySpec) {
+    trust_domain(p, &spec.trust_domain);
+    if !spec.signers.iter().any(|s| s.id == spec.active) {
+        p.add(
+            "spec.active",
+            format!("{:?} names no signer of spec.signers", spec.active),
+        );
+    }
+}
+
+fn trust_domain(p: &mut Problems, td: &str) {
     if td.is_empty() {
         p.add(
             "spec.trustDomain",
@@ -23,19 +62,6 @@ pub(super) fn mesh_config(p: &mut Problems, spec: &MeshConfigSpec) {
             ),
         );
     }
-    let life = spec.certificate_lifetime;
-    if life < MIN_CERTIFICATE_LIFETIME || life > MAX_CERTIFICATE_LIFETIME {
-        p.add(
-            "spec.certificateLifetime",
-            format!(
-                "must be between {MIN_CERTIFICATE_LIFETIME} and {MAX_CERTIFICATE_LIFETIME} (90 days) (got {life})"
-            ),
-        );
-    }
-    p.percent(
-        "spec.telemetry.tracingSamplePercent",
-        spec.telemetry.tracing_sample_percent,
-    );
 }
 
 pub(super) fn deployment(p: &mut Problems, meta: &ObjectMeta, spec: &DeploymentSpec) {

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_trellis");
 
+/// The join token every process a test starts shares: the control plane requires it, and the
+/// CLI and proxies present it (all read `TRELLIS_TOKEN`).
+pub const TOKEN: &str = "test-join-token-0123456789abcdef";
+
 /// A loopback port that was free a moment ago, never one this test process handed out before
 /// (the kernel may offer a just-released port again).
 pub fn free_addr() -> SocketAddr {
@@ -43,6 +47,7 @@ impl Proc {
         let child = Command::new(BIN)
             .args(args)
             .env("TRELLIS_LOG", "info")
+            .env("TRELLIS_TOKEN", TOKEN)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
