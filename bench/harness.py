@@ -11,7 +11,13 @@ Topologies (all on loopback, backend nginx with one worker answering `ok`):
     envoy-1hop      load -> envoy -> nginx
     trellis-pair    load -> trellis (client sidecar) -> trellis (server sidecar, inbound) -> nginx
     envoy-pair      load -> envoy -> envoy -> nginx
-    (mTLS pairs: see the MTLS marker below; not measured yet.)
+    trellis-pair-mtls, envoy-pair-mtls
+                    the same pairs with mutual TLS 1.3 between the two sidecars: certificates
+                    made once per run with openssl (ECDSA P-256 root, one leaf per side with
+                    only a SPIFFE URI SAN); both sides check the peer's chain and SPIFFE ID
+                    (the client side: exactly the server's; Trellis's server side: any the
+                    root vouches for, Envoy's: exactly the client's); the server sidecar
+                    refuses plaintext (checked before each measurement)
 
 Figures per topology and round:
     max req/s       wrk -t2 -c64 (HTTP/1.1 keep-alive), closed loop at the highest rate it gets
@@ -42,6 +48,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -56,11 +63,14 @@ TEMPLATES = BENCH_DIR / "templates"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
-TOPOLOGIES = ["direct", "trellis-1hop", "envoy-1hop", "trellis-pair", "envoy-pair"]
-# MTLS: when Trellis has mTLS between sidecars, add "trellis-pair-mtls" and "envoy-pair-mtls"
-# here and build them in `build_topology` (see the MTLS marker there). Envoy's side needs a
-# transport_socket (tls) on B's listener and on A's cluster, with RSA-2048 certificates carrying
-# SPIFFE URI SANs, as in shared/BASELINE.md.
+TOPOLOGIES = ["direct", "trellis-1hop", "envoy-1hop", "trellis-pair", "envoy-pair",
+              "trellis-pair-mtls", "envoy-pair-mtls"]
+# The mTLS pairs use ECDSA P-256 certificates (see `make_mtls_certs`); shared/BASELINE.md's
+# mTLS Envoy row was measured with RSA-2048. With keep-alive connections the key type only
+# costs at the (64) handshakes, not per request.
+CLIENT_ID = "spiffe://cluster.local/ns/default/sa/bench-client"
+SERVER_ID = "spiffe://cluster.local/ns/default/sa/bench-server"
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,6 +353,189 @@ def envoy_config(work: Path, name: str, listen: int, admin: int, upstream: int, 
                   LISTEN_PORT=listen, ADMIN_PORT=admin, UPSTREAM_PORT=upstream)
 
 
+# --------------------------------------------------------------------------------------------
+# mTLS: certificates (once per run) and the configs that use them
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class MtlsCerts:
+    """PEM files in the work dir: the root (trust for both sides) and one leaf per side."""
+    trust: Path
+    client_cert: Path
+    client_key: Path
+    server_cert: Path
+    server_key: Path
+
+    def pair(self, side: str) -> tuple[Path, Path]:
+        return ((self.client_cert, self.client_key) if side == "client"
+                else (self.server_cert, self.server_key))
+
+    def trellis_args(self, side: str) -> list[str]:
+        cert, key = self.pair(side)
+        return ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-trust", str(self.trust)]
+
+
+OPENSSL_CNF = """\
+# openssl config for the bench's mTLS certificates (written by harness.py).
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+O = trellis-bench
+[ca_ext]
+basicConstraints = critical, CA:true
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[client_ext]
+basicConstraints = critical, CA:false
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = URI:{client_id}
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+[server_ext]
+basicConstraints = critical, CA:false
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = URI:{server_id}
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+"""
+
+_MTLS_CERTS: dict[Path, MtlsCerts] = {}
+
+
+def openssl(*args: str) -> str:
+    r = subprocess.run([OPENSSL, *args], capture_output=True, text=True, timeout=30,
+                       stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {(r.stderr or r.stdout)[-500:]}")
+    return r.stdout
+
+
+def mtls_certs(work: Path) -> MtlsCerts:
+    """The run's certificates, made on first use (`make_mtls_certs`)."""
+    if work not in _MTLS_CERTS:
+        _MTLS_CERTS[work] = make_mtls_certs(work / "mtls")
+    return _MTLS_CERTS[work]
+
+
+def make_mtls_certs(d: Path) -> MtlsCerts:
+    """An ECDSA P-256 root (CA:true) and two leaves it signs, each with only a SPIFFE URI SAN
+    (client: CLIENT_ID, server: SERVER_ID), extendedKeyUsage serverAuth+clientAuth, keyUsage
+    digitalSignature; keys in PKCS#8 PEM; all valid for a day. Checks what it made."""
+    d.mkdir(parents=True, exist_ok=True)
+    cnf = d / "openssl.cnf"
+    cnf.write_text(OPENSSL_CNF.format(client_id=CLIENT_ID, server_id=SERVER_ID))
+    ca_key, ca = d / "ca.key", d / "ca.pem"
+
+    def genkey(path: Path) -> Path:
+        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-out", str(path))
+        path.chmod(0o600)
+        return path
+
+    genkey(ca_key)
+    openssl("req", "-x509", "-new", "-key", str(ca_key), "-config", str(cnf),
+            "-extensions", "ca_ext", "-subj", "/O=trellis-bench/CN=trellis bench root",
+            "-days", "1", "-sha256", "-out", str(ca))
+    ca_text = openssl("x509", "-in", str(ca), "-noout", "-text")
+    if "CA:TRUE" not in ca_text or "prime256v1" not in ca_text:
+        raise RuntimeError(f"bench root {ca} is not an ECDSA P-256 CA:\n{ca_text}")
+    leaves = {}
+    for side, spiffe_id in (("client", CLIENT_ID), ("server", SERVER_ID)):
+        key, csr, cert = genkey(d / f"{side}.key"), d / f"{side}.csr", d / f"{side}.pem"
+        openssl("req", "-new", "-key", str(key), "-config", str(cnf),
+                "-subj", f"/O=trellis-bench/OU=bench-{side}", "-out", str(csr))
+        openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+                "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "1",
+                "-sha256", "-extfile", str(cnf), "-extensions", f"{side}_ext", "-out", str(cert))
+        check_leaf(cert, key, ca, spiffe_id, side)
+        leaves[side] = (cert, key)
+    return MtlsCerts(ca, *leaves["client"], *leaves["server"])
+
+
+def check_leaf(cert: Path, key: Path, ca: Path, spiffe_id: str, side: str) -> None:
+    """The leaf's only SAN is `spiffe_id`, it chains to `ca` for TLS client and server use, and
+    its key is a PKCS#8 PEM."""
+    text = openssl("x509", "-in", str(cert), "-noout", "-text")
+    lines = text.splitlines()
+    san = [lines[i + 1].strip() for i, l in enumerate(lines)
+           if "X509v3 Subject Alternative Name" in l and i + 1 < len(lines)]
+    if san != [f"URI:{spiffe_id}"]:
+        raise RuntimeError(f"{cert}: SAN is {san}, expected only URI:{spiffe_id}")
+    for want in ("TLS Web Server Authentication", "TLS Web Client Authentication",
+                 "Digital Signature", "prime256v1"):
+        if want not in text:
+            raise RuntimeError(f"{cert}: no {want!r} in the certificate:\n{text}")
+    for purpose in ("sslclient", "sslserver"):
+        out = openssl("verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(ca), str(cert))
+        if not out.strip().endswith("OK"):
+            raise RuntimeError(f"{cert} does not verify against {ca} ({purpose}): {out}")
+    if not key.read_text().startswith("-----BEGIN PRIVATE KEY-----"):
+        raise RuntimeError(f"{key} is not a PKCS#8 PEM key")
+
+
+def trellis_mtls_config(work: Path, name: str, port: int, protocol: str) -> Path:
+    return render("trellis-mesh-mtls.yaml", work / f"{name}.yaml", BACKEND_PORT=port,
+                  PROTOCOL=protocol, SERVER_ID=SERVER_ID)
+
+
+def envoy_mtls_config(work: Path, name: str, side: str, listen: int, admin: int, upstream: int,
+                      h2: bool, certs: MtlsCerts) -> Path:
+    """Client side (A): TLS on the cluster to B. Server side (B): TLS on the listener."""
+    cert, key = certs.pair(side)
+    return render(f"envoy-mtls-{side}.yaml", work / f"{name}.envoy.yaml",
+                  LISTEN_PORT=listen, ADMIN_PORT=admin, UPSTREAM_PORT=upstream,
+                  UPSTREAM_HTTP="http2_protocol_options" if h2 else "http_protocol_options",
+                  CERT=cert, KEY=key, TRUST=certs.trust,
+                  PEER_ID=SERVER_ID if side == "client" else CLIENT_ID)
+
+
+def tls_probe(port: int, certs: MtlsCerts, client_cert: bool, h1: bool) -> tuple[str, int]:
+    """A TLS 1.3 connection to 127.0.0.1:port that checks the server's certificate against the
+    bench root, with or without the client certificate; then one HTTP/1.1 GET if `h1`.
+    Returns (the server certificate's URI SANs, HTTP status or 0)."""
+    ctx = ssl.create_default_context(cafile=str(certs.trust))
+    ctx.check_hostname = False  # SPIFFE: no DNS name; the URI SAN is checked by the caller
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if client_cert:
+        ctx.load_cert_chain(*map(str, certs.pair("client")))
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
+        with ctx.wrap_socket(raw) as tls:
+            uris = ",".join(v for k, v in tls.getpeercert().get("subjectAltName", ()) if k == "URI")
+            if not h1:
+                return uris, 0
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            resp = http.client.HTTPResponse(tls)
+            resp.begin()
+            return uris, resp.status
+
+
+def check_mtls_server(port: int, certs: MtlsCerts) -> None:
+    """The server sidecar of an mTLS pair must not serve plaintext (else a misconfigured pair
+    could run the benchmark without TLS), must present SERVER_ID, and must not serve TLS
+    without a client certificate. Raises if it does any of these wrong."""
+    try:
+        status, body = http_get("127.0.0.1", port, "/", timeout=2)
+    except (OSError, http.client.HTTPException):
+        pass  # refused: connection reset or closed, or no answer
+    else:
+        if status == 200:
+            raise RuntimeError(f"mTLS server sidecar on :{port} answered plaintext HTTP with "
+                               f"200 {body[:80]!r}: the pair would not run TLS")
+    uris, _ = tls_probe(port, certs, client_cert=True, h1=False)
+    if uris != SERVER_ID:
+        raise RuntimeError(f"mTLS server sidecar on :{port} presented {uris!r}, not {SERVER_ID}")
+    try:
+        _, status = tls_probe(port, certs, client_cert=False, h1=True)
+    except (OSError, http.client.HTTPException):
+        return  # refused (TLS 1.3: the alert arrives after the handshake, on the first read)
+    if status == 200:
+        raise RuntimeError(f"mTLS server sidecar on :{port} answered 200 over TLS without a "
+                           "client certificate")
+
+
 @dataclass
 class Topology:
     name: str
@@ -383,8 +576,29 @@ def build_topology(name: str, tools: Tools, work: Path, backend: int, h2: bool) 
             proxies.append(start_envoy(tools, work, "envoy-b", cfg_b, admin_b))
             cfg_a = envoy_config(work, "envoy-a", entry, admin_a, mid, h2)
             proxies.append(start_envoy(tools, work, "envoy-a", cfg_a, admin_a))
-        # MTLS: "trellis-pair-mtls" / "envoy-pair-mtls" go here: the same pairs with TLS 1.3
-        # between A and B (certificates made per run in `work`, SPIFFE URI SANs).
+        elif name == "trellis-pair-mtls":
+            # As trellis-pair, with mTLS between A and B: B's workload carries SERVER_ID and
+            # the MeshConfig is Strict (B refuses plaintext); each proxy has its own leaf.
+            certs = mtls_certs(work)
+            inbound = free_port()
+            cfg = trellis_mtls_config(work, name, inbound, proto)
+            proxies.append(start_trellis(tools, work, "trellis-b", [
+                "--config", str(cfg), "--service", "backend", "--outbound", "off",
+                "--inbound", f"127.0.0.1:{inbound}", "--app", f"127.0.0.1:{backend}",
+                *certs.trellis_args("server")], free_port()))
+            proxies.append(start_trellis(tools, work, "trellis-a", [
+                "--config", str(cfg), "--service", "client", "--outbound", "off",
+                "--upstream", f"backend=127.0.0.1:{entry}",
+                *certs.trellis_args("client")], free_port()))
+            check_mtls_server(inbound, certs)
+        elif name == "envoy-pair-mtls":
+            certs = mtls_certs(work)
+            mid, admin_b, admin_a = free_port(), free_port(), free_port()
+            cfg_b = envoy_mtls_config(work, "envoy-b", "server", mid, admin_b, backend, h2, certs)
+            proxies.append(start_envoy(tools, work, "envoy-b", cfg_b, admin_b))
+            cfg_a = envoy_mtls_config(work, "envoy-a", "client", entry, admin_a, mid, h2, certs)
+            proxies.append(start_envoy(tools, work, "envoy-a", cfg_a, admin_a))
+            check_mtls_server(mid, certs)
         else:
             raise ValueError(f"unknown topology {name}")
         return Topology(name, url, proxies)
@@ -565,6 +779,8 @@ def measure_h2(name: str, tools: Tools, work: Path, backend_h2: int, s: Settings
 
 def run_rounds(tools: Tools, work: Path, s: Settings, rounds: int, names: list[str],
                h2: bool, quiet: tuple[float, float]) -> list[dict]:
+    if any(n.endswith("-mtls") for n in names):
+        mtls_certs(work)  # once per run, before any measurement
     nginx, h1_port, h2_port = start_nginx(tools, work)
     all_rounds = []
     try:
@@ -601,7 +817,7 @@ def one_line(name: str, res: dict) -> str:
     h2 = f" h2={res['h2']['rps']:.0f}/s" if "h2" in res else ""
     bad = f["non200"] + f["errors"] + m["non2xx"] + m["socket_errors"]
     warn = f" ERRORS={bad}" if bad else ""
-    return (f"{name:13s} max={m['rps']:.0f}/s{h2} p50={f['p50']:.3f} p90={f['p90']:.3f} "
+    return (f"{name:17s} max={m['rps']:.0f}/s{h2} p50={f['p50']:.3f} p90={f['p90']:.3f} "
             f"p99={f['p99']:.3f} p99.9={f['p99.9']:.3f}ms {px} "
             f"other-load={f['other_load']:.2f}/{m['other_load']:.2f}{warn}")
 
@@ -645,7 +861,7 @@ def worst(t: dict, key: str) -> float:
 
 def ratios(summary: dict) -> dict:
     out = {}
-    for hop in ("1hop", "pair"):
+    for hop in ("1hop", "pair", "pair-mtls"):
         tr, en = summary.get(f"trellis-{hop}"), summary.get(f"envoy-{hop}")
         if not tr or not en:
             continue
@@ -665,6 +881,28 @@ def ratios(summary: dict) -> dict:
             out[hop]["p99 T/direct"] = tr["p99"] / d["p99"]
             out[hop]["max_rps E/direct"] = en["max_rps"] / d["max_rps"]
             out[hop]["p99 E/direct"] = en["p99"] / d["p99"]
+    return out
+
+
+def mtls_overhead(summary: dict) -> dict:
+    """What mTLS costs each proxy: its mTLS pair against its plain pair of the same run."""
+    out = {}
+    for who, label in (("trellis", "Trellis"), ("envoy", "Envoy")):
+        m, p = summary.get(f"{who}-pair-mtls"), summary.get(f"{who}-pair")
+        if not m or not p:
+            continue
+        out[label] = {
+            "max_rps mTLS/plain": m["max_rps"] / p["max_rps"],
+            "p99 mTLS/plain": m["p99"] / p["p99"],
+            "added p99 mTLS/plain": safe_div(m["added_p99"], p["added_p99"]),
+            "CPU/1k mTLS/plain": worst(m, "cpu_s_per_1k") / worst(p, "cpu_s_per_1k"),
+            "CPU/1k at max mTLS/plain":
+                worst(m, "cpu_s_per_1k_at_max") / worst(p, "cpu_s_per_1k_at_max"),
+            "peak RSS mTLS/plain": worst(m, "peak_rss_kb") / worst(p, "peak_rss_kb"),
+            "ready mTLS/plain": worst(m, "ready_ms") / worst(p, "ready_ms"),
+        }
+        if "h2_rps" in m and "h2_rps" in p:
+            out[label]["h2 max_rps mTLS/plain"] = m["h2_rps"] / p["h2_rps"]
     return out
 
 
@@ -740,7 +978,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--max-tool", choices=["wrk", "oha"], default="wrk")
     ap.add_argument("--no-h2", action="store_true", help="skip the HTTP/2 (h2load) figures")
-    ap.add_argument("--topologies", default=",".join(TOPOLOGIES))
+    ap.add_argument("--topologies", default=",".join(TOPOLOGIES),
+                    help="comma-separated, from: " + ",".join(TOPOLOGIES))
     ap.add_argument("--wait-quiet", type=float, default=0,
                     help="wait up to this many seconds before each round for a quiet machine")
     ap.add_argument("--quiet-below", type=float, default=1.0,
@@ -759,6 +998,9 @@ def parse_args() -> argparse.Namespace:
             a.rounds = 1
     if not a.report_only and not a.trellis:
         ap.error("--trellis is required (unless --report-only)")
+    unknown = [n for n in a.topologies.split(",") if n not in TOPOLOGIES]
+    if unknown:
+        ap.error(f"unknown topologies {unknown}; known: {','.join(TOPOLOGIES)}")
     return a
 
 
@@ -796,12 +1038,14 @@ def write_outputs(out: Path, meta: dict, rounds: list, summary: dict) -> str:
     """results.json, latency.png and RESULTS.md in `out`; returns the report's text."""
     from report import write_chart, write_report  # matplotlib is imported only here
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(
-        {"meta": meta, "rounds": rounds, "summary": summary, "ratios": ratios(summary)},
-        indent=1))
+    results = {"meta": meta, "rounds": rounds, "summary": summary, "ratios": ratios(summary)}
+    overhead = mtls_overhead(summary)
+    if overhead:
+        results["mtls_overhead"] = overhead
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     write_chart(summary, rounds, out / "latency.png", meta)
     return write_report(out / "RESULTS.md", meta, summary, ratios(summary), targets(summary),
-                        rounds)
+                        rounds, overhead)
 
 
 def find_tools(trellis: str, work: Path, need: tuple[str, ...] = ()) -> Tools:

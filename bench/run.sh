@@ -2,11 +2,12 @@
 # One command for the Trellis benchmark: installs what is missing, builds Trellis (release),
 # runs bench/harness.py, and writes bench/RESULTS.md, bench/results.json and bench/latency.png.
 #
-#   bash bench/run.sh                 # full: 5 rounds, 10 s per load run (about 15 minutes)
-#   bash bench/run.sh --quick         # 1 round, 3 s per run (2-3 minutes): a smoke test
+#   bash bench/run.sh                 # full: 5 rounds, 10 s per load run (about 20 minutes)
+#   bash bench/run.sh --quick         # 1 round, 3 s per run (3-4 minutes): a smoke test
 #   bash bench/run.sh --rounds 7      # more rounds
 #   bash bench/run.sh --no-build      # use target/release/trellis as it is
 #   bash bench/run.sh -- --no-h2 --max-tool oha ...   # anything after -- goes to harness.py
+#   bash bench/run.sh -- --topologies trellis-pair-mtls,envoy-pair-mtls   # only these
 #
 # Loopback only; every process it starts is stopped by PID; every load run is bounded.
 set -euo pipefail
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; shift ;;
     --no-build) BUILD=""; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "unknown flag $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -51,6 +51,11 @@ pub struct CertificateAuthoritySpec {
     /// Id of the signer that issues new certificates.
     pub active: String,
     pub signers: Vec<CaSigner>,
+    /// The join token proxies and the CLI present to the control plane, generated on first start
+    /// and kept here so every replica (and every restart) accepts the same one. Absent when the
+    /// operator always passes the token explicitly and none was generated yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<SecretText>,
 }
 
 /// One signer: its certificate followed by its chain up to the root, and its private key.
@@ -81,6 +86,25 @@ mod tests {
     fn secret_text_is_redacted_in_debug() {
         let s = SecretText("-----BEGIN PRIVATE KEY-----".into());
         assert_eq!(format!("{s:?}"), "<redacted>");
-        assert_eq!(serde_json::to_string(&s).unwrap(), "\"-----BEGIN PRIVATE KEY-----\"");
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            "\"-----BEGIN PRIVATE KEY-----\""
+        );
+    }
+
+    #[test]
+    fn join_token_is_optional_and_redacted() {
+        let spec: CertificateAuthoritySpec =
+            serde_json::from_str(r#"{"trustDomain":"cluster.local","active":"a","signers":[]}"#)
+                .unwrap();
+        assert_eq!(spec.join_token, None);
+        assert!(!serde_json::to_string(&spec).unwrap().contains("joinToken"));
+        let spec = CertificateAuthoritySpec {
+            join_token: Some(SecretText("s3cret".into())),
+            ..spec
+        };
+        assert!(!format!("{spec:?}").contains("s3cret"));
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains(r#""joinToken":"s3cret""#), "{json}");
     }
 }

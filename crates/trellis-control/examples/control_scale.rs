@@ -21,6 +21,8 @@ use trellis_xds::client::{AdsClient, Backoff, ClientConfig};
 use trellis_xds::NodeInfo;
 
 const WAIT: Duration = Duration::from_secs(120);
+/// The join token the control plane requires from the API client and every xDS client.
+const TOKEN: &str = "control-scale-token";
 
 fn route(round: usize) -> String {
     format!(
@@ -65,6 +67,7 @@ async fn post(
     body: String,
 ) -> Result<(), String> {
     let req = http::Request::post(url)
+        .header("authorization", format!("Bearer {TOKEN}"))
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let rsp = client.request(req).await.map_err(|e| e.to_string())?;
@@ -103,7 +106,7 @@ async fn bench(n: usize, rounds: usize) -> Result<(), String> {
             data_dir: dir.clone(),
         },
         lease_ttl: Duration::from_secs(10),
-        join_token: None,
+        join_token: Some(TOKEN.into()),
         join_token_file: None,
         ca: None,
     };
@@ -141,6 +144,7 @@ async fn bench(n: usize, rounds: usize) -> Result<(), String> {
             vec![uri.clone()],
             NodeInfo::new(format!("proxy-{i}"), "productpage", "default"),
         );
+        c.token = Some(TOKEN.into());
         c.backoff = Backoff {
             base: Duration::from_millis(50),
             max: Duration::from_secs(2),

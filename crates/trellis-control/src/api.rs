@@ -1,21 +1,31 @@
 //! The control plane's HTTP JSON API, used by the CLI (`apply`, `get`, `describe`, `delete`,
-//! `check`, `proxy-config`) and by sidecars to register their workloads.
+//! `check`, `proxy-config`, `ca`) and by sidecars to register their workloads and get their
+//! certificates (the CA routes are in [`crate::ca_api`]).
+//!
+//! Every route but `GET /api/v1/health` requires the join token ([`crate::auth`]). The kinds the
+//! control plane manages itself (`trellis_api::parse::MANAGED_KINDS`: the trust bundle and the
+//! CA) cannot be written through the resource routes, and the kinds holding secrets
+//! (`SECRET_KINDS`: the CA with its private keys) are never returned by them.
 //!
 //! Every write is validated before it reaches the store, so a rejected write changes nothing;
 //! an `apply` of several documents validates them all before writing any. Errors are JSON
 //! (`{"error": ..., "details": [...]}`) with the status that says what kind of problem it is.
+use crate::auth;
+use crate::ca::MeshCa;
+use crate::ca_api;
 use crate::model::Model;
 use crate::store::{LeaseId, ResourceKey, Store, StoreError, Stored};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete as delete_route, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use trellis_api::parse::{MANAGED_KINDS, SECRET_KINDS};
 use trellis_api::{parse_documents, Resource};
 
 /// Status of connected proxies, as the xDS server reports it.
@@ -28,11 +38,13 @@ pub struct ApiState {
     pub model: watch::Receiver<Arc<Model>>,
     pub lease_ttl: Duration,
     pub status: Option<Arc<dyn ProxyStatus>>,
+    /// The mesh CA, which also holds the join token every route but the health check requires.
+    pub ca: Arc<MeshCa>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/api/v1/health", get(|| async { "ok\n" }))
+    let token = state.ca.token().clone();
+    let protected = Router::new()
         .route("/api/v1/apply", post(apply))
         .route("/api/v1/resources", get(list))
         .route(
@@ -42,7 +54,19 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/workloads", post(register))
         .route("/api/v1/leases/{id}", post(keep_alive).delete(revoke))
         .route("/api/v1/proxies", get(proxies))
-        .with_state(state)
+        .route("/api/v1/certificates", post(ca_api::issue))
+        .route("/api/v1/ca", get(ca_api::show))
+        .route("/api/v1/ca/roots", post(ca_api::add_root))
+        .route("/api/v1/ca/roots/{id}", delete_route(ca_api::retire))
+        .route("/api/v1/ca/roots/{id}/activate", post(ca_api::activate))
+        .route_layer(axum::middleware::from_fn_with_state(
+            token,
+            auth::require_token,
+        ))
+        .with_state(state);
+    Router::new()
+        .route("/api/v1/health", get(|| async { "ok\n" }))
+        .merge(protected)
 }
 
 /// An API failure, rendered as JSON.
@@ -53,7 +77,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -90,6 +114,23 @@ impl From<trellis_api::ConfigError> for ApiError {
             details: e.errors.iter().map(|f| f.to_string()).collect(),
         }
     }
+}
+
+/// Refuses writes of the kinds only the control plane writes.
+fn refuse_managed(kind: &str) -> Result<(), ApiError> {
+    if MANAGED_KINDS.contains(&kind) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "kind {kind} is managed by the control plane; use the /api/v1/ca endpoints (`trellis ca`)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn is_secret(kind: &str) -> bool {
+    SECRET_KINDS.contains(&kind)
 }
 
 /// A stored resource as the API shows it: with `metadata.resourceVersion`.
@@ -144,6 +185,9 @@ async fn apply(
             ),
         ));
     }
+    for r in &set.resources {
+        refuse_managed(r.kind())?;
+    }
     let mut results = Vec::new();
     for mut r in set.resources {
         let expected = take_version(&mut r)?;
@@ -176,7 +220,12 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let kind = q.kind.as_deref().map(canonical_kind).transpose()?;
     let listing = s.store.list(kind, q.namespace.as_deref()).await?;
-    let items: Vec<Value> = listing.items.iter().map(render).collect();
+    let items: Vec<Value> = listing
+        .items
+        .iter()
+        .filter(|i| !is_secret(i.resource.kind()))
+        .map(render)
+        .collect();
     Ok(Json(json!({"items": items, "revision": listing.revision})))
 }
 
@@ -217,7 +266,12 @@ async fn get_one(
     Path((kind, namespace, name)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let kind = canonical_kind(&kind)?;
-    match s.store.get(kind, &namespace, &name).await? {
+    // A secret kind answers as if absent, without being read.
+    let stored = match is_secret(kind) {
+        true => None,
+        false => s.store.get(kind, &namespace, &name).await?,
+    };
+    match stored {
         Some(stored) => Ok(Json(render(&stored))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -238,6 +292,7 @@ async fn replace(
     body: String,
 ) -> Result<Json<Value>, ApiError> {
     let kind = canonical_kind(&kind)?;
+    refuse_managed(kind)?;
     let set = parse_documents("request", &body)?;
     let [mut r] = <[Resource; 1]>::try_from(set.resources).map_err(|v| {
         ApiError::new(
@@ -263,6 +318,7 @@ async fn delete(
     Query(q): Query<VersionQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let kind = canonical_kind(&kind)?;
+    refuse_managed(kind)?;
     s.store.delete(kind, &namespace, &name, q.version).await?;
     Ok(Json(
         json!({"deleted": format!("{kind}/{namespace}/{name}")}),
@@ -277,6 +333,11 @@ struct Registration {
 }
 
 /// A sidecar registers its workload under a fresh lease and keeps the lease alive.
+///
+/// The workload's `spec.identity` is set to the identity the CA grants its service
+/// (`spiffe://<CA trust domain>/ns/<namespace>/sa/<service>`), whatever the caller sent: callers
+/// of the workload check its certificate against it. A workload that names no service (it is
+/// selected by labels) keeps the identity it was sent.
 async fn register(
     State(s): State<Arc<ApiState>>,
     Json(reg): Json<Registration>,
@@ -284,12 +345,27 @@ async fn register(
     let text = serde_json::to_string(&reg.workload)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let set = parse_documents("registration", &text)?;
-    let Some(Resource::Workload(w)) = set.resources.into_iter().next() else {
+    let Some(Resource::Workload(mut w)) = set.resources.into_iter().next() else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "registration.workload must be one Workload",
         ));
     };
+    if let Some(service) = &w.spec.service {
+        let ca = s.ca.current();
+        let id = trellis_identity::SpiffeId::new(
+            ca.ca.trust_domain(),
+            w.metadata.namespace.as_str(),
+            service.as_str(),
+        )
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("registration.workload has no valid mesh identity: {e}"),
+            )
+        })?;
+        w.spec.identity = Some(id.to_string());
+    }
     let ttl = reg
         .ttl_seconds
         .map(Duration::from_secs)

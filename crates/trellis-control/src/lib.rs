@@ -5,16 +5,27 @@
 //!   workloads, and a watch that lets every replica follow every change in order.
 //! - [`model`]: each replica's in-memory copy of the store, kept by list-then-watch.
 //! - [`view`]: what each proxy is sent (only what it may call, plus its own inbound policy).
-//! - [`api`]: the HTTP JSON API for the CLI and for sidecar registration.
+//! - [`api`]: the HTTP JSON API for the CLI and for sidecar registration; [`ca_api`]: its
+//!   certificate and CA routes.
+//! - [`ca`]: the mesh certificate authority, kept in the store and followed by every replica.
+//! - [`auth`]: the join token every API call and xDS stream must present.
 //! - [`server`]: `trellis control`, tying them together with the xDS transport.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
+pub mod ca;
+pub mod ca_api;
 pub mod model;
 pub mod server;
 pub mod store;
 pub mod view;
 pub mod views;
+
+#[cfg(test)]
+mod api_tests;
+#[cfg(test)]
+mod test_support;
 
 pub use store::{
     open, validate, EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, Lease, LeaseId,

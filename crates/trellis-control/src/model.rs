@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use trellis_api::{Resource, ResourceSet};
+use trellis_api::{MeshConfigSpec, Resource, ResourceSet};
 
 /// A consistent picture of the store at one revision.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,6 +40,16 @@ impl Model {
 
     pub fn resources(&self) -> impl Iterator<Item = &Resource> {
         self.items.values().map(|s| &s.resource)
+    }
+
+    /// The mesh-wide settings: the MeshConfig's spec, or defaults when there is none.
+    pub fn mesh_config(&self) -> MeshConfigSpec {
+        self.resources()
+            .find_map(|r| match r {
+                Resource::MeshConfig(m) => Some(m.spec.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
     }
 
     /// Every resource, as the proxy's snapshot builder takes them.

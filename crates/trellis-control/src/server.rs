@@ -1,7 +1,10 @@
-//! `trellis control`: opens the store, follows it into an in-memory model, computes each
-//! proxy's view, and serves the HTTP API and the xDS transport on one port: a connection that
-//! opens with the HTTP/2 preface is gRPC (xDS), anything else is the HTTP/1 API.
+//! `trellis control`: opens the store, follows it into an in-memory model, loads (or creates)
+//! the mesh CA and the join token, computes each proxy's view, and serves the HTTP API and the
+//! xDS transport on one port: a connection that opens with the HTTP/2 preface is gRPC (xDS),
+//! anything else is the HTTP/1 API. Both require the join token (see [`crate::auth`]).
 use crate::api::{self, ApiState, ProxyStatus};
+use crate::auth;
+use crate::ca::{CaSetupError, MeshCa};
 use crate::model;
 use crate::store::{self, StoreSpec};
 use crate::views::MeshViews;
@@ -15,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use trellis_xds::server::ServerConfig;
 use trellis_xds::{AdsServer, Registry};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlOptions {
     pub listen: SocketAddr,
     pub store: StoreSpec,
@@ -27,8 +30,24 @@ pub struct ControlOptions {
     /// Where to write the token in force (mode 0600) for proxies and the CLI to read.
     pub join_token_file: Option<std::path::PathBuf>,
     /// A user-supplied CA certificate chain and key (PEM) used on first start instead of a
-    /// generated root.
+    /// generated root (ignored, with a warning, when the store already holds a CA).
     pub ca: Option<SuppliedCa>,
+}
+
+impl std::fmt::Debug for ControlOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlOptions")
+            .field("listen", &self.listen)
+            .field("store", &self.store)
+            .field("lease_ttl", &self.lease_ttl)
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("join_token_file", &self.join_token_file)
+            .field("ca", &self.ca)
+            .finish()
+    }
 }
 
 /// A root or intermediate the operator brings, instead of one Trellis generates.
@@ -41,7 +60,9 @@ pub struct SuppliedCa {
 
 impl std::fmt::Debug for SuppliedCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SuppliedCa").field("key_pem", &"<redacted>").finish()
+        f.debug_struct("SuppliedCa")
+            .field("key_pem", &"<redacted>")
+            .finish()
     }
 }
 
@@ -49,6 +70,13 @@ impl std::fmt::Debug for SuppliedCa {
 pub enum ControlError {
     #[error("cannot open the store: {0}")]
     Store(store::StoreError),
+    #[error("mesh CA: {0}")]
+    Ca(#[from] CaSetupError),
+    #[error("cannot write the join token to {path}: {error}")]
+    TokenFile {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
@@ -87,13 +115,32 @@ pub async fn run(
         .await
         .map_err(ControlError::Store)?;
     let model = model::follow(store.clone());
+    let ca = MeshCa::start(
+        store.clone(),
+        model.clone(),
+        opts.ca.as_ref(),
+        opts.join_token.as_deref(),
+    )
+    .await?;
+    if let Some(path) = &opts.join_token_file {
+        auth::write_token_file(path, ca.token()).map_err(|error| ControlError::TokenFile {
+            path: path.clone(),
+            error,
+        })?;
+        tracing::info!(path = %path.display(), "join token written");
+    }
     let views = MeshViews::spawn(model.clone());
-    let ads = AdsServer::new(views, ServerConfig::default());
+    let config = ServerConfig {
+        auth: Some(auth::xds_hook(ca.token().clone())),
+        ..ServerConfig::default()
+    };
+    let ads = AdsServer::new(views, config);
     let state = Arc::new(ApiState {
         store,
         model,
         lease_ttl: opts.lease_ttl,
         status: Some(Arc::new(XdsStatus(ads.registry()))),
+        ca,
     });
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -164,4 +211,28 @@ async fn serve_connection(
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_token_or_the_ca_key() {
+        let opts = ControlOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            store: StoreSpec::Etcd {
+                endpoints: vec!["http://127.0.0.1:2379".into()],
+            },
+            lease_ttl: Duration::from_secs(10),
+            join_token: Some("s3cret-token".into()),
+            join_token_file: None,
+            ca: Some(SuppliedCa {
+                cert_chain_pem: "CERT".into(),
+                key_pem: "-----BEGIN PRIVATE KEY-----".into(),
+            }),
+        };
+        let dbg = format!("{opts:?}");
+        assert!(!dbg.contains("s3cret") && !dbg.contains("PRIVATE"), "{dbg}");
+    }
 }

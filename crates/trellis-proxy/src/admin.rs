@@ -51,10 +51,11 @@ fn handle(state: &ProxyState, drain: &Drain, req: Request<Incoming>) -> Response
         (&Method::GET, "/ready") => {
             if drain.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else if state.snapshot.load().is_some() {
-                text(StatusCode::OK, "ready\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n")
+                match state.ready() {
+                    Ok(()) => text(StatusCode::OK, "ready\n"),
+                    Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                }
             }
         }
         (&Method::GET, "/metrics") => {
@@ -105,6 +106,7 @@ fn config(state: &ProxyState) -> Response<Body> {
                                     "ejected": e.outlier.is_ejected(),
                                     "ejections": e.outlier.ejections(),
                                         "ewmaMs": e.load.ewma_ms(),
+                                        "identity": e.identity.as_ref().map(|i| i.to_string()),
                                     })
                                 })
                                 .collect()
@@ -115,6 +117,7 @@ fn config(state: &ProxyState) -> Response<Body> {
                         "namespace": svc.namespace,
                         "rules": svc.rules.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
                         "endpoints": endpoints,
+                        "mtls": svc.mtls,
                     })
                 })
                 .collect();
@@ -132,6 +135,13 @@ fn config(state: &ProxyState) -> Response<Body> {
         "source": snap.as_ref().map(|s| s.source.clone()),
         "lastError": state.last_error(),
         "controlPlane": state.control_status(),
+        "tls": state.tls().map(|t| t.status()),
+        "inbound": snap.as_ref().map(|s| serde_json::json!({
+            "mtls": s.inbound.mtls,
+            "port": s.inbound.port,
+            "authorizationPolicies": !s.inbound.authorizer.is_empty(),
+            "jwt": s.inbound.jwt.is_some(),
+        })),
         "localApp": {
             "address": state.app.map(|a| a.to_string()),
             "health": match state.local_health() {

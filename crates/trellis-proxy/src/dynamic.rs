@@ -4,6 +4,7 @@
 //! proxy keeps serving its last good config; the client reconnects with backoff and jitter,
 //! fails over across replicas, and resyncs.
 use crate::config::Snapshot;
+use crate::control_api::ControlApi;
 use crate::metrics::ResultLabels;
 use crate::registration::Registration;
 use crate::state::ProxyState;
@@ -16,6 +17,16 @@ pub struct Control {
     _client: AdsClient,
     registration: Option<Arc<Registration>>,
     keep_alive: Option<tokio::task::JoinHandle<()>>,
+    /// Fetches and renews the workload certificate.
+    issuer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        if let Some(t) = &self.issuer {
+            t.abort();
+        }
+    }
 }
 
 impl Control {
@@ -45,13 +56,26 @@ pub fn start(c: &ControlSource, state: &Arc<ProxyState>) -> Result<Control, Star
         state.identity.namespace.clone(),
     );
     let st = state.clone();
-    let client = AdsClient::spawn(ClientConfig::new(uris, node), move |u| apply(&st, u))
+    let mut config = ClientConfig::new(uris, node);
+    config.token = c.token.clone();
+    let client = AdsClient::spawn(config, move |u| apply(&st, u))
         .map_err(|e| StartError::Control(e.to_string()))?;
     state.set_control_status(client.watch_status());
+    let api = Arc::new(ControlApi::new(c.endpoints.clone(), c.token.as_deref()));
+    // A proxy with certificate files keeps them; otherwise the control plane's CA issues one.
+    let issuer = if state.tls().is_none() {
+        state.expect_tls();
+        Some(tokio::spawn(crate::tls::issuer::run(
+            api.clone(),
+            state.clone(),
+        )))
+    } else {
+        None
+    };
     let (registration, keep_alive) = match &c.register {
         None => (None, None),
         Some(w) => {
-            let r = Registration::new(c.endpoints.clone(), w.clone(), c.lease_ttl);
+            let r = Registration::new(api.clone(), w.clone(), c.lease_ttl);
             let first = r.clone();
             let reporter = r.clone();
             let st = state.clone();
@@ -71,6 +95,7 @@ pub fn start(c: &ControlSource, state: &Arc<ProxyState>) -> Result<Control, Star
         _client: client,
         registration,
         keep_alive,
+        issuer,
     })
 }
 
@@ -83,7 +108,7 @@ fn apply(state: &ProxyState, update: Update) -> Result<(), String> {
         format!("xds:{}", update.endpoint),
         update.resources,
         previous.as_deref(),
-        state.identity.zone.as_deref(),
+        &state.identity,
     );
     let (result, outcome) = match built {
         Ok(snapshot) => {

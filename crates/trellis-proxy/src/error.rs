@@ -18,6 +18,10 @@ pub enum Reason {
     BadRequest,
     NotReady,
     PoolOverflow,
+    /// Refused by an AuthorizationPolicy.
+    Denied,
+    /// A JWT was present but not valid.
+    Unauthenticated,
 }
 
 impl Reason {
@@ -33,6 +37,8 @@ impl Reason {
             Reason::BadRequest => "bad-request",
             Reason::NotReady => "not-ready",
             Reason::PoolOverflow => "pool-overflow",
+            Reason::Denied => "denied",
+            Reason::Unauthenticated => "unauthenticated",
         }
     }
 
@@ -48,6 +54,8 @@ impl Reason {
             Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
             Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
+            Reason::Denied => StatusCode::FORBIDDEN,
+            Reason::Unauthenticated => StatusCode::UNAUTHORIZED,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod config;
+pub mod control_api;
 pub mod detect;
 pub mod drain;
 pub mod dynamic;
@@ -23,6 +24,7 @@ pub mod retry;
 pub mod source;
 pub mod state;
 pub mod tcp;
+pub mod tls;
 
 use crate::drain::Drain;
 use crate::http::outbound::FixedTarget;
@@ -63,6 +65,17 @@ pub struct ControlSource {
     /// The workload to register under a lease, when this proxy has an inbound side.
     pub register: Option<trellis_api::Workload>,
     pub lease_ttl: Duration,
+    /// The join token the control plane requires on its API and xDS stream.
+    pub token: Option<String>,
+}
+
+/// Mesh mTLS certificate files for a proxy on a static config (`--tls-cert`, `--tls-key`,
+/// `--tls-trust`). A proxy on a control plane gets its certificate from the CA instead.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub trust: PathBuf,
 }
 
 /// Everything `trellis proxy` is told on its command line.
@@ -77,6 +90,7 @@ pub struct ProxyOptions {
     /// Inbound listener and the local app it forwards to.
     pub inbound: Option<(SocketAddr, SocketAddr)>,
     pub admin: SocketAddr,
+    pub tls_files: Option<TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +99,8 @@ pub enum StartError {
     Config(#[from] source::LoadError),
     #[error("control plane: {0}")]
     Control(String),
+    #[error("mTLS: {0}")]
+    Tls(#[from] tls::TlsSetupError),
     #[error("cannot listen on {addr} ({what}): {error}")]
     Bind {
         addr: SocketAddr,
@@ -117,6 +133,10 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let app = opts.inbound.map(|(_, app)| app);
     let state = ProxyState::new(opts.identity.clone(), opts.settings.clone(), app);
+    if let Some(files) = &opts.tls_files {
+        let tls = tls::MeshTls::from_files(&files.cert, &files.key, &files.trust)?;
+        state.set_tls(Arc::new(tls));
+    }
     let drain = Drain::new();
     // The file source loads before anything listens, so a bad file stops the start; a control
     // plane may be away at start, so the proxy listens and is ready once the first push lands.
@@ -127,7 +147,7 @@ pub async fn run(
             path,
             watch_interval,
         } => {
-            let first = source::load(path, 1, None, opts.identity.zone.as_deref())?;
+            let first = source::load(path, 1, None, &opts.identity)?;
             state.install(first);
             watch_task = Some(tokio::spawn(source::watch(
                 path.clone(),

@@ -4,7 +4,9 @@
 use crate::config::Snapshot;
 use crate::detect::{detect, Detected, PrefixedIo};
 use crate::drain::Drain;
+use crate::http::forward::peer_tls;
 use crate::http::outbound::FixedTarget;
+use crate::http::upstream::PeerTls;
 use crate::http::{inbound, outbound};
 use crate::metrics::{ConnLabels, ResultLabels};
 use crate::state::ProxyState;
@@ -16,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use trellis_api::mesh::MtlsMode;
 use trellis_api::service::Protocol;
+use trellis_identity::tls::{inbound_action, peer_identity, InboundAction};
 
 /// What a listener is for.
 #[derive(Debug, Clone)]
@@ -105,18 +109,75 @@ async fn connection(
     state.metrics.conns_opened.get_or_create(&labels).inc();
     let snap = state.snapshot.load_full();
     let protocol = configured_protocol(role, state, snap.as_deref());
-    let (detected, prefix) = if protocol == Protocol::Tcp {
-        (Detected::Tcp, Vec::new())
-    } else {
-        match detect(&mut stream, state.settings.detect_timeout).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "read failed during protocol detection");
-                state.metrics.conns_closed.get_or_create(&labels).inc();
-                return;
-            }
+    // The inbound side looks at the first bytes even on a TCP port: they say whether a peer
+    // proxy is starting mTLS.
+    let mode = match role {
+        Role::Inbound { .. } => snap
+            .as_ref()
+            .map_or(MtlsMode::Permissive, |s| s.inbound.mtls),
+        Role::Outbound { .. } => MtlsMode::Off,
+    };
+    let sniff = protocol != Protocol::Tcp || mode != MtlsMode::Off;
+    let (detected, prefix) = match first_bytes(&mut stream, sniff, state).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "read failed during protocol detection");
+            state.metrics.conns_closed.get_or_create(&labels).inc();
+            return;
         }
     };
+    match inbound_action(mode, &prefix) {
+        InboundAction::Plaintext => {
+            let detected = if protocol == Protocol::Tcp {
+                Detected::Tcp
+            } else {
+                detected
+            };
+            count_detection(state, protocol, detected);
+            let conn = Conn {
+                peer,
+                peer_id: None,
+            };
+            let io = PrefixedIo::new(prefix, stream);
+            dispatch(
+                io,
+                detected,
+                protocol,
+                &conn,
+                role,
+                state,
+                drain,
+                &labels.service,
+            )
+            .await;
+        }
+        InboundAction::Refuse => {
+            tls_result(state, "plaintext-refused");
+            tracing::debug!(%peer, "plaintext connection refused: the port requires mTLS");
+        }
+        InboundAction::Tls => {
+            let io = PrefixedIo::new(prefix, stream);
+            serve_tls(io, protocol, peer, role, state, drain, &labels.service).await;
+        }
+    }
+    state.metrics.conns_closed.get_or_create(&labels).inc();
+}
+
+/// What the peer sends first: detected by protocol (a bounded read), or nothing read at all when
+/// the port is opaque TCP and no TLS can arrive.
+async fn first_bytes<I: AsyncRead + Unpin>(
+    stream: &mut I,
+    sniff: bool,
+    state: &ProxyState,
+) -> std::io::Result<(Detected, Vec<u8>)> {
+    if sniff {
+        detect(stream, state.settings.detect_timeout).await
+    } else {
+        Ok((Detected::Tcp, Vec::new()))
+    }
+}
+
+fn count_detection(state: &ProxyState, protocol: Protocol, detected: Detected) {
     let result = if protocol == Protocol::Tcp {
         "skipped"
     } else {
@@ -127,19 +188,96 @@ async fn connection(
         .detections
         .get_or_create(&ResultLabels { result })
         .inc();
+}
+
+fn tls_result(state: &ProxyState, result: &'static str) {
+    state
+        .metrics
+        .inbound_tls
+        .get_or_create(&ResultLabels { result })
+        .inc();
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// The peer's SPIFFE identity, from its verified mTLS certificate.
+    pub peer_id: Option<Arc<str>>,
+}
+
+/// Terminates mesh mTLS (the peer must present a certificate the trust bundle vouches for),
+/// then serves what is inside like any other connection.
+async fn serve_tls<I>(
+    io: I,
+    protocol: Protocol,
+    peer: SocketAddr,
+    role: &Role,
+    state: &Arc<ProxyState>,
+    drain: &Drain,
+    service: &str,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tls) = state.tls() else {
+        tls_result(state, "no-certificate");
+        tracing::warn!(%peer, "mTLS connection refused: this proxy has no workload certificate");
+        return;
+    };
+    let accept = tls.acceptor().accept(io);
+    let mut stream = match tokio::time::timeout(state.settings.detect_timeout, accept).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tls_result(state, "handshake-failed");
+            tracing::info!(%peer, error = %e, "mTLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            tls_result(state, "handshake-timeout");
+            tracing::debug!(%peer, "mTLS handshake timed out");
+            return;
+        }
+    };
+    tls_result(state, "ok");
+    let peer_id = peer_identity(stream.get_ref().1).map(|id| Arc::<str>::from(id.to_string()));
+    let (detected, prefix) = match first_bytes(&mut stream, protocol != Protocol::Tcp, state).await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "read failed during protocol detection");
+            return;
+        }
+    };
+    count_detection(state, protocol, detected);
+    let conn = Conn { peer, peer_id };
     let io = PrefixedIo::new(prefix, stream);
+    dispatch(io, detected, protocol, &conn, role, state, drain, service).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dispatch<I>(
+    io: I,
+    detected: Detected,
+    protocol: Protocol,
+    conn: &Conn,
+    role: &Role,
+    state: &Arc<ProxyState>,
+    drain: &Drain,
+    service: &str,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     match (detected, protocol) {
         (Detected::Http1 | Detected::Http2, _) => {
-            serve_http(io, detected, peer, role, state, drain).await
+            serve_http(io, detected, conn, role, state, drain).await
         }
         // A port declared HTTP gets an HTTP server even for garbage: it answers 400.
         (Detected::Tcp, Protocol::Http | Protocol::Http2 | Protocol::Grpc) => {
-            serve_http(io, Detected::Http1, peer, role, state, drain).await
+            serve_http(io, Detected::Http1, conn, role, state, drain).await
         }
         (Detected::Closed, _) => {}
-        _ => serve_tcp(io, peer, role, state, &labels.service).await,
+        _ => serve_tcp(io, conn.peer, role, state, service).await,
     }
-    state.metrics.conns_closed.get_or_create(&labels).inc();
 }
 
 async fn serve_tcp<I>(io: I, peer: SocketAddr, role: &Role, state: &Arc<ProxyState>, service: &str)
@@ -147,14 +285,14 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let target = match role {
-        Role::Inbound { app } => Some(*app),
+        Role::Inbound { app } => Some((*app, None)),
         Role::Outbound { fixed: Some(f) } => tcp_endpoint(state, f),
         Role::Outbound { fixed: None } => {
             tracing::debug!(%peer, "opaque TCP on the Host-routed port has no destination; closing");
             None
         }
     };
-    let Some(addr) = target else {
+    let Some((addr, tls)) = target else {
         return;
     };
     let timeout = match role {
@@ -165,38 +303,41 @@ where
         _ => None,
     }
     .unwrap_or_else(|| state.upstreams.default_connect_timeout());
-    match state.upstreams.connect(addr, timeout).await {
+    match state.upstreams.connect(addr, timeout, tls.as_ref()).await {
         Ok(upstream) => splice(&state.metrics, role.direction(), service, io, upstream).await,
         Err(e) => tracing::warn!(%peer, error = %e.detail, "tcp upstream connect failed"),
     }
 }
 
-fn tcp_endpoint(state: &ProxyState, f: &FixedTarget) -> Option<SocketAddr> {
+fn tcp_endpoint(state: &ProxyState, f: &FixedTarget) -> Option<(SocketAddr, Option<PeerTls>)> {
     let snap = state.snapshot.load_full()?;
     let svc = snap.service(&f.namespace, &f.service)?;
     let group = svc.groups.get(&None)?;
     let i = group.balancer.pick(&group.endpoints, None, |_| true)?;
-    Some(group.endpoints[i].addr)
+    let ep = &group.endpoints[i];
+    Some((ep.addr, peer_tls(state, svc, ep)))
 }
 
 async fn serve_http<I>(
     io: I,
     detected: Detected,
-    peer: SocketAddr,
+    conn: &Conn,
     role: &Role,
     state: &Arc<ProxyState>,
     drain: &Drain,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (state2, role2) = (state.clone(), role.clone());
+    let (state2, role2, conn2) = (state.clone(), role.clone(), Arc::new(conn.clone()));
+    let peer = conn.peer;
     let svc = service_fn(move |req| {
         let state = state2.clone();
         let role = role2.clone();
+        let conn = conn2.clone();
         async move {
             match role {
-                Role::Inbound { app } => inbound::handle(state, app, req).await,
-                Role::Outbound { fixed } => outbound::handle(state, fixed, peer, req).await,
+                Role::Inbound { app } => inbound::handle(state, app, conn, req).await,
+                Role::Outbound { fixed } => outbound::handle(state, fixed, conn.peer, req).await,
             }
         }
     });

@@ -77,7 +77,16 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub ejections: Family<ServiceLabels, Counter>,
+    pub inbound_tls: Family<ResultLabels, Counter>,
+    pub authz: Family<AuthzLabels, Counter>,
     pub config_version: Gauge,
+}
+
+/// An authorization decision: allowed or denied, and the policy (or `default`) that decided.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    pub decision: &'static str,
+    pub policy: String,
 }
 
 impl Metrics {
@@ -94,7 +103,19 @@ impl Metrics {
         let reloads = Family::<ResultLabels, Counter>::default();
         let retries = Family::<RetryLabels, Counter>::default();
         let ejections = Family::<ServiceLabels, Counter>::default();
+        let inbound_tls = Family::<ResultLabels, Counter>::default();
+        let authz = Family::<AuthzLabels, Counter>::default();
         let config_version = Gauge::default();
+        registry.register(
+            "inbound_tls_connections",
+            "Inbound connections by mTLS outcome (ok, handshake-failed, handshake-timeout, plaintext-refused, no-certificate)",
+            inbound_tls.clone(),
+        );
+        registry.register(
+            "authorization_decisions",
+            "Inbound authorization decisions by decision and deciding policy",
+            authz.clone(),
+        );
         registry.register(
             "requests",
             "HTTP requests by direction, service, route, status code and proxy error reason",
@@ -156,6 +177,8 @@ impl Metrics {
             reloads,
             retries,
             ejections,
+            inbound_tls,
+            authz,
             config_version,
         })
     }

@@ -5,23 +5,15 @@
 //!
 //! Any control-plane replica will do: they share the store, so a keep-alive may go to a
 //! different replica than the registration did.
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use crate::control_api::ControlApi;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use trellis_api::{Resource, Workload};
 
-/// How long one call to the control plane may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(3);
-
 pub struct Registration {
-    endpoints: Vec<String>,
-    next: AtomicUsize,
-    client: Client<HttpConnector, Full<Bytes>>,
+    api: Arc<ControlApi>,
     workload: Mutex<Workload>,
     ttl: Duration,
     lease: AtomicI64,
@@ -32,59 +24,25 @@ pub struct Registration {
 pub struct RegistrationError(String);
 
 impl Registration {
-    pub fn new(endpoints: Vec<String>, workload: Workload, ttl: Duration) -> Arc<Self> {
+    pub fn new(api: Arc<ControlApi>, workload: Workload, ttl: Duration) -> Arc<Self> {
         Arc::new(Self {
-            endpoints: endpoints
-                .into_iter()
-                .map(|e| e.trim_end_matches('/').to_string())
-                .collect(),
-            next: AtomicUsize::new(0),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            api,
             workload: Mutex::new(workload),
             ttl,
             lease: AtomicI64::new(0),
         })
     }
 
-    /// One call, trying each control-plane replica in turn until one answers.
     async fn call(
         &self,
         method: http::Method,
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), RegistrationError> {
-        let mut last = String::from("no control plane endpoints");
-        for _ in 0..self.endpoints.len() {
-            let i = self.next.load(Ordering::Relaxed) % self.endpoints.len().max(1);
-            let base = &self.endpoints[i];
-            let body = body.as_ref().map(|b| b.to_string()).unwrap_or_default();
-            let req = http::Request::builder()
-                .method(method.clone())
-                .uri(format!("{base}{path}"))
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|e| RegistrationError(format!("bad control plane address {base}: {e}")))?;
-            match tokio::time::timeout(CALL_TIMEOUT, self.client.request(req)).await {
-                Ok(Ok(rsp)) => {
-                    let status = rsp.status().as_u16();
-                    let bytes = rsp
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                    if status < 500 {
-                        return Ok((status, value));
-                    }
-                    last = format!("{base}: {status} {}", value["error"]);
-                }
-                Ok(Err(e)) => last = format!("{base}: {e}"),
-                Err(_) => last = format!("{base}: no answer within {CALL_TIMEOUT:?}"),
-            }
-            self.next.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(RegistrationError(last))
+        self.api
+            .call(method, path, body)
+            .await
+            .map_err(|e| RegistrationError(e.0))
     }
 
     fn workload(&self) -> Result<Workload, RegistrationError> {

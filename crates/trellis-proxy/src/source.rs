@@ -38,7 +38,7 @@ pub fn load(
     path: &Path,
     version: u64,
     previous: Option<&Snapshot>,
-    zone: Option<&str>,
+    local: &crate::state::LocalIdentity,
 ) -> Result<Snapshot, LoadError> {
     let display = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
@@ -47,7 +47,7 @@ pub fn load(
     })?;
     let resources = trellis_api::parse_documents(&display, &text)?;
     Ok(Snapshot::build(
-        version, display, resources, previous, zone,
+        version, display, resources, previous, local,
     )?)
 }
 
@@ -77,12 +77,7 @@ pub async fn watch(path: PathBuf, interval: Duration, state: Arc<ProxyState>) {
 pub fn reload(path: &Path, state: &ProxyState) -> bool {
     let previous = state.snapshot.load_full();
     let version = previous.as_ref().map_or(1, |s| s.version + 1);
-    let result = load(
-        path,
-        version,
-        previous.as_deref(),
-        state.identity.zone.as_deref(),
-    );
+    let result = load(path, version, previous.as_deref(), &state.identity);
     let outcome = match result {
         Ok(snapshot) => {
             tracing::info!(path = %path.display(), version, "config applied");

@@ -4,9 +4,10 @@ use crate::config::Snapshot;
 use crate::http::upstream::Upstreams;
 use crate::metrics::Metrics;
 use crate::resilience::health::{self, CheckConfig, Health};
+use crate::tls::MeshTls;
 use arc_swap::ArcSwapOption;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -53,6 +54,11 @@ pub struct ProxyState {
     health: Mutex<Option<(CheckConfig, watch::Receiver<Health>)>>,
     /// The xDS client's status, when config comes from a control plane.
     control: Mutex<Option<watch::Receiver<trellis_xds::ClientStatus>>>,
+    /// Mesh mTLS, once a certificate is in hand (at start for files, after the CA answered for
+    /// the control plane); set once, then rotated underneath.
+    tls: OnceLock<Arc<MeshTls>>,
+    /// Whether readiness waits for [`ProxyState::tls`] (a control plane's CA will provide it).
+    tls_expected: std::sync::atomic::AtomicBool,
 }
 
 impl ProxyState {
@@ -67,13 +73,57 @@ impl ProxyState {
             app,
             health: Mutex::new(None),
             control: Mutex::new(None),
+            tls: OnceLock::new(),
+            tls_expected: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Mesh mTLS, when this proxy has a certificate.
+    pub fn tls(&self) -> Option<&Arc<MeshTls>> {
+        self.tls.get()
+    }
+
+    /// Installs mesh mTLS (once) and applies the trust bundle of the config in force.
+    pub fn set_tls(&self, tls: Arc<MeshTls>) {
+        if self.tls.set(tls).is_err() {
+            tracing::warn!("mesh TLS was already set up; keeping the first");
+        }
+        if let Some(snap) = self.snapshot.load_full() {
+            self.apply_trust_bundle(&snap);
+        }
+    }
+
+    /// Readiness waits for a workload certificate.
+    pub fn expect_tls(&self) {
+        self.tls_expected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ready to serve: config in force and, when expected, a certificate.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if self.snapshot.load().is_none() {
+            return Err("no config yet");
+        }
+        if self.tls_expected.load(std::sync::atomic::Ordering::Relaxed) && self.tls.get().is_none()
+        {
+            return Err("no workload certificate yet");
+        }
+        Ok(())
+    }
+
+    fn apply_trust_bundle(&self, snapshot: &Snapshot) {
+        if let (Some(tls), Some(bundle)) =
+            (self.tls.get(), snapshot.resources.trust_bundles().next())
+        {
+            tls.update_bundle(&bundle.spec.roots_pem());
+        }
     }
 
     /// Installs a new snapshot; requests already running keep the one they started with.
     pub fn install(&self, snapshot: Snapshot) {
         self.metrics.config_version.set(snapshot.version as i64);
         let check = self.health_check_config(&snapshot);
+        self.apply_trust_bundle(&snapshot);
         self.snapshot.store(Some(Arc::new(snapshot)));
         self.apply_health_check(check);
     }

@@ -2,17 +2,17 @@
 //! byte counts recorded when the connection ends.
 use crate::metrics::{BytesLabels, Metrics};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 /// Copies until both sides close; records bytes as seen from the downstream side.
-pub async fn splice<D>(
+pub async fn splice<D, U>(
     metrics: &Metrics,
     direction: &'static str,
     service: &str,
     mut downstream: D,
-    mut upstream: TcpStream,
+    mut upstream: U,
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
 {
     match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
         Ok((received, sent)) => {

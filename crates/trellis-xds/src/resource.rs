@@ -16,8 +16,8 @@ use crate::pb::trellis::v1::Resource as Envelope;
 use prost::Message;
 use prost_types::Any;
 use serde::de::DeserializeOwned;
-use trellis_api::meta::{ObjectMeta, DEFAULT_NAMESPACE};
 use trellis_api::ca::TrustBundle;
+use trellis_api::meta::{ObjectMeta, DEFAULT_NAMESPACE};
 use trellis_api::{
     AuthorizationPolicy, Deployment, DestinationPolicy, MeshConfig, RequestAuthentication,
     Resource, Route, Service, Workload,

@@ -1,9 +1,16 @@
-//! `trellis control`: the control plane process.
+//! `trellis control`: the control plane process. It is the mesh's certificate authority and
+//! requires a join token from every proxy and CLI call; this module turns the flags for both
+//! into [`ControlOptions`].
+use crate::ctl::SecretArg;
+use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use trellis_control::server::{run as run_control, ControlOptions};
+use std::path::{Path, PathBuf};
+use trellis_control::server::{run as run_control, ControlOptions, SuppliedCa};
 use trellis_control::StoreSpec;
+
+/// Name of the token file under `--data-dir` with the embedded store.
+pub const JOIN_TOKEN_FILE: &str = "join-token";
 
 #[derive(Args, Debug, Clone)]
 pub struct ControlCmdArgs {
@@ -19,20 +26,71 @@ pub struct ControlCmdArgs {
     /// How long a registered workload outlives its last keep-alive.
     #[arg(long, default_value = "10s")]
     pub lease_ttl: trellis_api::Duration,
+    /// The join token proxies and the CLI must present. Default: the token kept in the store,
+    /// generated on first start.
+    #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
+    pub join_token: Option<SecretArg>,
+    /// Where to write the join token in force (mode 0600). Default: `<data-dir>/join-token` with
+    /// the embedded store; not written with etcd unless given.
+    #[arg(long)]
+    pub join_token_file: Option<PathBuf>,
+    /// The mesh CA's certificate (PEM: the signing certificate, then its chain up to the root),
+    /// used instead of a generated root when the store holds no CA yet. Needs --ca-key.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// The private key (PKCS#8 PEM) of --ca-cert.
+    #[arg(long)]
+    pub ca_key: Option<PathBuf>,
+}
+
+fn read_pem(path: &Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))
+}
+
+fn supplied_ca(args: &ControlCmdArgs) -> anyhow::Result<Option<SuppliedCa>> {
+    match (&args.ca_cert, &args.ca_key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(SuppliedCa {
+            cert_chain_pem: read_pem(cert, "--ca-cert")?,
+            key_pem: read_pem(key, "--ca-key")?,
+        })),
+        (Some(_), None) => anyhow::bail!(
+            "--ca-cert needs --ca-key (the certificate's private key): give both or neither"
+        ),
+        (None, Some(_)) => anyhow::bail!(
+            "--ca-key needs --ca-cert (the CA certificate chain): give both or neither"
+        ),
+    }
 }
 
 pub async fn run(args: ControlCmdArgs) -> anyhow::Result<()> {
     let store = StoreSpec::from_flags(Some(&args.store), &args.data_dir)?;
+    let join_token_file = match (&args.join_token_file, &store) {
+        (Some(path), _) => Some(path.clone()),
+        (None, StoreSpec::Embedded { data_dir }) => Some(data_dir.join(JOIN_TOKEN_FILE)),
+        (None, StoreSpec::Etcd { .. }) => None,
+    };
+    let given_token = args.join_token.is_some();
     let opts = ControlOptions {
         listen: args.listen,
         store,
         lease_ttl: args.lease_ttl.as_std(),
-        join_token: None,
-        join_token_file: None,
-        ca: None,
+        join_token: args.join_token.clone().map(|t| t.0),
+        join_token_file: join_token_file.clone(),
+        ca: supplied_ca(&args)?,
     };
     run_control(opts, crate::proxy_cmd::shutdown_signal(), |addr| {
         println!("trellis control ready: listening on {addr}");
+        match (&join_token_file, given_token) {
+            (Some(path), _) => println!(
+                "join token written to {} (proxies and the CLI read it with --token-file)",
+                path.display()
+            ),
+            (None, true) => println!("join token: the one given by --join-token / TRELLIS_TOKEN"),
+            (None, false) => println!(
+                "join token: kept in the store only; pass --join-token-file FILE to write it out"
+            ),
+        }
     })
     .await?;
     Ok(())

@@ -1,6 +1,9 @@
 //! The Kubernetes-style verbs against a control plane: `apply`, `get`, `describe`, `delete`,
 //! `proxy-config`, `check`. They speak the control plane's HTTP JSON API and print what it says,
 //! errors included (with file, document and field path for invalid config).
+//!
+//! Every verb presents the control plane's join token (`--token`, `--token-file`, or
+//! `TRELLIS_TOKEN` / `TRELLIS_TOKEN_FILE`): the control plane refuses anything else.
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
@@ -10,6 +13,58 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+
+/// A secret given on the command line or in the environment: `Debug` never shows it.
+#[derive(Clone)]
+pub struct SecretArg(pub String);
+
+impl std::str::FromStr for SecretArg {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The join token the control plane requires.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TokenArgs {
+    /// The control plane's join token, sent as `Authorization: Bearer <token>` (takes precedence
+    /// over --token-file).
+    #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
+    pub token: Option<SecretArg>,
+    /// A file holding the join token, such as the one `trellis control` writes
+    /// (`<data-dir>/join-token`).
+    #[arg(long, env = "TRELLIS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token to send, if any was given.
+    pub fn resolve(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.0.trim().to_string()));
+        }
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            bail!("the token file {} is empty", path.display());
+        }
+        Ok(Some(token.to_string()))
+    }
+}
+
+/// What a 401 answer adds to the control plane's own words.
+pub const TOKEN_HINT: &str = "hint: the control plane requires its join token: pass --token or --token-file (or set TRELLIS_TOKEN / TRELLIS_TOKEN_FILE)";
 
 /// Where the control plane is.
 #[derive(Args, Debug, Clone)]
@@ -27,6 +82,8 @@ pub struct ControlArgs {
 pub struct ApplyArgs {
     #[command(flatten)]
     pub control: ControlArgs,
+    #[command(flatten)]
+    pub auth: TokenArgs,
     /// A file, a directory of *.yaml/*.yml/*.json files, or `-` for standard input.
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<String>,
@@ -43,6 +100,8 @@ pub enum Output {
 pub struct GetArgs {
     #[command(flatten)]
     pub control: ControlArgs,
+    #[command(flatten)]
+    pub auth: TokenArgs,
     /// Kind (`services`, `route`, `dp`, ...).
     pub kind: String,
     pub name: Option<String>,
@@ -56,23 +115,61 @@ pub struct GetArgs {
 pub struct DeleteArgs {
     #[command(flatten)]
     pub control: ControlArgs,
+    #[command(flatten)]
+    pub auth: TokenArgs,
     pub kind: String,
     pub name: String,
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
 }
 
+/// `trellis check`'s arguments.
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    #[command(flatten)]
+    pub auth: TokenArgs,
+}
+
 pub struct Api {
     base: String,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    /// `Bearer <token>`, marked sensitive.
+    authorization: Option<http::HeaderValue>,
 }
 
 impl Api {
+    /// A client that sends no token (see [`Api::with_token`]).
     pub fn new(args: &ControlArgs) -> Self {
         Self {
             base: args.control.trim_end_matches('/').to_string(),
             client: Client::builder(TokioExecutor::new()).build_http(),
+            authorization: None,
         }
+    }
+
+    /// A client for a verb: the control plane's address and the token given for it.
+    pub fn connect(control: &ControlArgs, auth: &TokenArgs) -> anyhow::Result<Self> {
+        Self::new(control).with_token(auth.resolve()?.as_deref())
+    }
+
+    /// Sends `token` as `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: Option<&str>) -> anyhow::Result<Self> {
+        self.authorization = match token {
+            None => None,
+            Some(t) => {
+                let mut v =
+                    http::HeaderValue::from_str(&format!("Bearer {}", t.trim())).map_err(|_| {
+                        anyhow::anyhow!(
+                            "the token cannot be sent in an HTTP header: it must be visible ASCII"
+                        )
+                    })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+        };
+        Ok(self)
     }
 
     /// Sends a request; returns the JSON body of a 2xx answer, or an error with the API's words.
@@ -83,10 +180,14 @@ impl Api {
         body: Option<String>,
     ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(method)
             .uri(&url)
-            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(auth) = &self.authorization {
+            req = req.header(http::header::AUTHORIZATION, auth.clone());
+        }
+        let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .with_context(|| format!("bad control plane address {url:?}"))?;
         let rsp =
@@ -113,6 +214,10 @@ impl Api {
         for d in json["details"].as_array().into_iter().flatten() {
             msg.push_str("\n  ");
             msg.push_str(d.as_str().unwrap_or_default());
+        }
+        if status == http::StatusCode::UNAUTHORIZED {
+            msg.push('\n');
+            msg.push_str(TOKEN_HINT);
         }
         bail!("{msg}")
     }
@@ -159,7 +264,7 @@ fn read(p: &Path) -> anyhow::Result<(String, String)> {
     Ok((name, text))
 }
 
-fn encode(s: &str) -> String {
+pub fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
@@ -171,7 +276,7 @@ fn encode(s: &str) -> String {
 }
 
 pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.control);
+    let api = Api::connect(&args.control, &args.auth)?;
     // Check every source locally first: nothing is sent unless all of it is valid.
     let sources = sources(&args.files)?;
     for (name, text) in &sources {
@@ -192,7 +297,7 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
 }
 
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.control);
+    let api = Api::connect(&args.control, &args.auth)?;
     let value = match &args.name {
         Some(name) => {
             let path = format!(
@@ -215,7 +320,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     print_value(&value, args.output)
 }
 
-fn print_value(value: &Value, output: Output) -> anyhow::Result<()> {
+pub fn print_value(value: &Value, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Output::Yaml => match value {
@@ -254,7 +359,7 @@ pub async fn describe(args: GetArgs) -> anyhow::Result<()> {
     let Some(name) = args.name.clone() else {
         bail!("describe needs a name: trellis describe KIND NAME");
     };
-    let api = Api::new(&args.control);
+    let api = Api::connect(&args.control, &args.auth)?;
     let path = format!(
         "/api/v1/resources/{}/{}/{}",
         encode(&args.kind),
@@ -286,7 +391,7 @@ pub async fn describe(args: GetArgs) -> anyhow::Result<()> {
 }
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.control);
+    let api = Api::connect(&args.control, &args.auth)?;
     let path = format!(
         "/api/v1/resources/{}/{}/{}",
         encode(&args.kind),
@@ -302,6 +407,8 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
 pub struct ProxyConfigArgs {
     #[command(flatten)]
     pub control: ControlArgs,
+    #[command(flatten)]
+    pub auth: TokenArgs,
     /// A proxy's node id, or a service name (every proxy of it).
     pub name: String,
     #[arg(short, long, value_enum, default_value = "table")]
@@ -316,7 +423,7 @@ fn short_type(url: &str) -> &str {
 /// What each matching proxy holds: per type, the version sent, the version it acknowledged, and
 /// the last rejection with its reason.
 pub async fn proxy_config(args: ProxyConfigArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.control);
+    let api = Api::connect(&args.control, &args.auth)?;
     let v = api.call(http::Method::GET, "/api/v1/proxies", None).await?;
     let proxies: Vec<&Value> = v["proxies"]
         .as_array()
@@ -372,10 +479,10 @@ pub async fn proxy_config(args: ProxyConfigArgs) -> anyhow::Result<()> {
 
 /// Is the mesh healthy: the control plane answers, every registered workload's proxy is
 /// connected, and every connected proxy holds (has acknowledged) what it was sent.
-pub async fn check(args: ControlArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args);
+pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let api = Api::connect(&args.control, &args.auth)?;
     api.call(http::Method::GET, "/api/v1/health", None).await?;
-    println!("ok   control plane at {} answers", args.control);
+    println!("ok   control plane at {} answers", args.control.control);
     let proxies = api.call(http::Method::GET, "/api/v1/proxies", None).await?;
     let proxies: Vec<Value> = proxies["proxies"].as_array().cloned().unwrap_or_default();
     let workloads = api

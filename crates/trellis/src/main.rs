@@ -2,6 +2,7 @@
 //! service (`demo-app`), a whole mesh on one machine (`up`), and config checking (`validate`).
 #![forbid(unsafe_code)]
 
+mod ca_cmd;
 mod control_cmd;
 mod ctl;
 mod demo_app;
@@ -43,7 +44,9 @@ enum Command {
     /// What config a proxy holds: versions sent and acknowledged, and the last rejection.
     ProxyConfig(ctl::ProxyConfigArgs),
     /// Is the mesh healthy: control plane reachable, every proxy connected and in sync.
-    Check(ctl::ControlArgs),
+    Check(ctl::CheckArgs),
+    /// Look at the mesh certificate authority and rotate its root (add-root, activate, retire).
+    Ca(ca_cmd::CaArgs),
     /// Check config files and report every problem with file, document and field path.
     Validate {
         /// Files to check.
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
             Command::Delete(args) => ctl::delete(args).await,
             Command::ProxyConfig(args) => ctl::proxy_config(args).await,
             Command::Check(args) => ctl::check(args).await,
+            Command::Ca(args) => ca_cmd::run(args).await,
         }
     });
     match result {

@@ -62,10 +62,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let instances = plan(&manifest)?;
-    let (control, stop_control) = start_control(&args, &work).await?;
+    // A fresh join token per run: the control plane requires it, the sidecars present it.
+    let token = format!("{:032x}", rand::random::<u128>());
+    let (control, stop_control) = start_control(&args, &work, &token).await?;
     let api = crate::ctl::Api::new(&crate::ctl::ControlArgs {
         control: control.clone(),
-    });
+    })
+    .with_token(Some(&token))?;
     let mut applied = apply_manifest(&api, &args.file, &manifest, &BTreeSet::new()).await?;
     let services: Vec<String> = manifest
         .services()
@@ -76,7 +79,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let result = start_all(
         &args,
         &work,
-        &control,
+        (&control, &token),
         &instances,
         &services,
         &upstream_ports,
@@ -112,6 +115,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 async fn start_control(
     args: &UpArgs,
     work: &Path,
+    token: &str,
 ) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
     let opts = trellis_control::server::ControlOptions {
         listen: args.control,
@@ -119,8 +123,8 @@ async fn start_control(
             data_dir: work.join("control"),
         },
         lease_ttl: Duration::from_secs(5),
-        join_token: None,
-        join_token_file: None,
+        join_token: Some(token.to_string()),
+        join_token_file: Some(work.join("join-token")),
         ca: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -265,6 +269,8 @@ fn spawn(work: &Path, log_name: &str, args: &[String]) -> anyhow::Result<Child> 
     let err = log.try_clone()?;
     Command::new(exe)
         .args(args)
+        .env("TRELLIS_TOKEN_FILE", work.join("join-token"))
+        .env_remove("TRELLIS_TOKEN")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err)
@@ -277,7 +283,7 @@ fn spawn(work: &Path, log_name: &str, args: &[String]) -> anyhow::Result<Child> 
 async fn start_all(
     args: &UpArgs,
     work: &Path,
-    control: &str,
+    (control, token): (&str, &str),
     instances: &[Instance],
     services: &[String],
     upstream_ports: &[SocketAddr],
@@ -333,19 +339,21 @@ async fn start_all(
     for admin in admins {
         wait_ready(admin, children, work).await?;
     }
-    wait_registered(control, args.admin, instances.len()).await
+    wait_registered(control, token, args.admin, instances.len()).await
 }
 
 /// Waits (bounded: 20 s) until every instance has registered and the entry sidecar holds all
 /// their endpoints, so the first request after the banner reaches every version.
 async fn wait_registered(
     control: &str,
+    token: &str,
     entry_admin: SocketAddr,
     instances: usize,
 ) -> anyhow::Result<()> {
     let api = crate::ctl::Api::new(&crate::ctl::ControlArgs {
         control: control.to_string(),
-    });
+    })
+    .with_token(Some(token))?;
     let entry = crate::ctl::Api::new(&crate::ctl::ControlArgs {
         control: format!("http://{entry_admin}"),
     });
@@ -446,6 +454,12 @@ fn print_banner(
     println!("  metrics: curl http://{}/metrics", args.admin);
     println!("  config:  curl http://{}/config", args.admin);
     println!("  logs and control-plane data: {}", work.display());
+    println!(
+        "  control plane: export TRELLIS_CONTROL=http://{} TRELLIS_TOKEN_FILE={}",
+        args.control,
+        work.join("join-token").display()
+    );
+    println!("  sidecars call each other over mTLS (see \"tls\" in any sidecar's /config)");
     println!();
     println!(
         "Edit {} and save: routes and policies are re-applied live. Ctrl-C stops the mesh.",

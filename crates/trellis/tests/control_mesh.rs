@@ -69,6 +69,7 @@ fn apply(control: &str, dir: &Path, text: &str) {
     let file = dir.join(format!("apply-{}.yaml", rand::random::<u32>()));
     std::fs::write(&file, text).unwrap();
     let out = Command::new(BIN)
+        .env("TRELLIS_TOKEN", TOKEN)
         .args(["apply", "-f", file.to_str().unwrap()])
         .env("TRELLIS_CONTROL", control)
         .output()
@@ -290,6 +291,7 @@ async fn killed_instance_leaves_within_its_lease() {
     let gone = killed_at.elapsed();
     println!("kill -9 to gone from the caller's endpoints: {gone:?} (lease TTL 2 s)");
     let out = Command::new(BIN)
+        .env("TRELLIS_TOKEN", TOKEN)
         .args(["get", "workloads"])
         .env("TRELLIS_CONTROL", &m.url)
         .output()
@@ -416,6 +418,7 @@ async fn three_replicas_over_etcd_fail_over_without_a_failed_request() {
     // Every replica sees the registrations made through any of them.
     for u in &urls {
         let out = Command::new(BIN)
+            .env("TRELLIS_TOKEN", TOKEN)
             .args(["get", "workloads"])
             .env("TRELLIS_CONTROL", u)
             .output()
@@ -485,6 +488,7 @@ async fn check_and_proxy_config_report_sync_state() {
     let m = mesh("cp-check").await;
     let run = |args: &[&str]| {
         let out = Command::new(BIN)
+            .env("TRELLIS_TOKEN", TOKEN)
             .args(args)
             .env("TRELLIS_CONTROL", &m.url)
             .output()

@@ -126,7 +126,11 @@ async fn run<F, Fut, E>(
         if !retrying {
             if let Some((not_before, not_after)) = certs.validity() {
                 let share = renewal_share(&options, rand::random::<f64>());
-                let delay = renewal_delay(not_before, not_after, SystemTime::now(), share);
+                // The certificate was just installed: its useful life starts now, not at
+                // `not_before`, which the CA backdates for clock skew (a minute). Counting from
+                // `not_before` would renew a one-minute certificate at once, in a loop.
+                let now = SystemTime::now();
+                let delay = renewal_delay(not_before.max(now), not_after, now, share);
                 tx.send_modify(|s| s.next_renewal_in = Some(delay));
                 tokio::time::sleep(delay).await;
             }

@@ -47,6 +47,9 @@ pub struct Endpoint {
     pub load: Arc<EndpointLoad>,
     /// Passive health (consecutive failures, ejection), shared across config snapshots.
     pub outlier: Arc<crate::resilience::OutlierState>,
+    /// The SPIFFE identity this endpoint's certificate must carry; `None` for an endpoint
+    /// outside the mesh (no sidecar), which is called in plaintext.
+    pub identity: Option<Arc<trellis_identity::SpiffeId>>,
 }
 
 impl Endpoint {
@@ -59,6 +62,7 @@ impl Endpoint {
             labels: BTreeMap::new(),
             load: Arc::new(EndpointLoad::new()),
             outlier: Arc::new(crate::resilience::OutlierState::new()),
+            identity: None,
         }
     }
 }

@@ -1,4 +1,5 @@
 //! Compiles a validated [`ResourceSet`] into a [`Snapshot`].
+use super::inbound::InboundPolicy;
 use super::{
     BackendRef, EndpointGroup, Fault, FaultAbort, HeaderModifier, MirrorTarget, Rewrite,
     RouteMatcher, Rule, ServiceTarget, ValueMatcher, WeightedBackend,
@@ -6,6 +7,7 @@ use super::{
 use crate::balance::{Balancer, Endpoint, EndpointLoad};
 use crate::resilience::{LimitState, Limits, Locality, OutlierPolicy, OutlierState};
 use crate::retry::{RetryBudget, RetryPolicy};
+use crate::state::LocalIdentity;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use trellis_api::policy::{DestinationPolicySpec, LoadBalancer};
 use trellis_api::route::RouteRule;
 use trellis_api::service::{Service, WorkloadHealth};
 use trellis_api::{ResourceSet, Route};
+use trellis_identity::SpiffeId;
 
 /// Why a resource set could not become a snapshot.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,6 +40,8 @@ pub struct Snapshot {
     pub outliers: HashMap<SocketAddr, Arc<OutlierState>>,
     /// Per-service limit counters, carried likewise.
     pub limit_states: HashMap<(String, String), Arc<LimitState>>,
+    /// What guards this proxy's own service.
+    pub inbound: InboundPolicy,
 }
 
 /// Endpoint state carried from the previous snapshot into the next.
@@ -47,15 +52,18 @@ struct Carried {
 }
 
 impl Snapshot {
-    /// Compiles `resources`; `previous` lends its per-endpoint state; `zone` is the caller's own
-    /// zone, for locality preference.
+    /// Compiles `resources`; `previous` lends its per-endpoint state; `local` is who this proxy
+    /// stands beside (its zone for locality preference, its service for inbound policy).
     pub fn build(
         version: u64,
         source: String,
         resources: ResourceSet,
         previous: Option<&Snapshot>,
-        zone: Option<&str>,
+        local: &LocalIdentity,
     ) -> Result<Self, BuildError> {
+        let zone = local.zone.as_deref();
+        let inbound = InboundPolicy::build(&resources, local, previous.map(|p| &p.inbound))?;
+        let mesh_mtls = resources.mesh_config().mtls.mode;
         let mut carried = Carried::default();
         let mut limit_states = HashMap::new();
         let policies: HashMap<(String, String), &DestinationPolicySpec> = resources
@@ -120,6 +128,13 @@ impl Snapshot {
                     locality: zone.map(|z| {
                         Locality::new(z.to_string(), policy.and_then(|p| p.locality.as_ref()))
                     }),
+                    mtls: trellis_identity::tls::outbound_uses_tls(
+                        mesh_mtls,
+                        policy
+                            .and_then(|p| p.tls.as_ref())
+                            .map(|t| t.mode)
+                            .unwrap_or_default(),
+                    ),
                 }),
             );
         }
@@ -131,6 +146,7 @@ impl Snapshot {
             loads: carried.loads,
             outliers: carried.outliers,
             limit_states,
+            inbound,
         })
     }
 
@@ -221,6 +237,14 @@ fn endpoints_of(
         if let Some(zone) = &w.spec.zone {
             labels.entry("zone".into()).or_insert_with(|| zone.clone());
         }
+        let identity = match &w.spec.identity {
+            None => None,
+            Some(id) => Some(Arc::new(SpiffeId::parse(id).map_err(|e| BuildError {
+                resource: format!("Workload {}", w.metadata.name),
+                field: "spec.identity".into(),
+                message: format!("{id:?} is not an identity mTLS can check: {e}"),
+            })?)),
+        };
         out.push(Endpoint {
             addr,
             weight: w.spec.weight.unwrap_or(1).max(1),
@@ -228,6 +252,7 @@ fn endpoints_of(
             labels,
             load,
             outlier,
+            identity,
         });
     }
     out.sort_by_key(|e| e.addr);

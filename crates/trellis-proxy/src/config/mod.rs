@@ -4,10 +4,12 @@
 //! Building a snapshot is the only place config is interpreted; it either succeeds whole or
 //! fails with a [`BuildError`] and the previous snapshot stays in force.
 mod build;
+mod inbound;
 mod matcher;
 mod modifier;
 
 pub use build::{BuildError, Snapshot};
+pub use inbound::InboundPolicy;
 pub use matcher::{PathMatcher, RouteMatcher, ValueMatcher};
 pub use modifier::HeaderModifier;
 
@@ -36,6 +38,8 @@ pub struct ServiceTarget {
     pub limit_state: Arc<LimitState>,
     /// Zone preference, when the caller has a zone.
     pub locality: Option<Locality>,
+    /// Whether calls to endpoints with an identity use mTLS (mesh mode and DestinationPolicy tls).
+    pub mtls: bool,
 }
 
 impl ServiceTarget {

@@ -3,7 +3,7 @@
 //! attempt gets whatever time remains. Also mirroring and HTTP/1.1 upgrades.
 use super::headers::strip_hop_by_hop;
 use super::replay::{prepare, Prepared, Replayable};
-use super::upstream::{boxed_response, AttemptError, Wire};
+use super::upstream::{boxed_response, AttemptError, PeerTls, Wire};
 use crate::balance::{hash_key, Endpoint};
 use crate::body::{self, Body};
 use crate::config::{BackendRef, Rule, ServiceTarget, Snapshot};
@@ -171,6 +171,13 @@ pub(crate) struct Picked {
     svc: Arc<ServiceTarget>,
 }
 
+impl Picked {
+    /// How to secure the connection to this endpoint.
+    pub(crate) fn tls(&self, state: &ProxyState) -> Option<PeerTls> {
+        peer_tls(state, &self.svc, &self.ep)
+    }
+}
+
 /// One try against one endpoint, bounded by `limit`, admitted by the service's limits, and
 /// reported to outlier detection. A try that times out teaches the balancer its latency, so
 /// peak-EWMA steers away from an endpoint that hangs.
@@ -205,10 +212,11 @@ async fn attempt(
         })?;
     let mut in_flight = ep.load.start();
     let started = Instant::now();
+    let tls = peer_tls(t.state, svc, ep);
     let send = t
         .state
         .upstreams
-        .send(ep.addr, t.wire, req, svc.connect_timeout);
+        .send(ep.addr, t.wire, req, svc.connect_timeout, tls.as_ref());
     let result = match limit {
         None => send.await,
         Some(limit) => match tokio::time::timeout(limit, send).await {
@@ -231,6 +239,27 @@ async fn attempt(
     let mut rsp = boxed_response(rsp);
     strip_hop_by_hop(rsp.headers_mut(), false);
     Ok(rsp)
+}
+
+/// Mesh mTLS for a call to `ep`: when the service's mode asks for it, the endpoint has an
+/// identity to check (it runs a sidecar), and this proxy holds a certificate. Otherwise the call
+/// is plaintext (an endpoint outside the mesh, or TLS turned off).
+pub(crate) fn peer_tls(state: &ProxyState, svc: &ServiceTarget, ep: &Endpoint) -> Option<PeerTls> {
+    if !svc.mtls {
+        return None;
+    }
+    let identity = ep.identity.as_ref()?;
+    let tls = state.tls()?;
+    match tls.connector(Some(identity)) {
+        Ok(connector) => Some(PeerTls {
+            connector,
+            identity: identity.clone(),
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the mTLS client config; calling in plaintext");
+            None
+        }
+    }
 }
 
 /// Feeds a try's outcome to the service's outlier detection, if it has one.
@@ -402,14 +431,15 @@ fn mirror(t: &Target<'_>, parts: &Parts, replay: &Replayable) {
     if rand::random_range(0.0..100.0) >= m.percent {
         return;
     }
-    let Ok(Picked { ep, .. }) = pick(t, &m.backend, &parts.headers, None) else {
+    let Ok(Picked { ep, svc }) = pick(t, &m.backend, &parts.headers, None) else {
         return;
     };
+    let tls = peer_tls(t.state, &svc, &ep);
     let req = Request::from_parts(clone_parts(parts), replay.body());
     let upstreams = t.state.upstreams.clone();
     let wire = t.wire;
     tokio::spawn(async move {
-        let send = upstreams.send(ep.addr, wire, req, None);
+        let send = upstreams.send(ep.addr, wire, req, None, tls.as_ref());
         if let Ok(Ok(rsp)) = tokio::time::timeout(MIRROR_TIMEOUT, send).await {
             let _ = http_body_util::BodyExt::collect(rsp.into_body()).await;
         }
@@ -420,13 +450,14 @@ fn mirror(t: &Target<'_>, parts: &Parts, replay: &Replayable) {
 pub async fn forward_upgrade(
     state: &ProxyState,
     addr: SocketAddr,
+    tls: Option<PeerTls>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let downstream = hyper::upgrade::on(&mut req);
     let req = req.map(body::boxed);
     let mut rsp = state
         .upstreams
-        .send_upgrade(addr, req)
+        .send_upgrade(addr, req, tls.as_ref())
         .await
         .map_err(|e| failure_error(TryFailure::Upstream(e), 1))?;
     if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -140,7 +140,8 @@ async fn routed(
             .ok_or_else(|| ProxyError::new(Reason::NoHealthyEndpoints, "route has no backend"))?;
         // The same pick as any request: ejection, zone preference and hashing apply.
         let picked = pick(&target, backend, req.headers(), None)?;
-        return forward_upgrade(state, picked.ep.addr, req).await;
+        let tls = picked.tls(state);
+        return forward_upgrade(state, picked.ep.addr, tls, req).await;
     }
     forward(&target, req.map(body::boxed)).await
 }

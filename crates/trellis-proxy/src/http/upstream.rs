@@ -6,15 +6,29 @@
 //! [`Failure`] so retry policy can tell a refused connection from a reset.
 use crate::body::{self, Body};
 use crate::retry::Failure;
+use crate::tls::io::PeerIo;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use trellis_identity::rustls::pki_types::ServerName;
+use trellis_identity::tokio_rustls::TlsConnector;
+use trellis_identity::SpiffeId;
+
+/// How to secure a connection to a peer proxy: mesh mTLS, accepting only `identity`.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub connector: TlsConnector,
+    pub identity: Arc<SpiffeId>,
+}
 
 /// Which HTTP version to speak to the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,23 +46,116 @@ pub struct AttemptError {
 
 type H2Sender = hyper::client::conn::http2::SendRequest<Body>;
 
+/// Pools are kept apart by connect timeout and by the identity a TLS peer must prove, so a
+/// pooled connection is only reused for calls that would have opened it the same way.
+type PoolKey = (Duration, Option<Arc<SpiffeId>>);
+
 pub struct Upstreams {
-    /// One pooled HTTP/1 client per connect timeout in use (services may set their own).
-    h1: Mutex<HashMap<Duration, Client<HttpConnector, Body>>>,
-    h2: Mutex<HashMap<SocketAddr, H2Sender>>,
+    /// Pooled HTTP/1 clients, one per [`PoolKey`] in use.
+    h1: Mutex<HashMap<PoolKey, Client<PeerConnector, Body>>>,
+    /// One multiplexed connection per endpoint, plaintext and mTLS apart.
+    h2: Mutex<HashMap<(SocketAddr, bool), H2Sender>>,
     /// The proxy-wide default, for services that set none.
     connect_timeout: Duration,
 }
 
-fn h1_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.enforce_http(true);
+/// The pooled client's connector: TCP within the timeout, then mTLS when the pool is for a
+/// TLS peer. The URI's authority is the endpoint address.
+#[derive(Clone)]
+struct PeerConnector {
+    timeout: Duration,
+    tls: Option<PeerTls>,
+}
+
+impl tower_service::Service<Uri> for PeerConnector {
+    type Response = TokioIo<PeerIo>;
+    type Error = AttemptError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, AttemptError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let addr: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| AttemptError {
+                    failure: Failure::ConnectFailed,
+                    detail: format!("{uri}: not an endpoint address"),
+                })?;
+            let io = connect_peer(addr, this.timeout, this.tls.as_ref()).await?;
+            Ok(TokioIo::new(io))
+        })
+    }
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for AttemptError {}
+
+fn h1_client(connect_timeout: Duration, tls: Option<PeerTls>) -> Client<PeerConnector, Body> {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
-        .build(connector)
+        .build(PeerConnector {
+            timeout: connect_timeout,
+            tls,
+        })
+}
+
+/// A TCP connection within `timeout`, wrapped in mTLS when `tls` says so. A failed handshake
+/// (wrong identity, untrusted or expired certificate) is a connect failure naming the cause.
+pub async fn connect_peer(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&PeerTls>,
+) -> Result<PeerIo, AttemptError> {
+    let tcp = connect_tcp(addr, timeout).await?;
+    let Some(tls) = tls else {
+        return Ok(PeerIo::Plain(tcp));
+    };
+    let name = ServerName::IpAddress(addr.ip().into());
+    match tokio::time::timeout(timeout, tls.connector.connect(name, tcp)).await {
+        Ok(Ok(stream)) => Ok(PeerIo::Tls(Box::new(stream))),
+        Ok(Err(e)) => Err(AttemptError {
+            failure: Failure::ConnectFailed,
+            detail: format!(
+                "{addr}: mTLS handshake (expecting {}) failed: {e}",
+                tls.identity
+            ),
+        }),
+        Err(_) => Err(AttemptError {
+            failure: Failure::ConnectFailed,
+            detail: format!("{addr}: mTLS handshake timed out after {timeout:?}"),
+        }),
+    }
+}
+
+async fn connect_tcp(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<TcpStream, AttemptError> {
+    let fail = |detail: String| AttemptError {
+        failure: Failure::ConnectFailed,
+        detail,
+    };
+    match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+        Err(_) => Err(fail(format!(
+            "{addr}: connect timed out after {connect_timeout:?}"
+        ))),
+        Ok(Err(e)) => Err(fail(format!("{addr}: {e}"))),
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
 }
 
 impl Upstreams {
@@ -66,28 +173,30 @@ impl Upstreams {
     }
 
     /// Sends one attempt to `addr`, connecting within `connect_timeout` (the proxy default when
-    /// `None`). The request's URI may be origin-form or absolute.
+    /// `None`), over mTLS when `tls` is given. The request's URI may be origin-form or absolute.
     pub async fn send(
         &self,
         addr: SocketAddr,
         wire: Wire,
         req: Request<Body>,
         connect_timeout: Option<Duration>,
+        tls: Option<&PeerTls>,
     ) -> Result<Response<Incoming>, AttemptError> {
         let timeout = connect_timeout.unwrap_or(self.connect_timeout);
         match wire {
-            Wire::Http1 => self.send_h1(addr, req, timeout).await,
-            Wire::Http2 => self.send_h2(addr, req, timeout).await,
+            Wire::Http1 => self.send_h1(addr, req, timeout, tls).await,
+            Wire::Http2 => self.send_h2(addr, req, timeout, tls).await,
         }
     }
 
-    fn h1(&self, connect_timeout: Duration) -> Client<HttpConnector, Body> {
+    fn h1(&self, connect_timeout: Duration, tls: Option<&PeerTls>) -> Client<PeerConnector, Body> {
+        let key = (connect_timeout, tls.map(|t| t.identity.clone()));
         match self.h1.lock() {
             Ok(mut map) => map
-                .entry(connect_timeout)
-                .or_insert_with(|| h1_client(connect_timeout))
+                .entry(key)
+                .or_insert_with(|| h1_client(connect_timeout, tls.cloned()))
                 .clone(),
-            Err(_) => h1_client(connect_timeout),
+            Err(_) => h1_client(connect_timeout, tls.cloned()),
         }
     }
 
@@ -96,6 +205,7 @@ impl Upstreams {
         addr: SocketAddr,
         mut req: Request<Body>,
         connect_timeout: Duration,
+        tls: Option<&PeerTls>,
     ) -> Result<Response<Incoming>, AttemptError> {
         if !req.headers().contains_key(http::header::HOST) {
             if let Some(a) = req.uri().authority() {
@@ -106,17 +216,20 @@ impl Upstreams {
         }
         *req.uri_mut() = with_authority(req.uri(), &addr.to_string())?;
         *req.version_mut() = Version::HTTP_11;
-        self.h1(connect_timeout).request(req).await.map_err(|e| {
-            let failure = if e.is_connect() {
-                Failure::ConnectFailed
-            } else {
-                Failure::Reset
-            };
-            AttemptError {
-                failure,
-                detail: format!("{addr}: {}", error_chain(&e)),
-            }
-        })
+        self.h1(connect_timeout, tls)
+            .request(req)
+            .await
+            .map_err(|e| {
+                let failure = if e.is_connect() {
+                    Failure::ConnectFailed
+                } else {
+                    Failure::Reset
+                };
+                AttemptError {
+                    failure,
+                    detail: format!("{addr}: {}", error_chain(&e)),
+                }
+            })
     }
 
     async fn send_h2(
@@ -124,6 +237,7 @@ impl Upstreams {
         addr: SocketAddr,
         mut req: Request<Body>,
         connect_timeout: Duration,
+        tls: Option<&PeerTls>,
     ) -> Result<Response<Incoming>, AttemptError> {
         if req.uri().authority().is_none() {
             let host = req
@@ -136,9 +250,10 @@ impl Upstreams {
         }
         req.headers_mut().remove(http::header::HOST);
         *req.version_mut() = Version::HTTP_2;
-        let mut sender = self.h2_sender(addr, connect_timeout).await?;
+        let key = (addr, tls.is_some());
+        let mut sender = self.h2_sender(key, connect_timeout, tls).await?;
         sender.ready().await.map_err(|e| {
-            self.forget_h2(addr);
+            self.forget_h2(key);
             AttemptError {
                 failure: Failure::Reset,
                 detail: format!("{addr}: {}", error_chain(&e)),
@@ -150,25 +265,27 @@ impl Upstreams {
         })
     }
 
-    fn forget_h2(&self, addr: SocketAddr) {
+    fn forget_h2(&self, key: (SocketAddr, bool)) {
         if let Ok(mut map) = self.h2.lock() {
-            map.remove(&addr);
+            map.remove(&key);
         }
     }
 
     async fn h2_sender(
         &self,
-        addr: SocketAddr,
+        key: (SocketAddr, bool),
         connect_timeout: Duration,
+        tls: Option<&PeerTls>,
     ) -> Result<H2Sender, AttemptError> {
+        let addr = key.0;
         if let Ok(map) = self.h2.lock() {
-            if let Some(s) = map.get(&addr) {
+            if let Some(s) = map.get(&key) {
                 if !s.is_closed() {
                     return Ok(s.clone());
                 }
             }
         }
-        let stream = self.connect(addr, connect_timeout).await?;
+        let stream = connect_peer(addr, connect_timeout, tls).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .adaptive_window(true)
             .handshake(TokioIo::new(stream))
@@ -183,31 +300,19 @@ impl Upstreams {
             }
         });
         if let Ok(mut map) = self.h2.lock() {
-            map.insert(addr, sender.clone());
+            map.insert(key, sender.clone());
         }
         Ok(sender)
     }
 
-    /// A plain TCP connection within `connect_timeout`.
+    /// A connection to `addr` within `connect_timeout`, over mTLS when `tls` is given.
     pub async fn connect(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<TcpStream, AttemptError> {
-        let fail = |detail: String| AttemptError {
-            failure: Failure::ConnectFailed,
-            detail,
-        };
-        match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-            Err(_) => Err(fail(format!(
-                "{addr}: connect timed out after {connect_timeout:?}"
-            ))),
-            Ok(Err(e)) => Err(fail(format!("{addr}: {e}"))),
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                Ok(s)
-            }
-        }
+        tls: Option<&PeerTls>,
+    ) -> Result<PeerIo, AttemptError> {
+        connect_peer(addr, connect_timeout, tls).await
     }
 
     /// Forwards an HTTP/1.1 upgrade request (WebSocket and friends) on a fresh connection,
@@ -216,8 +321,9 @@ impl Upstreams {
         &self,
         addr: SocketAddr,
         req: Request<Body>,
+        tls: Option<&PeerTls>,
     ) -> Result<Response<Incoming>, AttemptError> {
-        let stream = self.connect(addr, self.connect_timeout).await?;
+        let stream = connect_peer(addr, self.connect_timeout, tls).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| AttemptError {

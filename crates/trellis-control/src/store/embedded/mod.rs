@@ -134,7 +134,10 @@ fn open_file(dir: &Path, path: &Path, name: &str) -> Result<Database> {
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
         match Database::create(path) {
-            Ok(db) => return Ok(db),
+            Ok(db) => {
+                make_private(path);
+                return Ok(db);
+            }
             Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -153,6 +156,18 @@ fn open_file(dir: &Path, path: &Path, name: &str) -> Result<Database> {
                 })
             }
         }
+    }
+}
+
+/// The file holds the mesh CA's private keys and the join token: owner only (mode 0600).
+fn make_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(
+            path = %path.display(),
+            error = %e,
+            "cannot make the store file readable by its owner only; it holds the mesh CA's keys"
+        );
     }
 }
 

@@ -1,0 +1,255 @@
+//! The API's authentication and its handling of the CA kinds, against an embedded store.
+use crate::api::{router, ApiState};
+use crate::ca::MeshCa;
+use crate::model;
+use crate::test_support::{open_store, TempDir};
+use axum::body::Body;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+const TOKEN: &str = "unit-test-token";
+
+struct Api {
+    router: axum::Router,
+    _dir: TempDir,
+}
+
+impl Api {
+    async fn new() -> Self {
+        let dir = TempDir::new("api");
+        let store = open_store(&dir).await;
+        let model = model::follow(store.clone());
+        let ca = MeshCa::start(store.clone(), model.clone(), None, Some(TOKEN))
+            .await
+            .unwrap();
+        let state = Arc::new(ApiState {
+            store,
+            model,
+            lease_ttl: Duration::from_secs(10),
+            status: None,
+            ca,
+        });
+        Self {
+            router: router(state),
+            _dir: dir,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (u16, Value) {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let rsp = self
+            .router
+            .clone()
+            .oneshot(req.body(Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
+        let status = rsp.status().as_u16();
+        let bytes = rsp.into_body().collect().await.unwrap().to_bytes();
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, v)
+    }
+
+    async fn ok(&self, method: &str, path: &str, body: &str) -> Value {
+        let (status, v) = self.call(method, path, Some(TOKEN), body).await;
+        assert_eq!(status, 200, "{method} {path}: {v}");
+        v
+    }
+}
+
+#[tokio::test]
+async fn every_route_but_health_needs_the_token() {
+    let api = Api::new().await;
+    assert_eq!(api.call("GET", "/api/v1/health", None, "").await.0, 200);
+    for (method, path) in [
+        ("GET", "/api/v1/resources"),
+        ("GET", "/api/v1/ca"),
+        ("POST", "/api/v1/ca/roots"),
+        ("POST", "/api/v1/certificates"),
+        ("POST", "/api/v1/apply"),
+        ("GET", "/api/v1/proxies"),
+    ] {
+        let (status, v) = api.call(method, path, None, "").await;
+        assert_eq!(status, 401, "{method} {path}");
+        assert!(v["error"].as_str().unwrap().contains("missing"), "{v}");
+        assert_eq!(v["details"], serde_json::json!([]));
+        let (status, v) = api.call(method, path, Some("wrong-token"), "").await;
+        assert_eq!(status, 401, "{method} {path}");
+        assert!(!v.to_string().contains("wrong-token"), "never echoed: {v}");
+    }
+    api.ok("GET", "/api/v1/resources", "").await;
+}
+
+#[tokio::test]
+async fn ca_kinds_are_managed_and_the_ca_is_never_shown() {
+    let api = Api::new().await;
+    let items = api.ok("GET", "/api/v1/resources", "").await;
+    let kinds: Vec<&str> = items["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"TrustBundle"), "{kinds:?}");
+    assert!(!kinds.contains(&"CertificateAuthority"), "{kinds:?}");
+    assert!(!items.to_string().contains("PRIVATE KEY"));
+    for kind in ["CertificateAuthority", "ca", "certificateauthorities"] {
+        let v = api
+            .ok("GET", &format!("/api/v1/resources?kind={kind}"), "")
+            .await;
+        assert_eq!(v["items"], serde_json::json!([]), "{kind}");
+        let (status, v) = api
+            .call(
+                "GET",
+                &format!("/api/v1/resources/{kind}/default/mesh"),
+                Some(TOKEN),
+                "",
+            )
+            .await;
+        assert_eq!(status, 404, "{v}");
+    }
+    api.ok("GET", "/api/v1/resources/TrustBundle/default/mesh", "")
+        .await;
+
+    let bundle = "apiVersion: trellis.dev/v1\nkind: TrustBundle\nmetadata: {name: mesh}\nspec:\n  trustDomain: cluster.local\n  roots: [\"-----BEGIN CERTIFICATE-----\\nAA==\\n-----END CERTIFICATE-----\\n\"]\n";
+    let (status, v) = api.call("POST", "/api/v1/apply", Some(TOKEN), bundle).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("kind TrustBundle is managed by the control plane"),
+        "{v}"
+    );
+    for method in ["PUT", "DELETE"] {
+        let (status, v) = api
+            .call(
+                method,
+                "/api/v1/resources/CertificateAuthority/default/mesh",
+                Some(TOKEN),
+                bundle,
+            )
+            .await;
+        assert_eq!(status, 400, "{method}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("trellis ca"), "{v}");
+    }
+}
+
+#[tokio::test]
+async fn certificates_and_rotation_over_the_api() {
+    let api = Api::new().await;
+    let key = trellis_identity::WorkloadKey::generate().unwrap();
+    let wish = trellis_identity::SpiffeId::new("cluster.local", "default", "admin").unwrap();
+    let csr = key.csr_pem(&wish).unwrap();
+    let body = serde_json::json!({"csr": csr, "namespace": "shop", "service": "web"}).to_string();
+    let v = api.ok("POST", "/api/v1/certificates", &body).await;
+    assert_eq!(v["spiffeId"], "spiffe://cluster.local/ns/shop/sa/web");
+    assert_eq!(v["trustDomain"], "cluster.local");
+    assert!(v["certChainPem"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+    assert!(v["trustBundlePem"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+    for field in ["notBefore", "notAfter", "serial"] {
+        assert!(!v[field].is_null(), "{field}: {v}");
+    }
+
+    for (body, needle) in [
+        (
+            serde_json::json!({"csr": csr, "namespace": "Shop", "service": "web"}),
+            "namespace",
+        ),
+        (
+            serde_json::json!({"csr": csr, "service": "web_1"}),
+            "service",
+        ),
+        (serde_json::json!({"csr": "junk", "service": "web"}), "CSR"),
+        (serde_json::json!({"service": "web"}), "csr"),
+    ] {
+        let (status, v) = api
+            .call(
+                "POST",
+                "/api/v1/certificates",
+                Some(TOKEN),
+                &body.to_string(),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(needle), "{v}");
+    }
+
+    let ca = api.ok("GET", "/api/v1/ca", "").await;
+    let old = ca["active"].as_str().unwrap().to_string();
+    assert_eq!(ca["signers"].as_array().unwrap().len(), 1);
+    assert!(!ca.to_string().contains("PRIVATE KEY"));
+    let new = api.ok("POST", "/api/v1/ca/roots", "").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, v) = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/ca/roots/{old}"),
+            Some(TOKEN),
+            "",
+        )
+        .await;
+    assert_eq!(status, 409, "retiring the active signer: {v}");
+    let (status, _) = api
+        .call("POST", "/api/v1/ca/roots/nope/activate", Some(TOKEN), "")
+        .await;
+    assert_eq!(status, 404);
+    let v = api
+        .ok("POST", &format!("/api/v1/ca/roots/{new}/activate"), "")
+        .await;
+    assert_eq!(v["active"], new.as_str());
+    let v = api
+        .ok("DELETE", &format!("/api/v1/ca/roots/{old}"), "")
+        .await;
+    assert_eq!(v["signers"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn registration_sets_the_granted_identity() {
+    let api = Api::new().await;
+    let body = serde_json::json!({
+        "workload": {
+            "apiVersion": "trellis.dev/v1",
+            "kind": "Workload",
+            "metadata": {"name": "web-0", "namespace": "shop"},
+            "spec": {
+                "service": "web",
+                "address": "127.0.0.1",
+                "port": 8080,
+                "identity": "spiffe://cluster.local/ns/default/sa/admin"
+            }
+        }
+    })
+    .to_string();
+    api.ok("POST", "/api/v1/workloads", &body).await;
+    let w = api
+        .ok("GET", "/api/v1/resources/Workload/shop/web-0", "")
+        .await;
+    assert_eq!(
+        w["spec"]["identity"], "spiffe://cluster.local/ns/shop/sa/web",
+        "{w}"
+    );
+}

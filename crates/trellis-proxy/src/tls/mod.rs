@@ -1,0 +1,154 @@
+//! Mesh mTLS in the proxy: the certificate this proxy presents, the roots it trusts, and the
+//! rustls configs built from them once (rotation swaps the certificate or bundle underneath, so
+//! no config is rebuilt and no connection is dropped).
+//!
+//! Where the certificate comes from is the caller's business: files given on the command line
+//! ([`MeshTls::from_files`]) or the control plane's CA ([`issuer`]).
+pub mod io;
+pub mod issuer;
+
+use std::path::Path;
+use std::sync::Arc;
+use trellis_identity::rustls::{ClientConfig, ServerConfig};
+use trellis_identity::tls::{self as mtls, TlsError};
+use trellis_identity::tokio_rustls::{TlsAcceptor, TlsConnector};
+use trellis_identity::{CertSource, ClientConfigs, SpiffeId, TrustSource};
+
+/// Certificate, trust bundle and the TLS configs built on them.
+pub struct MeshTls {
+    pub certs: Arc<CertSource>,
+    pub trust: Arc<TrustSource>,
+    acceptor: TlsAcceptor,
+    clients: ClientConfigs,
+    /// The trust bundle last installed, as PEM, so an unchanged push is a no-op.
+    bundle_pem: std::sync::Mutex<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read {what} {path}: {error}")]
+    Read {
+        what: &'static str,
+        path: String,
+        error: std::io::Error,
+    },
+    #[error("{what} {path}: {error}")]
+    Invalid {
+        what: &'static str,
+        path: String,
+        error: TlsError,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+impl MeshTls {
+    pub fn new(certs: Arc<CertSource>, trust: Arc<TrustSource>) -> Result<Self, TlsError> {
+        let server = mtls::server_config(certs.clone(), trust.clone())?;
+        Ok(Self {
+            acceptor: TlsAcceptor::from(server),
+            clients: ClientConfigs::new(certs.clone(), trust.clone()),
+            certs,
+            trust,
+            bundle_pem: std::sync::Mutex::new(String::new()),
+        })
+    }
+
+    /// A certificate chain, its key and the trusted roots, all PEM files (`--tls-cert`,
+    /// `--tls-key`, `--tls-trust`).
+    pub fn from_files(cert: &Path, key: &Path, trust: &Path) -> Result<Self, TlsSetupError> {
+        let read = |what: &'static str, path: &Path| {
+            std::fs::read_to_string(path).map_err(|error| TlsSetupError::Read {
+                what,
+                path: path.display().to_string(),
+                error,
+            })
+        };
+        let invalid = |what: &'static str, path: &Path| {
+            let path = path.display().to_string();
+            move |error| TlsSetupError::Invalid { what, path, error }
+        };
+        let certs = CertSource::new();
+        certs
+            .set_pem(&read("certificate", cert)?, &read("key", key)?)
+            .map_err(invalid("certificate", cert))?;
+        let trust = TrustSource::from_pem(&read("trust bundle", trust)?)
+            .map_err(invalid("trust bundle", trust))?;
+        Ok(Self::new(Arc::new(certs), Arc::new(trust))?)
+    }
+
+    /// Whether a certificate is installed (handshakes fail until one is).
+    pub fn has_certificate(&self) -> bool {
+        self.certs.is_loaded()
+    }
+
+    pub fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
+    }
+
+    /// A connector that accepts only `expected` (any identity the roots vouch for when `None`).
+    pub fn connector(&self, expected: Option<&SpiffeId>) -> Result<TlsConnector, TlsError> {
+        let cfg: Arc<ClientConfig> = self.clients.get(expected)?;
+        Ok(TlsConnector::from(cfg))
+    }
+
+    pub(crate) fn remember_bundle(&self, pem: &str) {
+        if let Ok(mut b) = self.bundle_pem.lock() {
+            *b = pem.to_string();
+        }
+    }
+
+    /// Installs a pushed trust bundle when it differs from the one in force. New handshakes use
+    /// it at once; established connections stay up.
+    pub fn update_bundle(&self, roots_pem: &str) {
+        let Ok(mut current) = self.bundle_pem.lock() else {
+            return;
+        };
+        if *current == roots_pem {
+            return;
+        }
+        match self.trust.update_pem(roots_pem) {
+            Ok(()) => {
+                *current = roots_pem.to_string();
+                tracing::info!(
+                    version = self.trust.version(),
+                    roots = self.trust.roots().len(),
+                    "trust bundle updated"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "pushed trust bundle refused; keeping the current one")
+            }
+        }
+    }
+
+    /// What `/config` shows: identity, validity, and the bundle in force (no key material).
+    pub fn status(&self) -> serde_json::Value {
+        let fmt = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        let validity = self.certs.validity();
+        serde_json::json!({
+            "identity": self.certs.identity().map(|i| i.to_string()),
+            "notBefore": validity.map(|v| fmt(v.0)),
+            "notAfter": validity.map(|v| fmt(v.1)),
+            "trustBundleVersion": self.trust.version(),
+            "roots": self.trust.roots().len(),
+        })
+    }
+
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.acceptor.config().clone()
+    }
+}
+
+impl std::fmt::Debug for MeshTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshTls")
+            .field("certs", &self.certs)
+            .field("trust", &self.trust)
+            .finish()
+    }
+}

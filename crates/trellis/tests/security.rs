@@ -1,0 +1,703 @@
+//! Mesh security end to end with real processes on static config: mTLS between sidecars (bytes on
+//! the wire are TLS), strict mode refusing plaintext, untrusted / expired / wrong-identity
+//! certificates refused, AuthorizationPolicy by identity and path, and JWT validation. Certificates
+//! come from a CA made in the test (the control plane's CA path is in `security_mesh.rs`).
+mod common;
+
+use base64::Engine;
+use common::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use trellis_identity::ca::RootOptions;
+use trellis_identity::rustls;
+use trellis_identity::{CertificateAuthority, SpiffeId, WorkloadKey};
+
+const TD: &str = "cluster.local";
+
+/// A CA and the files it issues into `dir`.
+struct Pki {
+    ca: CertificateAuthority,
+    dir: PathBuf,
+    name: &'static str,
+}
+
+/// Certificate and key files of one workload, and the DER forms for raw clients.
+struct Issued {
+    cert: PathBuf,
+    key: PathBuf,
+    chain_pem: String,
+    key_pem: String,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &'static str) -> Pki {
+        let ca = CertificateAuthority::generate(TD, &RootOptions::default()).expect("CA");
+        let pki = Pki {
+            ca,
+            dir: dir.to_path_buf(),
+            name,
+        };
+        std::fs::write(pki.trust(), pki.ca.trust_bundle_pem()).expect("write trust bundle");
+        pki
+    }
+
+    fn trust(&self) -> PathBuf {
+        self.dir.join(format!("{}-roots.pem", self.name))
+    }
+
+    /// A certificate for `service` valid from `from` to `until` (relative to now).
+    fn issue_window(&self, service: &str, from: i64, until: i64) -> Issued {
+        let id = SpiffeId::new(TD, "default", service).expect("id");
+        let key = WorkloadKey::generate().expect("key");
+        let csr = key.csr_pem(&id).expect("csr");
+        let at = |secs: i64| {
+            if secs >= 0 {
+                SystemTime::now() + Duration::from_secs(secs as u64)
+            } else {
+                SystemTime::now() - Duration::from_secs((-secs) as u64)
+            }
+        };
+        let bundle = self
+            .ca
+            .sign_csr_with_validity(&csr, &id, at(from), at(until))
+            .expect("sign");
+        let stem = format!("{}-{service}-{from}-{until}", self.name);
+        let cert = self.dir.join(format!("{stem}.crt"));
+        let key_path = self.dir.join(format!("{stem}.key"));
+        std::fs::write(&cert, &bundle.cert_chain_pem).expect("write cert");
+        key.write_pem_file(&key_path).expect("write key");
+        Issued {
+            cert,
+            key: key_path,
+            chain_pem: bundle.cert_chain_pem,
+            key_pem: key.private_key_pem().expose().to_string(),
+        }
+    }
+
+    fn issue(&self, service: &str) -> Issued {
+        self.issue_window(service, -60, 3600)
+    }
+}
+
+fn tls_args(pki: &Pki, issued: &Issued) -> Vec<String> {
+    vec![
+        format!("--tls-cert={}", issued.cert.display()),
+        format!("--tls-key={}", issued.key.display()),
+        format!("--tls-trust={}", pki.trust().display()),
+    ]
+}
+
+/// The backend: a demo app and its sidecar holding `issued`.
+fn start_backend(
+    dir: &Path,
+    config: &Path,
+    name: &str,
+    pki: &Pki,
+    issued: &Issued,
+    ports: Ports,
+) -> (Proc, Proc) {
+    let app = Proc::spawn(
+        dir,
+        &format!("{name}-app"),
+        &[
+            "demo-app".into(),
+            format!("--listen={}", ports.app),
+            "--name=backend".into(),
+            format!("--instance={name}"),
+        ],
+    );
+    let mut args = vec![
+        "proxy".to_string(),
+        format!("--config={}", config.display()),
+        "--service=backend".into(),
+        "--outbound=off".into(),
+        format!("--inbound={}", ports.inbound),
+        format!("--app={}", ports.app),
+        format!("--admin={}", ports.admin),
+        "--detect-timeout=300ms".into(),
+    ];
+    args.extend(tls_args(pki, issued));
+    let sidecar = Proc::spawn(dir, &format!("{name}-proxy"), &args);
+    (app, sidecar)
+}
+
+/// A caller's sidecar for `service`, with one per-upstream port to the backend.
+fn start_caller_as(
+    dir: &Path,
+    config: &Path,
+    service: &str,
+    pki: &Pki,
+    issued: &Issued,
+) -> (Proc, SocketAddr, SocketAddr) {
+    let (port, admin) = (free_addr(), free_addr());
+    let mut args = vec![
+        "proxy".to_string(),
+        format!("--config={}", config.display()),
+        format!("--service={service}"),
+        "--outbound=off".into(),
+        format!("--upstream=backend={port}"),
+        format!("--admin={admin}"),
+    ];
+    args.extend(tls_args(pki, issued));
+    (
+        Proc::spawn(dir, &format!("{service}-caller"), &args),
+        port,
+        admin,
+    )
+}
+
+fn mesh_config(mode: &str) -> String {
+    format!(
+        "---\napiVersion: trellis.dev/v1\nkind: MeshConfig\nmetadata:\n  name: mesh\nspec:\n  mtls:\n    mode: {mode}\n"
+    )
+}
+
+fn backend_workload(name: &str, addr: SocketAddr, identity_of: &str) -> String {
+    format!(
+        "---\napiVersion: trellis.dev/v1\nkind: Workload\nmetadata:\n  name: {name}\n  labels:\n    app: backend\nspec:\n  service: backend\n  address: {}\n  port: {}\n  identity: spiffe://{TD}/ns/default/sa/{identity_of}\n",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// A TCP relay that records every byte the client side sends: what a capture on the wire sees.
+async fn recording_relay(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("relay bind");
+    let addr = listener.local_addr().expect("relay addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let Ok(up) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut up_r, mut up_w) = up.into_split();
+                let (mut down_r, mut down_w) = down.split();
+                let to_server = async {
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = match down_r.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        record.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if up_w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = up_w.shutdown().await;
+                };
+                let to_client = async {
+                    let _ = tokio::io::copy(&mut up_r, &mut down_w).await;
+                };
+                tokio::join!(to_server, to_client);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Sum of a counter's samples whose labels include all of `labels`.
+async fn counter(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (status, text) = get_status(admin, "/metrics").await.expect("/metrics");
+    assert_eq!(status, 200);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("metrics parse");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn sidecars_speak_mtls_on_the_wire_and_strict_refuses_plaintext() {
+    let dir = tempdir("mtls-wire");
+    let pki = Pki::new(&dir, "mesh");
+    let (backend_cert, frontend_cert) = (pki.issue("backend"), pki.issue("frontend"));
+    let config = dir.join("mesh.yaml");
+    let ports = Ports::free();
+    let (relay, seen) = recording_relay(ports.inbound).await;
+    write_config(
+        &config,
+        &format!(
+            "{}{}{}",
+            mesh_config("Strict"),
+            service("backend", "http"),
+            backend_workload("backend-1", relay, "backend")
+        ),
+    );
+    let (_app, _sidecar) = start_backend(&dir, &config, "backend-1", &pki, &backend_cert, ports);
+    let (_caller, port, caller_admin) =
+        start_caller_as(&dir, &config, "frontend", &pki, &frontend_cert);
+    wait_ready(ports.admin).await;
+    wait_ready(caller_admin).await;
+
+    let client = http1();
+    let marker = "x-trellis-test-marker";
+    let answer = get(
+        &client,
+        port,
+        Some("backend"),
+        "/hello",
+        &[(marker, "s3cr3t-value")],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "through the mTLS hop: {answer:?}");
+    assert_eq!(answer.json()["service"], "backend", "{answer:?}");
+
+    let wire = seen.lock().unwrap().clone();
+    assert!(!wire.is_empty(), "the relay saw the caller's bytes");
+    assert_eq!(
+        wire[0], 0x16,
+        "the first byte on the wire is a TLS handshake record"
+    );
+    for clear in [
+        &b"GET /hello"[..],
+        b"HTTP/1.1",
+        marker.as_bytes(),
+        b"s3cr3t-value",
+    ] {
+        assert!(
+            !contains(&wire, clear),
+            "{:?} appears in clear on the wire",
+            String::from_utf8_lossy(clear)
+        );
+    }
+
+    // Plaintext straight to the strict inbound port gets no answer.
+    let plain = get_status(ports.inbound, "/hello").await;
+    assert!(
+        plain.is_err(),
+        "plaintext to a strict port must be refused: {plain:?}"
+    );
+    let refused = counter(
+        ports.admin,
+        "trellis_inbound_tls_connections_total",
+        &[("result", "plaintext-refused")],
+    )
+    .await;
+    assert!(refused >= 1.0, "refusal counted: {refused}");
+    let ok = counter(
+        ports.admin,
+        "trellis_inbound_tls_connections_total",
+        &[("result", "ok")],
+    )
+    .await;
+    assert!(ok >= 1.0, "mTLS connection counted: {ok}");
+
+    // Permissive (the default) takes both.
+    write_config(
+        &config,
+        &format!(
+            "{}{}{}",
+            mesh_config("Permissive"),
+            service("backend", "http"),
+            backend_workload("backend-1", relay, "backend")
+        ),
+    );
+    let mut answered = None;
+    for _ in 0..100 {
+        if let Ok((200, body)) = get_status(ports.inbound, "/hello").await {
+            answered = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered.is_some(), "permissive mode accepts plaintext");
+    let answer = get(&client, port, Some("backend"), "/hello", &[]).await;
+    assert_eq!(answer.status, 200, "and mTLS: {answer:?}");
+}
+
+/// A server-certificate verifier that accepts anything: the raw test client checks only what the
+/// server does with *its* certificate.
+#[derive(Debug)]
+struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Connects to `addr` with a client certificate, sends one request and returns what came back
+/// (empty when the server refused the certificate).
+async fn raw_mtls_request(addr: SocketAddr, issued: &Issued) -> Vec<u8> {
+    let provider = trellis_identity::tls::crypto_provider();
+    let chain: Vec<_> = rustls_pemfile_certs(&issued.chain_pem);
+    let key = rustls::pki_types::PrivateKeyDer::try_from(pem_der(&issued.key_pem, "PRIVATE KEY"))
+        .expect("key der");
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
+        .with_client_auth_cert(chain, key)
+        .expect("client cert");
+    let connector = trellis_identity::tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let Ok(mut tls) = connector.connect(name, tcp).await else {
+        return Vec::new();
+    };
+    let req = b"GET /hello HTTP/1.1\r\nhost: backend\r\nconnection: close\r\n\r\n";
+    if tls.write_all(req).await.is_err() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    out
+}
+
+fn pem_der(pem: &str, label: &str) -> Vec<u8> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = pem.find(&begin).expect("pem begin") + begin.len();
+    let stop = pem[start..].find(&end).expect("pem end") + start;
+    let b64: String = pem[start..stop].split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("pem base64")
+}
+
+fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(i) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let block = &rest[i..];
+        let end = block.find("-----END CERTIFICATE-----").expect("end") + 25;
+        out.push(rustls::pki_types::CertificateDer::from(pem_der(
+            &block[..end],
+            "CERTIFICATE",
+        )));
+        rest = &block[end..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn untrusted_expired_and_wrong_identity_certificates_are_refused() {
+    let dir = tempdir("mtls-refuse");
+    let pki = Pki::new(&dir, "mesh");
+    let rogue = Pki::new(&dir, "rogue");
+    let config = dir.join("mesh.yaml");
+    let (ports, imposter) = (Ports::free(), Ports::free());
+    write_config(
+        &config,
+        &format!(
+            "{}{}{}",
+            mesh_config("Strict"),
+            service("backend", "http"),
+            backend_workload("backend-1", ports.inbound, "backend")
+        ),
+    );
+    let (_app, _sidecar) = start_backend(
+        &dir,
+        &config,
+        "backend-1",
+        &pki,
+        &pki.issue("backend"),
+        ports,
+    );
+    // A second "backend" whose sidecar holds another service's certificate.
+    let (_app2, _sidecar2) = start_backend(
+        &dir,
+        &config,
+        "imposter-1",
+        &pki,
+        &pki.issue("imposter"),
+        imposter,
+    );
+    wait_ready(ports.admin).await;
+    wait_ready(imposter.admin).await;
+
+    let good = raw_mtls_request(ports.inbound, &pki.issue("frontend")).await;
+    assert!(
+        good.starts_with(b"HTTP/1.1 200"),
+        "a valid mesh certificate is served: {:?}",
+        String::from_utf8_lossy(&good)
+    );
+    let untrusted = raw_mtls_request(ports.inbound, &rogue.issue("frontend")).await;
+    assert!(
+        !contains(&untrusted, b"HTTP/1.1"),
+        "a certificate from another CA is refused: {:?}",
+        String::from_utf8_lossy(&untrusted)
+    );
+    let expired =
+        raw_mtls_request(ports.inbound, &pki.issue_window("frontend", -7200, -3600)).await;
+    assert!(
+        !contains(&expired, b"HTTP/1.1"),
+        "an expired certificate is refused: {:?}",
+        String::from_utf8_lossy(&expired)
+    );
+    let failed = counter(
+        ports.admin,
+        "trellis_inbound_tls_connections_total",
+        &[("result", "handshake-failed")],
+    )
+    .await;
+    assert!(failed >= 2.0, "both refusals counted: {failed}");
+
+    // The caller expects the backend's identity; the imposter's certificate says otherwise.
+    let caller_config = dir.join("caller.yaml");
+    write_config(
+        &caller_config,
+        &format!(
+            "{}{}{}",
+            mesh_config("Strict"),
+            service("backend", "http"),
+            backend_workload("backend-1", imposter.inbound, "backend")
+        ),
+    );
+    let (_caller, port, admin) = start_caller_as(
+        &dir,
+        &caller_config,
+        "frontend",
+        &pki,
+        &pki.issue("frontend"),
+    );
+    wait_ready(admin).await;
+    let answer = get(&http1(), port, Some("backend"), "/hello", &[]).await;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(answer.header("trellis-error"), Some("connect-failed"));
+    assert!(
+        answer
+            .body
+            .contains("expected spiffe://cluster.local/ns/default/sa/backend"),
+        "the error names the identity mismatch: {}",
+        answer.body
+    );
+}
+
+const JWT_SECRET: &[u8] = b"trellis-test-hmac-secret-of-32-bytes!";
+const ISSUER: &str = "https://issuer.test";
+
+fn jwt(claims: serde_json::Value, secret: &[u8]) -> String {
+    // Installs the validator's crypto provider, which jsonwebtoken needs to sign too.
+    let _ = trellis_identity::JwtValidator::new(&[]);
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("k1".into());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .expect("sign token")
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn policy_docs() -> String {
+    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(JWT_SECRET);
+    format!(
+        r#"---
+apiVersion: trellis.dev/v1
+kind: AuthorizationPolicy
+metadata:
+  name: backend-callers
+spec:
+  service: backend
+  defaultAction: Deny
+  rules:
+    - name: no-admin
+      action: Deny
+      to:
+        paths: ["/admin*"]
+    - name: frontend
+      action: Allow
+      from:
+        principals: ["spiffe://cluster.local/ns/default/sa/frontend"]
+    - name: readers
+      action: Allow
+      from:
+        requestPrincipals: ["{ISSUER}/*"]
+      when:
+        - claim: role
+          values: ["reader"]
+---
+apiVersion: trellis.dev/v1
+kind: RequestAuthentication
+metadata:
+  name: backend-jwt
+spec:
+  service: backend
+  jwtRules:
+    - issuer: {ISSUER}
+      audiences: ["backend"]
+      jwks:
+        inline: '{{"keys":[{{"kty":"oct","kid":"k1","alg":"HS256","k":"{k}"}}]}}'
+"#
+    )
+}
+
+#[tokio::test]
+async fn authorization_policy_and_jwt_guard_the_inbound_side() {
+    let dir = tempdir("authz");
+    let pki = Pki::new(&dir, "mesh");
+    let config = dir.join("mesh.yaml");
+    let ports = Ports::free();
+    write_config(
+        &config,
+        &format!(
+            "{}{}{}{}",
+            mesh_config("Strict"),
+            service("backend", "http"),
+            backend_workload("backend-1", ports.inbound, "backend"),
+            policy_docs()
+        ),
+    );
+    let (_app, _sidecar) = start_backend(
+        &dir,
+        &config,
+        "backend-1",
+        &pki,
+        &pki.issue("backend"),
+        ports,
+    );
+    let (_frontend, front_port, front_admin) =
+        start_caller_as(&dir, &config, "frontend", &pki, &pki.issue("frontend"));
+    let (_intruder, intr_port, intr_admin) =
+        start_caller_as(&dir, &config, "intruder", &pki, &pki.issue("intruder"));
+    wait_ready(ports.admin).await;
+    wait_ready(front_admin).await;
+    wait_ready(intr_admin).await;
+    let client = http1();
+
+    let ok = get(&client, front_port, Some("backend"), "/hello", &[]).await;
+    assert_eq!(ok.status, 200, "frontend is allowed by identity: {ok:?}");
+    let admin = get(&client, front_port, Some("backend"), "/admin/users", &[]).await;
+    assert_eq!(admin.status, 403, "deny rules win: {admin:?}");
+    assert_eq!(admin.header("trellis-error"), Some("denied"));
+    assert!(
+        admin.body.contains("backend-callers/no-admin"),
+        "{}",
+        admin.body
+    );
+
+    let denied = get(&client, intr_port, Some("backend"), "/hello", &[]).await;
+    assert_eq!(
+        denied.status, 403,
+        "another service's certificate: {denied:?}"
+    );
+    assert_eq!(denied.header("trellis-error"), Some("denied"));
+    assert!(
+        denied
+            .body
+            .contains("spiffe://cluster.local/ns/default/sa/intruder"),
+        "names the caller: {}",
+        denied.body
+    );
+
+    let exp = now_secs() + 600;
+    let claims = |aud: &str, exp: u64| serde_json::json!({"iss": ISSUER, "sub": "alice", "aud": aud, "exp": exp, "role": "reader"});
+    let bearer = |t: String| format!("Bearer {t}");
+    let good = bearer(jwt(claims("backend", exp), JWT_SECRET));
+    let answer = get(
+        &client,
+        intr_port,
+        Some("backend"),
+        "/hello",
+        &[("authorization", &good)],
+    )
+    .await;
+    assert_eq!(
+        answer.status, 200,
+        "a valid token with the claim is allowed: {answer:?}"
+    );
+
+    let cases = [
+        (
+            jwt(claims("backend", exp), b"some-other-secret-entirely-32byt"),
+            "bad-signature",
+        ),
+        (jwt(claims("billing", exp), JWT_SECRET), "wrong-audience"),
+        (
+            jwt(claims("backend", now_secs() - 3600), JWT_SECRET),
+            "expired",
+        ),
+    ];
+    for (token, reason) in cases {
+        let h = bearer(token);
+        let answer = get(
+            &client,
+            intr_port,
+            Some("backend"),
+            "/hello",
+            &[("authorization", &h)],
+        )
+        .await;
+        assert_eq!(answer.status, 401, "{reason}: {answer:?}");
+        assert_eq!(answer.header("trellis-error"), Some("unauthenticated"));
+        assert!(answer.body.contains(reason), "{reason}: {}", answer.body);
+    }
+
+    let denials = counter(
+        ports.admin,
+        "trellis_authorization_decisions_total",
+        &[("decision", "denied"), ("policy", "backend-callers")],
+    )
+    .await;
+    assert!(denials >= 2.0, "denials counted by policy: {denials}");
+    let by_reason = counter(
+        ports.admin,
+        "trellis_requests_total",
+        &[("direction", "inbound"), ("reason", "denied")],
+    )
+    .await;
+    assert!(
+        by_reason >= 2.0,
+        "denied requests counted by reason: {by_reason}"
+    );
+    let log = std::fs::read_to_string(dir.join("backend-1-proxy.log")).unwrap_or_default();
+    assert!(
+        log.contains("request denied") && log.contains("backend-callers/no-admin"),
+        "the denial is logged with its policy"
+    );
+}
