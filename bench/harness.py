@@ -478,7 +478,7 @@ def check_leaf(cert: Path, key: Path, ca: Path, spiffe_id: str, side: str) -> No
 
 def trellis_mtls_config(work: Path, name: str, port: int, protocol: str) -> Path:
     return render("trellis-mesh-mtls.yaml", work / f"{name}.yaml", BACKEND_PORT=port,
-                  PROTOCOL=protocol, SERVER_ID=SERVER_ID)
+                  PROTOCOL=protocol, SERVER_ID=SERVER_ID, CLIENT_ID=CLIENT_ID)
 
 
 def envoy_mtls_config(work: Path, name: str, side: str, listen: int, admin: int, upstream: int,
