@@ -99,16 +99,26 @@ fn start_backend(
     issued: &Issued,
     ports: Ports,
 ) -> (Proc, Proc) {
-    let app = Proc::spawn(
-        dir,
-        &format!("{name}-app"),
-        &[
-            "demo-app".into(),
-            format!("--listen={}", ports.app),
-            "--name=backend".into(),
-            format!("--instance={name}"),
-        ],
-    );
+    start_backend_app(dir, config, name, pki, issued, ports, &[])
+}
+
+fn start_backend_app(
+    dir: &Path,
+    config: &Path,
+    name: &str,
+    pki: &Pki,
+    issued: &Issued,
+    ports: Ports,
+    app_args: &[&str],
+) -> (Proc, Proc) {
+    let mut app_argv = vec![
+        "demo-app".to_string(),
+        format!("--listen={}", ports.app),
+        "--name=backend".into(),
+        format!("--instance={name}"),
+    ];
+    app_argv.extend(app_args.iter().map(|a| a.to_string()));
+    let app = Proc::spawn(dir, &format!("{name}-app"), &app_argv);
     let mut args = vec![
         "proxy".to_string(),
         format!("--config={}", config.display()),
@@ -262,6 +272,17 @@ async fn sidecars_speak_mtls_on_the_wire_and_strict_refuses_plaintext() {
     assert_eq!(answer.status, 200, "through the mTLS hop: {answer:?}");
     assert_eq!(answer.json()["service"], "backend", "{answer:?}");
 
+    // HTTP/2 takes the same mTLS hop (one multiplexed connection per endpoint).
+    let h2 = get(
+        &http2(),
+        port,
+        Some("backend"),
+        "/hello",
+        &[(marker, "s3cr3t-value")],
+    )
+    .await;
+    assert_eq!(h2.status, 200, "HTTP/2 through the mTLS hop: {h2:?}");
+
     let wire = seen.lock().unwrap().clone();
     assert!(!wire.is_empty(), "the relay saw the caller's bytes");
     assert_eq!(
@@ -323,6 +344,58 @@ async fn sidecars_speak_mtls_on_the_wire_and_strict_refuses_plaintext() {
     assert!(answered.is_some(), "permissive mode accepts plaintext");
     let answer = get(&client, port, Some("backend"), "/hello", &[]).await;
     assert_eq!(answer.status, 200, "and mTLS: {answer:?}");
+}
+
+#[tokio::test]
+async fn opaque_tcp_between_sidecars_is_mtls_too() {
+    let dir = tempdir("mtls-tcp");
+    let pki = Pki::new(&dir, "mesh");
+    let config = dir.join("mesh.yaml");
+    let ports = Ports::free();
+    let (relay, seen) = recording_relay(ports.inbound).await;
+    write_config(
+        &config,
+        &format!(
+            "{}{}{}",
+            mesh_config("Strict"),
+            service("backend", "tcp"),
+            backend_workload("backend-1", relay, "backend")
+        ),
+    );
+    let (_app, _sidecar) = start_backend_app(
+        &dir,
+        &config,
+        "backend-1",
+        &pki,
+        &pki.issue("backend"),
+        ports,
+        &["--mode=tcp", "--version=v9"],
+    );
+    let (_caller, port, admin) =
+        start_caller_as(&dir, &config, "frontend", &pki, &pki.issue("frontend"));
+    wait_ready(ports.admin).await;
+    wait_ready(admin).await;
+    let mut s = tokio::net::TcpStream::connect(port).await.unwrap();
+    let payload = b"\x00\x01opaque-secret-bytes\xff";
+    s.write_all(payload).await.unwrap();
+    let want = [&b"backend/v9: "[..], payload].concat();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.len() < want.len() {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("echo within 10 s")
+            .expect("read");
+        assert!(n > 0, "connection closed after {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, want);
+    let wire = seen.lock().unwrap().clone();
+    assert_eq!(wire.first(), Some(&0x16), "TLS on the wire");
+    assert!(
+        !contains(&wire, b"opaque-secret-bytes"),
+        "payload in clear on the wire"
+    );
 }
 
 /// A server-certificate verifier that accepts anything: the raw test client checks only what the
