@@ -107,6 +107,11 @@ async fn up_runs_the_example_mesh() {
     )
     .await;
     assert_eq!(a.json()["version"], "v2");
+    // The example's AuthorizationPolicy: callers in the mesh, but nobody on /admin.
+    let a = get(&c, outbound, Some("reviews"), "/admin/stats", &[]).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(a.header("trellis-error"), Some("denied"));
+    assert!(a.body.contains("reviews/no-admin"), "{}", a.body);
     let mut ok = 0;
     for _ in 0..100 {
         if get(&c, outbound, Some("ratings"), "/", &[]).await.status == 200 {

@@ -124,6 +124,7 @@ async fn guard(
             format!("{} {path} from {source}: {decision}", req.method()),
         ));
     }
+    tracing::debug!(%source, path = %path, policy = %decision.decided_by(), "request allowed");
     // The app sees the path that was authorized.
     if path != req.uri().path() {
         let pq = match req.uri().query() {
