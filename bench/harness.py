@@ -15,8 +15,8 @@ Topologies (all on loopback, backend nginx with one worker answering `ok`):
                     the same pairs with mutual TLS 1.3 between the two sidecars: certificates
                     made once per run with openssl (ECDSA P-256 root, one leaf per side with
                     only a SPIFFE URI SAN); both sides check the peer's chain and SPIFFE ID
-                    (the client side: exactly the server's; Trellis's server side: any the
-                    root vouches for, Envoy's: exactly the client's); the server sidecar
+                    (the client side: exactly the server's; the server side: exactly the
+                    client's, Envoy by SAN matcher, Trellis by AuthorizationPolicy); the server sidecar
                     refuses plaintext (checked before each measurement)
 
 Figures per topology and round:

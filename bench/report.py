@@ -156,8 +156,9 @@ def write_report(path: Path, meta: dict, summary: dict, rat: dict, tgt: list, ro
     mtls_run = ([
         "- mTLS pairs (" + ", ".join(f"`{n}`" for n in mtls) + "): TLS 1.3 between the two "
         "sidecars, both verifying the peer's chain and SPIFFE ID (URI SAN: the client side "
-        "requires the server's exact ID; Envoy's server side the client's exact ID, Trellis's "
-        "any ID the root vouches for, as no AuthorizationPolicy is set); certificates made "
+        "requires the server's exact ID; both server sides the client's exact ID: Envoy with a "
+        "SAN matcher at the handshake, Trellis with an AuthorizationPolicy per request); "
+        "certificates made "
         "once per run with openssl: ECDSA P-256 root, one leaf per side "
         "(`spiffe://cluster.local/ns/default/sa/bench-client`, `.../bench-server`). Before "
         "each measurement the harness checks that the server sidecar refuses plaintext and TLS "
