@@ -173,6 +173,17 @@ fn backend_workload(name: &str, addr: SocketAddr, identity_of: &str) -> String {
     )
 }
 
+/// Strict mTLS, the `backend` service on `protocol`, and one endpoint at `addr` that must prove
+/// the backend's identity.
+fn strict_backend(protocol: &str, addr: SocketAddr) -> String {
+    format!(
+        "{}{}{}",
+        mesh_config("Strict"),
+        service("backend", protocol),
+        backend_workload("backend-1", addr, "backend")
+    )
+}
+
 /// A TCP relay that records every byte the client side sends: what a capture on the wire sees.
 async fn recording_relay(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -244,15 +255,7 @@ async fn sidecars_speak_mtls_on_the_wire_and_strict_refuses_plaintext() {
     let config = dir.join("mesh.yaml");
     let ports = Ports::free();
     let (relay, seen) = recording_relay(ports.inbound).await;
-    write_config(
-        &config,
-        &format!(
-            "{}{}{}",
-            mesh_config("Strict"),
-            service("backend", "http"),
-            backend_workload("backend-1", relay, "backend")
-        ),
-    );
+    write_config(&config, &strict_backend("http", relay));
     let (_app, _sidecar) = start_backend(&dir, &config, "backend-1", &pki, &backend_cert, ports);
     let (_caller, port, caller_admin) =
         start_caller_as(&dir, &config, "frontend", &pki, &frontend_cert);
@@ -353,15 +356,7 @@ async fn opaque_tcp_between_sidecars_is_mtls_too() {
     let config = dir.join("mesh.yaml");
     let ports = Ports::free();
     let (relay, seen) = recording_relay(ports.inbound).await;
-    write_config(
-        &config,
-        &format!(
-            "{}{}{}",
-            mesh_config("Strict"),
-            service("backend", "tcp"),
-            backend_workload("backend-1", relay, "backend")
-        ),
-    );
+    write_config(&config, &strict_backend("tcp", relay));
     let (_app, _sidecar) = start_backend_app(
         &dir,
         &config,
@@ -497,15 +492,7 @@ async fn untrusted_expired_and_wrong_identity_certificates_are_refused() {
     let rogue = Pki::new(&dir, "rogue");
     let config = dir.join("mesh.yaml");
     let (ports, imposter) = (Ports::free(), Ports::free());
-    write_config(
-        &config,
-        &format!(
-            "{}{}{}",
-            mesh_config("Strict"),
-            service("backend", "http"),
-            backend_workload("backend-1", ports.inbound, "backend")
-        ),
-    );
+    write_config(&config, &strict_backend("http", ports.inbound));
     let (_app, _sidecar) = start_backend(
         &dir,
         &config,
@@ -555,15 +542,7 @@ async fn untrusted_expired_and_wrong_identity_certificates_are_refused() {
 
     // The caller expects the backend's identity; the imposter's certificate says otherwise.
     let caller_config = dir.join("caller.yaml");
-    write_config(
-        &caller_config,
-        &format!(
-            "{}{}{}",
-            mesh_config("Strict"),
-            service("backend", "http"),
-            backend_workload("backend-1", imposter.inbound, "backend")
-        ),
-    );
+    write_config(&caller_config, &strict_backend("http", imposter.inbound));
     let (_caller, port, admin) = start_caller_as(
         &dir,
         &caller_config,
@@ -658,13 +637,7 @@ async fn authorization_policy_and_jwt_guard_the_inbound_side() {
     let ports = Ports::free();
     write_config(
         &config,
-        &format!(
-            "{}{}{}{}",
-            mesh_config("Strict"),
-            service("backend", "http"),
-            backend_workload("backend-1", ports.inbound, "backend"),
-            policy_docs()
-        ),
+        &format!("{}{}", strict_backend("http", ports.inbound), policy_docs()),
     );
     let (_app, _sidecar) = start_backend(
         &dir,
