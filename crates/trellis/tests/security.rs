@@ -286,6 +286,21 @@ async fn sidecars_speak_mtls_on_the_wire_and_strict_refuses_plaintext() {
     .await;
     assert_eq!(h2.status, 200, "HTTP/2 through the mTLS hop: {h2:?}");
 
+    // A WebSocket upgrade takes a fresh connection to the peer: mTLS as well.
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let stream = tokio::net::TcpStream::connect(port).await.unwrap();
+        let (mut ws, rsp) = tokio_tungstenite::client_async("ws://backend/ws", stream)
+            .await
+            .expect("websocket handshake through the mTLS hop");
+        assert_eq!(rsp.status(), 101);
+        ws.send(Message::text("ws-s3cr3t-frame")).await.unwrap();
+        let got = ws.next().await.unwrap().unwrap();
+        assert_eq!(got.into_text().unwrap().as_str(), "ws-s3cr3t-frame");
+        ws.close(None).await.unwrap();
+    }
+
     let wire = seen.lock().unwrap().clone();
     assert!(!wire.is_empty(), "the relay saw the caller's bytes");
     assert_eq!(
@@ -304,6 +319,11 @@ async fn sidecars_speak_mtls_on_the_wire_and_strict_refuses_plaintext() {
             String::from_utf8_lossy(clear)
         );
     }
+
+    assert!(
+        !contains(&wire.to_ascii_lowercase(), b"upgrade: websocket"),
+        "the WebSocket upgrade appears in clear on the wire"
+    );
 
     // Plaintext straight to the strict inbound port gets no answer.
     let plain = get_status(ports.inbound, "/hello").await;
