@@ -150,6 +150,10 @@ async fn run<P: Protocol>(
                     }
                 }
                 Ok(None) => return,
+                Err(status) if gone(&status) => {
+                    tracing::info!(%status, "xDS stream ended: the proxy went away");
+                    return;
+                }
                 Err(status) => {
                     tracing::warn!(%status, "xDS stream failed");
                     return finish(&tx, unreadable(&status)).await;
@@ -308,4 +312,13 @@ impl Nonces {
         self.0 += 1;
         self.0.to_string()
     }
+}
+
+/// A stream error that only means the proxy's connection is gone (it exited, was killed, or its
+/// network went away): normal in a mesh, not worth a warning.
+fn gone(status: &Status) -> bool {
+    matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled)
+        && (status.message().contains("error reading a body")
+            || status.message().contains("broken pipe")
+            || status.message().contains("connection reset"))
 }
