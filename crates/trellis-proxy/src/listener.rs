@@ -6,7 +6,7 @@ use crate::detect::{detect, Detected, PrefixedIo};
 use crate::drain::Drain;
 use crate::http::forward::peer_tls;
 use crate::http::outbound::FixedTarget;
-use crate::http::upstream::PeerTls;
+use crate::http::upstream::{connect_peer, PeerTls};
 use crate::http::{inbound, outbound};
 use crate::metrics::{ConnLabels, ResultLabels};
 use crate::state::ProxyState;
@@ -118,30 +118,23 @@ async fn connection(
         Role::Outbound { .. } => MtlsMode::Off,
     };
     let sniff = protocol != Protocol::Tcp || mode != MtlsMode::Off;
-    let (detected, prefix) = match first_bytes(&mut stream, sniff, state).await {
-        Ok(d) => d,
+    let first = match first_bytes(&mut stream, sniff, state).await {
+        Ok(first) => first,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "read failed during protocol detection");
             state.metrics.conns_closed.get_or_create(&labels).inc();
             return;
         }
     };
-    match inbound_action(mode, &prefix) {
+    match inbound_action(mode, &first.1) {
         InboundAction::Plaintext => {
-            let detected = if protocol == Protocol::Tcp {
-                Detected::Tcp
-            } else {
-                detected
-            };
-            count_detection(state, protocol, detected);
             let conn = Conn {
                 peer,
                 peer_id: None,
             };
-            let io = PrefixedIo::new(prefix, stream);
             dispatch(
-                io,
-                detected,
+                stream,
+                first,
                 protocol,
                 &conn,
                 role,
@@ -156,7 +149,7 @@ async fn connection(
             tracing::debug!(%peer, "plaintext connection refused: the port requires mTLS");
         }
         InboundAction::Tls => {
-            let io = PrefixedIo::new(prefix, stream);
+            let io = PrefixedIo::new(first.1, stream);
             serve_tls(io, protocol, peer, role, state, drain, &labels.service).await;
         }
     }
@@ -240,24 +233,23 @@ async fn serve_tls<I>(
     };
     tls_result(state, "ok");
     let peer_id = peer_identity(stream.get_ref().1).map(|id| Arc::<str>::from(id.to_string()));
-    let (detected, prefix) = match first_bytes(&mut stream, protocol != Protocol::Tcp, state).await
-    {
-        Ok(d) => d,
+    let first = match first_bytes(&mut stream, protocol != Protocol::Tcp, state).await {
+        Ok(first) => first,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "read failed during protocol detection");
             return;
         }
     };
-    count_detection(state, protocol, detected);
     let conn = Conn { peer, peer_id };
-    let io = PrefixedIo::new(prefix, stream);
-    dispatch(io, detected, protocol, &conn, role, state, drain, service).await;
+    dispatch(stream, first, protocol, &conn, role, state, drain, service).await;
 }
 
+/// Serves a connection (plaintext, or what is inside TLS) given what its first bytes said: the
+/// detection is counted, the bytes read are replayed, and HTTP or TCP handling takes over.
 #[allow(clippy::too_many_arguments)]
 async fn dispatch<I>(
-    io: I,
-    detected: Detected,
+    stream: I,
+    (detected, prefix): (Detected, Vec<u8>),
     protocol: Protocol,
     conn: &Conn,
     role: &Role,
@@ -267,6 +259,14 @@ async fn dispatch<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // A port declared TCP is opaque, whatever its first bytes (read to sniff TLS) looked like.
+    let detected = if protocol == Protocol::Tcp {
+        Detected::Tcp
+    } else {
+        detected
+    };
+    count_detection(state, protocol, detected);
+    let io = PrefixedIo::new(prefix, stream);
     match (detected, protocol) {
         (Detected::Http1 | Detected::Http2, _) => {
             serve_http(io, detected, conn, role, state, drain).await
@@ -303,7 +303,7 @@ where
         _ => None,
     }
     .unwrap_or_else(|| state.upstreams.default_connect_timeout());
-    match state.upstreams.connect(addr, timeout, tls.as_ref()).await {
+    match connect_peer(addr, timeout, tls.as_ref()).await {
         Ok(upstream) => splice(&state.metrics, role.direction(), service, io, upstream).await,
         Err(e) => tracing::warn!(%peer, error = %e.detail, "tcp upstream connect failed"),
     }

@@ -62,8 +62,9 @@ impl Snapshot {
         local: &LocalIdentity,
     ) -> Result<Self, BuildError> {
         let zone = local.zone.as_deref();
-        let inbound = InboundPolicy::build(&resources, local, previous.map(|p| &p.inbound))?;
         let mesh_mtls = resources.mesh_config().mtls.mode;
+        let inbound =
+            InboundPolicy::build(&resources, local, mesh_mtls, previous.map(|p| &p.inbound))?;
         let mut carried = Carried::default();
         let mut limit_states = HashMap::new();
         let policies: HashMap<(String, String), &DestinationPolicySpec> = resources

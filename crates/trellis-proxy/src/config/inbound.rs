@@ -37,15 +37,14 @@ impl InboundPolicy {
     pub fn build(
         resources: &ResourceSet,
         local: &LocalIdentity,
+        mesh_mtls: MtlsMode,
         previous: Option<&InboundPolicy>,
     ) -> Result<Self, BuildError> {
         let own = resources
             .services()
             .find(|s| s.metadata.namespace == local.namespace && s.metadata.name == local.service);
         let first_port = own.and_then(|s| s.spec.ports.first());
-        let mtls = first_port
-            .and_then(|p| p.mtls)
-            .unwrap_or(resources.mesh_config().mtls.mode);
+        let mtls = first_port.and_then(|p| p.mtls).unwrap_or(mesh_mtls);
         let policies: Vec<_> = resources
             .authorization_policies()
             .filter(|p| p.metadata.namespace == local.namespace && p.spec.service == local.service)

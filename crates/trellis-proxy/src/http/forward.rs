@@ -248,18 +248,10 @@ pub(crate) fn peer_tls(state: &ProxyState, svc: &ServiceTarget, ep: &Endpoint) -
     if !svc.mtls {
         return None;
     }
-    let identity = ep.identity.as_ref()?;
-    let tls = state.tls()?;
-    match tls.connector(Some(identity)) {
-        Ok(connector) => Some(PeerTls {
-            connector,
-            identity: identity.clone(),
-        }),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the mTLS client config; calling in plaintext");
-            None
-        }
-    }
+    Some(PeerTls {
+        identity: ep.identity.clone()?,
+        tls: state.tls()?.clone(),
+    })
 }
 
 /// Feeds a try's outcome to the service's outlier detection, if it has one.

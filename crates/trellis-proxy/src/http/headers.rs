@@ -90,6 +90,17 @@ pub fn rewrite_path(uri: &http::Uri, matched_prefix: Option<&str>, replacement: 
     }
 }
 
+/// Replaces the path and query of `uri` (scheme and authority kept).
+pub fn set_path_and_query(
+    uri: &mut http::Uri,
+    path_and_query: http::uri::PathAndQuery,
+) -> Result<(), http::uri::InvalidUriParts> {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    *uri = http::Uri::from_parts(parts)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! request (else 403). Every decision is counted by policy; denials are logged with the policy
 //! that made them.
 use super::forward::forward_upgrade;
-use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::headers::{is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop};
 use super::upstream::{boxed_response, Wire};
 use super::{record, Outcome};
 use crate::body::{self, Body};
@@ -15,6 +15,7 @@ use crate::retry::Failure;
 use crate::state::ProxyState;
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,7 +85,7 @@ async fn guard(
         return Ok(());
     }
     let principal = claims.as_ref().map(|c| c.request_principal());
-    let path = normalize_path(req.uri().path()).into_owned();
+    let path = normalize_path(req.uri().path());
     let attrs = RequestAttrs {
         source: conn.peer_id.as_deref(),
         method: req.method().as_str(),
@@ -125,17 +126,11 @@ async fn guard(
         ));
     }
     tracing::debug!(%source, path = %path, policy = %decision.decided_by(), "request allowed");
-    // The app sees the path that was authorized.
-    if path != req.uri().path() {
-        let pq = match req.uri().query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        };
-        if let Ok(pq) = pq.parse::<http::uri::PathAndQuery>() {
-            let mut parts = req.uri().clone().into_parts();
-            parts.path_and_query = Some(pq);
-            if let Ok(uri) = http::Uri::from_parts(parts) {
-                *req.uri_mut() = uri;
+    // The app sees the path that was authorized (only an unusual path was normalized at all).
+    if let Cow::Owned(path) = path {
+        if path != req.uri().path() {
+            if let Ok(pq) = rewrite_path(req.uri(), None, &path).parse() {
+                let _ = set_path_and_query(req.uri_mut(), pq);
             }
         }
     }

@@ -2,7 +2,7 @@
 //! a per-upstream port), routed by the service's rules, subjected to faults, rewritten, and
 //! forwarded.
 use super::forward::{forward, forward_upgrade, pick, Target};
-use super::headers::{is_upgrade, rewrite_path, strip_hop_by_hop};
+use super::headers::{is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop};
 use super::upstream::Wire;
 use super::{record, Outcome};
 use crate::body::{self, Body};
@@ -205,14 +205,13 @@ fn apply_rewrite(
             _ => None,
         });
         let new = rewrite_path(req.uri(), prefix, path);
-        let mut parts = req.uri().clone().into_parts();
-        parts.path_and_query = Some(new.parse().map_err(|_| {
+        let pq = new.parse().map_err(|_| {
             ProxyError::new(
                 Reason::BadRequest,
                 format!("rewritten path {new:?} is invalid"),
             )
-        })?);
-        *req.uri_mut() = http::Uri::from_parts(parts)
+        })?;
+        set_path_and_query(req.uri_mut(), pq)
             .map_err(|e| ProxyError::new(Reason::BadRequest, format!("rewrite: {e}")))?;
     }
     if let Some(host) = &rw.host {

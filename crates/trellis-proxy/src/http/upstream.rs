@@ -7,6 +7,7 @@
 use crate::body::{self, Body};
 use crate::retry::Failure;
 use crate::tls::io::PeerIo;
+use crate::tls::MeshTls;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -20,13 +21,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use trellis_identity::rustls::pki_types::ServerName;
-use trellis_identity::tokio_rustls::TlsConnector;
 use trellis_identity::SpiffeId;
 
-/// How to secure a connection to a peer proxy: mesh mTLS, accepting only `identity`.
+/// How to secure a connection to a peer proxy: mesh mTLS, accepting only `identity`. Cheap to
+/// make for every request (two `Arc`s); the TLS client config is looked up only when a new
+/// connection is opened.
 #[derive(Clone)]
 pub struct PeerTls {
-    pub connector: TlsConnector,
+    pub tls: Arc<MeshTls>,
     pub identity: Arc<SpiffeId>,
 }
 
@@ -121,8 +123,15 @@ pub async fn connect_peer(
     let Some(tls) = tls else {
         return Ok(PeerIo::Plain(tcp));
     };
+    let connector = tls
+        .tls
+        .connector(Some(&tls.identity))
+        .map_err(|e| AttemptError {
+            failure: Failure::ConnectFailed,
+            detail: format!("{addr}: cannot build the mTLS client config: {e}"),
+        })?;
     let name = ServerName::IpAddress(addr.ip().into());
-    match tokio::time::timeout(timeout, tls.connector.connect(name, tcp)).await {
+    match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
         Ok(Ok(stream)) => Ok(PeerIo::Tls(Box::new(stream))),
         Ok(Err(e)) => Err(AttemptError {
             failure: Failure::ConnectFailed,
@@ -303,16 +312,6 @@ impl Upstreams {
             map.insert(key, sender.clone());
         }
         Ok(sender)
-    }
-
-    /// A connection to `addr` within `connect_timeout`, over mTLS when `tls` is given.
-    pub async fn connect(
-        &self,
-        addr: SocketAddr,
-        connect_timeout: Duration,
-        tls: Option<&PeerTls>,
-    ) -> Result<PeerIo, AttemptError> {
-        connect_peer(addr, connect_timeout, tls).await
     }
 
     /// Forwards an HTTP/1.1 upgrade request (WebSocket and friends) on a fresh connection,
