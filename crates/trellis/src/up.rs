@@ -195,7 +195,12 @@ fn read_manifest(path: &Path) -> anyhow::Result<ResourceSet> {
 fn free_port() -> anyhow::Result<SocketAddr> {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     for _ in 0..1000 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+        // Below Linux's ephemeral range (32768..), so an outgoing connection cannot take the
+        // port between now and the moment a sidecar binds it.
+        let port = rand::random_range(20_000..32_768);
+        let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
         let addr = l.local_addr()?;
         let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
         if !given.contains(&addr.port()) {

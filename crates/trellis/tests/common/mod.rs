@@ -18,11 +18,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_trellis");
 pub const TOKEN: &str = "test-join-token-0123456789abcdef";
 
 /// A loopback port that was free a moment ago, never one this test process handed out before
-/// (the kernel may offer a just-released port again).
+/// (the kernel may offer a just-released port again). Taken below Linux's ephemeral range
+/// (32768..), so the many outgoing connections of tests running beside it cannot take it
+/// before the process it is meant for binds it.
 pub fn free_addr() -> SocketAddr {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
+        let port = rand::random_range(20_000..32_768);
+        let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
         let addr = l.local_addr().expect("local addr");
         let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
         if !given.contains(&addr.port()) {
