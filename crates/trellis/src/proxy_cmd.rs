@@ -68,12 +68,8 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = 65536)]
     pub max_header_bytes: usize,
     /// The control plane's join token (sent on its API and xDS stream).
-    #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// A file holding the join token (what `trellis control` writes); --token wins when both
-    /// are given.
-    #[arg(long, env = "TRELLIS_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: crate::ctl::TokenArgs,
     /// mTLS certificate chain (PEM, leaf first, SPIFFE URI SAN) for a proxy on a static
     /// `--config`; a proxy on a control plane gets its certificate from the CA.
     #[arg(long, requires_all = ["tls_key", "tls_trust"], conflicts_with = "control")]
@@ -84,28 +80,6 @@ pub struct ProxyArgs {
     /// The roots (PEM) peers' certificates must chain to.
     #[arg(long, requires = "tls_cert")]
     pub tls_trust: Option<PathBuf>,
-}
-
-/// The join token from `--token` or `--token-file`.
-pub fn read_token(
-    token: Option<&str>,
-    file: Option<&std::path::Path>,
-) -> anyhow::Result<Option<String>> {
-    if let Some(t) = token {
-        return Ok(Some(t.trim().to_string()));
-    }
-    match file {
-        None => Ok(None),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the join token from {}", path.display()))?;
-            let token = text.trim();
-            if token.is_empty() {
-                anyhow::bail!("the join token file {} is empty", path.display());
-            }
-            Ok(Some(token.to_string()))
-        }
-    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -199,7 +173,7 @@ pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
                 register: workload(&args, &node_id),
                 node_id,
                 lease_ttl: args.lease_ttl.as_std(),
-                token: read_token(args.token.as_deref(), args.token_file.as_deref())?,
+                token: args.auth.resolve()?,
             }))
         }
     };
