@@ -9,7 +9,7 @@ pub mod issuer;
 
 use std::path::Path;
 use std::sync::Arc;
-use trellis_identity::rustls::{ClientConfig, ServerConfig};
+use trellis_identity::rustls::ClientConfig;
 use trellis_identity::tls::{self as mtls, TlsError};
 use trellis_identity::tokio_rustls::{TlsAcceptor, TlsConnector};
 use trellis_identity::{CertSource, ClientConfigs, SpiffeId, TrustSource};
@@ -77,11 +77,6 @@ impl MeshTls {
         Ok(Self::new(Arc::new(certs), Arc::new(trust))?)
     }
 
-    /// Whether a certificate is installed (handshakes fail until one is).
-    pub fn has_certificate(&self) -> bool {
-        self.certs.is_loaded()
-    }
-
     pub fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
     }
@@ -137,10 +132,6 @@ impl MeshTls {
             "trustBundleVersion": self.trust.version(),
             "roots": self.trust.roots().len(),
         })
-    }
-
-    pub fn server_config(&self) -> Arc<ServerConfig> {
-        self.acceptor.config().clone()
     }
 }
 
