@@ -12,10 +12,9 @@ use crate::ca::{CaChangeError, IssueError, MeshCa};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::SystemTime;
 use trellis_api::meta::DEFAULT_NAMESPACE;
 use trellis_api::validate::is_dns_label;
 use trellis_identity::ca::CaError;
@@ -33,18 +32,6 @@ struct CertRequest {
     #[serde(default = "default_namespace")]
     namespace: String,
     service: String,
-}
-
-/// A signer as `GET /api/v1/ca` shows it (no key material). Times serialize as `CertBundle`'s do.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SignerView {
-    id: String,
-    active: bool,
-    is_root: bool,
-    subject: String,
-    not_before: SystemTime,
-    not_after: SystemTime,
 }
 
 fn label_error(field: &str, value: &str) -> ApiError {
@@ -105,23 +92,10 @@ pub async fn issue(
 
 fn summary(ca: &MeshCa) -> Value {
     let loaded = ca.current();
-    let signers: Vec<SignerView> = loaded
-        .ca
-        .signers()
-        .into_iter()
-        .map(|s| SignerView {
-            id: s.id,
-            active: s.active,
-            is_root: s.is_root,
-            subject: s.subject,
-            not_before: s.not_before,
-            not_after: s.not_after,
-        })
-        .collect();
     json!({
         "trustDomain": loaded.ca.trust_domain(),
         "active": loaded.ca.active_id(),
-        "signers": signers,
+        "signers": loaded.ca.signers(),
         "trustBundlePem": loaded.ca.trust_bundle_pem(),
     })
 }

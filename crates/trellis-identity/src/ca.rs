@@ -133,7 +133,8 @@ pub struct SignerState {
 }
 
 /// What [`CertificateAuthority::signers`] reports about each signer (no key material).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SignerInfo {
     pub id: String,
     pub active: bool,
