@@ -181,43 +181,25 @@ pub fn decode_named(any: &Any, wire_name: Option<&str>) -> Result<Resource, Deco
     metadata.labels = env.labels;
     metadata.annotations = env.annotations;
     let s = env.spec_json.as_slice();
+    // Every kind is its metadata plus a spec read from the envelope's JSON.
+    macro_rules! typed {
+        ($kind:ident) => {
+            Resource::$kind($kind {
+                metadata,
+                spec: spec(s).map_err(invalid)?,
+            })
+        };
+    }
     let resource = match expected {
-        "Service" => Resource::Service(Service {
-            metadata,
-            spec: spec(s).map_err(invalid)?,
-        }),
-        "Workload" => Resource::Workload(Workload {
-            metadata,
-            spec: spec(s).map_err(invalid)?,
-        }),
-        "Route" => Resource::Route(Route {
-            metadata,
-            spec: spec(s).map_err(invalid)?,
-        }),
-        "DestinationPolicy" => Resource::DestinationPolicy(DestinationPolicy {
-            metadata,
-            spec: spec(s).map_err(invalid)?,
-        }),
-        "AuthorizationPolicy" => Resource::AuthorizationPolicy(AuthorizationPolicy {
-            metadata,
-            spec: spec(s).map_err(invalid)?,
-        }),
-        "RequestAuthentication" => Resource::RequestAuthentication(RequestAuthentication {
-            metadata,
-            spec: spec(s).map_err(invalid)?,
-        }),
-        "MeshConfig" => Resource::MeshConfig(MeshConfig {
-            metadata,
-            spec: spec(s).map_err(invalid)?,
-        }),
-        "TrustBundle" => Resource::TrustBundle(TrustBundle {
-            metadata,
-            spec: spec(s).map_err(invalid)?,
-        }),
-        "Deployment" => Resource::Deployment(Deployment {
-            metadata,
-            spec: spec(s).map_err(invalid)?,
-        }),
+        "Service" => typed!(Service),
+        "Workload" => typed!(Workload),
+        "Route" => typed!(Route),
+        "DestinationPolicy" => typed!(DestinationPolicy),
+        "AuthorizationPolicy" => typed!(AuthorizationPolicy),
+        "RequestAuthentication" => typed!(RequestAuthentication),
+        "MeshConfig" => typed!(MeshConfig),
+        "TrustBundle" => typed!(TrustBundle),
+        "Deployment" => typed!(Deployment),
         other => {
             return Err(invalid(format!(
                 "kind {other} is kept by the control plane and never sent"
