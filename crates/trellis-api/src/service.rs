@@ -34,6 +34,35 @@ pub struct ServicePort {
     /// PeerAuthentication).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<crate::mesh::MtlsMode>,
+    /// HTTP/1.1 upgrade protocols (`Upgrade` tokens) requests to this port may switch to;
+    /// absent means `[websocket]`. `h2c` is never permitted: an upgrade to it is stripped, as
+    /// Envoy does, because it would turn the connection into a pipe for requests nobody
+    /// authorized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrades: Option<Vec<String>>,
+}
+
+/// The upgrade protocols a port permits when it names none.
+pub const DEFAULT_UPGRADES: &[&str] = &["websocket"];
+
+impl ServicePort {
+    /// Whether a request to this port may upgrade to `token` (case-insensitive).
+    pub fn permits_upgrade(&self, token: &str) -> bool {
+        permits_upgrade(self.upgrades.as_deref(), token)
+    }
+}
+
+/// Whether `token` is among `permitted` (the default set when `None`); `h2c` never is.
+pub fn permits_upgrade(permitted: Option<&[String]>, token: &str) -> bool {
+    if token.eq_ignore_ascii_case("h2c") {
+        return false;
+    }
+    match permitted {
+        Some(list) => list.iter().any(|p| p.eq_ignore_ascii_case(token)),
+        None => DEFAULT_UPGRADES
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(token)),
+    }
 }
 
 /// What travels on a port. `Detect` sniffs the first bytes (bounded, with a timeout); the others

@@ -268,6 +268,53 @@ impl Authorizer {
     }
 }
 
+impl Authorizer {
+    /// Decides on an opaque TCP connection: rules that need HTTP never allow it, deny rules that
+    /// need HTTP deny it; identity, namespace and port conditions apply as written.
+    pub fn decide_connection(&self, source: Option<&str>, port: u16) -> Decision {
+        if self.policies.is_empty() {
+            return Decision {
+                allowed: true,
+                policy: "default".into(),
+                rule: None,
+                reason: DecisionReason::NoPolicy,
+            };
+        }
+        let namespace = source
+            .and_then(|s| SpiffeId::parse(s).ok())
+            .map(|id| id.namespace().to_string());
+        let peer_matches = |r: &Rule| {
+            any_matches(&r.principals, source)
+                && any_matches(&r.namespaces, namespace.as_deref())
+                && (r.ports.is_empty() || r.ports.contains(&port))
+        };
+        let needs_http = |r: &Rule| {
+            !(r.methods.is_empty()
+                && r.paths.is_empty()
+                && r.request_principals.is_empty()
+                && r.when.is_empty())
+        };
+        for policy in &self.policies {
+            if let Some(rule) = policy.deny.iter().find(|r| peer_matches(r)) {
+                return decision(false, policy, Some(rule), DecisionReason::DenyRule);
+            }
+        }
+        for policy in &self.policies {
+            if let Some(rule) = policy
+                .allow
+                .iter()
+                .find(|r| !needs_http(r) && peer_matches(r))
+            {
+                return decision(true, policy, Some(rule), DecisionReason::AllowRule);
+            }
+        }
+        match self.policies.iter().find(|p| p.default_deny) {
+            Some(policy) => decision(false, policy, None, DecisionReason::DefaultAction),
+            None => decision(true, &self.policies[0], None, DecisionReason::DefaultAction),
+        }
+    }
+}
+
 fn decision(
     allowed: bool,
     policy: &Policy,

@@ -543,6 +543,19 @@ fn extract(loc: &Location, headers: &http::HeaderMap, uri: &http::Uri) -> Option
     }
 }
 
+/// `query` without every `param=...` pair (the key compared after decoding, as a token is read),
+/// so a validated token in the query never reaches the app unless it should.
+pub fn without_query_param(query: &str, param: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            percent_decode(key).as_deref() != Some(param)
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
@@ -585,6 +598,20 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_params_are_removed_from_the_query() {
+        assert_eq!(without_query_param("access_token=abc", "access_token"), "");
+        assert_eq!(
+            without_query_param("a=1&access_token=abc&b=2&access%5Ftoken=x", "access_token"),
+            "a=1&b=2"
+        );
+        assert_eq!(
+            without_query_param("a=1&access_token", "access_token"),
+            "a=1"
+        );
+        assert_eq!(without_query_param("a=1&b=2", "access_token"), "a=1&b=2");
+    }
 
     #[test]
     fn query_decoding() {

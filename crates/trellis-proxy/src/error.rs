@@ -22,6 +22,8 @@ pub enum Reason {
     Denied,
     /// A JWT was present but not valid.
     Unauthenticated,
+    /// An HTTP upgrade (or CONNECT) the destination port does not permit.
+    UpgradeRefused,
 }
 
 impl Reason {
@@ -39,6 +41,7 @@ impl Reason {
             Reason::PoolOverflow => "pool-overflow",
             Reason::Denied => "denied",
             Reason::Unauthenticated => "unauthenticated",
+            Reason::UpgradeRefused => "upgrade-refused",
         }
     }
 
@@ -54,7 +57,7 @@ impl Reason {
             Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
             Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
-            Reason::Denied => StatusCode::FORBIDDEN,
+            Reason::Denied | Reason::UpgradeRefused => StatusCode::FORBIDDEN,
             Reason::Unauthenticated => StatusCode::UNAUTHORIZED,
         }
     }

@@ -15,6 +15,7 @@ pub mod detect;
 pub mod drain;
 pub mod dynamic;
 pub mod error;
+pub mod gate;
 pub mod http;
 pub mod listener;
 pub mod metrics;
@@ -133,10 +134,6 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let app = opts.inbound.map(|(_, app)| app);
     let state = ProxyState::new(opts.identity.clone(), opts.settings.clone(), app);
-    if let Some(files) = &opts.tls_files {
-        let tls = tls::MeshTls::from_files(&files.cert, &files.key, &files.trust)?;
-        state.set_tls(Arc::new(tls));
-    }
     let drain = Drain::new();
     // The file source loads before anything listens, so a bad file stops the start; a control
     // plane may be away at start, so the proxy listens and is ready once the first push lands.
@@ -148,6 +145,12 @@ pub async fn run(
             watch_interval,
         } => {
             let first = source::load(path, 1, None, &opts.identity)?;
+            if let Some(files) = &opts.tls_files {
+                // Peers must be of this mesh's trust domain, not merely chain to a trusted root.
+                let trust_domain = first.resources.mesh_config().trust_domain;
+                let tls = tls::MeshTls::from_files(files, &trust_domain)?;
+                state.set_tls(Arc::new(tls));
+            }
             state.install(first);
             watch_task = Some(tokio::spawn(source::watch(
                 path.clone(),

@@ -4,6 +4,7 @@
 use crate::config::Snapshot;
 use crate::detect::{detect, Detected, PrefixedIo};
 use crate::drain::Drain;
+use crate::gate;
 use crate::http::forward::peer_tls;
 use crate::http::outbound::FixedTarget;
 use crate::http::upstream::{connect_peer, PeerTls};
@@ -275,8 +276,21 @@ async fn dispatch<I>(
         (Detected::Tcp, Protocol::Http | Protocol::Http2 | Protocol::Grpc) => {
             serve_http(io, Detected::Http1, conn, role, state, drain).await
         }
+        // ...and never falls back to TCP: a client silent past the timeout is closed.
+        (Detected::Timeout, Protocol::Http | Protocol::Http2 | Protocol::Grpc) => {
+            tracing::debug!(peer = %conn.peer, "silent client on a port declared HTTP; closing");
+        }
         (Detected::Closed, _) => {}
-        _ => serve_tcp(io, conn.peer, role, state, service).await,
+        _ => {
+            if let Role::Inbound { .. } = role {
+                // Opaque bytes reach the app only with a decision on the connection as a whole.
+                if let Err(e) = gate::admit_connection(state, conn) {
+                    tracing::debug!(peer = %conn.peer, reason = e.reason.as_str(), "TCP connection refused");
+                    return;
+                }
+            }
+            serve_tcp(io, conn.peer, role, state, service).await
+        }
     }
 }
 

@@ -59,6 +59,9 @@ pub struct ProxyState {
     tls: OnceLock<Arc<MeshTls>>,
     /// Whether readiness waits for [`ProxyState::tls`] (a control plane's CA will provide it).
     tls_expected: std::sync::atomic::AtomicBool,
+    /// Inbound denials are logged at most about once a second: a hostile caller decides how
+    /// often they happen.
+    pub denial_log: trellis_net::LogThrottle,
 }
 
 impl ProxyState {
@@ -75,6 +78,7 @@ impl ProxyState {
             control: Mutex::new(None),
             tls: OnceLock::new(),
             tls_expected: std::sync::atomic::AtomicBool::new(false),
+            denial_log: trellis_net::LogThrottle::per_second(),
         })
     }
 

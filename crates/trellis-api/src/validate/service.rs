@@ -44,6 +44,25 @@ pub(super) fn service(p: &mut Problems, spec: &ServiceSpec) {
                 );
             }
         }
+        for (j, token) in port.upgrades.iter().flatten().enumerate() {
+            let at = format!("{path}.upgrades[{j}]");
+            if token.eq_ignore_ascii_case("h2c") {
+                p.add(
+                    at,
+                    "h2c cannot be permitted: an h2c upgrade would carry HTTP/2 requests past the \
+                     sidecar's authorization; use `protocol: http2` for HTTP/2 without TLS",
+                );
+            } else if token.is_empty()
+                || !token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b))
+            {
+                p.add(
+                    at,
+                    format!("{token:?} is not an HTTP upgrade token, e.g. `websocket`"),
+                );
+            }
+        }
     }
     labels(p, "spec.selector", &spec.selector);
 }

@@ -15,6 +15,8 @@ pub struct InboundPolicy {
     pub mtls: MtlsMode,
     /// The service port requests arrive for, as AuthorizationPolicy `to.ports` sees it.
     pub port: u16,
+    /// The upgrade protocols that port permits (`None`: the default set, WebSocket).
+    pub upgrades: Option<Vec<String>>,
     pub authorizer: Authorizer,
     /// `None` when no RequestAuthentication names this service.
     pub jwt: Option<Arc<JwtValidator>>,
@@ -69,6 +71,7 @@ impl InboundPolicy {
         Ok(Self {
             mtls,
             port: first_port.map_or(0, |p| p.port),
+            upgrades: first_port.and_then(|p| p.upgrades.clone()),
             authorizer,
             jwt,
             jwt_rules,

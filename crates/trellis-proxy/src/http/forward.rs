@@ -1,7 +1,7 @@
 //! Sending a routed request to a backend: pick an endpoint, try, classify, maybe retry (bounded by
 //! attempts, the retry budget and the replay buffer), all within the rule's timeout. The last
 //! attempt gets whatever time remains. Also mirroring and HTTP/1.1 upgrades.
-use super::headers::strip_hop_by_hop;
+use super::headers::{offered_upgrades, strip_hop_by_hop, upgrade_answer_matches};
 use super::replay::{prepare, Prepared, Replayable};
 use super::upstream::{boxed_response, AttemptError, PeerTls, Wire};
 use crate::balance::{hash_key, Endpoint};
@@ -446,6 +446,7 @@ pub async fn forward_upgrade(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let downstream = hyper::upgrade::on(&mut req);
+    let offered = offered_upgrades(req.headers());
     let req = req.map(body::boxed);
     let mut rsp = state
         .upstreams
@@ -453,6 +454,15 @@ pub async fn forward_upgrade(
         .await
         .map_err(|e| failure_error(TryFailure::Upstream(e), 1))?;
     if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Only a switch to a protocol the (vetted) request offered becomes a pipe.
+        if !upgrade_answer_matches(&offered, rsp.headers()) {
+            return Err(ProxyError::new(
+                Reason::UpstreamReset,
+                format!(
+                    "{addr} switched to a protocol the request did not offer ({offered:?}); connection not upgraded"
+                ),
+            ));
+        }
         let upstream = hyper::upgrade::on(&mut rsp);
         tokio::spawn(async move {
             match (downstream.await, upstream.await) {

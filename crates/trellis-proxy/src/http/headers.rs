@@ -1,6 +1,8 @@
 //! Header hygiene between hops: hop-by-hop headers are connection-scoped (RFC 9110 §7.6.1) and
 //! must not be forwarded, except the pair that asks for a protocol upgrade.
+use crate::error::{ProxyError, Reason};
 use http::header::{self, HeaderMap, HeaderName};
+use trellis_api::service::{permits_upgrade, DEFAULT_UPGRADES};
 
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
@@ -19,6 +21,109 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// What becomes of a request that asks to upgrade, given the protocols its port permits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpgradeVerdict {
+    /// Upgrade to one of the permitted protocols left in the `Upgrade` header.
+    Forward,
+    /// Only `h2c` was asked for: the upgrade is stripped and the request served as plain
+    /// HTTP/1.1 (Envoy's behaviour), so it can never become an unauthorized HTTP/2 pipe.
+    Strip,
+    /// Only protocols the port does not permit were asked for (named here).
+    Refuse(String),
+}
+
+/// The protocol names an `Upgrade` header offers (`websocket`, `h2c`, `foo/2`), in order.
+fn upgrade_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|t| t.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Keeps in the `Upgrade` header only the protocols `permitted` accepts (matched on the name
+/// before any `/version`) and says what to do with the request. Call only for upgrade requests.
+pub fn vet_upgrade(headers: &mut HeaderMap, permitted: impl Fn(&str) -> bool) -> UpgradeVerdict {
+    let tokens = upgrade_tokens(headers);
+    let name = |t: &str| t.split('/').next().unwrap_or("").trim().to_string();
+    let kept: Vec<&String> = tokens.iter().filter(|t| permitted(&name(t))).collect();
+    if !kept.is_empty() {
+        let joined = kept
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match http::HeaderValue::from_str(&joined) {
+            Ok(v) => {
+                headers.insert(header::UPGRADE, v);
+                return UpgradeVerdict::Forward;
+            }
+            Err(_) => return UpgradeVerdict::Refuse(joined),
+        }
+    }
+    if tokens.iter().all(|t| name(t).eq_ignore_ascii_case("h2c")) {
+        headers.remove(header::UPGRADE);
+        headers.remove("http2-settings");
+        return UpgradeVerdict::Strip;
+    }
+    UpgradeVerdict::Refuse(tokens.join(", "))
+}
+
+/// Vets an upgrade request against the protocols its port permits (`None`: the default set):
+/// `Ok(true)` to upgrade, `Ok(false)` to serve it as a plain request (h2c stripped), `Err` to
+/// refuse it.
+pub fn admit_upgrade(
+    headers: &mut HeaderMap,
+    permitted: Option<&[String]>,
+) -> Result<bool, ProxyError> {
+    match vet_upgrade(headers, |t| permits_upgrade(permitted, t)) {
+        UpgradeVerdict::Forward => Ok(true),
+        UpgradeVerdict::Strip => Ok(false),
+        UpgradeVerdict::Refuse(asked) => Err(ProxyError::new(
+            Reason::UpgradeRefused,
+            format!(
+                "upgrade to {asked} is not permitted on this port (permitted: {}); \
+                 list it in the Service's spec.ports[].upgrades",
+                permitted
+                    .map(|p| p.join(", "))
+                    .unwrap_or_else(|| DEFAULT_UPGRADES.join(", "))
+            ),
+        )),
+    }
+}
+
+/// Whether a `101` answer switched to a protocol the request offered (after vetting).
+pub fn upgrade_answer_matches(offered: &[String], response: &HeaderMap) -> bool {
+    let answered = upgrade_tokens(response);
+    answered.len() == 1
+        && offered
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(&answered[0]) || name_eq(o, &answered[0]))
+}
+
+fn name_eq(a: &str, b: &str) -> bool {
+    let n = |t: &str| {
+        t.split('/')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    };
+    n(a) == n(b)
+}
+
+/// The `Upgrade` tokens of a request, for checking the answer with [`upgrade_answer_matches`].
+pub fn offered_upgrades(headers: &HeaderMap) -> Vec<String> {
+    upgrade_tokens(headers)
 }
 
 /// Removes hop-by-hop headers, and any header the `Connection` header names. With
@@ -104,6 +209,47 @@ pub fn set_path_and_query(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn upgrade_headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "Upgrade, HTTP2-Settings".parse().unwrap(),
+        );
+        h.insert(header::UPGRADE, value.parse().unwrap());
+        h.insert("http2-settings", "AAMAAABkAAQAAP__".parse().unwrap());
+        h
+    }
+
+    fn websocket_only(t: &str) -> bool {
+        t.eq_ignore_ascii_case("websocket")
+    }
+
+    #[test]
+    fn h2c_upgrades_are_stripped_and_others_refused() {
+        let mut h = upgrade_headers("h2c");
+        assert_eq!(vet_upgrade(&mut h, websocket_only), UpgradeVerdict::Strip);
+        assert!(!h.contains_key(header::UPGRADE));
+        assert!(!h.contains_key("http2-settings"));
+
+        let mut h = upgrade_headers("foo, h2c");
+        assert_eq!(
+            vet_upgrade(&mut h, websocket_only),
+            UpgradeVerdict::Refuse("foo, h2c".into())
+        );
+
+        let mut h = upgrade_headers("h2c, WebSocket");
+        assert_eq!(vet_upgrade(&mut h, websocket_only), UpgradeVerdict::Forward);
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "WebSocket");
+        assert!(upgrade_answer_matches(
+            &offered_upgrades(&h),
+            &upgrade_headers("websocket")
+        ));
+        assert!(!upgrade_answer_matches(
+            &offered_upgrades(&h),
+            &upgrade_headers("h2c")
+        ));
+    }
 
     #[test]
     fn strips_connection_named_headers() {

@@ -2,18 +2,25 @@
 //! policy guarding it: a JWT, when one is presented, must validate (`RequestAuthentication`,
 //! else 401), then `AuthorizationPolicy` decides on the peer's mTLS identity, the JWT and the
 //! request (else 403). Every decision is counted by policy; denials are logged with the policy
-//! that made them.
+//! that made them (rate-limited, see [`crate::gate`]). Before the first config nothing is
+//! forwarded (503 `not-ready`). A validated token is taken out of the request (header or query)
+//! unless the rule says `forwardOriginalToken`. Upgrades go through only to protocols the port
+//! permits (WebSocket by default; `h2c` is stripped), and CONNECT never does: no connection
+//! becomes a pipe for requests nobody authorized.
 use super::forward::forward_upgrade;
-use super::headers::{is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop};
+use super::headers::{
+    admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
+};
 use super::upstream::{boxed_response, Wire};
 use super::{record, Outcome};
 use crate::body::{self, Body};
+use crate::config::Snapshot;
 use crate::error::{ProxyError, Reason};
+use crate::gate;
 use crate::listener::Conn;
-use crate::metrics::AuthzLabels;
 use crate::retry::Failure;
 use crate::state::ProxyState;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -21,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use trellis_identity::authz::normalize_path;
-use trellis_identity::jwt::TokenLocation;
+use trellis_identity::jwt::{without_query_param, TokenLocation};
 use trellis_identity::RequestAttrs;
 
 pub async fn handle(
@@ -33,7 +40,7 @@ pub async fn handle(
     let start = Instant::now();
     let service = state.identity.service.clone();
     let result = match guard(&state, &conn, &mut req).await {
-        Ok(()) => to_app(&state, app, req).await,
+        Ok(snap) => to_app(&state, &snap, app, req).await,
         Err(e) => Err(e),
     };
     let outcome = match result {
@@ -44,7 +51,13 @@ pub async fn handle(
             reason: None,
         },
         Err(e) => {
-            if !matches!(e.reason, Reason::Denied | Reason::Unauthenticated) {
+            if !matches!(
+                e.reason,
+                Reason::Denied
+                    | Reason::Unauthenticated
+                    | Reason::NotReady
+                    | Reason::UpgradeRefused
+            ) {
                 tracing::warn!(%app, error = %e.detail, "inbound request failed");
             }
             Outcome::error(e, &service, "")
@@ -54,15 +67,14 @@ pub async fn handle(
     Ok(outcome.response)
 }
 
-/// Authentication then authorization; `Err` is the proxy's answer (401 or 403).
+/// Authentication then authorization; `Ok` is the config the request was admitted under, `Err`
+/// the proxy's answer (503 before the first config, 401, 403).
 async fn guard(
     state: &ProxyState,
     conn: &Conn,
     req: &mut Request<Incoming>,
-) -> Result<(), ProxyError> {
-    let Some(snap) = state.snapshot.load_full() else {
-        return Ok(());
-    };
+) -> Result<Arc<Snapshot>, ProxyError> {
+    let snap = gate::ready_snapshot(state)?;
     let policy = &snap.inbound;
     let claims = match &policy.jwt {
         None => None,
@@ -70,19 +82,20 @@ async fn guard(
             .validate(req.headers(), req.uri())
             .await
             .map_err(|e| {
-                tracing::info!(peer = %conn.peer, reason = e.reason.as_str(), "JWT refused");
+                if let Some(suppressed) = state.denial_log.allow() {
+                    let reason = e.reason.as_str();
+                    tracing::info!(peer = %conn.peer, reason, suppressed, "JWT refused");
+                }
                 ProxyError::new(Reason::Unauthenticated, format!("JWT refused: {e}"))
             })?,
     };
     if let Some(c) = &claims {
         if !c.forward_original_token {
-            if let TokenLocation::Header(name) = &c.location {
-                req.headers_mut().remove(name.as_str());
-            }
+            remove_token(req, &c.location);
         }
     }
     if policy.authorizer.is_empty() {
-        return Ok(());
+        return Ok(snap);
     }
     let principal = claims.as_ref().map(|c| c.request_principal());
     let path = normalize_path(req.uri().path());
@@ -95,37 +108,13 @@ async fn guard(
         claims: claims.as_ref().map(|c| &c.claims),
     };
     let decision = policy.authorizer.decide(&attrs);
-    state
-        .metrics
-        .authz
-        .get_or_create(&AuthzLabels {
-            decision: if decision.allowed {
-                "allowed"
-            } else {
-                "denied"
-            },
-            policy: decision.policy.clone(),
-        })
-        .inc();
-    let source = conn
-        .peer_id
-        .as_deref()
-        .unwrap_or("a peer without mTLS identity");
-    if !decision.allowed {
-        tracing::info!(
-            %source,
-            method = %req.method(),
-            path = %path,
-            policy = %decision.decided_by(),
-            reason = decision.reason.as_str(),
-            "request denied"
-        );
-        return Err(ProxyError::new(
-            Reason::Denied,
-            format!("{} {path} from {source}: {decision}", req.method()),
-        ));
-    }
-    tracing::debug!(%source, path = %path, policy = %decision.decided_by(), "request allowed");
+    gate::enforce(
+        state,
+        gate::Subject::Request,
+        &decision,
+        conn.peer_id.as_deref(),
+        format_args!("{} {path}", req.method()),
+    )?;
     // The app sees the path that was authorized (only an unusual path was normalized at all).
     if let Cow::Owned(path) = path {
         if path != req.uri().path() {
@@ -134,15 +123,47 @@ async fn guard(
             }
         }
     }
-    Ok(())
+    Ok(snap)
+}
+
+/// Takes a validated token out of the request, so the app never sees a credential it was not
+/// meant to have (`forwardOriginalToken: false`, the default).
+fn remove_token(req: &mut Request<Incoming>, location: &TokenLocation) {
+    match location {
+        TokenLocation::Header(name) => {
+            req.headers_mut().remove(name.as_str());
+        }
+        TokenLocation::Query(param) => {
+            let Some(query) = req.uri().query() else {
+                return;
+            };
+            let rest = without_query_param(query, param);
+            let pq = match rest.is_empty() {
+                true => req.uri().path().to_string(),
+                false => format!("{}?{rest}", req.uri().path()),
+            };
+            if let Ok(pq) = pq.parse() {
+                let _ = set_path_and_query(req.uri_mut(), pq);
+            }
+        }
+    }
 }
 
 async fn to_app(
     state: &ProxyState,
+    snap: &Snapshot,
     app: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::new(
+            Reason::UpgradeRefused,
+            "CONNECT is not served on the inbound side: a tunnel would carry bytes no policy saw",
+        ));
+    }
+    let upgrade = req.version() == Version::HTTP_11
+        && is_upgrade(req.headers())
+        && admit_upgrade(req.headers_mut(), snap.inbound.upgrades.as_deref())?;
     strip_hop_by_hop(req.headers_mut(), upgrade);
     if upgrade {
         return forward_upgrade(state, app, None, req).await;

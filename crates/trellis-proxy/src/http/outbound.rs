@@ -2,7 +2,9 @@
 //! a per-upstream port), routed by the service's rules, subjected to faults, rewritten, and
 //! forwarded.
 use super::forward::{forward, forward_upgrade, pick, Target};
-use super::headers::{is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop};
+use super::headers::{
+    admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
+};
 use super::upstream::Wire;
 use super::{record, Outcome};
 use crate::body::{self, Body};
@@ -112,13 +114,19 @@ async fn routed(
             return Ok(abort);
         }
     }
-    let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+    let declared = svc.port(port);
+    let upgrade = req.version() == Version::HTTP_11
+        && is_upgrade(req.headers())
+        && admit_upgrade(
+            req.headers_mut(),
+            declared.and_then(|p| p.upgrades.as_deref()),
+        )?;
     strip_hop_by_hop(req.headers_mut(), upgrade);
     if let Some(m) = &rule.request_headers {
         m.apply(req.headers_mut());
     }
     apply_rewrite(rule, matched, &mut req)?;
-    let protocol = svc.port(port).map(|p| p.protocol).unwrap_or_default();
+    let protocol = declared.map(|p| p.protocol).unwrap_or_default();
     let wire = if req.version() == Version::HTTP_2
         || matches!(protocol, Protocol::Http2 | Protocol::Grpc)
     {

@@ -7,6 +7,7 @@
 pub mod io;
 pub mod issuer;
 
+use crate::TlsFiles;
 use std::path::Path;
 use std::sync::Arc;
 use trellis_identity::rustls::ClientConfig;
@@ -55,8 +56,9 @@ impl MeshTls {
     }
 
     /// A certificate chain, its key and the trusted roots, all PEM files (`--tls-cert`,
-    /// `--tls-key`, `--tls-trust`).
-    pub fn from_files(cert: &Path, key: &Path, trust: &Path) -> Result<Self, TlsSetupError> {
+    /// `--tls-key`, `--tls-trust`); peers must present identities in `trust_domain`.
+    pub fn from_files(files: &TlsFiles, trust_domain: &str) -> Result<Self, TlsSetupError> {
+        let (cert, key, trust) = (&files.cert, &files.key, &files.trust);
         let read = |what: &'static str, path: &Path| {
             std::fs::read_to_string(path).map_err(|error| TlsSetupError::Read {
                 what,
@@ -73,7 +75,8 @@ impl MeshTls {
             .set_pem(&read("certificate", cert)?, &read("key", key)?)
             .map_err(invalid("certificate", cert))?;
         let trust = TrustSource::from_pem(&read("trust bundle", trust)?)
-            .map_err(invalid("trust bundle", trust))?;
+            .map_err(invalid("trust bundle", trust))?
+            .with_trust_domain(trust_domain);
         Ok(Self::new(Arc::new(certs), Arc::new(trust))?)
     }
 
