@@ -423,7 +423,7 @@ async fn g3_fail_closed_with_no_control_plane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g3_fail_closed_with_a_hung_control_plane() {
     let dir = tempdir("hostile-g3-hung");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = hostile::app::bind_free().await;
     let hung = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let mut held = Vec::new();

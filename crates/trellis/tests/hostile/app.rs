@@ -152,7 +152,7 @@ pub struct App {
 
 impl App {
     pub async fn start() -> App {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("app bind");
+        let listener = bind_free().await;
         let addr = listener.local_addr().expect("app addr");
         let log = Arc::new(Mutex::new(Log::default()));
         let app = App {
@@ -203,6 +203,16 @@ impl App {
     pub fn all(&self) -> Record {
         self.since(&Mark::default())
     }
+}
+
+/// A listener on a port from `free_addr()` (retried if another process took it meanwhile).
+pub async fn bind_free() -> TcpListener {
+    for _ in 0..20 {
+        if let Ok(l) = TcpListener::bind(crate::common::free_addr()).await {
+            return l;
+        }
+    }
+    panic!("no free port to bind");
 }
 
 fn record(log: &Mutex<Log>, idx: usize, bytes: &[u8]) {
