@@ -5,90 +5,14 @@
 mod common;
 
 use base64::Engine;
+use common::pki::*;
 use common::*;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use trellis_identity::ca::RootOptions;
 use trellis_identity::rustls;
-use trellis_identity::{CertificateAuthority, SpiffeId, WorkloadKey};
-
-const TD: &str = "cluster.local";
-
-/// A CA and the files it issues into `dir`.
-struct Pki {
-    ca: CertificateAuthority,
-    dir: PathBuf,
-    name: &'static str,
-}
-
-/// Certificate and key files of one workload, and the DER forms for raw clients.
-struct Issued {
-    cert: PathBuf,
-    key: PathBuf,
-    chain_pem: String,
-    key_pem: String,
-}
-
-impl Pki {
-    fn new(dir: &Path, name: &'static str) -> Pki {
-        let ca = CertificateAuthority::generate(TD, &RootOptions::default()).expect("CA");
-        let pki = Pki {
-            ca,
-            dir: dir.to_path_buf(),
-            name,
-        };
-        std::fs::write(pki.trust(), pki.ca.trust_bundle_pem()).expect("write trust bundle");
-        pki
-    }
-
-    fn trust(&self) -> PathBuf {
-        self.dir.join(format!("{}-roots.pem", self.name))
-    }
-
-    /// A certificate for `service` valid from `from` to `until` (relative to now).
-    fn issue_window(&self, service: &str, from: i64, until: i64) -> Issued {
-        let id = SpiffeId::new(TD, "default", service).expect("id");
-        let key = WorkloadKey::generate().expect("key");
-        let csr = key.csr_pem(&id).expect("csr");
-        let at = |secs: i64| {
-            if secs >= 0 {
-                SystemTime::now() + Duration::from_secs(secs as u64)
-            } else {
-                SystemTime::now() - Duration::from_secs((-secs) as u64)
-            }
-        };
-        let bundle = self
-            .ca
-            .sign_csr_with_validity(&csr, &id, at(from), at(until))
-            .expect("sign");
-        let stem = format!("{}-{service}-{from}-{until}", self.name);
-        let cert = self.dir.join(format!("{stem}.crt"));
-        let key_path = self.dir.join(format!("{stem}.key"));
-        std::fs::write(&cert, &bundle.cert_chain_pem).expect("write cert");
-        key.write_pem_file(&key_path).expect("write key");
-        Issued {
-            cert,
-            key: key_path,
-            chain_pem: bundle.cert_chain_pem,
-            key_pem: key.private_key_pem().expose().to_string(),
-        }
-    }
-
-    fn issue(&self, service: &str) -> Issued {
-        self.issue_window(service, -60, 3600)
-    }
-}
-
-fn tls_args(pki: &Pki, issued: &Issued) -> Vec<String> {
-    vec![
-        format!("--tls-cert={}", issued.cert.display()),
-        format!("--tls-key={}", issued.key.display()),
-        format!("--tls-trust={}", pki.trust().display()),
-    ]
-}
 
 /// The backend: a demo app and its sidecar holding `issued`.
 fn start_backend(
@@ -413,43 +337,6 @@ async fn opaque_tcp_between_sidecars_is_mtls_too() {
     );
 }
 
-/// A server-certificate verifier that accepts anything: the raw test client checks only what the
-/// server does with *its* certificate.
-#[derive(Debug)]
-struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// Connects to `addr` with a client certificate, sends one request and returns what came back
 /// (empty when the server refused the certificate).
 async fn raw_mtls_request(addr: SocketAddr, issued: &Issued) -> Vec<u8> {
@@ -476,32 +363,6 @@ async fn raw_mtls_request(addr: SocketAddr, issued: &Issued) -> Vec<u8> {
     }
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
-    out
-}
-
-fn pem_der(pem: &str, label: &str) -> Vec<u8> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = pem.find(&begin).expect("pem begin") + begin.len();
-    let stop = pem[start..].find(&end).expect("pem end") + start;
-    let b64: String = pem[start..stop].split_whitespace().collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .expect("pem base64")
-}
-
-fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    let mut out = Vec::new();
-    let mut rest = pem;
-    while let Some(i) = rest.find("-----BEGIN CERTIFICATE-----") {
-        let block = &rest[i..];
-        let end = block.find("-----END CERTIFICATE-----").expect("end") + 25;
-        out.push(rustls::pki_types::CertificateDer::from(pem_der(
-            &block[..end],
-            "CERTIFICATE",
-        )));
-        rest = &block[end..];
-    }
     out
 }
 

@@ -2,6 +2,8 @@
 //! when a test ends, and small HTTP clients.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
