@@ -206,7 +206,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let service = opts.identity.service.clone();
     trellis_proxy::run(opts, shutdown_signal(), |bound| {
         println!(
-            "trellis proxy for {service} ready: admin={} outbound={} inbound={} upstreams={:?}",
+            "trellis proxy for {service} listening (ready once config is in force; see /ready): admin={} outbound={} inbound={} upstreams={:?}",
             bound.admin,
             bound
                 .outbound

@@ -269,7 +269,11 @@ async fn run(config: ClientConfig, mut applier: cache::Applier) {
             failures.saturating_add(1)
         };
         let delay = config.backoff.delay(failures);
-        tracing::warn!(error = %end.error, retry_in = ?delay, "control plane stream ended; keeping the last good config");
+        if applier.status().borrow().ready {
+            tracing::warn!(error = %end.error, retry_in = ?delay, "control plane stream ended; keeping the last good config");
+        } else {
+            tracing::warn!(error = %end.error, retry_in = ?delay, "control plane stream ended before any config arrived; the proxy forwards nothing inbound until one does");
+        }
         applier.status().send_modify(|s| {
             s.endpoint = None;
             s.connected_since_unix_ms = None;
