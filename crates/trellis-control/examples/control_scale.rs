@@ -109,6 +109,7 @@ async fn bench(n: usize, rounds: usize) -> Result<(), String> {
         join_token: Some(TOKEN.into()),
         join_token_file: None,
         ca: None,
+        connections: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
