@@ -21,7 +21,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use trellis_net::{ConnLimiter, ConnSlot, Ended, HttpServer};
 use trellis_xds::server::ServerConfig;
 use trellis_xds::{AdsServer, Registry};
@@ -175,7 +175,7 @@ pub async fn run(
         status: Some(Arc::new(XdsStatus(ads.registry()))),
         ca,
     });
-    let listener = TcpListener::bind(opts.listen)
+    let listener = trellis_net::bind(opts.listen)
         .await
         .map_err(|error| ControlError::Bind {
             addr: opts.listen,

@@ -13,8 +13,9 @@
 //! - when given a [`ConnLimiter`], sheds one of its sheddable connections per failure, since
 //!   that is what frees a descriptor soonest.
 //!
-//! [`serve`] is the whole loop for a port with a connection cap: accept, admit under the
-//! [`ConnLimiter`] (shedding rather than refusing), and spawn the handler.
+//! [`serve`] is the whole loop for a port with a connection cap: wait for room (not too many
+//! shed connections still closing), accept, admit under the [`ConnLimiter`] (shedding rather
+//! than refusing), and spawn the handler.
 use crate::limit::{Admission, ConnLimiter, ConnSlot};
 use crate::throttle::LogThrottle;
 use std::future::Future;
@@ -22,6 +23,24 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+
+/// The accept queue [`bind`] asks for (the kernel caps it at `net.core.somaxconn`).
+pub const BACKLOG: u32 = 1024;
+
+/// Binds a listener with an accept queue of [`BACKLOG`] (and `SO_REUSEADDR`, as std does).
+///
+/// Why: `TcpListener::bind` asks for 128. Under a flood of connections a burst of 128 fills
+/// that queue within milliseconds whenever the accept loop is busy, and the kernel then drops
+/// SYNs: a legitimate client waits a whole second for its SYN to be sent again.
+pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Exponential backoff between failed accepts.
 #[derive(Debug, Clone)]
@@ -175,8 +194,12 @@ pub async fn serve<F, Fut>(
     let mut acceptor = Acceptor::new(listener, what).shed_on_error(limiter.clone());
     tokio::pin!(stop);
     loop {
+        let next = async {
+            limiter.room().await;
+            acceptor.accept().await
+        };
         let (stream, peer) = tokio::select! {
-            a = acceptor.accept() => a,
+            a = next => a,
             _ = &mut stop => return,
         };
         match limiter.admit(peer) {
@@ -193,6 +216,21 @@ mod tests {
     use super::*;
     use std::collections::VecDeque;
     use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn bind_asks_for_a_long_accept_queue() {
+        let l = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        // More connections than std's queue of 128 complete without anyone accepting.
+        let mut conns = Vec::new();
+        for i in 0..300 {
+            let c = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr))
+                .await
+                .unwrap_or_else(|_| panic!("connection {i} waited: the queue is short"))
+                .unwrap();
+            conns.push(c);
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets() {

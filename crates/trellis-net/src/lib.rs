@@ -1,8 +1,9 @@
 //! Server plumbing every Trellis port shares, so that no port can be starved or made to flood
 //! the log by a hostile client:
 //!
-//! - [`accept`]: accept loops that back off on errors (out of descriptors) and log them
-//!   throttled, and [`accept::serve`], the loop for a port with a connection cap;
+//! - [`accept`]: listeners with a long accept queue ([`bind`]), accept loops that back off on
+//!   errors (out of descriptors) and log them throttled, and [`serve`], the loop for a port
+//!   with a connection cap;
 //! - [`limit`]: the connection cap, which sheds the oldest connection that is not serving a
 //!   request instead of refusing the newcomer;
 //! - [`http`]: hyper servers with header-read and idle timeouts that never cut a request in
@@ -23,7 +24,7 @@ pub mod liblog;
 pub mod limit;
 pub mod throttle;
 
-pub use accept::{serve, Acceptor, Backoff};
+pub use accept::{bind, serve, Acceptor, Backoff};
 pub use browser::{refuse_browser_request, BrowserRefusal};
 pub use http::{Ended, HttpServer};
 pub use limit::{Admission, ConnLimiter, ConnSlot, Phase};

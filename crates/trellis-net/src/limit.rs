@@ -16,7 +16,10 @@
 //!
 //! Only when every admitted connection is active is the newcomer refused. A shed connection
 //! keeps counting until its task has dropped it (its descriptor is closed then), but it is not
-//! shed twice and does not make the limiter shed another one for the same place.
+//! shed twice and does not make the limiter shed another one for the same place. Since a shed
+//! connection still holds its descriptor until its task runs, the accept loop waits
+//! ([`ConnLimiter::room`]) while more than a few (a 32nd of the cap, 4 to 64) are on their way
+//! out: accepting faster than the shed tasks close would run the process out of descriptors.
 //!
 //! The phases also drive the timeouts in [`crate::http`]: a pending connection is closed once
 //! the header-read timeout passes, an idle one after the idle timeout, an active one never.
@@ -62,6 +65,10 @@ pub struct ConnLimiter {
 #[derive(Debug)]
 struct Shared {
     max: usize,
+    /// Shed connections still open beyond which [`ConnLimiter::room`] waits.
+    max_shedding: usize,
+    /// Woken when a shed connection is dropped.
+    room: Notify,
     /// Names the port in log lines.
     what: &'static str,
     state: Mutex<State>,
@@ -132,9 +139,12 @@ pub enum Admission {
 impl ConnLimiter {
     /// At most `max` connections (at least 1) on the port `what` names in log lines.
     pub fn new(max: usize, what: &'static str) -> Self {
+        let max = max.max(1);
         Self {
             shared: Arc::new(Shared {
-                max: max.max(1),
+                max,
+                max_shedding: (max / 32).clamp(4, 64),
+                room: Notify::new(),
                 what,
                 state: Mutex::new(State::default()),
                 log: LogThrottle::per_second(),
@@ -148,6 +158,22 @@ impl ConnLimiter {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.shared)
+    }
+
+    /// Resolves when admitting one more connection would not push the shed-but-still-open
+    /// connections past their bound; the accept loop awaits it before each accept.
+    pub async fn room(&self) {
+        loop {
+            let notified = self.shared.room.notified();
+            {
+                let st = self.lock();
+                if st.open - st.shedding < self.shared.max || st.shedding < self.shared.max_shedding
+                {
+                    return;
+                }
+            }
+            notified.await;
+        }
     }
 
     /// Admits a newly accepted connection, shedding an older one when the cap is reached.
@@ -261,6 +287,7 @@ impl Drop for SlotInner {
         st.open -= 1;
         if self.signal.shed.load(Ordering::Acquire) {
             st.shedding -= 1;
+            self.shared.room.notify_one();
         }
     }
 }
@@ -401,6 +428,31 @@ mod tests {
         assert_eq!((st.open, st.active, st.refused), (2, 2, 1));
         drop(xds);
         assert!(matches!(stream.phase(), Phase::Idle(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accepting_waits_while_too_many_shed_connections_are_still_open() {
+        let l = ConnLimiter::new(4, "test"); // at most 4 shed-but-open connections
+        let mut slots: Vec<_> = (0..8).map(|_| admit(&l)).collect();
+        assert_eq!(
+            l.stats().open,
+            8,
+            "4 admitted, then 4 more shedding the first 4"
+        );
+        let wait = tokio::time::timeout(std::time::Duration::from_secs(1), l.room()).await;
+        assert!(wait.is_err(), "no room until a shed connection is gone");
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move { l.room().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        assert!(slots[0].is_shed());
+        slots.remove(0);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("room once one of them closed")
+            .unwrap();
     }
 
     #[test]
