@@ -401,19 +401,23 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// What one attacking connection sends: the preface, then a rapid reset (HEADERS and
-/// RST_STREAM, over and over) and a run of PING acks nobody asked for.
-fn h2_attack() -> Vec<u8> {
+/// What one attacking connection sends: the preface, then either a rapid reset (HEADERS and
+/// RST_STREAM, over and over; h2 gives up with a WARN line per connection) or a run of PING
+/// acks nobody asked for (h2 writes a WARN line per frame).
+fn h2_attack(rapid_reset: bool) -> Vec<u8> {
     // HPACK: :method GET, :scheme http, :path /, :authority "web" (literal, indexed name).
     let headers = b"\x82\x86\x84\x01\x03web";
     let mut out = PREFACE.to_vec();
     out.extend(frame(4, 0, 0, &[])); // SETTINGS
-    for id in (1..200u32).step_by(2) {
-        out.extend(frame(1, 0x4, id, headers)); // HEADERS, END_HEADERS
-        out.extend(frame(3, 0, id, &8u32.to_be_bytes())); // RST_STREAM CANCEL
-    }
-    for _ in 0..20 {
-        out.extend(frame(6, 0x1, 0, b"12345678")); // PING with ACK set
+    if rapid_reset {
+        for id in (1..200u32).step_by(2) {
+            out.extend(frame(1, 0x4, id, headers)); // HEADERS, END_HEADERS
+            out.extend(frame(3, 0, id, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+        }
+    } else {
+        for _ in 0..20 {
+            out.extend(frame(6, 0x1, 0, b"12345678")); // PING with ACK set
+        }
     }
     out
 }
@@ -438,44 +442,54 @@ async fn http2_flood_leaves_a_handful_of_warn_lines() {
     wait_ready(caller.admin).await;
     wait_listening(instance.app_addr).await;
 
-    let attack = std::sync::Arc::new(h2_attack());
+    let attacks = [
+        std::sync::Arc::new(h2_attack(true)),
+        std::sync::Arc::new(h2_attack(false)),
+    ];
     let targets = [instance.inbound, caller.outbound];
+    // 300 connections at once, half of each kind, half on each port; each reads what the
+    // sidecar answers for at most a second, then hangs up.
+    let flood_start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let attack = attacks[i % 2].clone();
+        let target = targets[(i / 2) % 2];
+        tasks.push(tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(mut s) = tokio::net::TcpStream::connect(target).await else {
+                return false;
+            };
+            let _ = s.write_all(&attack).await;
+            let mut sink = vec![0u8; 16 * 1024];
+            let drain = async { while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+            true
+        }));
+    }
     let mut sent = 0;
-    for batch in 0..6 {
-        let mut tasks = Vec::new();
-        for i in 0..50 {
-            let (attack, target) = (attack.clone(), targets[(batch + i) % 2]);
-            tasks.push(tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let Ok(mut s) = tokio::net::TcpStream::connect(target).await else {
-                    return false;
-                };
-                let _ = s.write_all(&attack).await;
-                let mut sink = vec![0u8; 16 * 1024];
-                let drain = async { while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {} };
-                let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-                true
-            }));
-        }
-        for t in tasks {
-            sent += t.await.unwrap() as usize;
-        }
+    for t in tasks {
+        sent += t.await.unwrap() as usize;
     }
     assert!(sent >= 280, "only {sent} attacking connections got through");
+    let flood_secs = flood_start.elapsed().as_secs() as usize;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let logs = instance.sidecar.log_text() + &caller.proc.log_text();
     let warns: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
-    // The flood did reach h2's warnings (else this test proves nothing)...
+    // The flood did reach both of h2's warnings (else this test proves nothing)...
+    for statement in ["recv_reset", "recv PING ack"] {
+        assert!(
+            warns.iter().any(|l| l.contains(statement)),
+            "no h2 warning `{statement}`: {logs}"
+        );
+    }
+    // ...and they were throttled: without it this is one line per rapid-reset connection plus
+    // one per PING ack (150 + 3000). With it: at most one a second for each of the two h2 statements
+    // on each of the two sidecars (the flood takes about a second; slower machines get more).
+    let bound = 4 * (flood_secs + 2);
     assert!(
-        warns.iter().any(|l| l.contains("h2::")),
-        "no h2 warning at all: {logs}"
-    );
-    // ...and they were throttled: without it this is one line per connection plus one per
-    // PING ack (300 + 6000).
-    assert!(
-        warns.len() <= 16,
-        "{} WARN lines:\n{}",
+        warns.len() <= bound,
+        "{} WARN lines (at most {bound} expected):\n{}",
         warns.len(),
         warns.join("\n")
     );
@@ -496,7 +510,7 @@ async fn xds_streams_outlive_the_idle_timeout() {
         &control_args(
             &dir,
             addr,
-            &["--idle-timeout=1s", "--header-read-timeout=1s"],
+            &["--idle-timeout=1s", "--header-read-timeout=5s"],
         ),
     );
     wait_api(addr).await;
