@@ -109,6 +109,7 @@ async fn bench(n: usize, rounds: usize) -> Result<(), String> {
         join_token: Some(TOKEN.into()),
         join_token_file: None,
         ca: None,
+        connections: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -198,6 +199,9 @@ async fn bench(n: usize, rounds: usize) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() {
+    // Both ends of every proxy's connection live in this process, and the control port's
+    // connection cap is fitted under the open-files limit: raise it as `trellis` does.
+    trellis_net::fdlimit::raise();
     let mut clients = vec![100, 1000];
     let mut rounds = 20;
     let args: Vec<String> = std::env::args().skip(1).collect();

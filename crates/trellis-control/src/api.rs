@@ -63,6 +63,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             token,
             auth::require_token,
         ))
+        .route_layer(axum::middleware::from_fn(auth::refuse_browsers))
         .with_state(state);
     Router::new()
         .route("/api/v1/health", get(|| async { "ok\n" }))

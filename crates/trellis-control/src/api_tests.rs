@@ -253,3 +253,45 @@ async fn registration_sets_the_granted_identity() {
         "{w}"
     );
 }
+
+#[tokio::test]
+async fn state_changes_a_browser_could_send_are_refused_even_with_the_token() {
+    let api = Api::new().await;
+    let doc = "apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80, protocol: http}]}\n";
+    let send = |headers: &'static [(&'static str, &'static str)]| {
+        let mut req =
+            http::Request::post("/api/v1/apply").header("authorization", format!("Bearer {TOKEN}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let router = api.router.clone();
+        async move {
+            let rsp = router
+                .oneshot(req.body(Body::from(doc)).unwrap())
+                .await
+                .unwrap();
+            let status = rsp.status().as_u16();
+            let bytes = rsp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    for headers in [
+        &[("origin", "http://evil.example")][..],
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("content-type", "text/plain")][..],
+        &[("content-type", "application/x-www-form-urlencoded")][..],
+    ] {
+        let (status, body) = send(headers).await;
+        assert_eq!(status, 403, "{headers:?}: {body}");
+        assert!(body.contains("refused"), "{body}");
+    }
+    let web = "/api/v1/resources/Service/default/web";
+    let (status, v) = api.call("GET", web, Some(TOKEN), "").await;
+    assert_eq!(status, 404, "nothing was written: {v}");
+    // The CLI's way: JSON or no content type, no browser headers. A read with an Origin is fine.
+    let (status, body) = send(&[("content-type", "application/json")]).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send(&[]).await;
+    assert_eq!(status, 200, "{body}");
+    api.ok("GET", web, "").await;
+}

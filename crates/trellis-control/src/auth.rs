@@ -10,6 +10,13 @@
 //! - xDS ([`xds_hook`], the ADS server's auth hook): a stream without the token is refused with
 //!   gRPC `UNAUTHENTICATED` before it is served anything.
 //!
+//! State-changing API calls also refuse what a web page could make a browser send
+//! ([`refuse_browsers`]: an `Origin` or `Sec-Fetch-*` header, a form content type), 403. That
+//! is defence in depth: a page cannot send the bearer token without a CORS preflight, which this
+//! API never grants. The `Host` rule of the sidecar's admin port (IP literals and `localhost`
+//! only, against DNS rebinding) is not applied here: proxies and the CLI call the control plane
+//! by DNS name, and a rebound page still lacks the token.
+//!
 //! The token is compared in constant time (both sides hashed with SHA-256, then compared without
 //! an early exit, so neither content nor length leaks through timing), never logged, never
 //! echoed in an error, and redacted in `Debug`.
@@ -149,6 +156,24 @@ pub async fn require_token(State(token): State<JoinToken>, req: Request, next: N
             rsp
         }
     }
+}
+
+/// Axum middleware: a request that changes state (any method but GET, HEAD, OPTIONS) and looks
+/// like a browser sent it for a web page (see [`trellis_net::browser`]) is refused with 403 and
+/// a JSON error naming why.
+pub async fn refuse_browsers(req: Request, next: Next) -> Response {
+    let safe = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe {
+        if let Err(why) = trellis_net::refuse_browser_request(req.headers(), req.uri(), false) {
+            tracing::debug!(path = %req.uri().path(), reason = %why, "API request refused");
+            let body = serde_json::json!({"error": why.to_string(), "details": []});
+            return (StatusCode::FORBIDDEN, Json(body)).into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// The ADS server's auth hook: a stream must carry `authorization: Bearer <join token>`.

@@ -2,19 +2,27 @@
 //! the mesh CA and the join token, computes each proxy's view, and serves the HTTP API and the
 //! xDS transport on one port: a connection that opens with the HTTP/2 preface is gRPC (xDS),
 //! anything else is the HTTP/1 API. Both require the join token (see [`crate::auth`]).
+//!
+//! The port holds up under floods of connections that never finish a request (slowloris) and
+//! near the open-files limit ([`trellis_net`]): a connection cap ([`ConnectionLimits`], fitted
+//! under the open-files limit) that sheds the oldest connection with no request in flight
+//! instead of refusing the newcomer, a header-read timeout that also bounds protocol detection,
+//! an idle timeout for connections with no request in flight, and accept errors backed off and
+//! logged at most about once a second. An xDS stream is a request in flight for its whole life,
+//! so neither the cap nor the idle timeout ever cuts one; HTTP/2 PINGs find dead proxies.
 use crate::api::{self, ApiState, ProxyStatus};
 use crate::auth;
 use crate::ca::{CaSetupError, MeshCa};
 use crate::model;
 use crate::store::{self, StoreSpec};
 use crate::views::MeshViews;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+use trellis_net::{ConnLimiter, ConnSlot, Ended, HttpServer};
 use trellis_xds::server::ServerConfig;
 use trellis_xds::{AdsServer, Registry};
 
@@ -32,6 +40,30 @@ pub struct ControlOptions {
     /// A user-supplied CA certificate chain and key (PEM) used on first start instead of a
     /// generated root (ignored, with a warning, when the store already holds a CA).
     pub ca: Option<SuppliedCa>,
+    /// The connection cap and timeouts of the control port.
+    pub connections: ConnectionLimits,
+}
+
+/// How many connections the control port keeps, and how long it waits on them.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Connections kept at most (lowered at start to fit the open-files limit). Each proxy
+    /// holds one xDS connection and at times one more for registration; the CLI one per call.
+    pub max_connections: usize,
+    /// Header-read, idle and PING timeouts.
+    pub http: HttpServer,
+}
+
+/// Room for a few thousand proxies with their registration calls, and the CLI.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            http: HttpServer::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for ControlOptions {
@@ -46,6 +78,7 @@ impl std::fmt::Debug for ControlOptions {
             )
             .field("join_token_file", &self.join_token_file)
             .field("ca", &self.ca)
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -142,7 +175,7 @@ pub async fn run(
         status: Some(Arc::new(XdsStatus(ads.registry()))),
         ca,
     });
-    let listener = TcpListener::bind(opts.listen)
+    let listener = trellis_net::bind(opts.listen)
         .await
         .map_err(|error| ControlError::Bind {
             addr: opts.listen,
@@ -151,37 +184,44 @@ pub async fn run(
     let addr = listener.local_addr().unwrap_or(opts.listen);
     on_ready(addr);
     let api = api::router(state);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let (api, ads) = (api.clone(), ads.clone());
-        tokio::spawn(async move {
-            if let Err(e) = serve_connection(stream, api, ads).await {
-                tracing::debug!(%peer, error = %e, "control connection ended");
-            }
-        });
+    let wanted = opts.connections.max_connections;
+    let limiter = ConnLimiter::new(trellis_net::fdlimit::fit_cap(wanted), "control");
+    if limiter.max() < wanted {
+        tracing::info!(
+            max_connections = limiter.max(),
+            asked = wanted,
+            open_files_limit = trellis_net::fdlimit::soft_limit(),
+            "connection cap lowered to fit the open-files limit"
+        );
     }
+    let http = opts.connections.http.clone();
+    trellis_net::serve(
+        listener,
+        "control",
+        limiter,
+        shutdown,
+        |stream, peer, slot| {
+            let (api, ads, http) = (api.clone(), ads.clone(), http.clone());
+            async move {
+                let _ = stream.set_nodelay(true);
+                let ended = serve_connection(stream, slot, api, ads, &http).await;
+                tracing::debug!(%peer, %ended, "control connection ended");
+            }
+        },
+    )
+    .await;
     // Proxies fail over to another replica at once instead of waiting for a timeout.
     ads.close_streams();
     Ok(())
 }
 
-/// Whether the client opened with the HTTP/2 preface (`PRI * HTTP/2.0`), waiting (bounded) for
-/// the first three bytes.
+/// Whether the client opened with the HTTP/2 preface (`PRI * HTTP/2.0`): peeks until three
+/// bytes are in (the caller bounds the wait by the header-read timeout), backing off while a
+/// client trickles them so that thousands of trickling clients cost little.
 async fn is_http2(stream: &TcpStream) -> std::io::Result<bool> {
     let mut buf = [0u8; 3];
-    for _ in 0..5_000 {
+    let mut delay = Duration::from_millis(1);
+    for _ in 0..1_000 {
         let n = stream.peek(&mut buf).await?;
         if n == 0 {
             return Ok(false);
@@ -189,28 +229,34 @@ async fn is_http2(stream: &TcpStream) -> std::io::Result<bool> {
         if n >= 3 {
             return Ok(&buf == b"PRI");
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
     }
     Ok(false)
 }
 
+/// Serves one connection: xDS (gRPC over HTTP/2) or the HTTP/1 API, told apart by its first
+/// bytes, all under the connection's slot and timeouts.
 async fn serve_connection(
     stream: TcpStream,
+    slot: ConnSlot,
     api: axum::Router,
     ads: AdsServer,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    if is_http2(&stream).await? {
+    http: &HttpServer,
+) -> Ended {
+    let h2 = match http.while_pending(&slot, is_http2(&stream)).await {
+        Some(Ok(h2)) => h2,
+        Some(Err(_)) => return Ended::Closed(Ok(())),
+        None if slot.is_shed() => return Ended::Shed,
+        None => return Ended::HeaderTimeout,
+    };
+    if h2 {
         let svc = TowerToHyperService::new(ads.service());
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(stream), svc)
-            .await?;
+        http.serve_http2(stream, svc, slot).await
     } else {
         let svc = TowerToHyperService::new(api);
-        hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), svc)
-            .await?;
+        http.serve_http1(stream, svc, slot).await
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -231,6 +277,7 @@ mod tests {
                 cert_chain_pem: "CERT".into(),
                 key_pem: "-----BEGIN PRIVATE KEY-----".into(),
             }),
+            connections: ConnectionLimits::default(),
         };
         let dbg = format!("{opts:?}");
         assert!(!dbg.contains("s3cret") && !dbg.contains("PRIVATE"), "{dbg}");

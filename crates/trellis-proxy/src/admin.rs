@@ -1,5 +1,12 @@
 //! The admin listener (loopback by default): readiness, liveness, metrics, the config in force,
 //! and shutdown. Never reachable from the data-plane ports.
+//!
+//! The port is hardened like the control plane's ([`trellis_net`]): a connection cap that sheds
+//! the oldest connection not serving a request (so probes get through a slowloris flood), a
+//! header-read timeout, an idle timeout, and accept errors backed off and logged throttled.
+//! `POST /shutdown` refuses what a web page could make a browser send (an `Origin` or
+//! `Sec-Fetch-*` header, a form content type, a `Host` that is not an IP address or `localhost`)
+//! with 403 and the reason; `curl -X POST http://127.0.0.1:15000/shutdown` works.
 use crate::body::{self, Body};
 use crate::drain::Drain;
 use crate::resilience::health::Health;
@@ -7,32 +14,45 @@ use crate::state::ProxyState;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use trellis_net::{ConnLimiter, HttpServer, LogThrottle};
+
+/// Admin connections beyond which the oldest idle one is shed: probes and scrapes need a few.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
 
 pub async fn run(listener: TcpListener, state: Arc<ProxyState>, drain: Drain) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
+    let settings = &state.settings;
+    let limiter = ConnLimiter::new(
+        trellis_net::fdlimit::fit_cap(settings.admin_max_connections),
+        "admin",
+    );
+    let http = HttpServer {
+        header_read_timeout: settings.admin_header_read_timeout,
+        ..HttpServer::default()
+    };
+    let refusals = Arc::new(LogThrottle::per_second());
+    let stop = std::future::pending();
+    trellis_net::serve(
+        listener,
+        "admin",
+        limiter,
+        stop,
+        move |stream, peer, slot| {
+            let (state, drain, http, refusals) =
+                (state.clone(), drain.clone(), http.clone(), refusals.clone());
+            async move {
+                let svc = service_fn(move |req| {
+                    let (state, drain, refusals) = (state.clone(), drain.clone(), refusals.clone());
+                    async move { Ok::<_, Infallible>(handle(&state, &drain, &refusals, req)) }
+                });
+                let ended = http.serve_http1(stream, svc, slot).await;
+                tracing::debug!(%peer, %ended, "admin connection ended");
             }
-        };
-        let (state, drain) = (state.clone(), drain.clone());
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let (state, drain) = (state.clone(), drain.clone());
-                async move { Ok::<_, Infallible>(handle(&state, &drain, req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+        },
+    )
+    .await;
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
@@ -45,7 +65,12 @@ fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
     rsp
 }
 
-fn handle(state: &ProxyState, drain: &Drain, req: Request<Incoming>) -> Response<Body> {
+fn handle(
+    state: &ProxyState,
+    drain: &Drain,
+    refusals: &LogThrottle,
+    req: Request<Incoming>,
+) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET, "/ready") => {
@@ -70,6 +95,12 @@ fn handle(state: &ProxyState, drain: &Drain, req: Request<Incoming>) -> Response
         }
         (&Method::GET, "/config") => config(state),
         (&Method::POST, "/shutdown") => {
+            if let Err(why) = trellis_net::refuse_browser_request(req.headers(), req.uri(), true) {
+                if let Some(suppressed) = refusals.allow() {
+                    tracing::warn!(reason = %why, suppressed, "POST /shutdown refused");
+                }
+                return text(StatusCode::FORBIDDEN, format!("{why}\n"));
+            }
             tracing::info!("shutdown requested on the admin port; draining");
             drain.start();
             text(StatusCode::OK, "draining\n")

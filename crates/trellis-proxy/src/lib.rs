@@ -120,7 +120,8 @@ pub struct Bound {
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
+    // An accept queue of 1024, not std's 128: a burst must not make clients wait a second.
+    trellis_net::bind(addr)
         .await
         .map_err(|error| StartError::Bind { addr, what, error })
 }

@@ -44,27 +44,21 @@ impl Role {
 /// Accepts until drain starts.
 pub async fn run(listener: TcpListener, role: Role, state: Arc<ProxyState>, drain: Drain) {
     let role = Arc::new(role);
+    // Out of file descriptors and the like: back off (exponentially, up to 1 s) and log at most
+    // about once a second, instead of spinning or writing a line per attempt.
+    let mut acceptor = trellis_net::Acceptor::new(listener, role.direction());
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
+        let (stream, peer) = tokio::select! {
+            a = acceptor.accept() => a,
             _ = drain.started() => return,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let guard = drain.track();
-                let (role, state, drain) = (role.clone(), state.clone(), drain.clone());
-                tokio::spawn(async move {
-                    connection(stream, peer, &role, &state, &drain).await;
-                    drop(guard);
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let _ = stream.set_nodelay(true);
+        let guard = drain.track();
+        let (role, state, drain) = (role.clone(), state.clone(), drain.clone());
+        tokio::spawn(async move {
+            connection(stream, peer, &role, &state, &drain).await;
+            drop(guard);
+        });
     }
 }
 

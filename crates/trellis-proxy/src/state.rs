@@ -27,6 +27,10 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Largest request head (line and headers) accepted, in bytes.
     pub max_header_bytes: usize,
+    /// Admin-port connections kept at most (the oldest not serving a request is shed beyond).
+    pub admin_max_connections: usize,
+    /// How long an admin-port connection may take to send its request head.
+    pub admin_header_read_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -36,6 +40,8 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
+            admin_max_connections: crate::admin::DEFAULT_MAX_CONNECTIONS,
+            admin_header_read_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use trellis_control::server::{run as run_control, ControlOptions, SuppliedCa};
+use trellis_control::server::{run as run_control, ConnectionLimits, ControlOptions, SuppliedCa};
 use trellis_control::StoreSpec;
 
 /// Name of the token file under `--data-dir` with the embedded store.
@@ -41,6 +41,17 @@ pub struct ControlCmdArgs {
     /// The private key (PKCS#8 PEM) of --ca-cert.
     #[arg(long)]
     pub ca_key: Option<PathBuf>,
+    /// Connections kept at most (each proxy holds about one; lowered at start to fit the
+    /// open-files limit). Beyond it the oldest connection with no request in flight is closed
+    /// to make room; an xDS stream is never closed for it.
+    #[arg(long, default_value_t = trellis_control::server::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// How long a new connection may take to send its first request head.
+    #[arg(long, default_value = "10s")]
+    pub header_read_timeout: trellis_api::Duration,
+    /// How long a connection may stay with no request in flight (an open xDS stream is one).
+    #[arg(long, default_value = "60s")]
+    pub idle_timeout: trellis_api::Duration,
 }
 
 fn read_pem(path: &Path, what: &str) -> anyhow::Result<String> {
@@ -78,6 +89,14 @@ pub async fn run(args: ControlCmdArgs) -> anyhow::Result<()> {
         join_token: args.join_token.clone().map(|t| t.0),
         join_token_file: join_token_file.clone(),
         ca: supplied_ca(&args)?,
+        connections: ConnectionLimits {
+            max_connections: args.max_connections,
+            http: trellis_net::HttpServer {
+                header_read_timeout: args.header_read_timeout.as_std(),
+                idle_timeout: args.idle_timeout.as_std(),
+                ..trellis_net::HttpServer::default()
+            },
+        },
     };
     run_control(opts, crate::proxy_cmd::shutdown_signal(), |addr| {
         println!("trellis control ready: listening on {addr}");

@@ -58,15 +58,23 @@ enum Command {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Libraries' warnings about what a peer did (h2 writes one per rapid-reset connection and
+    // per unsolicited PING ack) are written at most about once a second each.
+    let format =
+        trellis_net::liblog::ThrottleLibraryWarnings::new(tracing_subscriber::fmt::format());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .event_format(format)
         .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
+    // Every connection is a descriptor; many systems start processes at a soft limit of 1024
+    // while allowing far more. Connection caps are fitted under whatever limit is in force.
+    trellis_net::fdlimit::raise();
     let workers = match &cli.command {
         Command::Proxy(args) => args.workers,
         _ => 0,

@@ -49,6 +49,13 @@ pub struct ProxyArgs {
     /// Admin listener: /ready /live /metrics /config /shutdown.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
+    /// Admin-port connections kept at most; beyond it the oldest one not serving a request is
+    /// closed to make room (lowered at start to fit the open-files limit).
+    #[arg(long, default_value_t = trellis_proxy::admin::DEFAULT_MAX_CONNECTIONS)]
+    pub admin_max_connections: usize,
+    /// How long an admin-port connection may take to send its request head.
+    #[arg(long, default_value = "5s")]
+    pub admin_header_read_timeout: trellis_api::Duration,
     /// How long protocol detection waits for the client's first bytes.
     #[arg(long, default_value = "5s")]
     pub detect_timeout: trellis_api::Duration,
@@ -189,6 +196,8 @@ pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
             connect_timeout: args.connect_timeout.as_std(),
             drain_timeout: args.drain_timeout.as_std(),
             max_header_bytes: args.max_header_bytes,
+            admin_max_connections: args.admin_max_connections,
+            admin_header_read_timeout: args.admin_header_read_timeout.as_std(),
         },
         outbound,
         upstreams: args.upstreams,

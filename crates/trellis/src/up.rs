@@ -126,6 +126,7 @@ async fn start_control(
         join_token: Some(token.to_string()),
         join_token_file: Some(work.join("join-token")),
         ca: None,
+        connections: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
