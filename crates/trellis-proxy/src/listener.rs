@@ -209,7 +209,9 @@ async fn serve_tls<I>(
 {
     let Some(tls) = state.tls() else {
         tls_result(state, "no-certificate");
-        tracing::warn!(%peer, "mTLS connection refused: this proxy has no workload certificate");
+        if let Some(suppressed) = state.peer_log.allow() {
+            tracing::warn!(%peer, suppressed, "mTLS connection refused: this proxy has no workload certificate");
+        }
         return;
     };
     let accept = tls.acceptor().accept(io);
@@ -217,7 +219,9 @@ async fn serve_tls<I>(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tls_result(state, "handshake-failed");
-            tracing::info!(%peer, error = %e, "mTLS handshake refused");
+            if let Some(suppressed) = state.peer_log.allow() {
+                tracing::info!(%peer, error = %e, suppressed, "mTLS handshake refused");
+            }
             return;
         }
         Err(_) => {
@@ -313,7 +317,11 @@ where
     .unwrap_or_else(|| state.upstreams.default_connect_timeout());
     match connect_peer(addr, timeout, tls.as_ref()).await {
         Ok(upstream) => splice(&state.metrics, role.direction(), service, io, upstream).await,
-        Err(e) => tracing::warn!(%peer, error = %e.detail, "tcp upstream connect failed"),
+        Err(e) => {
+            if let Some(suppressed) = state.peer_log.allow() {
+                tracing::warn!(%peer, error = %e.detail, suppressed, "tcp upstream connect failed");
+            }
+        }
     }
 }
 

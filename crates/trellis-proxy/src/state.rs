@@ -68,6 +68,9 @@ pub struct ProxyState {
     /// Inbound denials are logged at most about once a second: a hostile caller decides how
     /// often they happen.
     pub denial_log: trellis_net::LogThrottle,
+    /// Other events a remote peer can cause once per connection or request (a refused
+    /// handshake, an app that does not answer): also at most about a line a second.
+    pub peer_log: trellis_net::LogThrottle,
 }
 
 impl ProxyState {
@@ -85,6 +88,7 @@ impl ProxyState {
             tls: OnceLock::new(),
             tls_expected: std::sync::atomic::AtomicBool::new(false),
             denial_log: trellis_net::LogThrottle::per_second(),
+            peer_log: trellis_net::LogThrottle::per_second(),
         })
     }
 

@@ -58,7 +58,9 @@ pub async fn handle(
                     | Reason::NotReady
                     | Reason::UpgradeRefused
             ) {
-                tracing::warn!(%app, error = %e.detail, "inbound request failed");
+                if let Some(suppressed) = state.peer_log.allow() {
+                    tracing::warn!(%app, error = %e.detail, suppressed, "inbound request failed");
+                }
             }
             Outcome::error(e, &service, "")
         }
