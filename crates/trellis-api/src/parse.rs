@@ -190,6 +190,11 @@ impl ResourceSet {
             .unwrap_or_default()
     }
 
+    /// What the set does that its author may not expect (see [`crate::notice`]).
+    pub fn notices(&self) -> Vec<crate::notice::Notice> {
+        crate::notice::notices(&self.resources)
+    }
+
     /// Serializes the set back to multi-document YAML.
     pub fn to_yaml(&self) -> String {
         let mut out = String::new();
