@@ -18,14 +18,20 @@
 //!    and [`Limits::max_depth`] (open flow collections plus open block collections, which is
 //!    never more than the true nesting).
 //! 2. While each document is turned into a value, every node built counts, aliases expanded
-//!    included, against [`Limits::max_document_nodes`] and [`Limits::max_source_nodes`], and
-//!    the exact nesting (aliases included) against [`Limits::max_depth`].
+//!    included, against [`Limits::max_document_nodes`] and [`Limits::max_source_nodes`], the
+//!    bytes of its strings against [`Limits::max_document_bytes`] and
+//!    [`Limits::max_source_bytes`] (an alias of a long string copies it), and the exact nesting
+//!    (aliases included) against [`Limits::max_depth`].
+//! 3. Each resource accepted is measured as it will be written back — the JSON the control
+//!    plane stores and reads back through this parser, the YAML `trellis get` prints — against
+//!    the document limits, so whatever is accepted can always be read again.
 //!
 //! The defaults are generous for real meshes: the control-plane scale bench applies 11 000
 //! documents (1000 Services and 10 000 Workloads, about 1.7 MB) in one source; the deepest
 //! field of any kind is about 8 levels down; the largest single resources (a CA with its keys,
 //! a policy with hundreds of principals) are tens of kilobytes.
 use crate::error::FieldError;
+use crate::parse::Resource;
 use std::fmt;
 
 mod nodes;
@@ -119,23 +125,38 @@ impl Limit {
     }
 
     /// What passing it means, in words.
-    fn describe(self, max: usize) -> String {
-        match self {
-            Limit::SourceBytes => format!("the source is larger than {max} bytes"),
-            Limit::Documents => {
+    fn describe(self, max: usize, measure: Measure) -> String {
+        const WRITTEN_BACK: &str = "the resource, written back as the control plane stores it (JSON) or `trellis get` shows it (YAML),";
+        match (self, measure) {
+            (Limit::SourceBytes, Measure::Text) => format!("the source is larger than {max} bytes"),
+            (Limit::SourceBytes, _) => format!(
+                "the values of the source come to more than {max} bytes once aliases are expanded"
+            ),
+            (Limit::Documents, _) => {
                 format!("more than {max} documents in one source; split it into several files")
             }
-            Limit::DocumentBytes => format!("the document is larger than {max} bytes"),
-            Limit::Depth => {
+            (Limit::DocumentBytes, Measure::Text) => {
+                format!("the document is larger than {max} bytes")
+            }
+            (Limit::DocumentBytes, Measure::Expanded) => format!(
+                "the values of the document come to more than {max} bytes once aliases are expanded"
+            ),
+            (Limit::DocumentBytes, Measure::WrittenBack) => {
+                format!("{WRITTEN_BACK} would be larger than {max} bytes")
+            }
+            (Limit::Depth, _) => {
                 format!("mappings and sequences are nested more than {max} levels deep")
             }
-            Limit::DocumentNodes => format!(
+            (Limit::DocumentNodes, Measure::WrittenBack) => {
+                format!("{WRITTEN_BACK} would hold more than {max} values")
+            }
+            (Limit::DocumentNodes, _) => format!(
                 "the document holds more than {max} values (mappings, sequences and scalars, aliases expanded)"
             ),
-            Limit::SourceNodes => format!(
+            (Limit::SourceNodes, _) => format!(
                 "the source holds more than {max} values (mappings, sequences and scalars, aliases expanded)"
             ),
-            Limit::AliasExpansion => format!(
+            (Limit::AliasExpansion, _) => format!(
                 "aliases are expanded more than {max} times per node written in the document"
             ),
         }
@@ -160,17 +181,101 @@ pub(crate) fn yaml_limit(e: &serde_yaml_ng::Error) -> Option<Limit> {
     }
 }
 
+/// What a limit was measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Measure {
+    /// The text as written.
+    Text,
+    /// The values the text builds, aliases expanded.
+    Expanded,
+    /// The resource as it will be written back (stored as JSON, shown as YAML).
+    WrittenBack,
+}
+
 /// A limit passed at a place in the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Exceeded {
     pub limit: Limit,
+    pub measure: Measure,
     /// 1-based document; 0 for the source as a whole.
     pub document: usize,
     /// 1-based line, where known.
     pub line: Option<usize>,
 }
 
+/// Checks that `resource`, written back, parses again under `limits`: the control plane stores
+/// resources as JSON and reads them back with [`crate::parse_documents`], and `trellis get -o
+/// yaml` output is meant to be applied again. Values the source built (aliases, block scalars,
+/// defaults filled in) can make the written form larger than the text was.
+pub(crate) fn written_back(resource: &Resource, limits: &Limits) -> Result<(), Limit> {
+    let json = serde_json::to_vec(resource).unwrap_or_default();
+    if json.len() > limits.max_document_bytes {
+        return Err(Limit::DocumentBytes);
+    }
+    let (nodes, depth) = json_shape(&json);
+    if nodes > limits.max_document_nodes {
+        return Err(Limit::DocumentNodes);
+    }
+    if depth > limits.max_depth {
+        return Err(Limit::Depth);
+    }
+    // YAML differs from JSON by the indentation of each line (two spaces a level), `- ` and
+    // quoting. Every value, and every line break inside a string, takes at least two bytes of
+    // JSON, so a resource no deeper than 10 levels has YAML at most about 14 times its JSON:
+    // only large or deep ones are serialized to make sure.
+    if json.len() > limits.max_document_bytes / 16 || depth > 10 {
+        let yaml = serde_yaml_ng::to_string(resource).map_or(usize::MAX, |y| y.len());
+        if yaml.saturating_add("---\n".len()) > limits.max_document_bytes {
+            return Err(Limit::DocumentBytes);
+        }
+    }
+    Ok(())
+}
+
+/// Values (strings, numbers, literals, arrays, objects; keys included) and the deepest nesting
+/// of arrays and objects in serialized JSON.
+fn json_shape(json: &[u8]) -> (usize, usize) {
+    let (mut nodes, mut depth, mut deepest) = (0, 0usize, 0);
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                nodes += 1;
+                i += 1;
+                while i < json.len() && json[i] != b'"' {
+                    i += if json[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'[' | b'{' => {
+                nodes += 1;
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
+                nodes += 1;
+                while i + 1 < json.len() && !matches!(json[i + 1], b',' | b']' | b'}') {
+                    i += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    (nodes, deepest)
+}
+
 impl Exceeded {
+    /// A limit passed by the text, at `line`.
+    pub fn text(limit: Limit, document: usize, line: Option<usize>) -> Self {
+        Self {
+            limit,
+            measure: Measure::Text,
+            document,
+            line,
+        }
+    }
+
     pub fn into_error(self, file: &str, limits: &Limits) -> FieldError {
         let max = self.limit.value(limits);
         FieldError {
@@ -183,7 +288,7 @@ impl Exceeded {
             message: format!(
                 "exceeds limit {}: {}",
                 self.limit.name(),
-                self.limit.describe(max)
+                self.limit.describe(max, self.measure)
             ),
             limit: Some(self.limit),
         }

@@ -5,7 +5,9 @@
 //! field path), then validated. Unknown fields are errors, not silently dropped.
 use crate::ca::{CertificateAuthority, TrustBundle};
 use crate::error::{ConfigError, FieldError};
-use crate::limits::{prescan, yaml_limit, Exceeded, Limit, Limits, NodeBudget};
+use crate::limits::{
+    prescan, written_back, yaml_limit, Exceeded, Limit, Limits, Measure, NodeBudget,
+};
 use crate::mesh::{Deployment, MeshConfig};
 use crate::meta::{ObjectMeta, API_VERSION};
 use crate::policy::DestinationPolicy;
@@ -231,11 +233,7 @@ pub fn parse_documents_with_limits(
         let document = index + 1;
         if document > limits.max_documents {
             // The pre-scan counts documents as libyaml does; this is the backstop.
-            return Err(refuse(Exceeded {
-                limit: Limit::Documents,
-                document,
-                line: None,
-            }));
+            return Err(refuse(Exceeded::text(Limit::Documents, document, None)));
         }
         let value = match budget.document(doc) {
             Ok(v) => v,
@@ -243,6 +241,7 @@ pub fn parse_documents_with_limits(
                 if let Some(limit) = budget.take_hit().or_else(|| yaml_limit(&e)) {
                     return Err(refuse(Exceeded {
                         limit,
+                        measure: Measure::Expanded,
                         document,
                         line: e.location().map(|l| l.line()),
                     }));
@@ -259,6 +258,14 @@ pub fn parse_documents_with_limits(
             Ok(r) => {
                 let problems = validate::resource(&r);
                 if problems.is_empty() {
+                    if let Err(limit) = written_back(&r, limits) {
+                        return Err(refuse(Exceeded {
+                            limit,
+                            measure: Measure::WrittenBack,
+                            document,
+                            line: None,
+                        }));
+                    }
                     resources.push(r);
                     documents.push(document);
                 } else {

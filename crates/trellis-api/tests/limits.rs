@@ -232,3 +232,53 @@ fn scalars_that_look_like_structure_do_not_count() {
     let set = parse_documents(FILE, &text).unwrap();
     assert_eq!(set.resources[0].metadata().annotations["single"], brackets);
 }
+
+#[test]
+fn alias_of_a_long_string_counts_every_copy() {
+    // 10 KB written once, aliased 200 times: 2 MB of strings to build.
+    let long = "x".repeat(10_000);
+    let text = format!("s: &s {long}\nl: [{}]\n", vec!["*s"; 200].join(", "));
+    let e = refused(&text, Limit::DocumentBytes);
+    assert!(e.message.contains("aliases are expanded"), "{e}");
+    // Across documents, against the source's bytes.
+    let limits = Limits {
+        max_source_bytes: 500_000,
+        ..Limits::default()
+    };
+    let doc = format!(
+        "s: &s {}\nl: [{}]\n",
+        "x".repeat(1000),
+        vec!["*s"; 100].join(", ")
+    );
+    let text = vec![doc; 10].join("---\n");
+    let e = refused_with(&text, Limit::SourceBytes, &limits);
+    assert!(e.document > 1, "{e}");
+}
+
+#[test]
+fn what_is_accepted_can_be_read_back() {
+    // A block scalar of empty lines is 1 byte a line as YAML, 2 as JSON (`\n`): the control
+    // plane could store it and never read it back.
+    let text = format!(
+        "apiVersion: trellis.dev/v1\nkind: Service\nmetadata:\n  name: svc\n  annotations:\n    a: |+\n{}spec: {{ports: [{{port: 80}}]}}\n",
+        "\n".repeat(700_000)
+    );
+    let e = refused(&text, Limit::DocumentBytes);
+    assert!(e.message.contains("written back"), "{e}");
+    // Defaults filled in add values: 30 000 backends of 3 values each come back with 5.
+    let backends = vec!["{service: svc}"; 30_000].join(", ");
+    let text = format!(
+        "apiVersion: trellis.dev/v1\nkind: Route\nmetadata: {{name: r}}\nspec:\n  service: svc\n  rules: [{{backends: [{backends}]}}]\n"
+    );
+    let e = refused(&text, Limit::DocumentNodes);
+    assert!(e.message.contains("written back"), "{e}");
+    // Just inside: read back as JSON and as YAML.
+    let backends = vec!["{service: svc}"; 15_000].join(", ");
+    let text = format!(
+        "apiVersion: trellis.dev/v1\nkind: Route\nmetadata: {{name: r}}\nspec:\n  service: svc\n  rules: [{{backends: [{backends}]}}]\n"
+    );
+    let set = parse_documents(FILE, &text).unwrap();
+    let json = serde_json::to_string(&set.resources[0]).unwrap();
+    assert_eq!(parse_documents("stored.json", &json).unwrap(), set);
+    assert_eq!(parse_documents("get.yaml", &set.to_yaml()).unwrap(), set);
+}

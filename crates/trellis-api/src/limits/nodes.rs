@@ -1,6 +1,6 @@
-//! Building a document's [`Value`] with every node counted: the same value
-//! `Value::deserialize` builds, but aliases cannot multiply the work past the node limits, and
-//! nesting (aliases included) cannot pass the depth limit.
+//! Building a document's [`Value`] with every node and every byte of its strings counted: the
+//! same value `Value::deserialize` builds, but aliases cannot multiply the work or the memory
+//! past the limits, and nesting (aliases included) cannot pass the depth limit.
 //!
 //! `serde_yaml_ng` expands an alias by replaying the anchored events, each replay a call into
 //! this visitor, so counting here bounds the work however the aliases are arranged (its own
@@ -20,6 +20,9 @@ pub(crate) struct NodeBudget {
     limits: Limits,
     source_nodes: Cell<usize>,
     document_nodes: Cell<usize>,
+    /// Bytes of the strings built (keys and values), aliases expanded.
+    source_bytes: Cell<usize>,
+    document_bytes: Cell<usize>,
     hit: Cell<Option<Limit>>,
 }
 
@@ -29,6 +32,8 @@ impl NodeBudget {
             limits: *limits,
             source_nodes: Cell::new(0),
             document_nodes: Cell::new(0),
+            source_bytes: Cell::new(0),
+            document_bytes: Cell::new(0),
             hit: Cell::new(None),
         }
     }
@@ -37,6 +42,7 @@ impl NodeBudget {
     /// limit.
     pub fn document<'de, D: Deserializer<'de>>(&self, document: D) -> Result<Value, D::Error> {
         self.document_nodes.set(0);
+        self.document_bytes.set(0);
         Node {
             budget: self,
             depth: 0,
@@ -64,6 +70,21 @@ impl NodeBudget {
         }
         if source > self.limits.max_source_nodes {
             return Err(self.refuse(Limit::SourceNodes));
+        }
+        Ok(())
+    }
+
+    /// A string of `len` bytes is built (each alias of it is a new copy).
+    fn count_bytes<E: de::Error>(&self, len: usize) -> Result<(), E> {
+        let document = self.document_bytes.get().saturating_add(len);
+        let source = self.source_bytes.get().saturating_add(len);
+        self.document_bytes.set(document);
+        self.source_bytes.set(source);
+        if document > self.limits.max_document_bytes {
+            return Err(self.refuse(Limit::DocumentBytes));
+        }
+        if source > self.limits.max_source_bytes {
+            return Err(self.refuse(Limit::SourceBytes));
         }
         Ok(())
     }
@@ -125,10 +146,13 @@ impl<'de> Visitor<'de> for Node<'_> {
     }
 
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
+        // Counted before the copy is made.
+        self.budget.count_bytes(s.len())?;
         self.scalar(Value::String(s.to_owned()))
     }
 
     fn visit_string<E: de::Error>(self, s: String) -> Result<Value, E> {
+        self.budget.count_bytes(s.len())?;
         self.scalar(Value::String(s))
     }
 

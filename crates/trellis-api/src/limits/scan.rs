@@ -86,11 +86,7 @@ pub(crate) fn prescan(text: &str, limits: &Limits) -> Result<(), Exceeded> {
 
 fn scan(text: &str, limits: &Limits) -> Result<ScanTrace, Exceeded> {
     if text.len() > limits.max_source_bytes {
-        return Err(Exceeded {
-            limit: Limit::SourceBytes,
-            document: 0,
-            line: None,
-        });
+        return Err(Exceeded::text(Limit::SourceBytes, 0, None));
     }
     // libyaml's reader refuses control characters: it never reads past the first one.
     let end = text
@@ -211,11 +207,7 @@ impl Scanner<'_> {
     }
 
     fn exceeded(&self, limit: Limit) -> Exceeded {
-        Exceeded {
-            limit,
-            document: self.documents,
-            line: Some(self.line + 1),
-        }
+        Exceeded::text(limit, self.documents, Some(self.line + 1))
     }
 
     /// A collection opened: counts it, and checks the depth.
@@ -232,11 +224,9 @@ impl Scanner<'_> {
 
     fn check_document_bytes(&self) -> Result<(), Exceeded> {
         match self.document_start {
-            Some(start) if self.pos - start > self.limits.max_document_bytes => Err(Exceeded {
-                limit: Limit::DocumentBytes,
-                document: self.documents,
-                line: None,
-            }),
+            Some(start) if self.pos - start > self.limits.max_document_bytes => {
+                Err(Exceeded::text(Limit::DocumentBytes, self.documents, None))
+            }
             _ => Ok(()),
         }
     }
