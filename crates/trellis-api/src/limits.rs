@@ -85,6 +85,7 @@ impl Default for Limits {
 
 /// Which limit a source passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Limit {
     SourceBytes,
     Documents,
