@@ -1,5 +1,6 @@
 //! Errors that say where: file, document (1-based), the resource's kind and name when known, the
 //! field path (`spec.rules[0].backends[1].weight`) and, for YAML syntax, the line.
+use crate::limits::Limit;
 use std::fmt;
 
 /// One problem in a configuration source.
@@ -15,6 +16,8 @@ pub struct FieldError {
     /// 1-based line, where the YAML parser knows it.
     pub line: Option<usize>,
     pub message: String,
+    /// The parsing limit the source passed, when that is the problem (see [`crate::limits`]).
+    pub limit: Option<Limit>,
 }
 
 impl fmt::Display for FieldError {
@@ -45,13 +48,18 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// The first parsing limit the source passed, if it was refused for one.
+    pub fn limit(&self) -> Option<Limit> {
+        self.errors.iter().find_map(|e| e.limit)
+    }
+
     pub fn single(error: FieldError) -> Self {
         Self {
             errors: vec![error],
         }
     }
 
-    /// A problem with the whole source (unreadable, too large).
+    /// A problem with the whole source (unreadable, for instance).
     pub fn file(file: &str, message: impl Into<String>) -> Self {
         Self::single(FieldError {
             file: file.to_string(),
@@ -61,6 +69,7 @@ impl ConfigError {
             path: String::new(),
             line: None,
             message: message.into(),
+            limit: None,
         })
     }
 }

@@ -9,8 +9,10 @@
 pub mod ca;
 pub mod duration;
 pub mod error;
+pub mod limits;
 pub mod mesh;
 pub mod meta;
+pub mod notice;
 pub mod parse;
 pub mod policy;
 pub mod route;
@@ -20,9 +22,11 @@ pub mod validate;
 
 pub use duration::Duration;
 pub use error::{ConfigError, FieldError};
+pub use limits::{Limit, Limits};
 pub use mesh::{Deployment, DeploymentSpec, MeshConfig, MeshConfigSpec};
 pub use meta::{ObjectMeta, API_VERSION};
-pub use parse::{parse_documents, Resource, ResourceSet};
+pub use notice::{notices, Notice};
+pub use parse::{parse_documents, parse_documents_with_limits, Resource, ResourceSet};
 pub use policy::DestinationPolicy;
 pub use route::Route;
 pub use security::{AuthorizationPolicy, RequestAuthentication};

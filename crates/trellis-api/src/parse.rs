@@ -5,6 +5,9 @@
 //! field path), then validated. Unknown fields are errors, not silently dropped.
 use crate::ca::{CertificateAuthority, TrustBundle};
 use crate::error::{ConfigError, FieldError};
+use crate::limits::{
+    prescan, written_back, yaml_limit, Exceeded, Limit, Limits, Measure, NodeBudget,
+};
 use crate::mesh::{Deployment, MeshConfig};
 use crate::meta::{ObjectMeta, API_VERSION};
 use crate::policy::DestinationPolicy;
@@ -15,8 +18,7 @@ use crate::validate;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
-/// Sources larger than this are refused before parsing.
-pub const MAX_SOURCE_BYTES: usize = 16 * 1024 * 1024;
+pub use crate::limits::MAX_SOURCE_BYTES;
 
 /// Every kind Trellis knows.
 // Not boxed: other crates match on these variants, and a set holds few resources.
@@ -190,6 +192,11 @@ impl ResourceSet {
             .unwrap_or_default()
     }
 
+    /// What the set does that its author may not expect (see [`crate::notice`]).
+    pub fn notices(&self) -> Vec<crate::notice::Notice> {
+        crate::notice::notices(&self.resources)
+    }
+
     /// Serializes the set back to multi-document YAML.
     pub fn to_yaml(&self) -> String {
         let mut out = String::new();
@@ -204,24 +211,41 @@ impl ResourceSet {
 
 /// Parses and validates every document of `text`; `file` names the source in errors.
 /// All documents are checked and every problem reported; any problem rejects the whole source.
+/// A source past one of the default [`Limits`] is refused with that limit named.
 pub fn parse_documents(file: &str, text: &str) -> Result<ResourceSet, ConfigError> {
-    if text.len() > MAX_SOURCE_BYTES {
-        return Err(ConfigError::file(
-            file,
-            format!(
-                "source is {} bytes; the limit is {MAX_SOURCE_BYTES}",
-                text.len()
-            ),
-        ));
-    }
+    parse_documents_with_limits(file, text, &Limits::default())
+}
+
+/// [`parse_documents`] with other limits (see [`crate::limits`]).
+pub fn parse_documents_with_limits(
+    file: &str,
+    text: &str,
+    limits: &Limits,
+) -> Result<ResourceSet, ConfigError> {
+    let refuse = |e: Exceeded| ConfigError::single(e.into_error(file, limits));
+    // Linear, before the YAML parser sees anything: size, documents, nesting.
+    prescan(text, limits).map_err(refuse)?;
+    let budget = NodeBudget::new(limits);
     let mut resources = Vec::new();
     let mut documents = Vec::new();
     let mut errors = Vec::new();
     for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let document = index + 1;
-        let value = match Value::deserialize(doc) {
+        if document > limits.max_documents {
+            // The pre-scan counts documents as libyaml does; this is the backstop.
+            return Err(refuse(Exceeded::text(Limit::Documents, document, None)));
+        }
+        let value = match budget.document(doc) {
             Ok(v) => v,
             Err(e) => {
+                if let Some(limit) = budget.take_hit().or_else(|| yaml_limit(&e)) {
+                    return Err(refuse(Exceeded {
+                        limit,
+                        measure: Measure::Expanded,
+                        document,
+                        line: e.location().map(|l| l.line()),
+                    }));
+                }
                 errors.push(yaml_error(file, document, &e));
                 // A syntax error leaves the rest of the stream unreadable.
                 break;
@@ -234,6 +258,14 @@ pub fn parse_documents(file: &str, text: &str) -> Result<ResourceSet, ConfigErro
             Ok(r) => {
                 let problems = validate::resource(&r);
                 if problems.is_empty() {
+                    if let Err(limit) = written_back(&r, limits) {
+                        return Err(refuse(Exceeded {
+                            limit,
+                            measure: Measure::WrittenBack,
+                            document,
+                            line: None,
+                        }));
+                    }
                     resources.push(r);
                     documents.push(document);
                 } else {
@@ -246,6 +278,7 @@ pub fn parse_documents(file: &str, text: &str) -> Result<ResourceSet, ConfigErro
                         path,
                         line: None,
                         message,
+                        limit: None,
                     }));
                 }
             }
@@ -262,6 +295,7 @@ pub fn parse_documents(file: &str, text: &str) -> Result<ResourceSet, ConfigErro
             path,
             line: None,
             message,
+            limit: None,
         });
     }
     if errors.is_empty() {
@@ -280,6 +314,7 @@ fn yaml_error(file: &str, document: usize, e: &serde_yaml_ng::Error) -> FieldErr
         path: String::new(),
         line: e.location().map(|l| l.line()),
         message: format!("invalid YAML: {e}"),
+        limit: None,
     }
 }
 
@@ -293,6 +328,7 @@ fn parse_one(file: &str, document: usize, value: Value) -> Result<Resource, Box<
             path: path.to_string(),
             line: None,
             message,
+            limit: None,
         })
     };
     let Value::Mapping(mut map) = value else {

@@ -15,14 +15,43 @@ pub struct AuthorizationPolicy {
 pub struct AuthorizationPolicySpec {
     /// The service whose inbound side enforces this policy.
     pub service: String,
-    /// What happens to a request no rule matched.
-    #[serde(default)]
-    pub default_action: AuthzAction,
+    /// What happens to a request no rule matched. Absent: as in Istio, `Deny` when the policy
+    /// has an `Allow` rule, else `Allow` (see
+    /// [`AuthorizationPolicySpec::effective_default_action`]). Absent stays absent when the
+    /// policy is written back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_action: Option<AuthzAction>,
     /// Ordered: deny rules are evaluated before allow rules, as in Istio.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<AuthzRule>,
 }
 
+impl AuthorizationPolicySpec {
+    /// Whether any rule allows (an `Allow` rule makes the implicit default `Deny`).
+    pub fn has_allow_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.action == AuthzAction::Allow)
+    }
+
+    /// The default action in force: `defaultAction` when written; otherwise `Deny` when the
+    /// policy has an `Allow` rule (an allow-list denies what it does not list, as in Istio) and
+    /// `Allow` when it has only `Deny` rules (or none).
+    pub fn effective_default_action(&self) -> AuthzAction {
+        self.default_action.unwrap_or(if self.has_allow_rules() {
+            AuthzAction::Deny
+        } else {
+            AuthzAction::Allow
+        })
+    }
+
+    /// True when the policy denies by default only because it has `Allow` rules and no
+    /// `defaultAction` (what [`crate::notice`] points out).
+    pub fn denies_by_implicit_default(&self) -> bool {
+        self.default_action.is_none() && self.has_allow_rules()
+    }
+}
+
+/// A rule's action, or a policy's default action. (`Default` is `Allow` for compatibility; a
+/// policy's default follows [`AuthorizationPolicySpec::effective_default_action`].)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum AuthzAction {
     #[default]

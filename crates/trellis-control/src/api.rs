@@ -9,24 +9,108 @@
 //!
 //! Every write is validated before it reaches the store, so a rejected write changes nothing;
 //! an `apply` of several documents validates them all before writing any. Errors are JSON
-//! (`{"error": ..., "details": [...]}`) with the status that says what kind of problem it is.
+//! (`{"error": ..., "details": [...]}`, plus `"limit"` when a parsing limit refused the body)
+//! with the status that says what kind of problem it is. A successful `apply` also returns the
+//! notices of what it stored (`trellis_api::notice`), which the CLI prints.
+//!
+//! Request bodies are bounded ([`MAX_APPLY_BODY_BYTES`] for manifests, [`MAX_BODY_BYTES`] for
+//! the rest: 413 past them) and parsed on tokio's blocking pool, never on the runtime's worker
+//! threads, at most [`MAX_CONCURRENT_PARSES`] manifests at once (a few more for registrations,
+//! kept apart so a flood of applies cannot hold up sidecars registering): parsing even a
+//! well-formed manifest of 10 000 documents takes a CPU for a while, and health probes, lease
+//! keep-alives and xDS streams share the worker threads. Together with the limits of
+//! `trellis_api::limits` this keeps any body from stalling the control plane.
 use crate::auth;
 use crate::ca::MeshCa;
 use crate::ca_api;
 use crate::model::Model;
 use crate::store::{LeaseId, ResourceKey, Store, StoreError, Stored};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{JsonRejection, StringRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete as delete_route, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use trellis_api::parse::{MANAGED_KINDS, SECRET_KINDS};
-use trellis_api::{parse_documents, Resource};
+use trellis_api::{parse_documents, Resource, ResourceSet};
+
+/// Largest manifest `apply` and `replace` read: the parser's own source limit (16 MiB).
+pub const MAX_APPLY_BODY_BYTES: usize = trellis_api::limits::MAX_SOURCE_BYTES;
+/// Largest body of every other route (registrations, CSRs, CA roots): 1 MiB.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Manifests (`apply`, `replace`) parsed at once; more wait their turn.
+pub const MAX_CONCURRENT_PARSES: usize = 2;
+/// Registrations parsed at once (their bodies are small), apart from manifests.
+pub const MAX_CONCURRENT_REGISTRATION_PARSES: usize = 4;
+
+/// The blocking-pool slots request bodies are parsed in.
+#[derive(Clone)]
+struct ParseSlots {
+    manifests: Arc<Semaphore>,
+    registrations: Arc<Semaphore>,
+}
+
+impl ParseSlots {
+    fn new() -> Self {
+        Self {
+            manifests: Arc::new(Semaphore::new(MAX_CONCURRENT_PARSES)),
+            registrations: Arc::new(Semaphore::new(MAX_CONCURRENT_REGISTRATION_PARSES)),
+        }
+    }
+}
+
+/// Parses `text` on the blocking pool once one of `slots` is free. The slot is held by the
+/// parse itself, so a client that goes away mid-parse does not free it early.
+async fn parse_blocking(
+    slots: &Arc<Semaphore>,
+    file: String,
+    text: String,
+) -> Result<ResourceSet, ApiError> {
+    let permit = slots.clone().acquire_owned().await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the control plane is stopping",
+        )
+    })?;
+    let parsed = tokio::task::spawn_blocking(move || {
+        let parsed = parse_documents(&file, &text);
+        drop(permit);
+        parsed
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("parsing the request failed: {e}"),
+        )
+    })?;
+    Ok(parsed?)
+}
+
+/// A body the extractor refused: too large (413, naming the limit) or unreadable.
+fn body_error(status: StatusCode, text: String, max: usize) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError {
+            status,
+            message: format!(
+                "the request body is larger than {max} bytes; exceeds limit {}",
+                trellis_api::Limit::SourceBytes
+            ),
+            details: Vec::new(),
+            limit: Some(trellis_api::Limit::SourceBytes),
+        };
+    }
+    ApiError::new(status, text)
+}
+
+fn manifest(body: Result<String, StringRejection>) -> Result<String, ApiError> {
+    body.map_err(|r| body_error(r.status(), r.body_text(), MAX_APPLY_BODY_BYTES))
+}
 
 /// Status of connected proxies, as the xDS server reports it.
 pub trait ProxyStatus: Send + Sync {
@@ -44,12 +128,16 @@ pub struct ApiState {
 
 pub fn router(state: Arc<ApiState>) -> Router {
     let token = state.ca.token().clone();
+    let manifest_limit = DefaultBodyLimit::max(MAX_APPLY_BODY_BYTES);
     let protected = Router::new()
-        .route("/api/v1/apply", post(apply))
+        .route("/api/v1/apply", post(apply).layer(manifest_limit))
         .route("/api/v1/resources", get(list))
         .route(
             "/api/v1/resources/{kind}/{namespace}/{name}",
-            get(get_one).put(replace).delete(delete),
+            get(get_one)
+                .put(replace)
+                .layer(manifest_limit)
+                .delete(delete),
         )
         .route("/api/v1/workloads", post(register))
         .route("/api/v1/leases/{id}", post(keep_alive).delete(revoke))
@@ -59,6 +147,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/ca/roots", post(ca_api::add_root))
         .route("/api/v1/ca/roots/{id}", delete_route(ca_api::retire))
         .route("/api/v1/ca/roots/{id}/activate", post(ca_api::activate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(Extension(ParseSlots::new()))
         .route_layer(axum::middleware::from_fn_with_state(
             token,
             auth::require_token,
@@ -75,6 +165,8 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     details: Vec<String>,
+    /// The parsing limit that refused the body, if one did.
+    limit: Option<trellis_api::Limit>,
 }
 
 impl ApiError {
@@ -83,13 +175,17 @@ impl ApiError {
             status,
             message: message.into(),
             details: Vec::new(),
+            limit: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": self.message, "details": self.details});
+        let mut body = json!({"error": self.message, "details": self.details});
+        if let Some(limit) = self.limit {
+            body["limit"] = Value::String(limit.name().to_string());
+        }
         (self.status, Json(body)).into_response()
     }
 }
@@ -109,10 +205,15 @@ impl From<StoreError> for ApiError {
 
 impl From<trellis_api::ConfigError> for ApiError {
     fn from(e: trellis_api::ConfigError) -> Self {
+        let limit = e.limit();
         ApiError {
             status: StatusCode::BAD_REQUEST,
-            message: format!("invalid config ({} problems)", e.errors.len()),
+            message: match limit {
+                Some(limit) => format!("invalid config: exceeds limit {limit}"),
+                None => format!("invalid config ({} problems)", e.errors.len()),
+            },
             details: e.errors.iter().map(|f| f.to_string()).collect(),
+            limit,
         }
     }
 }
@@ -169,14 +270,18 @@ struct ApplyQuery {
     file: Option<String>,
 }
 
-/// Creates or replaces every resource of a multi-document YAML/JSON body.
+/// Creates or replaces every resource of a multi-document YAML/JSON body. Answers
+/// `{"results": [{key, action, version}], "notices": [text]}`.
 async fn apply(
     State(s): State<Arc<ApiState>>,
+    Extension(slots): Extension<ParseSlots>,
     Query(q): Query<ApplyQuery>,
-    body: String,
+    body: Result<String, StringRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let body = manifest(body)?;
     let file = q.file.unwrap_or_else(|| "request".into());
-    let set = parse_documents(&file, &body)?;
+    let set = parse_blocking(&slots.manifests, file.clone(), body).await?;
+    let notices: Vec<String> = set.notices().iter().map(ToString::to_string).collect();
     if let Some(d) = set.deployments().next() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -206,7 +311,7 @@ async fn apply(
         };
         results.push(json!({"key": key.to_string(), "action": action, "version": stored.version}));
     }
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(json!({ "results": results, "notices": notices })))
 }
 
 #[derive(Deserialize)]
@@ -288,13 +393,15 @@ struct VersionQuery {
 
 async fn replace(
     State(s): State<Arc<ApiState>>,
+    Extension(slots): Extension<ParseSlots>,
     Path((kind, namespace, name)): Path<(String, String, String)>,
     Query(q): Query<VersionQuery>,
-    body: String,
+    body: Result<String, StringRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let body = manifest(body)?;
     let kind = canonical_kind(&kind)?;
     refuse_managed(kind)?;
-    let set = parse_documents("request", &body)?;
+    let set = parse_blocking(&slots.manifests, "request".into(), body).await?;
     let [mut r] = <[Resource; 1]>::try_from(set.resources).map_err(|v| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -341,11 +448,13 @@ struct Registration {
 /// selected by labels) keeps the identity it was sent.
 async fn register(
     State(s): State<Arc<ApiState>>,
-    Json(reg): Json<Registration>,
+    Extension(slots): Extension<ParseSlots>,
+    reg: Result<Json<Registration>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Json(reg) = reg.map_err(|r| body_error(r.status(), r.body_text(), MAX_BODY_BYTES))?;
     let text = serde_json::to_string(&reg.workload)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let set = parse_documents("registration", &text)?;
+    let set = parse_blocking(&slots.registrations, "registration".into(), text).await?;
     let Some(Resource::Workload(mut w)) = set.resources.into_iter().next() else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

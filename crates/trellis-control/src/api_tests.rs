@@ -295,3 +295,92 @@ async fn state_changes_a_browser_could_send_are_refused_even_with_the_token() {
     assert_eq!(status, 200, "{body}");
     api.ok("GET", web, "").await;
 }
+
+/// The resources the store holds of the kinds users write (the CA kinds left out).
+async fn user_resources(api: &Api) -> Vec<String> {
+    let items = api.ok("GET", "/api/v1/resources", "").await;
+    items["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap().to_string())
+        .filter(|k| !trellis_api::parse::MANAGED_KINDS.contains(&k.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn apply_reports_the_implicit_deny_of_allow_lists() {
+    let api = Api::new().await;
+    let body = "apiVersion: trellis.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: reviews-policy}\nspec:\n  service: reviews\n  rules: [{action: Allow, from: {namespaces: [default]}}]\n---\napiVersion: trellis.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: explicit}\nspec:\n  service: reviews\n  defaultAction: Deny\n  rules: [{action: Allow, from: {namespaces: [default]}}]\n";
+    let v = api.ok("POST", "/api/v1/apply", body).await;
+    assert_eq!(
+        v["notices"],
+        serde_json::json!([
+            "AuthorizationPolicy default/reviews-policy: no defaultAction and it has ALLOW rules, so requests no rule allows are denied (set defaultAction: Allow to allow them)"
+        ])
+    );
+    // Stored as written: no defaultAction.
+    let p = api
+        .ok(
+            "GET",
+            "/api/v1/resources/AuthorizationPolicy/default/reviews-policy",
+            "",
+        )
+        .await;
+    assert!(p["spec"].get("defaultAction").is_none(), "{p}");
+    let v = api.ok("POST", "/api/v1/apply", "apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}]}\n").await;
+    assert_eq!(v["notices"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn bodies_past_a_limit_are_refused_and_nothing_is_stored() {
+    let api = Api::new().await;
+    let service = "apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {name: first}\nspec: {ports: [{port: 80}]}\n---\n";
+    for (body, limit) in [
+        (format!("{service}{}", "[".repeat(100_000)), "max-depth"),
+        (format!("{service}{}", "{a: ".repeat(100_000)), "max-depth"),
+        ("---\n".repeat(100_000), "max-documents"),
+    ] {
+        let (status, v) = api.call("POST", "/api/v1/apply", Some(TOKEN), &body).await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["limit"], limit, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(limit), "{v}");
+        assert!(
+            v["details"][0].as_str().unwrap().starts_with("request"),
+            "{v}"
+        );
+        let (status, v) = api
+            .call(
+                "PUT",
+                "/api/v1/resources/Service/default/first",
+                Some(TOKEN),
+                &body,
+            )
+            .await;
+        assert_eq!((status, v["limit"].as_str()), (400, Some(limit)), "{v}");
+    }
+    assert!(user_resources(&api).await.is_empty());
+
+    // The body limit is the parser's source limit, explicitly: past it, 413...
+    let huge = "#".repeat(trellis_api::limits::MAX_SOURCE_BYTES + 1);
+    let (status, v) = api.call("POST", "/api/v1/apply", Some(TOKEN), &huge).await;
+    assert_eq!(status, 413, "{v}");
+    assert_eq!(v["limit"], "max-source-bytes", "{v}");
+    // ... while a manifest larger than axum's 2 MB default is read.
+    let padded = format!(
+        "{}{service}",
+        format!("# {}\n", "x".repeat(1000)).repeat(3000)
+    );
+    assert!(padded.len() > 2_500_000);
+    api.ok("POST", "/api/v1/apply", &padded).await;
+    assert_eq!(user_resources(&api).await, ["Service"]);
+    // Other routes read at most MAX_BODY_BYTES.
+    let big = format!(
+        "{{\"workload\": {{}}, \"pad\": \"{}\"}}",
+        "x".repeat(crate::api::MAX_BODY_BYTES)
+    );
+    let (status, v) = api
+        .call("POST", "/api/v1/workloads", Some(TOKEN), &big)
+        .await;
+    assert_eq!(status, 413, "{v}");
+}

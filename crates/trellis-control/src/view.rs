@@ -168,7 +168,7 @@ fn may_call(model: &Model, ns: &str, service: &str, node: &NodeInfo, principal: 
         return true;
     }
     policies.iter().any(|p| {
-        p.spec.default_action == AuthzAction::Allow
+        p.spec.effective_default_action() == AuthzAction::Allow
             || p.spec.rules.iter().any(|rule| {
                 rule.action == AuthzAction::Allow
                     && rule

@@ -1,4 +1,5 @@
-//! `AuthorizationPolicy` on the inbound side: may this request reach the local service?
+//! `AuthorizationPolicy` on the inbound side: may this request, or this connection, reach the
+//! local service?
 //!
 //! Why compiled: policies change rarely and are evaluated on every request, so the resources
 //! are turned once into an [`Authorizer`] (patterns pre-split, principals normalized) that the
@@ -13,12 +14,17 @@
 //!    rule.
 //! 2. **Then allow.** Otherwise, if any `Allow` rule of any policy matches, it is allowed by
 //!    that rule.
-//! 3. **Else the default.** Otherwise, if any policy has `defaultAction: Deny`, the request is
+//! 3. **Else the default.** Otherwise, if any policy's default action is `Deny`, the request is
 //!    denied by the first such policy; otherwise it is allowed (by the first policy's default).
-//!    With no policy at all everything is allowed (`policy: "default"`).
+//!    With no policy at all everything is allowed (`policy: "default"`, reason `NoPolicy`).
 //!
-//! Note the difference from Istio, where the mere existence of an ALLOW policy denies what it
-//! does not allow: here that takes `defaultAction: Deny` (the field defaults to `Allow`).
+//! A policy's default action is its `defaultAction` when written. When it is not, it follows
+//! Istio: a policy with at least one `Allow` rule denies what its rules do not allow (it is an
+//! allow-list), and a policy with only `Deny` rules allows the rest
+//! ([`trellis_api::security::AuthorizationPolicySpec::effective_default_action`]). An explicit
+//! `defaultAction` always wins: `defaultAction: Allow` with `Allow` rules allows everything no
+//! `Deny` rule refuses. `trellis validate` and `trellis apply` print a notice for each policy
+//! that denies only because of this default.
 //!
 //! A rule matches when `from`, `to` and every `when` condition match; an absent or empty field
 //! matches anything, and within one list any entry may match:
@@ -40,9 +46,27 @@
 //!   `prefix*`, or `*` (present). Array claims match if any element does; numbers and booleans
 //!   compare as their JSON text; `scope`/`scp` strings are split on spaces. No token: no match.
 //!
-//! A `Deny` rule that names JWT claims therefore does not match requests without a token;
-//! combine it with an `Allow` rule on `requestPrincipals: ["*"]` and `defaultAction: Deny` to
-//! require a token.
+//! A `Deny` rule that names JWT claims therefore does not match requests without a token; an
+//! `Allow` rule on `requestPrincipals: ["*"]` (the policy then denies the rest by default)
+//! requires a token.
+//!
+//! # Opaque TCP connections
+//!
+//! A connection whose bytes are not HTTP is decided once, by
+//! [`Authorizer::decide_connection`], on all that is known of it: the peer's mTLS identity and
+//! the port. The conditions that need a request — `to.methods`, `to.paths`,
+//! `from.requestPrincipals` and `when` — cannot be checked, and are resolved the safe way, as
+//! Istio does:
+//! - an `Allow` rule with any of them **never matches** a connection (it cannot allow what it
+//!   cannot see);
+//! - a `Deny` rule matches as if they held, so its other conditions alone decide: `deny
+//!   to.paths: ["/admin"]` denies every TCP connection, and adding `from.principals: [P]`
+//!   denies every TCP connection from `P`.
+//!
+//! `from.principals`, `from.namespaces` and `to.ports` apply as written. Then the same order:
+//! deny rules, allow rules, the default action (as above: a policy with `Allow` rules and no
+//! `defaultAction` denies the connection unless an `Allow` rule without request conditions
+//! matches it). With no policy the connection is allowed (`NoPolicy`).
 use crate::spiffe::{SpiffeId, SCHEME};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -179,6 +203,8 @@ struct Rule {
     paths: Vec<Pattern>,
     ports: Vec<u16>,
     when: Vec<Condition>,
+    /// It has a condition only a request can satisfy (method, path, JWT principal, claims).
+    needs_request: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -217,7 +243,7 @@ impl Authorizer {
                 }
                 Policy {
                     name: p.metadata.name.clone(),
-                    default_deny: p.spec.default_action == AuthzAction::Deny,
+                    default_deny: p.spec.effective_default_action() == AuthzAction::Deny,
                     deny,
                     allow,
                 }
@@ -234,30 +260,44 @@ impl Authorizer {
     /// Decides on one request (see the module doc).
     pub fn decide(&self, req: &RequestAttrs<'_>) -> Decision {
         if self.policies.is_empty() {
-            return Decision {
-                allowed: true,
-                policy: "default".into(),
-                rule: None,
-                reason: DecisionReason::NoPolicy,
-            };
+            return no_policy();
         }
         let path = normalize_path(req.path);
-        let namespace = req
-            .source
-            .and_then(|s| SpiffeId::parse(s).ok())
-            .map(|id| id.namespace().to_string());
+        let namespace = peer_namespace(req.source);
         let facts = Facts {
-            req,
-            path: &path,
+            source: req.source,
             namespace: namespace.as_deref(),
+            port: req.port,
+            request: Some(Request { req, path: &path }),
         };
+        self.evaluate(&facts)
+    }
+
+    /// Decides on one opaque TCP connection, knowing only the peer's mTLS identity (`None` for
+    /// plaintext) and the inbound port: `Allow` rules that need a request never match, `Deny`
+    /// rules match as if their request conditions held (see the module doc).
+    pub fn decide_connection(&self, source: Option<&str>, port: u16) -> Decision {
+        if self.policies.is_empty() {
+            return no_policy();
+        }
+        let namespace = peer_namespace(source);
+        let facts = Facts {
+            source,
+            namespace: namespace.as_deref(),
+            port,
+            request: None,
+        };
+        self.evaluate(&facts)
+    }
+
+    fn evaluate(&self, facts: &Facts<'_>) -> Decision {
         for policy in &self.policies {
-            if let Some(rule) = policy.deny.iter().find(|r| facts.matches(r)) {
+            if let Some(rule) = policy.deny.iter().find(|r| facts.deny_matches(r)) {
                 return decision(false, policy, Some(rule), DecisionReason::DenyRule);
             }
         }
         for policy in &self.policies {
-            if let Some(rule) = policy.allow.iter().find(|r| facts.matches(r)) {
+            if let Some(rule) = policy.allow.iter().find(|r| facts.allow_matches(r)) {
                 return decision(true, policy, Some(rule), DecisionReason::AllowRule);
             }
         }
@@ -268,51 +308,20 @@ impl Authorizer {
     }
 }
 
-impl Authorizer {
-    /// Decides on an opaque TCP connection: rules that need HTTP never allow it, deny rules that
-    /// need HTTP deny it; identity, namespace and port conditions apply as written.
-    pub fn decide_connection(&self, source: Option<&str>, port: u16) -> Decision {
-        if self.policies.is_empty() {
-            return Decision {
-                allowed: true,
-                policy: "default".into(),
-                rule: None,
-                reason: DecisionReason::NoPolicy,
-            };
-        }
-        let namespace = source
-            .and_then(|s| SpiffeId::parse(s).ok())
-            .map(|id| id.namespace().to_string());
-        let peer_matches = |r: &Rule| {
-            any_matches(&r.principals, source)
-                && any_matches(&r.namespaces, namespace.as_deref())
-                && (r.ports.is_empty() || r.ports.contains(&port))
-        };
-        let needs_http = |r: &Rule| {
-            !(r.methods.is_empty()
-                && r.paths.is_empty()
-                && r.request_principals.is_empty()
-                && r.when.is_empty())
-        };
-        for policy in &self.policies {
-            if let Some(rule) = policy.deny.iter().find(|r| peer_matches(r)) {
-                return decision(false, policy, Some(rule), DecisionReason::DenyRule);
-            }
-        }
-        for policy in &self.policies {
-            if let Some(rule) = policy
-                .allow
-                .iter()
-                .find(|r| !needs_http(r) && peer_matches(r))
-            {
-                return decision(true, policy, Some(rule), DecisionReason::AllowRule);
-            }
-        }
-        match self.policies.iter().find(|p| p.default_deny) {
-            Some(policy) => decision(false, policy, None, DecisionReason::DefaultAction),
-            None => decision(true, &self.policies[0], None, DecisionReason::DefaultAction),
-        }
+fn no_policy() -> Decision {
+    Decision {
+        allowed: true,
+        policy: "default".into(),
+        rule: None,
+        reason: DecisionReason::NoPolicy,
     }
+}
+
+/// The namespace of a SPIFFE ID; `None` for plaintext or any other principal.
+fn peer_namespace(source: Option<&str>) -> Option<String> {
+    source
+        .and_then(|s| SpiffeId::parse(s).ok())
+        .map(|id| id.namespace().to_string())
 }
 
 fn decision(
@@ -333,6 +342,10 @@ fn compile_rule(index: usize, r: &AuthzRule) -> Rule {
     let from = r.from.clone().unwrap_or_default();
     let to = r.to.clone().unwrap_or_default();
     Rule {
+        needs_request: !to.methods.is_empty()
+            || !to.paths.is_empty()
+            || !from.request_principals.is_empty()
+            || !r.when.is_empty(),
         label: r.name.clone().unwrap_or_else(|| format!("rules[{index}]")),
         principals: from
             .principals
@@ -359,20 +372,53 @@ fn compile_rule(index: usize, r: &AuthzRule) -> Rule {
     }
 }
 
+/// What is known of what is being decided on.
 struct Facts<'a> {
+    source: Option<&'a str>,
+    namespace: Option<&'a str>,
+    port: u16,
+    /// `None` for an opaque TCP connection.
+    request: Option<Request<'a>>,
+}
+
+struct Request<'a> {
     req: &'a RequestAttrs<'a>,
     path: &'a str,
-    namespace: Option<&'a str>,
 }
 
 impl Facts<'_> {
-    fn matches(&self, r: &Rule) -> bool {
-        any_matches(&r.principals, self.req.source)
+    /// The conditions every connection has: peer identity, its namespace, the port.
+    fn peer_matches(&self, r: &Rule) -> bool {
+        any_matches(&r.principals, self.source)
             && any_matches(&r.namespaces, self.namespace)
-            && any_matches(&r.request_principals, self.req.request_principal)
+            && (r.ports.is_empty() || r.ports.contains(&self.port))
+    }
+
+    /// A deny rule: on a connection, its request conditions count as holding.
+    fn deny_matches(&self, r: &Rule) -> bool {
+        self.peer_matches(r)
+            && match &self.request {
+                Some(req) => req.matches(r),
+                None => true,
+            }
+    }
+
+    /// An allow rule: on a connection, one with request conditions never matches.
+    fn allow_matches(&self, r: &Rule) -> bool {
+        self.peer_matches(r)
+            && match &self.request {
+                Some(req) => req.matches(r),
+                None => !r.needs_request,
+            }
+    }
+}
+
+impl Request<'_> {
+    /// The conditions only a request has: JWT principal, method, path, claims.
+    fn matches(&self, r: &Rule) -> bool {
+        any_matches(&r.request_principals, self.req.request_principal)
             && any_matches(&r.methods, Some(self.req.method))
             && any_matches(&r.paths, Some(self.path))
-            && (r.ports.is_empty() || r.ports.contains(&self.req.port))
             && r.when.iter().all(|c| self.condition_holds(c))
     }
 

@@ -1,6 +1,9 @@
 //! The Kubernetes-style verbs against a control plane: `apply`, `get`, `describe`, `delete`,
-//! `proxy-config`, `check`. They speak the control plane's HTTP JSON API and print what it says,
-//! errors included (with file, document and field path for invalid config).
+//! `proxy-config`, `check`, and `validate`, which needs none. They speak the control plane's
+//! HTTP JSON API and print what it says, errors included (with file, document and field path
+//! for invalid config), and the notices of what was applied or validated (`notice: ...` on
+//! standard error, one per line: a policy that denies by default only because it has ALLOW
+//! rules, for instance).
 //!
 //! Every verb presents the control plane's join token (`--token`, `--token-file`, or
 //! `TRELLIS_TOKEN` / `TRELLIS_TOKEN_FILE`): the control plane refuses anything else.
@@ -275,6 +278,39 @@ pub fn encode(s: &str) -> String {
         .collect()
 }
 
+/// Prints a notice about valid config (standard error, so standard output stays one line per
+/// resource).
+fn print_notice(notice: &str) {
+    eprintln!("notice: {notice}");
+}
+
+/// `trellis validate FILE...`: parses and validates each file as the control plane would, and
+/// prints `FILE: ok (N resources)` and its notices, or every problem.
+pub fn validate(files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut failed = false;
+    for f in files {
+        let name = f.display().to_string();
+        let text =
+            std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?;
+        match trellis_api::parse_documents(&name, &text) {
+            Ok(set) => {
+                println!("{name}: ok ({} resources)", set.resources.len());
+                for n in set.notices() {
+                    print_notice(&n.to_string());
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        anyhow::bail!("invalid config");
+    }
+    Ok(())
+}
+
 pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let api = Api::connect(&args.control, &args.auth)?;
     // Check every source locally first: nothing is sent unless all of it is valid.
@@ -291,6 +327,9 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
                 r["key"].as_str().unwrap_or_default(),
                 r["action"].as_str().unwrap_or_default()
             );
+        }
+        for n in result["notices"].as_array().into_iter().flatten() {
+            print_notice(n.as_str().unwrap_or_default());
         }
     }
     Ok(())

@@ -100,7 +100,7 @@ fn main() -> ExitCode {
             Command::Proxy(args) => proxy_cmd::run(*args).await,
             Command::DemoApp(args) => demo_app::run(args).await,
             Command::Up(args) => up::run(args).await,
-            Command::Validate { files } => validate(&files),
+            Command::Validate { files } => ctl::validate(&files),
             Command::Control(args) => control_cmd::run(args).await,
             Command::Apply(args) => ctl::apply(args).await,
             Command::Get(args) => ctl::get(args).await,
@@ -118,24 +118,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn validate(files: &[std::path::PathBuf]) -> anyhow::Result<()> {
-    let mut failed = false;
-    for f in files {
-        let name = f.display().to_string();
-        let text =
-            std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?;
-        match trellis_api::parse_documents(&name, &text) {
-            Ok(set) => println!("{name}: ok ({} resources)", set.resources.len()),
-            Err(e) => {
-                eprintln!("{e}");
-                failed = true;
-            }
-        }
-    }
-    if failed {
-        anyhow::bail!("invalid config");
-    }
-    Ok(())
 }
