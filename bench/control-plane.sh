@@ -46,7 +46,7 @@ spec: {{service: svc-{s}, address: 10.{s // 250}.{s % 250}.{w + 1}, port: 8080}}
 open(sys.argv[1], "w").write("\n---\n".join(out) + "\n")
 PY
 start=$(date +%s.%N)
-target/release/trellis apply --control "http://127.0.0.1:$port" -f "$work/mesh.yaml" >/dev/null
+target/release/trellis apply --control "http://127.0.0.1:$port" --token-file "$work/data/join-token" -f "$work/mesh.yaml" >/dev/null
 end=$(date +%s.%N)
 sleep 1
 echo "applied 11000 resources in $(python3 -c "print(round($end-$start,1))") s"
