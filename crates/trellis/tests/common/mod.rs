@@ -335,3 +335,21 @@ pub fn write_config(path: &Path, text: &str) {
     std::fs::write(&tmp, text).expect("write config");
     std::fs::rename(&tmp, path).expect("rename config");
 }
+
+/// Sum of a counter family's samples whose labels include all of `labels`.
+pub async fn counter(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (status, text) = get_status(admin, "/metrics").await.expect("/metrics");
+    assert_eq!(status, 200);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("metrics parse");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}

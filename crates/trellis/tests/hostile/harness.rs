@@ -235,24 +235,6 @@ pub async fn settle() {
     tokio::time::sleep(Duration::from_millis(400)).await;
 }
 
-/// Sum of a counter family's samples whose labels include all of `labels`.
-pub async fn counter(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (status, text) = get_status(admin, "/metrics").await.expect("/metrics");
-    assert_eq!(status, 200);
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-        .expect("metrics parse");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
 /// Polls `check` (bounded) until it holds; `false` when `limit` passed first.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where
