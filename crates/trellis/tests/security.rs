@@ -322,18 +322,7 @@ async fn opaque_tcp_between_sidecars_is_mtls_too() {
 /// Connects to `addr` with a client certificate, sends one request and returns what came back
 /// (empty when the server refused the certificate).
 async fn raw_mtls_request(addr: SocketAddr, issued: &Issued) -> Vec<u8> {
-    let provider = trellis_identity::tls::crypto_provider();
-    let chain: Vec<_> = rustls_pemfile_certs(&issued.chain_pem);
-    let key = rustls::pki_types::PrivateKeyDer::try_from(pem_der(&issued.key_pem, "PRIVATE KEY"))
-        .expect("key der");
-    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
-        .with_client_auth_cert(chain, key)
-        .expect("client cert");
-    let connector = trellis_identity::tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let connector = trellis_identity::tokio_rustls::TlsConnector::from(client_config(issued));
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
     let Ok(mut tls) = connector.connect(name, tcp).await else {
