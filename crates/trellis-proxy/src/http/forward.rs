@@ -1,7 +1,7 @@
 //! Sending a routed request to a backend: pick an endpoint, try, classify, maybe retry (bounded by
 //! attempts, the retry budget and the replay buffer), all within the rule's timeout. The last
 //! attempt gets whatever time remains. Also mirroring and HTTP/1.1 upgrades.
-use super::headers::{offered_upgrades, strip_hop_by_hop, upgrade_answer_matches};
+use super::headers::{strip_hop_by_hop, upgrade_answer_matches, upgrade_tokens};
 use super::replay::{prepare, Prepared, Replayable};
 use super::upstream::{boxed_response, AttemptError, PeerTls, Wire};
 use crate::balance::{hash_key, Endpoint};
@@ -446,7 +446,7 @@ pub async fn forward_upgrade(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let downstream = hyper::upgrade::on(&mut req);
-    let offered = offered_upgrades(req.headers());
+    let offered = upgrade_tokens(req.headers());
     let req = req.map(body::boxed);
     let mut rsp = state
         .upstreams

@@ -35,8 +35,8 @@ pub enum UpgradeVerdict {
     Refuse(String),
 }
 
-/// The protocol names an `Upgrade` header offers (`websocket`, `h2c`, `foo/2`), in order.
-fn upgrade_tokens(headers: &HeaderMap) -> Vec<String> {
+/// The protocols an `Upgrade` header names (`websocket`, `h2c`, `foo/2`), in order.
+pub fn upgrade_tokens(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::UPGRADE)
         .iter()
@@ -50,27 +50,36 @@ fn upgrade_tokens(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// An upgrade token's protocol name, without its `/version`, lower-cased.
+fn protocol_name(token: &str) -> String {
+    token
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// Keeps in the `Upgrade` header only the protocols `permitted` accepts (matched on the name
 /// before any `/version`) and says what to do with the request. Call only for upgrade requests.
 pub fn vet_upgrade(headers: &mut HeaderMap, permitted: impl Fn(&str) -> bool) -> UpgradeVerdict {
     let tokens = upgrade_tokens(headers);
-    let name = |t: &str| t.split('/').next().unwrap_or("").trim().to_string();
-    let kept: Vec<&String> = tokens.iter().filter(|t| permitted(&name(t))).collect();
+    let kept: Vec<&str> = tokens
+        .iter()
+        .map(String::as_str)
+        .filter(|t| permitted(&protocol_name(t)))
+        .collect();
     if !kept.is_empty() {
-        let joined = kept
-            .iter()
-            .map(|t| t.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        match http::HeaderValue::from_str(&joined) {
+        let joined = kept.join(", ");
+        return match http::HeaderValue::from_str(&joined) {
             Ok(v) => {
                 headers.insert(header::UPGRADE, v);
-                return UpgradeVerdict::Forward;
+                UpgradeVerdict::Forward
             }
-            Err(_) => return UpgradeVerdict::Refuse(joined),
-        }
+            Err(_) => UpgradeVerdict::Refuse(joined),
+        };
     }
-    if tokens.iter().all(|t| name(t).eq_ignore_ascii_case("h2c")) {
+    if tokens.iter().all(|t| protocol_name(t) == "h2c") {
         headers.remove(header::UPGRADE);
         headers.remove("http2-settings");
         return UpgradeVerdict::Strip;
@@ -101,29 +110,14 @@ pub fn admit_upgrade(
     }
 }
 
-/// Whether a `101` answer switched to a protocol the request offered (after vetting).
+/// Whether a `101` answer switched to one protocol the request offered (after vetting).
 pub fn upgrade_answer_matches(offered: &[String], response: &HeaderMap) -> bool {
-    let answered = upgrade_tokens(response);
-    answered.len() == 1
-        && offered
+    match upgrade_tokens(response).as_slice() {
+        [answered] => offered
             .iter()
-            .any(|o| o.eq_ignore_ascii_case(&answered[0]) || name_eq(o, &answered[0]))
-}
-
-fn name_eq(a: &str, b: &str) -> bool {
-    let n = |t: &str| {
-        t.split('/')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase()
-    };
-    n(a) == n(b)
-}
-
-/// The `Upgrade` tokens of a request, for checking the answer with [`upgrade_answer_matches`].
-pub fn offered_upgrades(headers: &HeaderMap) -> Vec<String> {
-    upgrade_tokens(headers)
+            .any(|o| protocol_name(o) == protocol_name(answered)),
+        _ => false,
+    }
 }
 
 /// Removes hop-by-hop headers, and any header the `Connection` header names. With
@@ -242,11 +236,11 @@ mod tests {
         assert_eq!(vet_upgrade(&mut h, websocket_only), UpgradeVerdict::Forward);
         assert_eq!(h.get(header::UPGRADE).unwrap(), "WebSocket");
         assert!(upgrade_answer_matches(
-            &offered_upgrades(&h),
+            &upgrade_tokens(&h),
             &upgrade_headers("websocket")
         ));
         assert!(!upgrade_answer_matches(
-            &offered_upgrades(&h),
+            &upgrade_tokens(&h),
             &upgrade_headers("h2c")
         ));
     }
