@@ -154,10 +154,34 @@ pub fn router(state: Arc<ApiState>) -> Router {
             auth::require_token,
         ))
         .route_layer(axum::middleware::from_fn(auth::refuse_browsers))
-        .with_state(state);
+        .with_state(state.clone());
     Router::new()
-        .route("/api/v1/health", get(|| async { "ok\n" }))
+        .route("/api/v1/health", get(health))
+        .with_state(state)
         .merge(protected)
+}
+
+/// How long a health probe waits for the store before calling it unreachable.
+const HEALTH_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Healthy only while the store answers: a replica whose store is away (etcd without quorum,
+/// say) can take no apply and no registration, so a probe must not send work to it.
+async fn health(State(state): State<Arc<ApiState>>) -> (StatusCode, String) {
+    let read = state.store.get("MeshConfig", "default", "health-probe");
+    let unreachable = |why: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unreachable ({}): {why}\n", state.store.describe()),
+        )
+    };
+    match tokio::time::timeout(HEALTH_STORE_TIMEOUT, read).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ok\n".into()),
+        Ok(Err(e)) => unreachable(e.to_string()),
+        Err(_) => unreachable(format!(
+            "no answer within {} s",
+            HEALTH_STORE_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// An API failure, rendered as JSON.

@@ -590,3 +590,36 @@ async fn unhealthy_app_leaves_the_endpoint_set_and_returns() {
         "the recovered instance serves again: {seen:?}"
     );
 }
+
+/// Health follows the store: while etcd answers, 200; once it is gone, 503 naming the store,
+/// never a cheerful "ok" from a replica that can take no apply or registration.
+#[tokio::test]
+async fn health_fails_while_the_store_is_unreachable() {
+    let dir = tempdir("cp-health");
+    let (mut etcd_proc, client) = etcd(&dir);
+    wait_etcd(&client).await;
+    let addr = free_addr();
+    let _cp = control(&dir, "cp", addr, &format!("etcd://{client}"));
+    wait_api(addr).await;
+    let (status, body) = get_status(addr, "/api/v1/health").await.expect("health");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    let _ = etcd_proc.child.kill();
+    let _ = etcd_proc.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = (0, String::new());
+    while Instant::now() < deadline {
+        last = get_status(addr, "/api/v1/health")
+            .await
+            .expect("health answers");
+        if last.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last.0, 503, "health with etcd gone: {last:?}");
+    assert!(
+        last.1.contains("store unreachable") && last.1.contains("etcd"),
+        "the answer names the store: {last:?}"
+    );
+}
