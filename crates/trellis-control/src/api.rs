@@ -157,6 +157,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state.clone());
     Router::new()
         .route("/api/v1/health", get(health))
+        .route("/api/v1/ready", get(health))
+        // Liveness: the process serves; says nothing about the store (a restart would not help).
+        .route("/api/v1/live", get(|| async { "ok\n" }))
         .with_state(state)
         .merge(protected)
 }

@@ -591,8 +591,9 @@ async fn unhealthy_app_leaves_the_endpoint_set_and_returns() {
     );
 }
 
-/// Health follows the store: while etcd answers, 200; once it is gone, 503 naming the store,
-/// never a cheerful "ok" from a replica that can take no apply or registration.
+/// Health (readiness) follows the store: while etcd answers, 200; once it is gone, 503 naming
+/// the store, never a cheerful "ok" from a replica that can take no apply or registration.
+/// Liveness stays 200: restarting the replica would not bring etcd back.
 #[tokio::test]
 async fn health_fails_while_the_store_is_unreachable() {
     let dir = tempdir("cp-health");
@@ -622,4 +623,8 @@ async fn health_fails_while_the_store_is_unreachable() {
         last.1.contains("store unreachable") && last.1.contains("etcd"),
         "the answer names the store: {last:?}"
     );
+    let (status, _) = get_status(addr, "/api/v1/ready").await.expect("ready");
+    assert_eq!(status, 503, "readiness includes the store");
+    let (status, body) = get_status(addr, "/api/v1/live").await.expect("live");
+    assert_eq!((status, body.as_str()), (200, "ok\n"), "liveness does not");
 }
