@@ -212,6 +212,10 @@ async fn a_restarted_server_gets_a_resync_of_only_what_changed() {
     server.kill();
     wait_until("the client notices", || client.status().endpoint.is_none()).await;
     assert!(client.status().ready, "still serving the last good config");
+    assert!(
+        client.status().last_error.is_some(),
+        "the lost connection is reported"
+    );
     // While the control plane is away, the route changes and a workload goes.
     let next = Arc::new(SharedViews::new(view(&mesh("5s", 1))));
     let server = TestServer::start_with(next.clone(), ServerConfig::default(), &addr);
@@ -228,6 +232,11 @@ async fn a_restarted_server_gets_a_resync_of_only_what_changed() {
     let u = last(&updates);
     assert_eq!(timeout_of(&u), "5s");
     assert_eq!(client.status().connects, 2);
+    assert_eq!(
+        client.status().last_error,
+        None,
+        "the error of the lost connection is cleared once connected again"
+    );
     // The new server sent nothing for the types the client already held.
     wait_until("in sync with the new server", || {
         server

@@ -152,6 +152,9 @@ where
         s.endpoint = Some(endpoint.to_string());
         s.connected_since_unix_ms = Some(now_ms());
         s.connects += 1;
+        // The connect error that ended the last session is history now (a NACK stays in
+        // `last_nack`).
+        s.last_error = None;
     });
     tracing::info!(endpoint, "connected to the control plane");
     let mut received = false;
