@@ -6,6 +6,7 @@ mod ca_cmd;
 mod control_cmd;
 mod ctl;
 mod demo_app;
+mod orphan;
 mod proxy_cmd;
 mod up;
 
@@ -72,6 +73,7 @@ fn init_logging(filter: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
+    orphan::exit_with_parent_if_asked();
     // Every connection is a descriptor; many systems start processes at a soft limit of 1024
     // while allowing far more. Connection caps are fitted under whatever limit is in force.
     trellis_net::fdlimit::raise();

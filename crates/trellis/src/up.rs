@@ -277,6 +277,8 @@ fn spawn(work: &Path, log_name: &str, args: &[String]) -> anyhow::Result<Child> 
         .args(args)
         .env("TRELLIS_TOKEN_FILE", work.join("join-token"))
         .env_remove("TRELLIS_TOKEN")
+        // Gone with `up`, even when `up` is killed with SIGKILL.
+        .env(crate::orphan::ENV, "1")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err)

@@ -177,3 +177,65 @@ async fn up_runs_the_resilience_example() {
     .await;
     assert!(a.status == 200 || a.header("trellis-error") == Some("fault-injected"));
 }
+
+/// The processes `up` started, read from /proc (its direct children).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Alive and not a zombie waiting to be reaped.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// `up` killed with SIGKILL (no handler runs) leaves nothing running: every sidecar and app it
+/// started exits on its own, and the ports they held are free for the next `up`.
+#[tokio::test]
+async fn up_killed_with_sigkill_leaves_nothing_running() {
+    let mut up = up("mesh.yaml");
+    let pid = up.child.id();
+    let children = children_of(pid);
+    assert!(
+        children.len() >= 6,
+        "up started its apps and sidecars: {children:?}"
+    );
+    let _ = up.child.kill();
+    let _ = up.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut left: Vec<u32> = children.clone();
+    while Instant::now() < deadline {
+        left.retain(|&c| running(c));
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for pid in &left {
+        // Whatever outlived `up` is stopped by PID before the test fails.
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    assert!(left.is_empty(), "still running after up died: {left:?}");
+    for addr in [up.outbound, up.admin] {
+        assert!(
+            std::net::TcpListener::bind(addr).is_ok(),
+            "{addr} is free again"
+        );
+    }
+}
