@@ -45,16 +45,6 @@ fn start_control(dir: &std::path::Path, addr: std::net::SocketAddr) -> Proc {
     )
 }
 
-async fn wait_api(addr: std::net::SocketAddr) {
-    for _ in 0..400 {
-        if let Ok((200, _)) = get_status(addr, "/api/v1/health").await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("control plane API at {addr} never answered");
-}
-
 /// One raw API call; `token` goes in `Authorization: Bearer`.
 async fn api(
     addr: std::net::SocketAddr,

@@ -22,16 +22,6 @@ fn start_control(dir: &std::path::Path, addr: SocketAddr) -> Proc {
     )
 }
 
-async fn wait_api(addr: SocketAddr) {
-    for _ in 0..400 {
-        if let Ok((200, _)) = get_status(addr, "/api/v1/health").await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("control plane API at {addr} never answered");
-}
-
 /// One API call with the join token.
 async fn api(addr: SocketAddr, method: &str, path: &str, body: String) -> (u16, serde_json::Value) {
     use http_body_util::BodyExt;

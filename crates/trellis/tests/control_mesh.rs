@@ -55,16 +55,6 @@ fn control(dir: &Path, name: &str, addr: SocketAddr, store: &str) -> Proc {
     )
 }
 
-async fn wait_api(addr: SocketAddr) {
-    for _ in 0..400 {
-        if let Ok((200, _)) = get_status(addr, "/api/v1/health").await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("control plane at {addr} never answered");
-}
-
 fn apply(control: &str, dir: &Path, text: &str) {
     let file = dir.join(format!("apply-{}.yaml", rand::random::<u32>()));
     std::fs::write(&file, text).unwrap();

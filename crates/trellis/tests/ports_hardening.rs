@@ -66,16 +66,6 @@ fn control_args(dir: &Path, addr: SocketAddr, extra: &[&str]) -> Vec<String> {
     args
 }
 
-async fn wait_api(addr: SocketAddr) {
-    for _ in 0..800 {
-        if let Ok((200, _)) = get_status(addr, "/api/v1/health").await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("control plane API at {addr} never answered");
-}
-
 /// A sidecar on a static config with only its admin port and a Host-routed outbound port.
 async fn static_proxy(dir: &Path, extra: &[&str]) -> Caller {
     let config = dir.join("mesh.yaml");

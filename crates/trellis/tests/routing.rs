@@ -380,27 +380,6 @@ pub async fn wait_version(admin: std::net::SocketAddr, version: u64) {
     panic!("proxy never reached config version {version}");
 }
 
-pub fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    prometheus_parse::Scrape::parse(lines).expect("metrics exposition must parse")
-}
-
-/// Sum of samples of `name` whose labels include all of `labels`.
-pub fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
 #[tokio::test]
 async fn per_try_timeout_retries_away_from_a_hanging_endpoint() {
     let extra = "---

@@ -46,16 +46,6 @@ async fn api(
     )
 }
 
-async fn wait_api(addr: SocketAddr) {
-    for _ in 0..400 {
-        if let Ok((200, _)) = get_status(addr, "/api/v1/health").await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("control plane at {addr} never answered");
-}
-
 /// What a proxy's `/config` says about its certificate and trust bundle.
 async fn tls_of(admin: SocketAddr) -> serde_json::Value {
     let (_, body) = get_status(admin, "/config").await.expect("/config");

@@ -336,20 +336,42 @@ pub fn write_config(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("rename config");
 }
 
-/// Sum of a counter family's samples whose labels include all of `labels`.
-pub async fn counter(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (status, text) = get_status(admin, "/metrics").await.expect("/metrics");
-    assert_eq!(status, 200);
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-        .expect("metrics parse");
+pub fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("metrics exposition must parse")
+}
+
+/// Sum of samples of `name` whose labels include all of `labels`.
+pub fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .samples
         .iter()
         .filter(|s| s.metric == name)
         .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             _ => 0.0,
         })
         .sum()
+}
+
+/// Sum of a counter family's samples whose labels include all of `labels`, from `/metrics`.
+pub async fn counter(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (status, text) = get_status(admin, "/metrics").await.expect("/metrics");
+    assert_eq!(status, 200);
+    sample(&parse_metrics(&text), name, labels)
+}
+
+/// Blocks until a control plane's `/api/v1/health` answers 200 (bounded: 20 s).
+pub async fn wait_api(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok((200, _)) = get_status(addr, "/api/v1/health").await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("control plane API at {addr} never answered");
 }
