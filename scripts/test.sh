@@ -27,6 +27,15 @@ if ! command -v etcd >/dev/null 2>&1; then
   "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server
 fi
 
+# The hostile-client tests drive curl (a client nobody here wrote) against the sidecars.
+if ! command -v curl >/dev/null 2>&1; then
+  log "installing curl (for the hostile-client tests)"
+  as_root=()
+  if [ "$(id -u)" -ne 0 ]; then as_root=(sudo); fi
+  "${as_root[@]}" apt-get update
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y curl
+fi
+
 # The chaos tests (crates/trellis/tests/chaos.rs) build hosts from network namespaces with `ip`
 # and partition them with `iptables`; without either they fail, on purpose, naming what is missing.
 if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1; then

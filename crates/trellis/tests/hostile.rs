@@ -552,6 +552,65 @@ async fn g4_h2c_upgrade_never_becomes_a_pipe() {
     );
 }
 
+/// The same attack from a client nobody here wrote: curl's `--http2` on a plaintext URL sends a
+/// real `Upgrade: h2c` request, and `--http2-prior-knowledge` speaks HTTP/2 at once. Allowed
+/// paths are answered as plain HTTP/1.1 (never `101`), `/admin` is 403 over both, and the app
+/// sees neither an `Upgrade` header nor `/admin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g4_curl_h2c_upgrade_and_prior_knowledge_are_authorized() {
+    let policy = r#"---
+apiVersion: trellis.dev/v1
+kind: AuthorizationPolicy
+metadata:
+  name: backend-callers
+spec:
+  service: backend
+  defaultAction: Allow
+  rules:
+    - name: no-admin
+      action: Deny
+      to:
+        paths: ["/admin", "/admin/*"]
+"#;
+    let t = Target::start("hostile-g4-curl", "detect", policy).await;
+    let curl = |args: &[&str], path: &str| {
+        let url = format!("http://{}{path}", t.sidecar.inbound);
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-i", "--max-time", "10"])
+            .args(args)
+            .arg(&url)
+            .output()
+            .expect("curl is installed (scripts/test.sh installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mark = t.app.mark();
+    let allowed = curl(&["--http2"], "/hello");
+    let admin_upgrade = curl(&["--http2"], "/admin");
+    let admin_h2 = curl(&["--http2-prior-knowledge"], "/admin/users");
+    settle().await;
+    let got = t.app.since(&mark);
+    assert!(
+        allowed.starts_with("HTTP/1.1 200") && !allowed.contains(" 101 "),
+        "an h2c upgrade to an allowed path is served as HTTP/1.1: {allowed}"
+    );
+    for (what, answer) in [("h2c upgrade", &admin_upgrade), ("h2", &admin_h2)] {
+        assert!(
+            answer.contains(" 403") && answer.contains("trellis-error: denied"),
+            "{what} to /admin is denied: {answer}"
+        );
+    }
+    assert!(
+        upgrade_headers(&got).is_empty() && got.conns_containing(b"/admin").is_empty(),
+        "the app saw an upgrade or /admin:{}",
+        got.describe()
+    );
+    assert!(
+        got.contains_exact(b"/hello"),
+        "the allowed request reached the app:{}",
+        got.describe()
+    );
+}
+
 /// Upgrade tokens other than WebSocket (`foo`, `TLS/1.2`, an oddly spelled `Connection`) and
 /// `CONNECT` requests: refused (403 `upgrade-refused`) or stripped, never a pipe; the app never
 /// sees an `Upgrade` header, a `CONNECT`, or the `/admin` requests sent after them.
