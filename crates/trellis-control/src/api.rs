@@ -221,7 +221,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match &e {
             StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
-            StoreError::AlreadyExists { .. } | StoreError::Conflict { .. } => StatusCode::CONFLICT,
+            StoreError::AlreadyExists { .. }
+            | StoreError::Conflict { .. }
+            | StoreError::BatchConflict { .. } => StatusCode::CONFLICT,
+            StoreError::TooLarge { .. } | StoreError::Invalid { .. } => StatusCode::BAD_REQUEST,
             StoreError::LeaseNotFound { .. } => StatusCode::NOT_FOUND,
             StoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -297,14 +300,17 @@ struct ApplyQuery {
     file: Option<String>,
 }
 
-/// Creates or replaces every resource of a multi-document YAML/JSON body. Answers
-/// `{"results": [{key, action, version}], "notices": [text]}`.
+/// Creates or replaces every resource of a multi-document YAML/JSON body, all in one
+/// transaction (see [`crate::apply`]). Answers
+/// `{"results": [{key, action, version}], "notices": [text], "revision": R, "replayed": bool}`.
 async fn apply(
     State(s): State<Arc<ApiState>>,
     Extension(slots): Extension<ParseSlots>,
     Query(q): Query<ApplyQuery>,
+    headers: axum::http::HeaderMap,
     body: Result<String, StringRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let apply_id = crate::apply::apply_id(&headers)?;
     let body = manifest(body)?;
     let file = q.file.unwrap_or_else(|| "request".into());
     let set = parse_blocking(&slots.manifests, file.clone(), body).await?;
@@ -321,24 +327,13 @@ async fn apply(
     for r in &set.resources {
         refuse_managed(r.kind())?;
     }
-    let mut results = Vec::new();
-    for mut r in set.resources {
-        let expected = take_version(&mut r)?;
-        let key = ResourceKey::of(&r);
-        let before = s.store.get(&key.kind, &key.namespace, &key.name).await?;
-        let action = match &before {
-            Some(b) if b.resource == r => "unchanged",
-            Some(_) => "configured",
-            None => "created",
-        };
-        let stored = match (before, expected) {
-            (Some(b), None) if b.resource == r => b,
-            (None, None) => s.store.create(r).await?,
-            (_, expected) => s.store.replace(r, expected).await?,
-        };
-        results.push(json!({"key": key.to_string(), "action": action, "version": stored.version}));
+    let mut documents = Vec::with_capacity(set.resources.len());
+    for mut resource in set.resources {
+        let expected = take_version(&mut resource)?;
+        documents.push(crate::apply::Document { resource, expected });
     }
-    Ok(Json(json!({ "results": results, "notices": notices })))
+    let answer = crate::apply::apply(&*s.store, documents, notices, apply_id).await?;
+    Ok(Json(answer))
 }
 
 #[derive(Deserialize)]

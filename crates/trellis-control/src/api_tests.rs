@@ -45,12 +45,26 @@ impl Api {
         token: Option<&str>,
         body: &str,
     ) -> (u16, Value) {
+        self.call_with(method, path, token, &[], body).await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, Value) {
         let mut req = http::Request::builder()
             .method(method)
             .uri(path)
             .header("content-type", "application/json");
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let rsp = self
             .router
@@ -383,4 +397,103 @@ async fn bodies_past_a_limit_are_refused_and_nothing_is_stored() {
         .call("POST", "/api/v1/workloads", Some(TOKEN), &big)
         .await;
     assert_eq!(status, 413, "{v}");
+}
+
+fn service_doc(name: &str, port: u16, version: Option<&str>) -> String {
+    let version = version.map_or(String::new(), |v| format!(", resourceVersion: \"{v}\""));
+    format!(
+        "apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {{name: {name}{version}}}\nspec: {{ports: [{{port: {port}}}]}}\n"
+    )
+}
+
+#[tokio::test]
+async fn an_apply_is_all_or_nothing_at_one_revision() {
+    let api = Api::new().await;
+    let first = api
+        .ok("POST", "/api/v1/apply", &service_doc("a", 80, None))
+        .await;
+    let version = first["results"][0]["version"].as_u64().unwrap();
+    let before = user_resources(&api).await;
+    // A stale resourceVersion on the last document refuses the documents before it too.
+    let stale = (version + 100).to_string();
+    let body = format!(
+        "{}---\n{}---\n{}",
+        service_doc("b", 80, None),
+        service_doc("c", 80, None),
+        service_doc("a", 81, Some(&stale))
+    );
+    let (status, v) = api.call("POST", "/api/v1/apply", Some(TOKEN), &body).await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(
+        user_resources(&api).await,
+        before,
+        "a refused apply wrote something"
+    );
+    // The same key twice: refused, nothing written.
+    let body = format!(
+        "{}---\n{}",
+        service_doc("d", 80, None),
+        service_doc("d", 81, None)
+    );
+    let (status, v) = api.call("POST", "/api/v1/apply", Some(TOKEN), &body).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(user_resources(&api).await, before);
+    // A good one: every written document at the answer's revision.
+    let body = format!(
+        "{}---\n{}---\n{}",
+        service_doc("b", 80, None),
+        service_doc("c", 80, None),
+        service_doc("a", 81, Some(&version.to_string()))
+    );
+    let v = api.ok("POST", "/api/v1/apply", &body).await;
+    let revision = v["revision"].as_u64().unwrap();
+    assert_eq!(v["replayed"], false);
+    for r in v["results"].as_array().unwrap() {
+        assert_eq!(r["version"].as_u64(), Some(revision), "{v}");
+    }
+}
+
+#[tokio::test]
+async fn an_apply_sent_twice_with_one_id_is_committed_once() {
+    let api = Api::new().await;
+    let id = [("trellis-apply-id", "0123456789abcdef0123456789abcdef")];
+    let body = format!(
+        "{}---\n{}",
+        service_doc("a", 80, None),
+        service_doc("b", 80, None)
+    );
+    let (status, first) = api
+        .call_with("POST", "/api/v1/apply", Some(TOKEN), &id, &body)
+        .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["replayed"], false);
+    // Someone changes `a` in between; the repeated apply must not undo that.
+    api.ok("POST", "/api/v1/apply", &service_doc("a", 90, None))
+        .await;
+    let (status, again) = api
+        .call_with("POST", "/api/v1/apply", Some(TOKEN), &id, &body)
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["replayed"], true);
+    assert_eq!(again["revision"], first["revision"]);
+    assert_eq!(again["results"], first["results"]);
+    let a = api
+        .ok("GET", "/api/v1/resources/Service/default/a", "")
+        .await;
+    assert_eq!(
+        a["spec"]["ports"][0]["port"], 90,
+        "the replay wrote again: {a}"
+    );
+    for bad in ["", "has space", &"x".repeat(65)] {
+        let (status, v) = api
+            .call_with(
+                "POST",
+                "/api/v1/apply",
+                Some(TOKEN),
+                &[("trellis-apply-id", bad)],
+                &body,
+            )
+            .await;
+        assert_eq!(status, 400, "{bad:?}: {v}");
+    }
 }

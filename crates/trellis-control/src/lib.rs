@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod apply;
 pub mod auth;
 pub mod ca;
 pub mod ca_api;
@@ -28,6 +29,7 @@ mod api_tests;
 mod test_support;
 
 pub use store::{
-    open, validate, EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, Lease, LeaseId,
-    Listing, ResourceKey, Revision, Store, StoreError, StoreSpec, Stored, WatchEvent, WatchStream,
+    open, validate, Batch, BatchPut, Committed, EmbeddedOptions, EmbeddedStore, EtcdOptions,
+    EtcdStore, Expect, Lease, LeaseId, Listing, Receipt, ResourceKey, Revision, Store, StoreError,
+    StoreSpec, Stored, WatchEvent, WatchStream,
 };

@@ -2,8 +2,9 @@
 //! with the store by list-then-watch. Each replica follows the store on its own, so every
 //! replica sees every change (made through any replica) in revision order.
 use crate::store::{Listing, ResourceKey, Revision, Store, StoreError, Stored, WatchEvent};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -93,17 +94,27 @@ pub fn follow(store: Arc<dyn Store>) -> watch::Receiver<Arc<Model>> {
     rx
 }
 
-/// Applies watch events until the watch fails. Events of one revision arrive together and are
-/// published together.
+/// Applies watch events until the watch fails, publishing once per revision: both stores give
+/// every change of one commit (a whole `apply`) the same revision and deliver them together, so
+/// the events of a revision are all at hand once its first arrives, and the model published
+/// never holds half of an apply.
 async fn watch_from(
     store: &dyn Store,
     model: &mut Model,
     tx: &watch::Sender<Arc<Model>>,
 ) -> Result<(), StoreError> {
     loop {
-        let mut events = store.watch(model.revision).await?;
+        let mut events = store.watch(model.revision).await?.peekable();
         while let Some(event) = events.next().await {
-            let changed = model.apply(event?);
+            let mut changed = model.apply(event?);
+            while let Some(Some(Ok(next))) = Pin::new(&mut events).peek().now_or_never() {
+                if next.revision() != model.revision {
+                    break;
+                }
+                if let Some(Ok(next)) = events.next().await {
+                    changed |= model.apply(next);
+                }
+            }
             if tx.is_closed() {
                 return Ok(());
             }

@@ -20,6 +20,15 @@ pub enum StoreError {
         current: Revision,
     },
 
+    /// A batch's read went stale: a key in its ranges changed after it was read. Nothing was
+    /// written; read again and retry.
+    #[error("{detail}; nothing was written: read again and retry")]
+    BatchConflict { detail: String },
+
+    /// A batch that cannot be one transaction of this store.
+    #[error("{detail}")]
+    TooLarge { detail: String },
+
     #[error(
         "lease {lease} not found: it expired or was revoked; grant a new lease and register again"
     )]

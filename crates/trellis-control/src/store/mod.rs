@@ -35,6 +35,9 @@
 //! cannot know whether it was applied; the error says so, and a retry should re-read first (a
 //! versioned replace makes that safe).
 //!
+//! A multi-document apply is one [`Batch`] (one transaction on both stores, every put at one
+//! revision); see `batch.rs`.
+//!
 //! # Errors
 //!
 //! [`StoreError`] names what is wrong and where (the `Kind/namespace/name` key, the file or the
@@ -45,12 +48,16 @@ use futures_util::stream::BoxStream;
 use std::time::Duration;
 use trellis_api::Resource;
 
+mod batch;
 mod codec;
 mod embedded;
 mod error;
 mod etcd;
 mod spec;
 
+pub use batch::{
+    check_receipt_id, Batch, BatchPut, Committed, Expect, Receipt, MAX_RECEIPT_ID, RECEIPT_TTL,
+};
 pub use codec::validate;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use error::StoreError;
@@ -228,4 +235,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates or replaces a resource under a live lease: it is deleted when the lease ends.
     async fn put_with_lease(&self, resource: Resource, lease: LeaseId) -> Result<Stored>;
+
+    /// The resources at `keys` (in order; `None` where absent), all read at one revision, which
+    /// is returned: what a [`Batch`] is decided on.
+    async fn get_many(&self, keys: &[ResourceKey]) -> Result<(Vec<Option<Stored>>, Revision)>;
+
+    /// Commits a [`Batch`]: every put and check, or nothing. See `batch.rs`.
+    async fn commit(&self, batch: Batch) -> Result<Committed>;
+
+    /// The receipt of an earlier commit with this id, if it is still kept: its revision and body.
+    async fn receipt(&self, id: &str) -> Result<Option<(Revision, Vec<u8>)>>;
 }

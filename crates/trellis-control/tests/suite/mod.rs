@@ -2,9 +2,11 @@
 //! instantiates all of them for one store (see `conformance_embedded.rs`, `conformance_etcd.rs`).
 #![allow(dead_code)]
 
+mod batch;
 mod leases;
 mod watch;
 
+pub use batch::*;
 pub use leases::*;
 pub use watch::*;
 
@@ -22,7 +24,9 @@ macro_rules! conformance {
             watch_delivers_changes_in_order, watch_resumes_without_gaps, watch_after_compaction,
             lapsed_lease_deletes_and_notifies, keep_alive_extends, revoke_deletes_at_once,
             lapsed_lease_cannot_be_used, replace_detaches_from_lease,
-            leases_survive_restart_with_a_fresh_ttl);
+            leases_survive_restart_with_a_fresh_ttl, batch_commits_every_put_at_one_revision,
+            batch_with_a_stale_expectation_writes_nothing, receipts_answer_a_repeated_batch,
+            large_batches_are_one_transaction);
     };
     (@each $backend:expr; $($name:ident),* $(,)?) => {
         $(

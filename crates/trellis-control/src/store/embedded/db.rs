@@ -4,13 +4,19 @@
 //! Tables:
 //! * `resources`: `Kind/ns/name` → `[version u64 BE][lease i64 BE, 0 = none][resource JSON]`
 //! * `events`: revision → `[0 put | 1 delete][lease i64 BE][key length u16 BE][key][JSON if put]`,
-//!   the last `retained_events` changes, for watches that resume from a revision
+//!   or, for a batch (several puts at one revision), `[2][count u32 BE]` then each put as
+//!   `[length u32 BE][put event]`; the last `retained_events` revisions, for watches that resume
+//!   from a revision
+//! * `receipts`: apply id → `[revision u64 BE][written at, unix seconds u64 BE][answer]`, kept
+//!   for [`RECEIPT_TTL`]
 //! * `leases`: lease id → TTL in seconds; `lease_keys`: lease id →→ keys under it
 //! * `meta`: `revision` (last assigned), `compacted` (history at or below it is gone),
 //!   `next_lease`
 use super::Inner;
 use crate::store::codec::parse_key;
-use crate::store::{LeaseId, ResourceKey, Result, Revision, StoreError, Stored, WatchEvent};
+use crate::store::{
+    LeaseId, ResourceKey, Result, Revision, StoreError, Stored, WatchEvent, RECEIPT_TTL,
+};
 use redb::{MultimapTableDefinition, ReadableTable, TableDefinition, WriteTransaction};
 use std::time::Duration;
 
@@ -20,6 +26,7 @@ pub(super) const LEASES: TableDefinition<i64, u64> = TableDefinition::new("lease
 pub(super) const LEASE_KEYS: MultimapTableDefinition<i64, &str> =
     MultimapTableDefinition::new("lease_keys");
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(super) const RECEIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("receipts");
 
 pub(super) const REVISION: &str = "revision";
 pub(super) const COMPACTED: &str = "compacted";
@@ -84,9 +91,10 @@ impl Inner {
                 leases.remove(id);
             }
         }
-        for event in events {
-            // No receivers is fine: nobody is watching.
-            let _ = self.events.send(event);
+        if !events.is_empty() {
+            // One message per transaction, so a watcher gets a batch's events together. No
+            // receivers is fine: nobody is watching.
+            let _ = self.events.send(std::sync::Arc::new(events));
         }
         Ok(out)
     }
@@ -138,6 +146,7 @@ impl Inner {
             txn.open_table(EVENTS)?;
             txn.open_table(META)?;
             txn.open_multimap_table(LEASE_KEYS)?;
+            txn.open_table(RECEIPTS)?;
             let mut leases = Vec::new();
             for row in txn.open_table(LEASES)?.iter()? {
                 let (id, ttl) = row?;
@@ -199,6 +208,80 @@ impl Tx<'_> {
         };
         self.events.push(WatchEvent::Put(stored.clone()));
         Ok(stored)
+    }
+
+    /// Writes every resource (validated and encoded) at one new revision, with one event-log
+    /// entry, and queues their events to be published together. Detaches them from any lease.
+    pub(super) fn put_batch(
+        &mut self,
+        items: &[(ResourceKey, trellis_api::Resource, Vec<u8>)],
+    ) -> Result<Revision> {
+        if items.is_empty() {
+            return Ok(self.revision);
+        }
+        let revision = self.revision + 1;
+        let mut log = vec![2u8];
+        log.extend_from_slice(&u32::try_from(items.len()).unwrap_or(u32::MAX).to_be_bytes());
+        for (key, resource, json) in items {
+            let old_lease = self.head(key)?.and_then(|(_, l)| l);
+            let key_s = key.to_string();
+            let run = || -> Result<(), redb::Error> {
+                let mut record = Vec::with_capacity(HEADER + json.len());
+                record.extend_from_slice(&revision.to_be_bytes());
+                record.extend_from_slice(&0i64.to_be_bytes());
+                record.extend_from_slice(json);
+                self.txn
+                    .open_table(RESOURCES)?
+                    .insert(key_s.as_str(), record.as_slice())?;
+                self.relink(&key_s, old_lease, None)
+            };
+            run().map_err(|e| self.inner.backend(e))?;
+            let event = event_bytes(0, 0, &key_s, json);
+            log.extend_from_slice(&u32::try_from(event.len()).unwrap_or(u32::MAX).to_be_bytes());
+            log.extend_from_slice(&event);
+            self.events.push(WatchEvent::Put(Stored {
+                resource: resource.clone(),
+                version: revision,
+                lease: None,
+            }));
+        }
+        let run = || -> Result<(), redb::Error> {
+            self.txn
+                .open_table(EVENTS)?
+                .insert(revision, log.as_slice())?;
+            Ok(())
+        };
+        run().map_err(|e| self.inner.backend(e))?;
+        self.revision = revision;
+        Ok(revision)
+    }
+
+    /// A kept receipt: its revision and answer (expired ones are not returned).
+    pub(super) fn receipt(&self, id: &str) -> Result<Option<(Revision, Vec<u8>)>> {
+        let run = || -> Result<Option<Vec<u8>>, redb::Error> {
+            let table = self.txn.open_table(RECEIPTS)?;
+            let v = table.get(id)?;
+            Ok(v.map(|v| v.value().to_vec()))
+        };
+        let raw = run().map_err(|e| self.inner.backend(e))?;
+        Ok(raw.and_then(|raw| live_receipt(&raw, unix_now())))
+    }
+
+    /// Keeps a receipt for this transaction's revision and drops expired ones.
+    pub(super) fn put_receipt(&mut self, id: &str, body: &[u8]) -> Result<()> {
+        let now = unix_now();
+        let revision = self.revision;
+        let run = || -> Result<(), redb::Error> {
+            let mut table = self.txn.open_table(RECEIPTS)?;
+            table.retain(|_, v| live_receipt(v, now).is_some())?;
+            let mut record = Vec::with_capacity(16 + body.len());
+            record.extend_from_slice(&revision.to_be_bytes());
+            record.extend_from_slice(&now.to_be_bytes());
+            record.extend_from_slice(body);
+            table.insert(id, record.as_slice())?;
+            Ok(())
+        };
+        run().map_err(|e| self.inner.backend(e))
     }
 
     /// Deletes `key` at the next revision; `None` if it did not exist.
@@ -283,6 +366,20 @@ impl Tx<'_> {
         self.ended.push(lease);
         Ok(existed)
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A receipt record's revision and answer, unless it is malformed or older than the TTL.
+fn live_receipt(raw: &[u8], now: u64) -> Option<(Revision, Vec<u8>)> {
+    let (revision, rest) = raw.split_first_chunk::<8>()?;
+    let (written, body) = rest.split_first_chunk::<8>()?;
+    let age = now.saturating_sub(u64::from_be_bytes(*written));
+    (age < RECEIPT_TTL.as_secs()).then(|| (u64::from_be_bytes(*revision), body.to_vec()))
 }
 
 pub(super) fn split_header(header: &[u8; HEADER]) -> (Revision, i64) {

@@ -18,9 +18,11 @@
 //! * **One process.** redb locks the file; a second control plane on the same `--data-dir` fails
 //!   to open it with a message saying so. Use etcd for several replicas.
 //! * **Leases**: see `lease.rs`. File layout: see `db.rs`.
+use super::batch::{holds, refusal};
 use super::codec::{check_key, check_kind, check_part, encode};
 use super::{
-    Lease, LeaseId, Listing, Result, Revision, Store, StoreError, Stored, WatchStream, DATA_FILE,
+    Batch, Committed, Expect, Lease, LeaseId, Listing, ResourceKey, Result, Revision, Store,
+    StoreError, Stored, WatchStream, DATA_FILE,
 };
 use async_trait::async_trait;
 use redb::Database;
@@ -67,7 +69,8 @@ pub(crate) struct Inner {
     name: String,
     options: EmbeddedOptions,
     write_lock: Mutex<()>,
-    events: broadcast::Sender<super::WatchEvent>,
+    /// The events of each committed transaction, as one message.
+    events: broadcast::Sender<Arc<Vec<super::WatchEvent>>>,
     leases: Mutex<lease::Leases>,
 }
 
@@ -329,6 +332,47 @@ impl Store for EmbeddedStore {
             })
         })
         .await
+    }
+
+    async fn get_many(&self, keys: &[ResourceKey]) -> Result<(Vec<Option<Stored>>, Revision)> {
+        let keys = keys.to_vec();
+        run(&self.inner, move |i| i.get_many(&keys)).await
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<Committed> {
+        let expectations: Vec<(ResourceKey, Expect)> = batch.expectations().collect();
+        let items = batch
+            .puts
+            .into_iter()
+            .map(|p| encode(p.resource))
+            .collect::<Result<Vec<_>>>()?;
+        let receipt = batch.receipt;
+        run(&self.inner, move |i| {
+            i.write(|tx| {
+                if let Some(r) = &receipt {
+                    if let Some((revision, body)) = tx.receipt(&r.id)? {
+                        return Ok(Committed::Replayed { revision, body });
+                    }
+                }
+                for (key, expect) in expectations {
+                    let current = tx.head(&key)?.map(|(v, _)| v);
+                    if !holds(expect, current) {
+                        return Err(refusal(key, expect, current));
+                    }
+                }
+                let revision = tx.put_batch(&items)?;
+                if let Some(r) = &receipt {
+                    tx.put_receipt(&r.id, &r.body)?;
+                }
+                Ok(Committed::Done { revision })
+            })
+        })
+        .await
+    }
+
+    async fn receipt(&self, id: &str) -> Result<Option<(Revision, Vec<u8>)>> {
+        let id = id.to_string();
+        run(&self.inner, move |i| i.write(|tx| tx.receipt(&id))).await
     }
 }
 

@@ -24,6 +24,24 @@ impl Inner {
         }
     }
 
+    /// Several keys from one snapshot, and its revision.
+    pub(super) fn get_many(&self, keys: &[ResourceKey]) -> Result<(Vec<Option<Stored>>, Revision)> {
+        let rtxn = self.read()?;
+        let revision = read_meta(&rtxn, REVISION).map_err(|e| self.backend(e))?;
+        let table = rtxn.open_table(RESOURCES).map_err(|e| self.backend(e))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let key_s = key.to_string();
+            out.push(
+                match table.get(key_s.as_str()).map_err(|e| self.backend(e))? {
+                    Some(v) => Some(self.decode_record(key, v.value())?),
+                    None => None,
+                },
+            );
+        }
+        Ok((out, revision))
+    }
+
     pub(super) fn list(&self, kind: Option<&str>, namespace: Option<&str>) -> Result<Listing> {
         let rtxn = self.read()?;
         let revision = read_meta(&rtxn, REVISION).map_err(|e| self.backend(e))?;
@@ -72,7 +90,7 @@ impl Inner {
         }
         for row in table.range(from + 1..).map_err(|e| self.backend(e))? {
             let (rev, bytes) = row.map_err(|e| self.backend(e))?;
-            out.push(self.decode_event(rev.value(), bytes.value())?);
+            self.decode_events(rev.value(), bytes.value(), &mut out)?;
         }
         Ok(out)
     }
@@ -87,6 +105,35 @@ impl Inner {
             version,
             lease: (lease != 0).then_some(LeaseId(lease)),
         })
+    }
+
+    /// One event-log entry: a single change, or a batch of puts at one revision.
+    fn decode_events(
+        &self,
+        revision: Revision,
+        bytes: &[u8],
+        out: &mut Vec<WatchEvent>,
+    ) -> Result<()> {
+        let Some((&2, rest)) = bytes.split_first() else {
+            out.push(self.decode_event(revision, bytes)?);
+            return Ok(());
+        };
+        let at = format!("event log, revision {revision}");
+        let (count, mut rest) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| self.corrupt(&at, "truncated batch"))?;
+        for _ in 0..u32::from_be_bytes(*count) {
+            let (len, tail) = rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| self.corrupt(&at, "truncated batch"))?;
+            let len = usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX);
+            let (event, tail) = tail
+                .split_at_checked(len)
+                .ok_or_else(|| self.corrupt(&at, "truncated batch entry"))?;
+            out.push(self.decode_event(revision, event)?);
+            rest = tail;
+        }
+        Ok(())
     }
 
     fn decode_event(&self, revision: Revision, bytes: &[u8]) -> Result<WatchEvent> {

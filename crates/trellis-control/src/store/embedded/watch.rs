@@ -6,10 +6,13 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
+/// The events of one committed transaction, as the broadcast channel carries them.
+type Commit = Arc<Vec<WatchEvent>>;
+
 struct State {
     inner: Weak<Inner>,
     name: String,
-    rx: Receiver<WatchEvent>,
+    rx: Receiver<Commit>,
     queue: VecDeque<WatchEvent>,
     /// The last revision delivered (or the start revision).
     last: Revision,
@@ -32,7 +35,7 @@ pub(super) async fn watch(inner: &Arc<Inner>, from: Revision) -> Result<WatchStr
 impl Inner {
     /// A receiver for every change after this moment, and the logged changes after `from` up to
     /// this moment. Taken under the write lock, so no change falls between the two or is in both.
-    fn subscribe(&self, from: Revision) -> Result<(Receiver<WatchEvent>, Vec<WatchEvent>)> {
+    fn subscribe(&self, from: Revision) -> Result<(Receiver<Commit>, Vec<WatchEvent>)> {
         let (rx, snapshot) = {
             let _guard = self
                 .write_lock
@@ -55,10 +58,10 @@ async fn next(mut st: State) -> Option<(Result<WatchEvent>, State)> {
             return Some((Ok(event), st));
         }
         match st.rx.recv().await {
-            Ok(event) if event.revision() <= st.last => continue,
-            Ok(event) => {
-                st.last = event.revision();
-                return Some((Ok(event), st));
+            Ok(events) => {
+                let last = st.last;
+                st.queue
+                    .extend(events.iter().filter(|e| e.revision() > last).cloned());
             }
             Err(RecvError::Lagged(_)) => {
                 if let Err(e) = refill(&mut st).await {

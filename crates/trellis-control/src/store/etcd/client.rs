@@ -52,6 +52,7 @@ impl EtcdStore {
             options,
             members,
             current: AtomicUsize::new(0),
+            receipt_lease: std::sync::Mutex::new(None),
         };
         store.revision().await?;
         Ok(store)

@@ -32,6 +32,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 use trellis_api::Resource;
 
+mod batch;
 mod client;
 mod ops;
 mod watch;
@@ -66,6 +67,8 @@ pub struct EtcdStore {
     /// One client per endpoint; requests go to `current` and fail over to the next member.
     members: Vec<Member>,
     current: AtomicUsize,
+    /// The lease apply receipts are written under, and until when to use it.
+    receipt_lease: std::sync::Mutex<Option<(LeaseId, std::time::Instant)>>,
 }
 
 struct Member {
@@ -209,5 +212,17 @@ impl Store for EtcdStore {
     async fn put_with_lease(&self, resource: Resource, lease: LeaseId) -> Result<Stored> {
         let (key, resource, json) = encode(resource)?;
         self.put_key(key, resource, json, lease).await
+    }
+
+    async fn get_many(&self, keys: &[ResourceKey]) -> Result<(Vec<Option<Stored>>, Revision)> {
+        self.get_many_keys(keys, 0).await
+    }
+
+    async fn commit(&self, batch: super::Batch) -> Result<super::Committed> {
+        self.commit_batch(batch).await
+    }
+
+    async fn receipt(&self, id: &str) -> Result<Option<(Revision, Vec<u8>)>> {
+        self.receipt_of(id).await
     }
 }
