@@ -504,10 +504,7 @@ async fn register(
         .unwrap_or(s.lease_ttl)
         .clamp(Duration::from_secs(1), Duration::from_secs(300));
     let lease = s.store.grant_lease(ttl).await?;
-    let stored = s
-        .store
-        .put_with_lease(Resource::Workload(w), lease.id)
-        .await?;
+    let stored = s.store.register(Resource::Workload(w), lease).await?;
     Ok(Json(json!({
         "leaseId": lease.id.0,
         "ttlSeconds": lease.ttl.as_secs(),
@@ -527,7 +524,7 @@ async fn revoke(
     State(s): State<Arc<ApiState>>,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    s.store.revoke_lease(LeaseId(id)).await?;
+    s.store.deregister(LeaseId(id)).await?;
     Ok(Json(json!({"revoked": id})))
 }
 

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod ca;
 pub mod ca_api;
 pub mod model;
+pub mod registry;
 pub mod server;
 pub mod store;
 pub mod view;

@@ -162,6 +162,8 @@ pub async fn run(
         })?;
         tracing::info!(path = %path.display(), "join token written");
     }
+    let reaper = crate::registry::spawn(store.clone());
+    let _reaper = AbortOnDrop(reaper);
     let views = MeshViews::spawn(model.clone());
     let config = ServerConfig {
         auth: Some(auth::xds_hook(ca.token().clone())),
@@ -281,5 +283,14 @@ mod tests {
         };
         let dbg = format!("{opts:?}");
         assert!(!dbg.contains("s3cret") && !dbg.contains("PRIVATE"), "{dbg}");
+    }
+}
+
+/// Stops a background task when the control plane's `run` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

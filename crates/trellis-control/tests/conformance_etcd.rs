@@ -265,3 +265,86 @@ async fn corrupt_values_are_errors_naming_the_key() {
         "{err}"
     );
 }
+
+/// A registration on etcd outlives its lease: the presence lapses, the workload stays until a
+/// reaper expires it; a sidecar that registers again in time is never expired; deregistering
+/// removes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_outlive_their_lease_until_expired() {
+    let backend = EtcdBackend::new().await;
+    let store = backend.open().await;
+    let lease = store
+        .grant_lease(Duration::from_secs(1))
+        .await
+        .expect("lease");
+    let w = store
+        .register(workload("default", "web-1", 8080), lease)
+        .await
+        .expect("register");
+    assert_eq!(w.lease, None, "the workload itself is not under the lease");
+    assert!(store.lapsed_registrations().await.expect("lapsed").is_empty());
+    // Nobody renews (every replica away): etcd drops the presence, not the workload.
+    let lapsed = eventually(Duration::from_secs(20), "presence to lapse", || async {
+        let l = store.lapsed_registrations().await.expect("lapsed");
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!(lapsed.len(), 1);
+    assert_eq!(lapsed[0].key.name, "web-1");
+    assert_eq!(lapsed[0].ttl, lease.ttl);
+    assert!(store
+        .get("Workload", "default", "web-1")
+        .await
+        .expect("get")
+        .is_some());
+    // The sidecar comes back and registers again before the reaper acts: not expired.
+    let again = store
+        .grant_lease(Duration::from_secs(30))
+        .await
+        .expect("lease");
+    store
+        .register(workload("default", "web-1", 8080), again)
+        .await
+        .expect("register again");
+    assert!(!store
+        .expire_registration(&lapsed[0].key, lapsed[0].registration)
+        .await
+        .expect("expire"));
+    assert!(store
+        .get("Workload", "default", "web-1")
+        .await
+        .expect("get")
+        .is_some());
+    // Deregistering removes the workload at once.
+    store.deregister(again.id).await.expect("deregister");
+    assert!(store
+        .get("Workload", "default", "web-1")
+        .await
+        .expect("get")
+        .is_none());
+    assert!(store.lapsed_registrations().await.expect("lapsed").is_empty());
+    // A lapsed registration nobody renews is expired.
+    let short = store
+        .grant_lease(Duration::from_secs(1))
+        .await
+        .expect("lease");
+    store
+        .register(workload("default", "web-2", 8080), short)
+        .await
+        .expect("register");
+    let lapsed = eventually(Duration::from_secs(20), "presence to lapse", || async {
+        let l = store.lapsed_registrations().await.expect("lapsed");
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert!(store
+        .expire_registration(&lapsed[0].key, lapsed[0].registration)
+        .await
+        .expect("expire"));
+    assert!(store
+        .get("Workload", "default", "web-2")
+        .await
+        .expect("get")
+        .is_none());
+    assert!(store.lapsed_registrations().await.expect("lapsed").is_empty());
+}

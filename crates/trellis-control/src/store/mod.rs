@@ -119,6 +119,16 @@ pub struct Lease {
     pub ttl: Duration,
 }
 
+/// A registration whose lease lapsed, as [`Store::lapsed_registrations`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lapsed {
+    pub key: ResourceKey,
+    /// The revision of the registration (changes when the workload registers again).
+    pub registration: Revision,
+    /// The TTL it was registered with: how long a live sidecar may take to renew.
+    pub ttl: Duration,
+}
+
 /// A resource as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
@@ -245,4 +255,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// The receipt of an earlier commit with this id, if it is still kept: its revision and body.
     async fn receipt(&self, id: &str) -> Result<Option<(Revision, Vec<u8>)>>;
+
+    /// Registers a sidecar's workload under its lease (see `crate::registry`). By default the
+    /// workload itself lives under the lease, which suits a store that lives and dies with the
+    /// control plane (the embedded store gives every lease a fresh TTL when it opens). A store
+    /// that outlives the control plane (etcd) keeps the workload and puts only its *presence*
+    /// under the lease, so an outage of every replica deletes nothing.
+    async fn register(&self, workload: Resource, lease: Lease) -> Result<Stored> {
+        self.put_with_lease(workload, lease.id).await
+    }
+
+    /// Ends a registration at once (a sidecar stopping): its lease and its workload.
+    async fn deregister(&self, lease: LeaseId) -> Result<()> {
+        self.revoke_lease(lease).await
+    }
+
+    /// Registered workloads whose presence lapsed; empty for stores whose workloads lapse with
+    /// their lease.
+    async fn lapsed_registrations(&self) -> Result<Vec<Lapsed>> {
+        Ok(Vec::new())
+    }
+
+    /// Deletes a lapsed registration's workload, unless it registered again meanwhile (its
+    /// presence is back, or the registration is newer than `registration`). True if deleted.
+    async fn expire_registration(&self, key: &ResourceKey, registration: Revision) -> Result<bool> {
+        let _ = (key, registration);
+        Ok(false)
+    }
 }

@@ -115,9 +115,7 @@ impl EtcdStore {
     /// Where receipts live: beside the resource prefix (`/trellis/v1/applies/`), outside the
     /// range the model watches.
     fn receipt_key(&self, id: &str) -> Vec<u8> {
-        let base = self.options.prefix.trim_end_matches('/');
-        let parent = base.rsplit_once('/').map_or("", |(p, _)| p);
-        format!("{parent}/applies/{id}").into_bytes()
+        format!("{}{id}", self.area("applies")).into_bytes()
     }
 
     /// `keys` read at revision `at` (0: the latest), and the revision read at.

@@ -35,6 +35,7 @@ use trellis_api::Resource;
 mod batch;
 mod client;
 mod ops;
+mod registry;
 mod watch;
 
 /// How to reach etcd.
@@ -224,5 +225,21 @@ impl Store for EtcdStore {
 
     async fn receipt(&self, id: &str) -> Result<Option<(Revision, Vec<u8>)>> {
         self.receipt_of(id).await
+    }
+
+    async fn register(&self, workload: Resource, lease: Lease) -> Result<Stored> {
+        self.register_workload(workload, lease).await
+    }
+
+    async fn deregister(&self, lease: LeaseId) -> Result<()> {
+        self.deregister_lease(lease).await
+    }
+
+    async fn lapsed_registrations(&self) -> Result<Vec<super::Lapsed>> {
+        self.lapsed().await
+    }
+
+    async fn expire_registration(&self, key: &ResourceKey, registration: Revision) -> Result<bool> {
+        self.expire(key, registration).await
     }
 }
