@@ -261,6 +261,15 @@ async fn serve_connection(
     }
 }
 
+/// Stops a background task when the control plane's `run` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,14 +292,5 @@ mod tests {
         };
         let dbg = format!("{opts:?}");
         assert!(!dbg.contains("s3cret") && !dbg.contains("PRIVATE"), "{dbg}");
-    }
-}
-
-/// Stops a background task when the control plane's `run` returns.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
