@@ -112,16 +112,12 @@ fn manifest(body: Result<String, StringRejection>) -> Result<String, ApiError> {
     body.map_err(|r| body_error(r.status(), r.body_text(), MAX_APPLY_BODY_BYTES))
 }
 
-/// Status of connected proxies, as the xDS server reports it.
-pub trait ProxyStatus: Send + Sync {
-    fn proxies(&self) -> Value;
-}
-
 pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub model: watch::Receiver<Arc<Model>>,
     pub lease_ttl: Duration,
-    pub status: Option<Arc<dyn ProxyStatus>>,
+    /// Replicas and connected proxies, for `check` and `proxy-config`.
+    pub status: Option<Arc<crate::mesh_status::MeshStatus>>,
     /// The mesh CA, which also holds the join token every route but the health check requires.
     pub ca: Arc<MeshCa>,
 }
@@ -529,11 +525,11 @@ async fn revoke(
 }
 
 async fn proxies(State(s): State<Arc<ApiState>>) -> Json<Value> {
-    let model = s.model.borrow().clone();
-    let proxies = s
-        .status
-        .as_ref()
-        .map(|p| p.proxies())
-        .unwrap_or(Value::Null);
-    Json(json!({"revision": model.revision, "proxies": proxies}))
+    match &s.status {
+        Some(status) => Json(status.report().await),
+        None => {
+            let model = s.model.borrow().clone();
+            Json(json!({"revision": model.revision, "proxies": [], "replicas": [], "store": null}))
+        }
+    }
 }

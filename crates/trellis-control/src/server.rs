@@ -10,9 +10,10 @@
 //! an idle timeout for connections with no request in flight, and accept errors backed off and
 //! logged at most about once a second. An xDS stream is a request in flight for its whole life,
 //! so neither the cap nor the idle timeout ever cuts one; HTTP/2 PINGs find dead proxies.
-use crate::api::{self, ApiState, ProxyStatus};
+use crate::api::{self, ApiState};
 use crate::auth;
 use crate::ca::{CaSetupError, MeshCa};
+use crate::mesh_status::MeshStatus;
 use crate::model;
 use crate::store::{self, StoreSpec};
 use crate::views::MeshViews;
@@ -24,7 +25,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use trellis_net::{ConnLimiter, ConnSlot, Ended, HttpServer};
 use trellis_xds::server::ServerConfig;
-use trellis_xds::{AdsServer, Registry};
+use trellis_xds::AdsServer;
 
 #[derive(Clone)]
 pub struct ControlOptions {
@@ -117,27 +118,6 @@ pub enum ControlError {
     },
 }
 
-struct XdsStatus(Registry);
-
-impl ProxyStatus for XdsStatus {
-    fn proxies(&self) -> serde_json::Value {
-        let nodes: Vec<serde_json::Value> = self
-            .0
-            .nodes()
-            .into_iter()
-            .map(|n| {
-                let in_sync = n.in_sync();
-                let mut v = serde_json::to_value(&n).unwrap_or_default();
-                v["inSync"] = serde_json::Value::Bool(in_sync);
-                v["id"] = serde_json::Value::String(n.node.id.clone());
-                v["service"] = serde_json::Value::String(n.node.service.clone());
-                v
-            })
-            .collect();
-        serde_json::Value::Array(nodes)
-    }
-}
-
 /// Runs a control plane until `shutdown` resolves; `on_ready` gets the bound address.
 pub async fn run(
     opts: ControlOptions,
@@ -170,13 +150,6 @@ pub async fn run(
         ..ServerConfig::default()
     };
     let ads = AdsServer::new(views, config);
-    let state = Arc::new(ApiState {
-        store,
-        model,
-        lease_ttl: opts.lease_ttl,
-        status: Some(Arc::new(XdsStatus(ads.registry()))),
-        ca,
-    });
     let listener = trellis_net::bind(opts.listen)
         .await
         .map_err(|error| ControlError::Bind {
@@ -184,6 +157,20 @@ pub async fn run(
             error,
         })?;
     let addr = listener.local_addr().unwrap_or(opts.listen);
+    let status = MeshStatus::new(
+        addr.to_string(),
+        store.clone(),
+        ads.registry(),
+        model.clone(),
+    );
+    let _publisher = status.spawn_publisher().map(AbortOnDrop);
+    let state = Arc::new(ApiState {
+        store,
+        model,
+        lease_ttl: opts.lease_ttl,
+        status: Some(status),
+        ca,
+    });
     on_ready(addr);
     let api = api::router(state);
     let wanted = opts.connections.max_connections;

@@ -30,6 +30,18 @@ fn compute(model: &Model, key: &Key) -> View {
     View::from_resources(stored.iter().map(|s| &s.resource))
 }
 
+/// The version of each type a proxy of `namespace/service` should hold now, by type URL.
+pub fn expected_versions(
+    model: &Model,
+    namespace: &str,
+    service: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let view = compute(model, &(namespace.to_string(), service.to_string()));
+    view.types()
+        .map(|(url, r)| (url.clone(), r.version().to_string()))
+        .collect()
+}
+
 impl MeshViews {
     /// Starts following `model`; views are recomputed until the model's sender goes away.
     pub fn spawn(model: watch::Receiver<Arc<Model>>) -> Arc<Self> {

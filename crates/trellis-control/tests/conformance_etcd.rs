@@ -282,7 +282,11 @@ async fn registrations_outlive_their_lease_until_expired() {
         .await
         .expect("register");
     assert_eq!(w.lease, None, "the workload itself is not under the lease");
-    assert!(store.lapsed_registrations().await.expect("lapsed").is_empty());
+    assert!(store
+        .lapsed_registrations()
+        .await
+        .expect("lapsed")
+        .is_empty());
     // Nobody renews (every replica away): etcd drops the presence, not the workload.
     let lapsed = eventually(Duration::from_secs(20), "presence to lapse", || async {
         let l = store.lapsed_registrations().await.expect("lapsed");
@@ -322,7 +326,11 @@ async fn registrations_outlive_their_lease_until_expired() {
         .await
         .expect("get")
         .is_none());
-    assert!(store.lapsed_registrations().await.expect("lapsed").is_empty());
+    assert!(store
+        .lapsed_registrations()
+        .await
+        .expect("lapsed")
+        .is_empty());
     // A lapsed registration nobody renews is expired.
     let short = store
         .grant_lease(Duration::from_secs(1))
@@ -346,5 +354,9 @@ async fn registrations_outlive_their_lease_until_expired() {
         .await
         .expect("get")
         .is_none());
-    assert!(store.lapsed_registrations().await.expect("lapsed").is_empty());
+    assert!(store
+        .lapsed_registrations()
+        .await
+        .expect("lapsed")
+        .is_empty());
 }

@@ -282,4 +282,26 @@ pub trait Store: Send + Sync + 'static {
         let _ = (key, registration);
         Ok(false)
     }
+
+    /// Whether several control planes share this store, and so must share what each knows of
+    /// its connected proxies (`crate::mesh_status`). False for the embedded store: one process.
+    fn shares_status(&self) -> bool {
+        false
+    }
+
+    /// Writes (`Some`) or deletes (`None`) status entries under `lease`, by path below the
+    /// store's status area. Not transactional as a whole; each entry is written whole.
+    async fn put_status(
+        &self,
+        lease: LeaseId,
+        entries: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<()> {
+        let _ = (lease, entries);
+        Ok(())
+    }
+
+    /// Every status entry, by path.
+    async fn list_status(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
 }

@@ -36,6 +36,7 @@ mod batch;
 mod client;
 mod ops;
 mod registry;
+mod status;
 mod watch;
 
 /// How to reach etcd.
@@ -241,5 +242,21 @@ impl Store for EtcdStore {
 
     async fn expire_registration(&self, key: &ResourceKey, registration: Revision) -> Result<bool> {
         self.expire(key, registration).await
+    }
+
+    fn shares_status(&self) -> bool {
+        true
+    }
+
+    async fn put_status(
+        &self,
+        lease: LeaseId,
+        entries: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<()> {
+        self.write_status(lease, entries).await
+    }
+
+    async fn list_status(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.read_status().await
     }
 }

@@ -184,7 +184,7 @@ impl EtcdStore {
     }
 
     /// Every key of an area: raw key, value (empty with `keys_only`), mod revision.
-    async fn list_area(
+    pub(super) async fn list_area(
         &self,
         area: &str,
         keys_only: bool,
