@@ -2,6 +2,7 @@
 //! when a test ends, and small HTTP clients.
 #![allow(dead_code)]
 
+pub mod mesh;
 pub mod pki;
 
 use bytes::Bytes;
