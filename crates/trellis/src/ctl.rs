@@ -7,6 +7,12 @@
 //!
 //! Every verb presents the control plane's join token (`--token`, `--token-file`, or
 //! `TRELLIS_TOKEN` / `TRELLIS_TOKEN_FILE`): the control plane refuses anything else.
+//!
+//! `--control` may list several replicas: a call goes to the one that answered last and fails
+//! over to the next on a connect error, a timeout, a connection closed before the whole answer,
+//! or a 503 (a replica whose store is away), two passes at most; any other answer is final.
+//! `apply` sends each source under a random `Trellis-Apply-Id`, so it can send it again after
+//! a cut-off attempt and learn from the replayed answer what the first attempt committed.
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
@@ -315,21 +321,22 @@ impl std::fmt::Display for CallError {
 impl std::error::Error for CallError {}
 
 impl CallError {
-    /// The attempt that was cut off after it was sent, if any.
-    pub fn cut(&self) -> Option<&str> {
+    /// The attempt that was cut off after it was sent (`replica: reason`), if any.
+    pub fn cut(&self) -> Option<String> {
         match self {
-            CallError::Refused { cut, .. } | CallError::Unreachable { cut, .. } => cut.as_deref(),
-            CallError::Cut { .. } | CallError::Invalid(_) => None,
+            CallError::Refused { cut, .. } | CallError::Unreachable { cut, .. } => cut.clone(),
+            CallError::Cut { replica, reason } => Some(format!("{replica}: {reason}")),
+            CallError::Invalid(_) => None,
         }
     }
 
-    /// The message with a note on an attempt that may have taken effect.
+    /// The message with a note on an earlier attempt that may have taken effect.
     fn explained(&self) -> String {
         match self.cut() {
-            Some(cut) => format!(
+            Some(cut) if !matches!(self, CallError::Cut { .. }) => format!(
                 "{self}\nnote: an earlier attempt was cut off after it was sent ({cut}); it may have taken effect"
             ),
-            None => self.to_string(),
+            _ => self.to_string(),
         }
     }
 }
@@ -769,8 +776,12 @@ fn apply_error(e: &CallError, file: &str, earlier_committed: bool) -> anyhow::Er
         ""
     };
     if let Some(cut) = e.cut() {
+        let last = match e {
+            CallError::Refused { .. } => format!("the last answer: {e}"),
+            _ => e.to_string(),
+        };
         return anyhow::anyhow!(
-            "whether {file} was applied is unknown: {e}\nan attempt was cut off after it was sent ({cut}) and no replica has said what it committed; check with `trellis get` before applying again{earlier}"
+            "whether {file} was applied is unknown: an attempt was cut off after it was sent ({cut}) and no replica has said since what it committed; check with `trellis get` before applying again\n{last}{earlier}"
         );
     }
     match e {
