@@ -251,8 +251,17 @@ async fn verbs_fail_over_from_a_dead_replica_to_a_live_control_plane() {
     assert!(ok, "get through the list: {err}");
     assert!(out.contains("web"), "{out}");
 
+    // A listed replica that is down is a problem `check` names, while the rest is checked
+    // through the one that answers.
     let (ok, out, err) = trellis(&list, &["check"]).await;
-    assert!(ok, "check through the list: {out}{err}");
+    assert!(!ok, "check passed with a listed replica down: {out}{err}");
+    assert!(
+        out.contains(&format!("FAIL replica {down}")) && err.contains("1 problem(s) found"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = trellis(&live, &["check"]).await;
+    assert!(ok, "check against the live replica alone: {out}{err}");
+    let (_, out, _) = trellis(&list, &["check"]).await;
     assert!(
         out.contains(&format!("ok   control plane at {live} answers")),
         "check names the replica that answered: {out}"

@@ -390,3 +390,109 @@ async fn a_dependent_multi_document_apply_under_load_fails_no_request() {
     );
     drop((instances, caller, replicas, cluster));
 }
+
+/// `trellis check` with the control argument given, and its exit status and output.
+fn check(control: &str) -> (bool, String) {
+    let out = Command::new(BIN)
+        .env("TRELLIS_TOKEN", TOKEN)
+        .env("TRELLIS_CONTROL", control)
+        .arg("check")
+        .output()
+        .expect("run trellis check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `check` sees every proxy whichever replica it asks; a replica down or the store without
+/// quorum is named, and only then does it exit non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tells_the_truth_from_every_replica() {
+    let dir = tempdir("cp-check-all");
+    let mut cluster = EtcdCluster::start(&dir).await;
+    let store = cluster.store();
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut replicas: Vec<Option<Proc>> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Some(control(&dir, &format!("control-{i}"), *a, &store)))
+        .collect();
+    for a in &addrs {
+        wait_api(*a).await;
+    }
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    apply(
+        &urls[0],
+        &dir,
+        &format!(
+            "{SERVICE}---\n{}---\n{}",
+            policy(&["v1"]),
+            split(&[("v1", 1)])
+        ),
+    );
+    // Each sidecar talks to one replica only, so the proxies are spread over the replicas.
+    let instances = [
+        instance(&dir, &urls[0], "web-v1", "v1"),
+        instance(&dir, &urls[1], "web-v1b", "v1"),
+    ];
+    let caller = caller(&dir, &urls[2]);
+    for (_, _, admin) in &instances {
+        wait_ready(*admin).await;
+    }
+    wait_ready(caller.admin).await;
+    wait_endpoints(caller.admin, 2).await;
+    // Published status reaches the store within a second or two; ask until every replica
+    // reports every proxy (bounded), then require exit 0 from each.
+    for u in &urls {
+        let mut last = String::new();
+        let ok = {
+            let mut ok = false;
+            for _ in 0..20 {
+                let (pass, text) = check(u);
+                last = text;
+                if pass
+                    && [
+                        "web-v1 is in sync",
+                        "web-v1b is in sync",
+                        "caller is in sync",
+                    ]
+                    .iter()
+                    .all(|p| last.contains(p))
+                {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            ok
+        };
+        assert!(ok, "check against {u} did not see a healthy mesh:\n{last}");
+    }
+    // A route change: every replica's check sees every proxy take it.
+    apply(&urls[1], &dir, &split(&[("v1", 2)]));
+    for u in &urls {
+        let (pass, text) = check(u);
+        assert!(pass, "after a change, check against {u}:\n{text}");
+    }
+    // Replica 2 dies (the caller's): asked through replica 0, check names it.
+    kill9(replicas[2].take().expect("replica 2"));
+    let (pass, text) = check(&urls.join(","));
+    assert!(!pass, "check passed with a replica down:\n{text}");
+    assert!(
+        text.contains(&format!("FAIL replica {}", urls[2])),
+        "{text}"
+    );
+    // etcd loses quorum: every replica's check says the store is unreachable.
+    cluster.kill(1);
+    cluster.kill(2);
+    let (pass, text) = check(&urls[..2].join(","));
+    assert!(!pass, "check passed without etcd quorum:\n{text}");
+    assert!(
+        text.contains("store unreachable") || text.contains("cannot be read"),
+        "check did not name the store:\n{text}"
+    );
+    drop((instances, caller, replicas, cluster));
+}
