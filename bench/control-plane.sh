@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
 # Control-plane scale: (1) time from a change to every proxy's ACK with N simulated proxies
-# (real xDS clients, one connection each) for N = 100 and 1000; (2) control-plane RSS holding
-# 1000 services and 10 000 endpoints. Loopback only; every process is stopped by PID.
-# Usage: bash bench/control-plane.sh [--rounds R]
+# (real xDS clients, one connection each) for N = 100 and 1000; (2) the control plane killed
+# (SIGKILL) and restarted on the same port and data dir: time until every proxy has reconnected
+# and applied a change made right after the restart; (3) control-plane RSS holding 1000 services
+# and 10 000 endpoints. Loopback only; every process is stopped by PID.
+# Usage: bash bench/control-plane.sh [--rounds R] [--restart-rounds R]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=30
-[ "${1:-}" = "--rounds" ] && rounds="$2"
+# Each restart round keeps the control plane down for seconds, so fewer of them.
+restart_rounds=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) rounds="${2:?--rounds needs a value}"; shift 2 ;;
+    --restart-rounds) restart_rounds="${2:?--restart-rounds needs a value}"; shift 2 ;;
+    *) echo "usage: bash bench/control-plane.sh [--rounds R] [--restart-rounds R]" >&2; exit 2 ;;
+  esac
+done
 
 echo "==> building (release)"
 cargo build --release -p trellis >/dev/null
 cargo build --release -p trellis-xds --example xds_scale >/dev/null
-cargo build --release -p trellis-control --example control_scale >/dev/null
+cargo build --release -p trellis-control --example control_scale --example control_restart >/dev/null
 
 echo "==> apply (HTTP API) -> store -> views -> xDS -> every proxy applied, real control plane"
 target/release/examples/control_scale --clients 100,1000 --rounds "$rounds"
+
+echo "==> control plane restarted -> every proxy reconnected and in sync"
+# Down 3 s, and 8 s: longer than the proxies' 5 s reconnect-backoff cap.
+target/release/examples/control_restart --clients 100,1000 --rounds "$restart_rounds" --down 3,8 \
+  --trellis target/release/trellis
 
 echo "==> transport alone: new view -> every proxy's ACK, delta and state of the world"
 for mode in delta sotw; do

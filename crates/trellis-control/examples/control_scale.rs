@@ -7,91 +7,20 @@
 //! ```sh
 //! cargo run --release -p trellis-control --example control_scale -- --clients 100,1000 --rounds 20
 //! ```
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+mod scale_common;
+
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use scale_common::{mesh, ms, percentile, post, round_of, route, TOKEN};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use trellis_api::Resource;
 use trellis_control::server::{run, ControlOptions};
 use trellis_control::StoreSpec;
 use trellis_xds::client::{AdsClient, Backoff, ClientConfig};
 use trellis_xds::NodeInfo;
 
 const WAIT: Duration = Duration::from_secs(120);
-/// The join token the control plane requires from the API client and every xDS client.
-const TOKEN: &str = "control-scale-token";
-
-fn route(round: usize) -> String {
-    format!(
-        "apiVersion: trellis.dev/v1\nkind: Route\nmetadata: {{name: reviews}}\nspec:\n  service: reviews\n  rules:\n    - timeout: {}s\n",
-        round + 1
-    )
-}
-
-fn mesh(workloads: usize) -> String {
-    let mut yaml = String::new();
-    for svc in ["reviews", "ratings", "details"] {
-        yaml.push_str(&format!(
-            "---\napiVersion: trellis.dev/v1\nkind: Service\nmetadata: {{name: {svc}}}\nspec: {{ports: [{{port: 80, protocol: http}}]}}\n"
-        ));
-        for i in 0..workloads {
-            yaml.push_str(&format!(
-                "---\napiVersion: trellis.dev/v1\nkind: Workload\nmetadata: {{name: {svc}-{i}}}\nspec: {{service: {svc}, address: 127.0.{}.{}, port: 9080}}\n",
-                i / 250,
-                i % 250 + 1
-            ));
-        }
-    }
-    yaml
-}
-
-/// The round a proxy's config is at: the route timeout minus one.
-fn round_of(resources: &[Resource]) -> Option<usize> {
-    resources.iter().find_map(|r| match r {
-        Resource::Route(route) => route
-            .spec
-            .rules
-            .first()?
-            .timeout
-            .map(|t| t.as_std().as_secs() as usize - 1),
-        _ => None,
-    })
-}
-
-async fn post(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    url: &str,
-    body: String,
-) -> Result<(), String> {
-    let req = http::Request::post(url)
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let rsp = client.request(req).await.map_err(|e| e.to_string())?;
-    let status = rsp.status();
-    let body = rsp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted
-        .get(rank.clamp(1, sorted.len().max(1)) - 1)
-        .copied()
-        .unwrap_or_default()
-}
 
 async fn bench(n: usize, rounds: usize) -> Result<(), String> {
     let dir =
@@ -185,10 +114,10 @@ async fn bench(n: usize, rounds: usize) -> Result<(), String> {
     times.sort();
     println!(
         "N={n} rounds={rounds}: apply -> every proxy applied: p50={:.1}ms p99={:.1}ms max={:.1}ms | all {n} connected+synced in {:.0}ms",
-        percentile(&times, 50.0).as_secs_f64() * 1e3,
-        percentile(&times, 99.0).as_secs_f64() * 1e3,
-        times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-        connect_all.as_secs_f64() * 1e3,
+        ms(percentile(&times, 50.0)),
+        ms(percentile(&times, 99.0)),
+        ms(times.last().copied().unwrap_or_default()),
+        ms(connect_all),
     );
     drop(clients);
     let _ = stop.send(());
