@@ -32,6 +32,6 @@ mod test_support;
 
 pub use store::{
     open, validate, Batch, BatchPut, Committed, EmbeddedOptions, EmbeddedStore, EtcdOptions,
-    EtcdStore, Expect, Lease, LeaseId, Listing, Receipt, ResourceKey, Revision, Store, StoreError,
-    StoreSpec, Stored, WatchEvent, WatchStream,
+    EtcdStore, Expect, Lapsed, Lease, LeaseId, Listing, Receipt, ResourceKey, Revision, Store,
+    StoreError, StoreSpec, Stored, WatchEvent, WatchStream,
 };

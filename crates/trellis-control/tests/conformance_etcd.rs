@@ -288,11 +288,7 @@ async fn registrations_outlive_their_lease_until_expired() {
         .expect("lapsed")
         .is_empty());
     // Nobody renews (every replica away): etcd drops the presence, not the workload.
-    let lapsed = eventually(Duration::from_secs(20), "presence to lapse", || async {
-        let l = store.lapsed_registrations().await.expect("lapsed");
-        (!l.is_empty()).then_some(l)
-    })
-    .await;
+    let lapsed = lapsed_soon(&*store).await;
     assert_eq!(lapsed.len(), 1);
     assert_eq!(lapsed[0].key.name, "web-1");
     assert_eq!(lapsed[0].ttl, lease.ttl);
@@ -340,11 +336,7 @@ async fn registrations_outlive_their_lease_until_expired() {
         .register(workload("default", "web-2", 8080), short)
         .await
         .expect("register");
-    let lapsed = eventually(Duration::from_secs(20), "presence to lapse", || async {
-        let l = store.lapsed_registrations().await.expect("lapsed");
-        (!l.is_empty()).then_some(l)
-    })
-    .await;
+    let lapsed = lapsed_soon(&*store).await;
     assert!(store
         .expire_registration(&lapsed[0].key, lapsed[0].registration)
         .await
@@ -359,4 +351,13 @@ async fn registrations_outlive_their_lease_until_expired() {
         .await
         .expect("lapsed")
         .is_empty());
+}
+
+/// The lapsed registrations, once there are some (within 20 s).
+async fn lapsed_soon(store: &dyn Store) -> Vec<trellis_control::Lapsed> {
+    eventually(Duration::from_secs(20), "presence to lapse", || async {
+        let l = store.lapsed_registrations().await.expect("lapsed");
+        (!l.is_empty()).then_some(l)
+    })
+    .await
 }

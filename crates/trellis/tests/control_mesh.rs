@@ -176,28 +176,15 @@ async fn three_replicas_over_etcd_fail_over_without_a_failed_request() {
     let (_etcd, client) = etcd(&dir);
     wait_etcd(&client).await;
     let store = format!("etcd://{client}");
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let mut replicas: Vec<Option<Proc>> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| Some(control(&dir, &format!("control-{i}"), *a, &store)))
-        .collect();
-    for a in &addrs {
-        wait_api(*a).await;
-    }
-    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
-    let all = urls.join(",");
+    let mut reps = Replicas::start(&dir, 3, &store).await;
+    let (urls, all) = (reps.urls.clone(), reps.all());
     apply(&urls[0], &dir, &format!("{SERVICE}---\n{}", route(1, 0)));
     let instances = vec![
         instance(&dir, &all, "web-v1", "v1"),
         instance(&dir, &all, "web-v2", "v2"),
     ];
     let caller = caller(&dir, &all);
-    for (_, _, admin) in &instances {
-        wait_ready(*admin).await;
-    }
-    wait_ready(caller.admin).await;
-    wait_endpoints(caller.admin, 2).await;
+    wait_mesh(&instances, &caller, 2).await;
     // Every replica sees the registrations made through any of them.
     for u in &urls {
         let out = Command::new(BIN)
@@ -222,7 +209,7 @@ async fn three_replicas_over_etcd_fail_over_without_a_failed_request() {
         .iter()
         .position(|u| connected.starts_with(u.as_str()))
         .unwrap_or_else(|| panic!("caller connected to {connected:?}, not one of {urls:?}"));
-    let p = replicas[victim].take().unwrap();
+    let p = reps.procs[victim].take().unwrap();
     let _ = Command::new("kill")
         .args(["-9", &p.pid().to_string()])
         .status();

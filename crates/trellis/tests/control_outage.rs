@@ -92,20 +92,8 @@ async fn every_replica_down_longer_than_the_lease_fails_no_request() {
     let dir = tempdir("cp-outage");
     let cluster = EtcdCluster::start(&dir).await;
     let store = cluster.store();
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let start_replicas = |dir: &Path| -> Vec<Proc> {
-        addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| control(dir, &format!("control-{i}"), *a, &store))
-            .collect()
-    };
-    let replicas = start_replicas(&dir);
-    for a in &addrs {
-        wait_api(*a).await;
-    }
-    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
-    let all = urls.join(",");
+    let mut replicas = Replicas::start(&dir, 3, &store).await;
+    let (urls, all) = (replicas.urls.clone(), replicas.all());
     apply(
         &urls[0],
         &dir,
@@ -121,23 +109,14 @@ async fn every_replica_down_longer_than_the_lease_fails_no_request() {
         instance(&dir, &all, "web-v2", "v2"),
     ];
     let caller = caller(&dir, &all);
-    for (_, _, admin) in &instances {
-        wait_ready(*admin).await;
-    }
-    wait_ready(caller.admin).await;
-    wait_endpoints(caller.admin, 2).await;
+    wait_mesh(&instances, &caller, 2).await;
     let l = load(caller.outbound);
     let (stop_watch, least) = watch_endpoints(caller.admin);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    for p in replicas {
-        kill9(p);
-    }
+    replicas.kill_all();
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let replicas = start_replicas(&dir);
-    for a in &addrs {
-        wait_api(*a).await;
-    }
+    replicas.restart(&dir, &store).await;
     // A proxy joining right after the restart: when it says ready, it holds both endpoints.
     let joiner = caller_named(&dir, &all, "joiner");
     wait_ready(joiner.admin).await;
@@ -169,28 +148,6 @@ async fn every_replica_down_longer_than_the_lease_fails_no_request() {
     kill9(v2_app);
     wait_endpoints(caller.admin, 1).await;
     drop((v1, replicas, joiner));
-}
-
-/// A caller sidecar with its own node id.
-fn caller_named(dir: &Path, controls: &str, name: &str) -> Caller {
-    let (outbound, admin) = (free_addr(), free_addr());
-    Caller {
-        proc: Proc::spawn(
-            dir,
-            name,
-            &[
-                "proxy".into(),
-                format!("--control={controls}"),
-                format!("--node-id={name}"),
-                "--service=caller".into(),
-                format!("--outbound={outbound}"),
-                format!("--admin={admin}"),
-            ],
-        ),
-        outbound,
-        admin,
-        upstreams: Vec::new(),
-    }
 }
 
 /// `count` Services `batch-N`, all with port `generation`: one apply's worth.
@@ -332,17 +289,8 @@ async fn a_dependent_multi_document_apply_under_load_fails_no_request() {
     let dir = tempdir("cp-dependent");
     let cluster = EtcdCluster::start(&dir).await;
     let store = cluster.store();
-    let addrs: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
-    let replicas: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| control(&dir, &format!("control-{i}"), *a, &store))
-        .collect();
-    for a in &addrs {
-        wait_api(*a).await;
-    }
-    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
-    let all = urls.join(",");
+    let replicas = Replicas::start(&dir, 2, &store).await;
+    let (urls, all) = (replicas.urls.clone(), replicas.all());
     apply(
         &urls[0],
         &dir,
@@ -357,11 +305,7 @@ async fn a_dependent_multi_document_apply_under_load_fails_no_request() {
         instance(&dir, &all, "web-v3", "v3"),
     ];
     let caller = caller(&dir, &all);
-    for (_, _, admin) in &instances {
-        wait_ready(*admin).await;
-    }
-    wait_ready(caller.admin).await;
-    wait_endpoints(caller.admin, 2).await;
+    wait_mesh(&instances, &caller, 2).await;
     let l = load(caller.outbound);
     for round in 0..6 {
         // Through alternating replicas, so the change crosses replicas too.
@@ -414,16 +358,8 @@ async fn check_tells_the_truth_from_every_replica() {
     let dir = tempdir("cp-check-all");
     let mut cluster = EtcdCluster::start(&dir).await;
     let store = cluster.store();
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let mut replicas: Vec<Option<Proc>> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| Some(control(&dir, &format!("control-{i}"), *a, &store)))
-        .collect();
-    for a in &addrs {
-        wait_api(*a).await;
-    }
-    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let mut replicas = Replicas::start(&dir, 3, &store).await;
+    let urls = replicas.urls.clone();
     apply(
         &urls[0],
         &dir,
@@ -439,11 +375,7 @@ async fn check_tells_the_truth_from_every_replica() {
         instance(&dir, &urls[1], "web-v1b", "v1"),
     ];
     let caller = caller(&dir, &urls[2]);
-    for (_, _, admin) in &instances {
-        wait_ready(*admin).await;
-    }
-    wait_ready(caller.admin).await;
-    wait_endpoints(caller.admin, 2).await;
+    wait_mesh(&instances, &caller, 2).await;
     // Published status reaches the store within a second or two; ask until every replica
     // reports every proxy (bounded), then require exit 0 from each.
     for u in &urls {
@@ -478,7 +410,7 @@ async fn check_tells_the_truth_from_every_replica() {
         assert!(pass, "after a change, check against {u}:\n{text}");
     }
     // Replica 2 dies (the caller's): asked through replica 0, check names it.
-    kill9(replicas[2].take().expect("replica 2"));
+    kill9(replicas.procs[2].take().expect("replica 2"));
     let (pass, text) = check(&urls.join(","));
     assert!(!pass, "check passed with a replica down:\n{text}");
     assert!(

@@ -74,15 +74,20 @@ pub fn instance(dir: &Path, controls: &str, name: &str, version: &str) -> (Proc,
 }
 
 pub fn caller(dir: &Path, controls: &str) -> Caller {
+    caller_named(dir, controls, "caller")
+}
+
+/// A caller sidecar (outbound only) with its own node id, steered by the control plane(s).
+pub fn caller_named(dir: &Path, controls: &str, name: &str) -> Caller {
     let (outbound, admin) = (free_addr(), free_addr());
     Caller {
         proc: Proc::spawn(
             dir,
-            "caller",
+            name,
             &[
                 "proxy".into(),
                 format!("--control={controls}"),
-                "--node-id=caller".into(),
+                format!("--node-id={name}"),
                 "--service=caller".into(),
                 format!("--outbound={outbound}"),
                 format!("--admin={admin}"),
@@ -92,6 +97,61 @@ pub fn caller(dir: &Path, controls: &str) -> Caller {
         admin,
         upstreams: Vec::new(),
     }
+}
+
+/// `n` control-plane replicas over one store, answering.
+pub struct Replicas {
+    pub procs: Vec<Option<Proc>>,
+    pub addrs: Vec<SocketAddr>,
+    /// `http://addr` of each.
+    pub urls: Vec<String>,
+}
+
+impl Replicas {
+    pub async fn start(dir: &Path, n: usize, store: &str) -> Replicas {
+        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+        let mut replicas = Replicas {
+            procs: Vec::new(),
+            urls: addrs.iter().map(|a| format!("http://{a}")).collect(),
+            addrs,
+        };
+        replicas.restart(dir, store).await;
+        replicas
+    }
+
+    /// Starts every replica (again) on its address and waits until each answers.
+    pub async fn restart(&mut self, dir: &Path, store: &str) {
+        self.procs = self
+            .addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Some(control(dir, &format!("control-{i}"), *a, store)))
+            .collect();
+        for a in &self.addrs {
+            wait_api(*a).await;
+        }
+    }
+
+    /// Every replica, comma-separated, as proxies and the CLI take them.
+    pub fn all(&self) -> String {
+        self.urls.join(",")
+    }
+
+    /// kill -9 of every replica.
+    pub fn kill_all(&mut self) {
+        for p in self.procs.iter_mut().filter_map(Option::take) {
+            kill9(p);
+        }
+    }
+}
+
+/// Waits until the instances and the caller are ready and the caller holds `n` endpoints.
+pub async fn wait_mesh(instances: &[(Proc, Proc, SocketAddr)], caller: &Caller, n: usize) {
+    for (_, _, admin) in instances {
+        wait_ready(*admin).await;
+    }
+    wait_ready(caller.admin).await;
+    wait_endpoints(caller.admin, n).await;
 }
 
 pub async fn config_of(admin: SocketAddr) -> serde_json::Value {
