@@ -17,6 +17,7 @@ pub mod apply;
 pub mod auth;
 pub mod ca;
 pub mod ca_api;
+pub mod compaction;
 pub mod mesh_status;
 pub mod model;
 pub mod registry;

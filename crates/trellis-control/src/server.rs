@@ -164,6 +164,7 @@ pub async fn run(
         model.clone(),
     );
     let _publisher = status.spawn_publisher().map(AbortOnDrop);
+    let _compaction = crate::compaction::spawn(store.clone()).map(AbortOnDrop);
     let state = Arc::new(ApiState {
         store,
         model,

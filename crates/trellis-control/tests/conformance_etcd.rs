@@ -361,3 +361,35 @@ async fn lapsed_soon(store: &dyn Store) -> Vec<trellis_control::Lapsed> {
     })
     .await
 }
+
+/// A replica trims etcd's history: after two intervals, history before the first is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_store_history_is_compacted() {
+    let backend = EtcdBackend::new().await;
+    let store = backend.open().await;
+    let first = store
+        .create(service("default", "a", 80))
+        .await
+        .expect("create");
+    store
+        .create(service("default", "b", 80))
+        .await
+        .expect("create");
+    let task = trellis_control::compaction::spawn_every(store.clone(), Duration::from_millis(500))
+        .expect("etcd is a shared store");
+    eventually(
+        Duration::from_secs(20),
+        "history to be compacted",
+        || async {
+            matches!(
+                store.watch(first.version - 1).await,
+                Err(StoreError::Compacted { .. })
+            )
+            .then_some(())
+        },
+    )
+    .await;
+    task.abort();
+    // The data itself is untouched.
+    assert_eq!(store.list(None, None).await.expect("list").items.len(), 2);
+}
