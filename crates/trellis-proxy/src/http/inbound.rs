@@ -15,7 +15,7 @@ use super::upstream::{boxed_response, Wire};
 use super::{record, Outcome};
 use crate::body::{self, Body};
 use crate::config::Snapshot;
-use crate::error::{ProxyError, Reason};
+use crate::error::{ProxyError, Reason, Shape};
 use crate::gate;
 use crate::listener::Conn;
 use crate::retry::Failure;
@@ -38,6 +38,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
+    let shape = Shape::of(req.headers());
     let service = state.identity.service.clone();
     let result = match guard(&state, &conn, &mut req).await {
         Ok(snap) => to_app(&state, &snap, app, req).await,
@@ -62,11 +63,10 @@ pub async fn handle(
                     tracing::warn!(%app, error = %e.detail, suppressed, "inbound request failed");
                 }
             }
-            Outcome::error(e, &service, "")
+            Outcome::error(e, shape, &service, "")
         }
     };
-    record(&state.metrics, "inbound", &outcome, start);
-    Ok(outcome.response)
+    Ok(record(&state.metrics, "inbound", outcome, start))
 }
 
 /// Authentication then authorization; `Ok` is the config the request was admitted under, `Err`
