@@ -13,7 +13,9 @@
 //!
 //! In words: a per-try timeout is retried when any of `5xx`, `gateway-error` or `reset` is set
 //! (Envoy treats it as a reset it caused itself); a refused connection is retried by any of the
-//! four HTTP-level conditions, since nothing reached the server.
+//! four HTTP-level conditions, since nothing reached the server. A peer sidecar's own answer to
+//! a gRPC caller (200, `grpc-status` 14/4/13 and `trellis-error`) counts for `5xx` and
+//! `gateway-error` as the 503/504/500 it stands for.
 //!
 //! Two leniencies, so a user's intent is never silently dropped: codes listed in
 //! `retriableStatusCodes` are retried even without the `retriable-status-codes` condition, and a
@@ -211,8 +213,8 @@ impl RetryPolicy {
     /// Whether a try that got this response (status and headers) may be retried.
     pub fn retry_on_response(&self, status: StatusCode, headers: &HeaderMap) -> bool {
         let c = &self.conditions;
-        let code = status.as_u16();
-        (c.server_error && status.is_server_error())
+        let code = http_equivalent(status, headers);
+        (c.server_error && (500..=599).contains(&code))
             || (c.gateway_error && matches!(code, 502..=504))
             || self.status_codes.binary_search(&code).is_ok()
             || grpc_status(headers).is_some_and(|g| c.grpc(g))
@@ -230,6 +232,22 @@ impl RetryPolicy {
             (per_try, left) => per_try.or(left),
         }
     }
+}
+
+/// The status a response stands for. A peer sidecar answers a gRPC caller in gRPC (200 and a
+/// `grpc-status`, with `trellis-error`) where it would answer 503 or 504 over HTTP; for the
+/// HTTP conditions (`5xx`, `gateway-error`) that answer counts as the status it stands for, so
+/// a gRPC route is retried past a peer's failure as an HTTP one is.
+fn http_equivalent(status: StatusCode, headers: &HeaderMap) -> u16 {
+    if status == StatusCode::OK && headers.contains_key("trellis-error") {
+        match grpc_status(headers) {
+            Some(14) => return 503,
+            Some(4) => return 504,
+            Some(13) => return 500,
+            _ => {}
+        }
+    }
+    status.as_u16()
 }
 
 /// The `grpc-status` of a trailers-only response, if present and numeric.
@@ -357,6 +375,19 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("grpc-status", HeaderValue::from_static(" 14 "));
         assert!(policy(&["Unavailable"]).retry_on_response(StatusCode::OK, &headers));
+        assert!(!policy(&["5xx"]).retry_on_response(StatusCode::OK, &headers));
+    }
+
+    #[test]
+    fn a_peer_sidecars_grpc_answer_counts_as_the_status_it_stands_for() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", HeaderValue::from_static("14"));
+        // From the app itself: only the gRPC conditions apply.
+        assert!(!policy(&["5xx"]).retry_on_response(StatusCode::OK, &headers));
+        headers.insert("trellis-error", HeaderValue::from_static("upstream-reset"));
+        assert!(policy(&["5xx"]).retry_on_response(StatusCode::OK, &headers));
+        assert!(policy(&["gateway-error"]).retry_on_response(StatusCode::OK, &headers));
+        headers.insert("grpc-status", HeaderValue::from_static("12"));
         assert!(!policy(&["5xx"]).retry_on_response(StatusCode::OK, &headers));
     }
 
