@@ -71,23 +71,19 @@ fn service_label(role: &Role, state: &ProxyState) -> String {
 }
 
 /// The protocol configured for the port this listener serves, if config pins one.
-fn configured_protocol(role: &Role, state: &ProxyState, snap: Option<&Snapshot>) -> Protocol {
+fn configured_protocol(role: &Role, snap: Option<&Snapshot>) -> Protocol {
     let snap = match snap {
         Some(s) => s,
         None => return Protocol::Detect,
     };
-    let (ns, name, port) = match role {
-        Role::Outbound { fixed: Some(f) } => (f.namespace.as_str(), f.service.as_str(), f.port),
-        Role::Outbound { fixed: None } => return Protocol::Detect,
-        Role::Inbound { .. } => (
-            state.identity.namespace.as_str(),
-            state.identity.service.as_str(),
-            None,
-        ),
-    };
-    snap.service(ns, name)
-        .and_then(|s| s.port(port).map(|p| p.protocol))
-        .unwrap_or_default()
+    match role {
+        Role::Outbound { fixed: Some(f) } => snap
+            .service(&f.namespace, &f.service)
+            .and_then(|s| s.port(f.port).map(|p| p.protocol))
+            .unwrap_or_default(),
+        Role::Outbound { fixed: None } => Protocol::Detect,
+        Role::Inbound { .. } => snap.inbound.protocol,
+    }
 }
 
 async fn connection(
@@ -103,7 +99,7 @@ async fn connection(
     };
     state.metrics.conns_opened.get_or_create(&labels).inc();
     let snap = state.snapshot.load_full();
-    let protocol = configured_protocol(role, state, snap.as_deref());
+    let protocol = configured_protocol(role, snap.as_deref());
     // The inbound side looks at the first bytes even on a TCP port: they say whether a peer
     // proxy is starting mTLS.
     let mode = match role {

@@ -170,11 +170,9 @@ async fn to_app(
     if upgrade {
         return forward_upgrade(state, app, None, req).await;
     }
-    let wire = if req.version() == Version::HTTP_2 {
-        Wire::Http2
-    } else {
-        Wire::Http1
-    };
+    // The app hears the version its port declares, whatever the caller (or the peer's sidecar)
+    // spoke: an `http` app may know only HTTP/1.1.
+    let wire = Wire::for_port(snap.inbound.protocol, req.version());
     let req = req.map(body::boxed);
     match state.upstreams.send(app, wire, req, None, None).await {
         Ok(rsp) => {

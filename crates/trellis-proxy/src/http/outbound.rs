@@ -17,7 +17,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use trellis_api::service::Protocol;
 
 /// A listener bound to one upstream service (Consul-style local port) instead of `Host` routing.
 #[derive(Debug, Clone)]
@@ -132,14 +131,10 @@ async fn routed(
         m.apply(req.headers_mut());
     }
     apply_rewrite(rule, matched, &mut req)?;
+    // The next hop (the peer's sidecar, or an endpoint outside the mesh) hears the version the
+    // destination port declares; the peer's inbound side does the same towards its app.
     let protocol = declared.map(|p| p.protocol).unwrap_or_default();
-    let wire = if req.version() == Version::HTTP_2
-        || matches!(protocol, Protocol::Http2 | Protocol::Grpc)
-    {
-        Wire::Http2
-    } else {
-        Wire::Http1
-    };
+    let wire = Wire::for_port(protocol, req.version());
     let target = Target {
         state,
         snapshot,

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use trellis_api::service::Protocol;
 use trellis_identity::rustls::pki_types::ServerName;
 use trellis_identity::SpiffeId;
 
@@ -37,6 +38,22 @@ pub struct PeerTls {
 pub enum Wire {
     Http1,
     Http2,
+}
+
+impl Wire {
+    /// The version to speak towards a port that declares `protocol`, for a request that arrived
+    /// as `version`: what the port declares (`http` is HTTP/1.1, `http2` and `grpc` HTTP/2),
+    /// whatever the caller spoke, so an HTTP/2 client reaches an HTTP/1.1-only app and an
+    /// HTTP/1.1 client an HTTP/2-only one. A port that declares nothing (`detect`) gets the
+    /// caller's version: nothing else is known about the app behind it.
+    pub fn for_port(protocol: Protocol, version: Version) -> Wire {
+        match protocol {
+            Protocol::Http => Wire::Http1,
+            Protocol::Http2 | Protocol::Grpc => Wire::Http2,
+            Protocol::Detect | Protocol::Tcp if version == Version::HTTP_2 => Wire::Http2,
+            Protocol::Detect | Protocol::Tcp => Wire::Http1,
+        }
+    }
 }
 
 /// A failed attempt: how it failed (for retry policy) and what to tell a human.
@@ -375,4 +392,21 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Converts an upstream answer into the proxy's body type.
 pub fn boxed_response(rsp: Response<Incoming>) -> Response<Body> {
     rsp.map(body::boxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_declared_protocol_picks_the_version_towards_the_app() {
+        use Protocol::*;
+        for v in [Version::HTTP_11, Version::HTTP_2, Version::HTTP_10] {
+            assert_eq!(Wire::for_port(Http, v), Wire::Http1, "{v:?} to http");
+            assert_eq!(Wire::for_port(Http2, v), Wire::Http2, "{v:?} to http2");
+            assert_eq!(Wire::for_port(Grpc, v), Wire::Http2, "{v:?} to grpc");
+        }
+        assert_eq!(Wire::for_port(Detect, Version::HTTP_2), Wire::Http2);
+        assert_eq!(Wire::for_port(Detect, Version::HTTP_11), Wire::Http1);
+    }
 }
