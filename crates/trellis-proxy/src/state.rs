@@ -23,6 +23,11 @@ pub struct LocalIdentity {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub detect_timeout: Duration,
+    /// On an inbound port declared `tcp` in Permissive mode, how long a silent client may still
+    /// turn out to be a mesh peer starting TLS (whose ClientHello comes right after connecting)
+    /// before it is served as plaintext: a server-first app then greets without waiting for
+    /// `detect_timeout`.
+    pub tls_detect_timeout: Duration,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
     /// Largest request head (line and headers) accepted, in bytes.
@@ -37,6 +42,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             detect_timeout: Duration::from_secs(5),
+            tls_detect_timeout: Duration::from_millis(50),
             connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,

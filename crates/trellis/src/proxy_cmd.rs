@@ -59,6 +59,12 @@ pub struct ProxyArgs {
     /// How long protocol detection waits for the client's first bytes.
     #[arg(long, default_value = "5s")]
     pub detect_timeout: trellis_api::Duration,
+    /// On an inbound port declared `tcp` in Permissive mTLS mode, how long a silent client may
+    /// still turn out to be a mesh peer starting TLS before it is served as plaintext (so a
+    /// server-first app greets at once). Mesh peers send their ClientHello right after
+    /// connecting; raise it only on a machine so loaded that they do not.
+    #[arg(long, default_value = "50ms")]
+    pub tls_detect_timeout: trellis_api::Duration,
     #[arg(long, default_value = "5s")]
     pub connect_timeout: trellis_api::Duration,
     /// How long a drain waits for in-flight requests before exiting anyway.
@@ -193,6 +199,7 @@ pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
         },
         settings: Settings {
             detect_timeout: args.detect_timeout.as_std(),
+            tls_detect_timeout: args.tls_detect_timeout.as_std(),
             connect_timeout: args.connect_timeout.as_std(),
             drain_timeout: args.drain_timeout.as_std(),
             max_header_bytes: args.max_header_bytes,

@@ -7,7 +7,7 @@
 use crate::body::{self, Body};
 use crate::retry::Failure;
 use crate::tls::io::PeerIo;
-use crate::tls::MeshTls;
+use crate::tls::{Alpn, MeshTls};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -105,7 +105,7 @@ impl tower_service::Service<Uri> for PeerConnector {
                     failure: Failure::ConnectFailed,
                     detail: format!("{uri}: not an endpoint address"),
                 })?;
-            let io = connect_peer(addr, this.timeout, this.tls.as_ref()).await?;
+            let io = connect_peer(addr, this.timeout, this.tls.as_ref(), Alpn::Http1).await?;
             Ok(TokioIo::new(io))
         })
     }
@@ -131,10 +131,12 @@ fn h1_client(connect_timeout: Duration, tls: Option<PeerTls>) -> Client<PeerConn
 
 /// A TCP connection within `timeout`, wrapped in mTLS when `tls` says so. A failed handshake
 /// (wrong identity, untrusted or expired certificate) is a connect failure naming the cause.
+/// `alpn` tells a peer sidecar what will be sent through the connection (see [`Alpn`]).
 pub async fn connect_peer(
     addr: SocketAddr,
     timeout: Duration,
     tls: Option<&PeerTls>,
+    alpn: Alpn,
 ) -> Result<PeerIo, AttemptError> {
     let tcp = connect_tcp(addr, timeout).await?;
     let Some(tls) = tls else {
@@ -142,7 +144,7 @@ pub async fn connect_peer(
     };
     let connector = tls
         .tls
-        .connector(Some(&tls.identity))
+        .connector(Some(&tls.identity), alpn)
         .map_err(|e| AttemptError {
             failure: Failure::ConnectFailed,
             detail: format!("{addr}: cannot build the mTLS client config: {e}"),
@@ -311,7 +313,7 @@ impl Upstreams {
                 }
             }
         }
-        let stream = connect_peer(addr, connect_timeout, tls).await?;
+        let stream = connect_peer(addr, connect_timeout, tls, Alpn::Http2).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .adaptive_window(true)
             .handshake(TokioIo::new(stream))
@@ -339,7 +341,7 @@ impl Upstreams {
         req: Request<Body>,
         tls: Option<&PeerTls>,
     ) -> Result<Response<Incoming>, AttemptError> {
-        let stream = connect_peer(addr, self.connect_timeout, tls).await?;
+        let stream = connect_peer(addr, self.connect_timeout, tls, Alpn::Http1).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| AttemptError {
