@@ -12,6 +12,11 @@ mod common;
 use common::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 fn service_port(name: &str, protocol: &str, port: u16) -> String {
     format!(
@@ -134,4 +139,199 @@ async fn http2_client_reaches_http1_only_app_through_the_inbound_side() {
         Some("web"),
     );
     assert_eq!(got, "hello from an HTTP/1.1 app\n\n200 2");
+}
+
+/// An app that answers every request `413 Payload Too Large` as soon as its head has arrived,
+/// without reading the body, and keeps the connection open, counting every body byte that
+/// arrives anyway, until the peer closes it.
+struct Rejector {
+    body_bytes: Arc<AtomicUsize>,
+    heads: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+}
+
+async fn rejector(addr: SocketAddr) -> Rejector {
+    let listener = TcpListener::bind(addr)
+        .await
+        .expect("bind the rejecting app");
+    let r = Rejector {
+        body_bytes: Arc::new(AtomicUsize::new(0)),
+        heads: Arc::new(AtomicUsize::new(0)),
+        closed: Arc::new(AtomicUsize::new(0)),
+    };
+    let (body_bytes, heads, closed) = (r.body_bytes.clone(), r.heads.clone(), r.closed.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (body_bytes, heads, closed) = (body_bytes.clone(), heads.clone(), closed.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut head = Vec::new();
+                let end = loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                    if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                heads.fetch_add(1, Ordering::SeqCst);
+                body_bytes.fetch_add(head.len() - end, Ordering::SeqCst);
+                let answer = "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big\n";
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => {
+                            body_bytes.fetch_add(n, Ordering::SeqCst);
+                        }
+                        _ => break,
+                    }
+                }
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    r
+}
+
+/// A 10 MB upload with `Expect: 100-continue` to the rejecting app through the pair: curl's
+/// status code and bytes uploaded. (curl runs on a blocking thread: the app runs on this test's
+/// runtime.)
+async fn upload_expecting_continue(dir: &Path, outbound: SocketAddr) -> (String, usize) {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || upload_blocking(&dir, outbound))
+        .await
+        .expect("curl thread")
+}
+
+fn upload_blocking(dir: &Path, outbound: SocketAddr) -> (String, usize) {
+    let file = dir.join("10mb.bin");
+    std::fs::write(&file, vec![b'x'; 10 * 1024 * 1024]).unwrap();
+    let data = format!("@{}", file.display());
+    let url = format!("http://{outbound}/upload");
+    let out = curl(&[
+        "-X",
+        "POST",
+        "--data-binary",
+        &data,
+        "-H",
+        "Expect: 100-continue",
+        "-H",
+        "Host: web",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_upload}",
+        &url,
+    ]);
+    let (code, sent) = out.split_once(' ').unwrap_or((&out, "0"));
+    (code.to_string(), sent.trim().parse().unwrap_or(usize::MAX))
+}
+
+/// Waits (bounded) until the app saw `n` connections end.
+async fn wait_closed(app: &Rejector, n: usize) {
+    for _ in 0..200 {
+        if app.closed.load(Ordering::SeqCst) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the app's connection was never closed: a held body keeps it forever");
+}
+
+async fn rejecting_pair(tag: &str, extra: &str) -> (PathBuf, Rejector, Proc, Caller) {
+    let dir = tempdir(tag);
+    let config = dir.join("mesh.yaml");
+    let ports = Ports::free();
+    let text = format!(
+        "{}{}{extra}",
+        service_port("web", "http", 80),
+        workload("web-0", "web", "v1", ports.inbound)
+    );
+    write_config(&config, &text);
+    let app = rejector(ports.app).await;
+    let sidecar = start_sidecar(&dir, &config, "web", ports, &[]);
+    let caller = start_caller_with(&dir, &config, &["web"], &[]);
+    wait_ready(ports.admin).await;
+    wait_ready(caller.admin).await;
+    (dir, app, sidecar, caller)
+}
+
+/// The app's 413 reaches the client before it sends its body, so (as when calling the app
+/// directly) the client never uploads the 10 MB, the app receives none of it, and the app's
+/// connection, owed a body it will never get, is closed rather than held.
+#[tokio::test]
+async fn expect_100_continue_lets_the_app_refuse_before_the_body_is_sent() {
+    let (dir, app, _sidecar, caller) = rejecting_pair("expect-413", "").await;
+    let (code, uploaded) = upload_expecting_continue(&dir, caller.outbound).await;
+    assert_eq!(code, "413");
+    wait_closed(&app, 1).await;
+    let received = app.body_bytes.load(Ordering::SeqCst);
+    assert_eq!(app.heads.load(Ordering::SeqCst), 1);
+    assert!(
+        uploaded < 64 * 1024 && received < 64 * 1024,
+        "curl uploaded {uploaded} bytes, the app received {received}: the body went before the app asked"
+    );
+}
+
+/// The same with retries on the route and a replay buffer large enough for the whole body: the
+/// body is still not read ahead (a request expecting 100 is sent once, streaming).
+#[tokio::test]
+async fn expect_100_continue_is_not_read_ahead_for_retries() {
+    let route = "---\napiVersion: trellis.dev/v1\nkind: Route\nmetadata:\n  name: web\nspec:\n  service: web\n  rules:\n    - retries:\n        attempts: 3\n        retryOn: [5xx, reset]\n        maxBufferBytes: 16777216\n";
+    let (dir, app, _sidecar, caller) = rejecting_pair("expect-413-retry", route).await;
+    let (code, uploaded) = upload_expecting_continue(&dir, caller.outbound).await;
+    assert_eq!(code, "413");
+    wait_closed(&app, 1).await;
+    let received = app.body_bytes.load(Ordering::SeqCst);
+    assert!(
+        uploaded < 64 * 1024 && received < 64 * 1024,
+        "curl uploaded {uploaded} bytes, the app received {received}"
+    );
+}
+
+/// An app that asks for the body (demo-app's echo; its server says `100 Continue` when it reads)
+/// gets all of it: the 100 travels back through both sidecars.
+#[tokio::test]
+async fn expect_100_continue_body_flows_when_the_app_asks() {
+    let dir = tempdir("expect-echo");
+    let config = dir.join("mesh.yaml");
+    let ports = Ports::free();
+    write_config(
+        &config,
+        &format!(
+            "{}{}",
+            service_port("web", "http", 80),
+            workload("web-0", "web", "v1", ports.inbound)
+        ),
+    );
+    let _app = start_instance(&dir, &config, "web", "web-0", &[], ports);
+    let caller = start_caller_with(&dir, &config, &["web"], &[]);
+    wait_ready(ports.admin).await;
+    wait_ready(caller.admin).await;
+    wait_listening(ports.app).await;
+    let file = dir.join("2mb.bin");
+    std::fs::write(&file, vec![b'y'; 2 * 1024 * 1024]).unwrap();
+    let data = format!("@{}", file.display());
+    let url = format!("http://{}/echo", caller.outbound);
+    let out = curl(&[
+        "-X",
+        "POST",
+        "--data-binary",
+        &data,
+        "-H",
+        "Expect: 100-continue",
+        "--expect100-timeout",
+        "15",
+        "-H",
+        "Host: web",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_upload} %{size_download}",
+        &url,
+    ]);
+    assert_eq!(out, "200 2097152 2097152");
 }

@@ -3,7 +3,7 @@
 //! attempt gets whatever time remains. Also mirroring and HTTP/1.1 upgrades.
 use super::headers::{strip_hop_by_hop, upgrade_answer_matches, upgrade_tokens};
 use super::replay::{prepare, Prepared, Replayable};
-use super::upstream::{boxed_response, AttemptError, PeerTls, Wire};
+use super::upstream::{AttemptError, PeerTls, Wire};
 use crate::balance::{hash_key, Endpoint};
 use crate::body::{self, Body};
 use crate::config::{BackendRef, Rule, ServiceTarget, Snapshot};
@@ -74,11 +74,19 @@ async fn forward_inner(
     let limit = policy
         .as_ref()
         .map_or(DEFAULT_REPLAY_LIMIT, |p| p.max_buffer_bytes);
+    // A client that asks `Expect: 100-continue` sends its body only once the app asked for it:
+    // reading it here to make it replayable would answer for the app. Such a request is sent
+    // once, streaming (no retry, no mirror).
+    let continues = body::expects_continue(&req);
     let (parts, body) = req.into_parts();
     let length = content_length(&parts.headers);
-    let prepared = prepare(body, limit, length).await.map_err(|e| {
-        ProxyError::new(Reason::BadRequest, format!("reading the request body: {e}"))
-    })?;
+    let prepared = if continues {
+        Prepared::Streaming(body)
+    } else {
+        prepare(body, limit, length).await.map_err(|e| {
+            ProxyError::new(Reason::BadRequest, format!("reading the request body: {e}"))
+        })?
+    };
     match prepared {
         Prepared::Streaming(body) => {
             let backend = choose_backend(t.rule)?;
@@ -243,9 +251,8 @@ async fn attempt(
         }
     }
     report_outcome(t, picked, &result);
-    let rsp = result?;
+    let mut rsp = result?;
     in_flight.observe_latency(started.elapsed());
-    let mut rsp = boxed_response(rsp);
     strip_hop_by_hop(rsp.headers_mut(), false);
     Ok(rsp)
 }

@@ -11,7 +11,7 @@ use super::forward::forward_upgrade;
 use super::headers::{
     admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
 };
-use super::upstream::{boxed_response, Wire};
+use super::upstream::Wire;
 use super::{record, Outcome};
 use crate::body::{self, Body};
 use crate::config::Snapshot;
@@ -175,8 +175,7 @@ async fn to_app(
     let wire = Wire::for_port(snap.inbound.protocol, req.version());
     let req = req.map(body::boxed);
     match state.upstreams.send(app, wire, req, None, None).await {
-        Ok(rsp) => {
-            let mut rsp = boxed_response(rsp);
+        Ok(mut rsp) => {
             strip_hop_by_hop(rsp.headers_mut(), false);
             Ok(rsp)
         }

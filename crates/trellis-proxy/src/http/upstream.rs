@@ -4,11 +4,11 @@
 //! caller's `Host` kept. HTTP/2 keeps one multiplexed connection per endpoint and sends the
 //! caller's URI unchanged, so `:authority` survives the hop. Failures are classified into
 //! [`Failure`] so retry policy can tell a refused connection from a reset.
-use crate::body::{self, Body};
+use crate::body::{self, Body, ContinueGate};
 use crate::retry::Failure;
 use crate::tls::io::PeerIo;
 use crate::tls::{Alpn, MeshTls};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -209,7 +209,7 @@ impl Upstreams {
         req: Request<Body>,
         connect_timeout: Option<Duration>,
         tls: Option<&PeerTls>,
-    ) -> Result<Response<Incoming>, AttemptError> {
+    ) -> Result<Response<Body>, AttemptError> {
         let timeout = connect_timeout.unwrap_or(self.connect_timeout);
         match wire {
             Wire::Http1 => self.send_h1(addr, req, timeout, tls).await,
@@ -234,7 +234,7 @@ impl Upstreams {
         mut req: Request<Body>,
         connect_timeout: Duration,
         tls: Option<&PeerTls>,
-    ) -> Result<Response<Incoming>, AttemptError> {
+    ) -> Result<Response<Body>, AttemptError> {
         if !req.headers().contains_key(http::header::HOST) {
             if let Some(a) = req.uri().authority() {
                 if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
@@ -244,7 +244,23 @@ impl Upstreams {
         }
         *req.uri_mut() = with_authority(req.uri(), &addr.to_string())?;
         *req.version_mut() = Version::HTTP_11;
-        self.h1(connect_timeout, tls)
+        // `Expect: 100-continue`: the body waits for the upstream's 100 (hyper reports 1xx
+        // answers on HTTP/1 only; over HTTP/2 the body goes at once).
+        let gate = body::expects_continue(&req).then(|| {
+            let gate = ContinueGate::new();
+            let on_100 = gate.clone();
+            hyper::ext::on_informational(&mut req, move |rsp| {
+                if rsp.status() == StatusCode::CONTINUE {
+                    on_100.open();
+                }
+            });
+            gate
+        });
+        if let Some(gate) = &gate {
+            req = req.map(|b| gate.hold(b));
+        }
+        let rsp = self
+            .h1(connect_timeout, tls)
             .request(req)
             .await
             .map_err(|e| {
@@ -257,7 +273,16 @@ impl Upstreams {
                     failure,
                     detail: format!("{addr}: {}", error_chain(&e)),
                 }
-            })
+            })?;
+        Ok(match gate {
+            Some(gate) if !gate.is_open() => {
+                // A final answer without a 100: the body is never sent; once the answer is done
+                // with, the connection (owed a body it will not get) is let go.
+                gate.answered();
+                rsp.map(|b| body::on_drop(body::boxed(b), move || gate.close()))
+            }
+            _ => boxed_response(rsp),
+        })
     }
 
     async fn send_h2(
@@ -266,7 +291,7 @@ impl Upstreams {
         mut req: Request<Body>,
         connect_timeout: Duration,
         tls: Option<&PeerTls>,
-    ) -> Result<Response<Incoming>, AttemptError> {
+    ) -> Result<Response<Body>, AttemptError> {
         if req.uri().authority().is_none() {
             let host = req
                 .headers()
@@ -287,10 +312,14 @@ impl Upstreams {
                 detail: format!("{addr}: {}", error_chain(&e)),
             }
         })?;
-        sender.send_request(req).await.map_err(|e| AttemptError {
-            failure: Failure::Reset,
-            detail: format!("{addr}: {}", error_chain(&e)),
-        })
+        sender
+            .send_request(req)
+            .await
+            .map(boxed_response)
+            .map_err(|e| AttemptError {
+                failure: Failure::Reset,
+                detail: format!("{addr}: {}", error_chain(&e)),
+            })
     }
 
     fn forget_h2(&self, key: (SocketAddr, bool)) {
