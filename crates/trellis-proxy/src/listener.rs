@@ -1,11 +1,13 @@
 //! Accept loops: each listener accepts, detects the protocol (unless its port opts out), and hands
 //! the connection to the HTTP server (hyper) or the TCP splicer. On drain, listeners stop
 //! accepting and HTTP connections are asked to finish what is in flight and close.
+use crate::body;
 use crate::config::Snapshot;
 use crate::detect::{detect, Detected, PrefixedIo, Sniffed, Source};
 use crate::drain::Drain;
 use crate::gate;
 use crate::http::forward::peer_tls;
+use crate::http::idle::Activity;
 use crate::http::outbound::FixedTarget;
 use crate::http::upstream::{connect_peer, PeerTls};
 use crate::http::{inbound, outbound};
@@ -385,6 +387,30 @@ fn tcp_endpoint(state: &ProxyState, f: &FixedTarget) -> Option<(SocketAddr, Opti
     Some((ep.addr, peer_tls(state, svc, ep)))
 }
 
+/// Runs a served (pinned) hyper connection to its end, asking it to close gracefully (in-flight
+/// requests finish) once `$expired` resolves (idle too long) or the proxy drains. A macro, not a
+/// function: hyper's HTTP/1 and HTTP/2 connections share no trait with `graceful_shutdown`.
+macro_rules! drive {
+    ($conn:ident, $expired:expr, $drain:expr) => {{
+        let expired = $expired;
+        tokio::pin!(expired);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                r = $conn.as_mut() => break r,
+                _ = &mut expired, if !closing => {
+                    closing = true;
+                    $conn.as_mut().graceful_shutdown();
+                }
+                _ = $drain.started(), if !closing => {
+                    closing = true;
+                    $conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }};
+}
+
 async fn serve_http<I>(
     io: I,
     detected: Detected,
@@ -397,19 +423,25 @@ async fn serve_http<I>(
 {
     let (state2, role2, conn2) = (state.clone(), role.clone(), Arc::new(conn.clone()));
     let peer = conn.peer;
+    let activity = Activity::new();
+    let counted = activity.clone();
     let svc = service_fn(move |req| {
         let state = state2.clone();
         let role = role2.clone();
         let conn = conn2.clone();
+        // In flight until the response body is finished or dropped.
+        let in_flight = counted.start();
         async move {
-            match role {
+            let rsp = match role {
                 Role::Inbound { app } => inbound::handle(state, app, conn, req).await,
                 Role::Outbound { fixed } => outbound::handle(state, fixed, conn.peer, req).await,
-            }
+            };
+            rsp.map(|rsp| rsp.map(|b| body::on_drop(b, move || drop(in_flight))))
         }
     });
     let io = TokioIo::new(io);
-    let max_head = state.settings.max_header_bytes;
+    let s = &state.settings;
+    let max_head = s.max_header_bytes;
     if detected == Detected::Http2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -417,28 +449,31 @@ async fn serve_http<I>(
             .max_concurrent_streams(1024)
             .serve_connection(io, svc);
         tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => log_conn_end(r, peer),
-            _ = drain.started() => {
-                conn.as_mut().graceful_shutdown();
-                log_conn_end(conn.await, peer);
-            }
-        }
+        // An HTTP/2 connection without streams is idle from the start (a client may open one
+        // ahead of its first call); there is no head to be slow with.
+        let r = drive!(
+            conn,
+            activity.expired(s.idle_timeout, s.idle_timeout),
+            drain
+        );
+        log_conn_end(r, peer);
     } else {
+        // hyper's header-read timer runs between keep-alive requests too, so it is set past the
+        // idle timeout (which closes an idle connection first); the first head is bounded by
+        // `header_read_timeout` through `expired`.
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(s.idle_timeout.saturating_add(s.header_read_timeout))
             .max_buf_size(max_head.max(8192))
             .serve_connection(io, svc)
             .with_upgrades();
         tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => log_conn_end(r, peer),
-            _ = drain.started() => {
-                conn.as_mut().graceful_shutdown();
-                log_conn_end(conn.await, peer);
-            }
-        }
+        let r = drive!(
+            conn,
+            activity.expired(s.idle_timeout, s.header_read_timeout),
+            drain
+        );
+        log_conn_end(r, peer);
     }
 }
 

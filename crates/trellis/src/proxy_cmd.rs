@@ -67,6 +67,18 @@ pub struct ProxyArgs {
     pub tls_detect_timeout: trellis_api::Duration,
     #[arg(long, default_value = "5s")]
     pub connect_timeout: trellis_api::Duration,
+    /// How long a client's HTTP connection to this sidecar (inbound or outbound) may stay with
+    /// no request in flight before the sidecar closes it (Envoy's default: 1 h). Keep it longer
+    /// than your clients' keep-alive pools hold idle connections.
+    #[arg(long, default_value = "1h")]
+    pub idle_timeout: trellis_api::Duration,
+    /// How long a new HTTP/1 connection may take to send its first request head.
+    #[arg(long, default_value = "30s")]
+    pub header_read_timeout: trellis_api::Duration,
+    /// How long a connection from this sidecar to an upstream (a peer sidecar, or the app) stays
+    /// open with no request in flight (Envoy's default: 1 h).
+    #[arg(long, default_value = "1h")]
+    pub upstream_idle_timeout: trellis_api::Duration,
     /// How long a drain waits for in-flight requests before exiting anyway.
     #[arg(long, default_value = "30s")]
     pub drain_timeout: trellis_api::Duration,
@@ -201,6 +213,9 @@ pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
             detect_timeout: args.detect_timeout.as_std(),
             tls_detect_timeout: args.tls_detect_timeout.as_std(),
             connect_timeout: args.connect_timeout.as_std(),
+            idle_timeout: args.idle_timeout.as_std(),
+            header_read_timeout: args.header_read_timeout.as_std(),
+            upstream_idle_timeout: args.upstream_idle_timeout.as_std(),
             drain_timeout: args.drain_timeout.as_std(),
             max_header_bytes: args.max_header_bytes,
             admin_max_connections: args.admin_max_connections,

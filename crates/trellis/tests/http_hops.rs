@@ -335,3 +335,153 @@ async fn expect_100_continue_body_flows_when_the_app_asks() {
     ]);
     assert_eq!(out, "200 2097152 2097152");
 }
+
+/// A demo-app `web` on a port declared `protocol` behind a sidecar, and a caller with `extra`
+/// flags.
+async fn demo_pair(tag: &str, protocol: &str, extra: &[&str]) -> (PathBuf, Instance, Caller) {
+    let dir = tempdir(tag);
+    let config = dir.join("mesh.yaml");
+    let ports = Ports::free();
+    write_config(
+        &config,
+        &format!(
+            "{}{}",
+            service_port("web", protocol, 80),
+            workload("web-0", "web", "v1", ports.inbound)
+        ),
+    );
+    let instance = start_instance(&dir, &config, "web", "web-0", &[], ports);
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let caller = start_caller_with(&dir, &config, &["web"], &extra);
+    wait_ready(ports.admin).await;
+    wait_ready(caller.admin).await;
+    wait_listening(ports.app).await;
+    (dir, instance, caller)
+}
+
+/// One HTTP/1.1 request on an open connection; the status code of its answer (the body is read
+/// by its content-length).
+async fn h1_request(s: &mut tokio::net::TcpStream) -> Result<u16, String> {
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .map_err(|_| "no answer within 10 s".to_string())?
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!("closed after {:?}", String::from_utf8_lossy(&got)));
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = text[..end]
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if got.len() >= end + 4 + length {
+            return text[9..12]
+                .parse()
+                .map_err(|_| format!("status line of {text:?}"));
+        }
+    }
+}
+
+/// A keep-alive connection idle for longer than the header-read timeout is still served: the
+/// idle timeout (1 h by default) decides when it closes, not a timer for request heads (it was
+/// 30 s, shorter than most clients' pools).
+#[tokio::test]
+async fn keep_alive_outlives_the_header_read_timeout() {
+    let (_dir, _web, caller) =
+        demo_pair("keepalive-long", "http", &["--header-read-timeout=1s"]).await;
+    let mut s = tokio::net::TcpStream::connect(caller.outbound)
+        .await
+        .unwrap();
+    assert_eq!(h1_request(&mut s).await, Ok(200));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        h1_request(&mut s).await,
+        Ok(200),
+        "the kept-alive connection was closed after the header-read timeout"
+    );
+}
+
+/// `--idle-timeout` closes an idle client connection, HTTP/1.1 and HTTP/2 alike.
+#[tokio::test]
+async fn idle_client_connections_close_after_the_idle_timeout() {
+    let (_dir, _web, caller) = demo_pair("keepalive-idle", "http", &["--idle-timeout=1s"]).await;
+    let mut s = tokio::net::TcpStream::connect(caller.outbound)
+        .await
+        .unwrap();
+    assert_eq!(h1_request(&mut s).await, Ok(200));
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "HTTP/1.1: not closed after the idle timeout: {read:?}"
+    );
+
+    let stream = tokio::net::TcpStream::connect(caller.outbound)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://web/hello")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let rsp = send.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    drop(rsp);
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "HTTP/2: not closed after the idle timeout");
+}
+
+/// `--upstream-idle-timeout` closes the caller's idle pooled connection to the peer sidecar
+/// (the peer counts it closed), for the HTTP/1.1 pool and the multiplexed HTTP/2 connection.
+#[tokio::test]
+async fn idle_upstream_connections_close_after_the_upstream_idle_timeout() {
+    for protocol in ["http", "http2"] {
+        let (_dir, web, caller) = demo_pair(
+            &format!("upstream-idle-{protocol}"),
+            protocol,
+            &["--upstream-idle-timeout=1s"],
+        )
+        .await;
+        let client = http1();
+        let a = get(&client, caller.outbound, Some("web"), "/hello", &[]).await;
+        assert_eq!(a.status, 200, "{protocol}: {}", a.body);
+        let closed = || {
+            counter(
+                web.admin,
+                "trellis_tcp_connections_closed_total",
+                &[("direction", "inbound")],
+            )
+        };
+        let mut n = 0.0;
+        for _ in 0..100 {
+            n = closed().await;
+            if n >= 1.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            n, 1.0,
+            "{protocol}: the idle upstream connection was not closed"
+        );
+    }
+}

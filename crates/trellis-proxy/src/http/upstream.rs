@@ -4,6 +4,7 @@
 //! caller's `Host` kept. HTTP/2 keeps one multiplexed connection per endpoint and sends the
 //! caller's URI unchanged, so `:authority` survives the hop. Failures are classified into
 //! [`Failure`] so retry policy can tell a refused connection from a reset.
+use super::idle::{Activity, InFlight};
 use crate::body::{self, Body, ContinueGate};
 use crate::retry::Failure;
 use crate::tls::io::PeerIo;
@@ -11,7 +12,7 @@ use crate::tls::{Alpn, MeshTls};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -73,9 +74,17 @@ pub struct Upstreams {
     /// Pooled HTTP/1 clients, one per [`PoolKey`] in use.
     h1: Mutex<HashMap<PoolKey, Client<PeerConnector, Body>>>,
     /// One multiplexed connection per endpoint, plaintext and mTLS apart.
-    h2: Mutex<HashMap<(SocketAddr, bool), H2Sender>>,
+    h2: Mutex<HashMap<(SocketAddr, bool), H2Conn>>,
     /// The proxy-wide default, for services that set none.
     connect_timeout: Duration,
+    /// How long a connection stays open with no request (`--upstream-idle-timeout`).
+    idle_timeout: Duration,
+}
+
+/// A multiplexed connection and the requests in flight on it (closed once idle too long).
+struct H2Conn {
+    sender: H2Sender,
+    activity: Arc<Activity>,
 }
 
 /// The pooled client's connector: TCP within the timeout, then mTLS when the pool is for a
@@ -119,9 +128,16 @@ impl std::fmt::Display for AttemptError {
 
 impl std::error::Error for AttemptError {}
 
-fn h1_client(connect_timeout: Duration, tls: Option<PeerTls>) -> Client<PeerConnector, Body> {
+fn h1_client(
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    tls: Option<PeerTls>,
+) -> Client<PeerConnector, Body> {
+    // Without a timer the pool only notices an expired connection when it would reuse it; with
+    // one, idle connections are closed (checked every idle-timeout period).
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(idle_timeout)
         .pool_max_idle_per_host(256)
         .build(PeerConnector {
             timeout: connect_timeout,
@@ -187,11 +203,12 @@ async fn connect_tcp(
 }
 
 impl Upstreams {
-    pub fn new(connect_timeout: Duration) -> Arc<Self> {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             h1: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
             connect_timeout,
+            idle_timeout,
         })
     }
 
@@ -222,9 +239,9 @@ impl Upstreams {
         match self.h1.lock() {
             Ok(mut map) => map
                 .entry(key)
-                .or_insert_with(|| h1_client(connect_timeout, tls.cloned()))
+                .or_insert_with(|| h1_client(connect_timeout, self.idle_timeout, tls.cloned()))
                 .clone(),
-            Err(_) => h1_client(connect_timeout, tls.cloned()),
+            Err(_) => h1_client(connect_timeout, self.idle_timeout, tls.cloned()),
         }
     }
 
@@ -304,7 +321,7 @@ impl Upstreams {
         req.headers_mut().remove(http::header::HOST);
         *req.version_mut() = Version::HTTP_2;
         let key = (addr, tls.is_some());
-        let mut sender = self.h2_sender(key, connect_timeout, tls).await?;
+        let (mut sender, in_flight) = self.h2_sender(key, connect_timeout, tls).await?;
         sender.ready().await.map_err(|e| {
             self.forget_h2(key);
             AttemptError {
@@ -315,7 +332,7 @@ impl Upstreams {
         sender
             .send_request(req)
             .await
-            .map(boxed_response)
+            .map(|rsp| rsp.map(|b| body::on_drop(body::boxed(b), move || drop(in_flight))))
             .map_err(|e| AttemptError {
                 failure: Failure::Reset,
                 detail: format!("{addr}: {}", error_chain(&e)),
@@ -333,12 +350,14 @@ impl Upstreams {
         key: (SocketAddr, bool),
         connect_timeout: Duration,
         tls: Option<&PeerTls>,
-    ) -> Result<H2Sender, AttemptError> {
+    ) -> Result<(H2Sender, InFlight), AttemptError> {
         let addr = key.0;
         if let Ok(map) = self.h2.lock() {
-            if let Some(s) = map.get(&key) {
-                if !s.is_closed() {
-                    return Ok(s.clone());
+            if let Some(c) = map.get(&key) {
+                if !c.sender.is_closed() {
+                    if let Some(in_flight) = c.activity.try_start() {
+                        return Ok((c.sender.clone(), in_flight));
+                    }
                 }
             }
         }
@@ -351,15 +370,31 @@ impl Upstreams {
                 failure: Failure::ConnectFailed,
                 detail: format!("{addr}: HTTP/2 handshake: {}", error_chain(&e)),
             })?;
+        let activity = Activity::new();
+        let in_flight = activity.start();
+        let watched = activity.clone();
+        let idle = self.idle_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+                },
+                // Dropping the connection closes it; it takes no new request once retired.
+                _ = watched.expired(idle, idle) => {
+                    tracing::debug!(%addr, ?idle, "closing an idle upstream HTTP/2 connection");
+                }
             }
         });
         if let Ok(mut map) = self.h2.lock() {
-            map.insert(key, sender.clone());
+            map.insert(
+                key,
+                H2Conn {
+                    sender: sender.clone(),
+                    activity,
+                },
+            );
         }
-        Ok(sender)
+        Ok((sender, in_flight))
     }
 
     /// Forwards an HTTP/1.1 upgrade request (WebSocket and friends) on a fresh connection,
