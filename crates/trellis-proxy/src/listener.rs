@@ -1,6 +1,11 @@
 //! Accept loops: each listener accepts, detects the protocol (unless its port opts out), and hands
 //! the connection to the HTTP server (hyper) or the TCP splicer. On drain, listeners stop
-//! accepting and HTTP connections are asked to finish what is in flight and close.
+//! accepting and HTTP connections are asked to finish what is in flight and close; an HTTP
+//! connection idle past `--idle-timeout` is closed the same way.
+//!
+//! What it must never do: make a server-first protocol wait for a client that will not speak
+//! first on a port declared `tcp` (see `first_read_window`), or let a byte reach the app
+//! before [`gate::admit_connection`] (opaque TCP) or the per-request gate (HTTP) decided.
 use crate::body;
 use crate::config::Snapshot;
 use crate::detect::{detect, Detected, PrefixedIo, Sniffed, Source};
