@@ -19,9 +19,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use trellis_net::{ConnLimiter, HttpServer, LogThrottle};
 
-/// Admin connections beyond which the oldest idle one is shed: probes and scrapes need a few.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
-
 pub async fn run(listener: TcpListener, state: Arc<ProxyState>, drain: Drain) {
     let settings = &state.settings;
     let limiter = ConnLimiter::new(

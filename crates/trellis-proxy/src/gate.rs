@@ -12,8 +12,8 @@
 //!
 //! What this module must never do: let a path through that skips [`ready_snapshot`].
 use crate::config::Snapshot;
+use crate::conn::Conn;
 use crate::error::{ProxyError, Reason};
-use crate::listener::Conn;
 use crate::metrics::AuthzLabels;
 use crate::state::ProxyState;
 use std::fmt;

@@ -8,14 +8,15 @@
 //! before [`gate::admit_connection`] (opaque TCP) or the per-request gate (HTTP) decided.
 use crate::body;
 use crate::config::Snapshot;
+use crate::conn::Conn;
 use crate::detect::{detect, Detected, PrefixedIo, Sniffed, Source};
 use crate::drain::Drain;
 use crate::gate;
 use crate::http::forward::peer_tls;
-use crate::http::idle::Activity;
 use crate::http::outbound::FixedTarget;
 use crate::http::upstream::{connect_peer, PeerTls};
 use crate::http::{inbound, outbound};
+use crate::idle::Activity;
 use crate::metrics::{ConnLabels, ResultLabels};
 use crate::state::ProxyState;
 use crate::tcp::splice;
@@ -230,14 +231,6 @@ fn tls_result(state: &ProxyState, result: &'static str) {
         .inbound_tls
         .get_or_create(&ResultLabels { result })
         .inc();
-}
-
-/// Who is on the other end of a connection.
-#[derive(Debug, Clone)]
-pub struct Conn {
-    pub peer: SocketAddr,
-    /// The peer's SPIFFE identity, from its verified mTLS certificate.
-    pub peer_id: Option<Arc<str>>,
 }
 
 /// Terminates mesh mTLS (the peer must present a certificate the trust bundle vouches for),

@@ -232,7 +232,7 @@ async fn app_accepts(app: SocketAddr) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::config::Snapshot;
-    use crate::state::{LocalIdentity, Settings};
+    use crate::settings::{LocalIdentity, Settings};
 
     fn identity() -> LocalIdentity {
         LocalIdentity {

@@ -38,7 +38,7 @@ pub fn load(
     path: &Path,
     version: u64,
     previous: Option<&Snapshot>,
-    local: &crate::state::LocalIdentity,
+    local: &crate::settings::LocalIdentity,
 ) -> Result<Snapshot, LoadError> {
     let display = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {

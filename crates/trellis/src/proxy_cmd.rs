@@ -3,7 +3,7 @@ use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use trellis_proxy::state::{LocalIdentity, Settings};
+use trellis_proxy::settings::{LocalIdentity, Settings};
 use trellis_proxy::{ConfigSource, ControlSource, ProxyOptions, TlsFiles, UpstreamPort};
 
 #[derive(Args, Debug, Clone)]
@@ -51,7 +51,7 @@ pub struct ProxyArgs {
     pub admin: SocketAddr,
     /// Admin-port connections kept at most; beyond it the oldest one not serving a request is
     /// closed to make room (lowered at start to fit the open-files limit).
-    #[arg(long, default_value_t = trellis_proxy::admin::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = trellis_proxy::settings::DEFAULT_ADMIN_MAX_CONNECTIONS)]
     pub admin_max_connections: usize,
     /// How long an admin-port connection may take to send its request head.
     #[arg(long, default_value = "5s")]

@@ -7,7 +7,7 @@ use super::{
 use crate::balance::{Balancer, Endpoint, EndpointLoad};
 use crate::resilience::{LimitState, Limits, Locality, OutlierPolicy, OutlierState};
 use crate::retry::{RetryBudget, RetryPolicy};
-use crate::state::LocalIdentity;
+use crate::settings::LocalIdentity;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

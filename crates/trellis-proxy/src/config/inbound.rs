@@ -3,7 +3,7 @@
 //! accepts (`RequestAuthentication`). A JWKS source that cannot be used rejects the whole
 //! snapshot, like any other bad config.
 use super::build::BuildError;
-use crate::state::LocalIdentity;
+use crate::settings::LocalIdentity;
 use std::sync::Arc;
 use trellis_api::mesh::MtlsMode;
 use trellis_api::security::JwtRule;

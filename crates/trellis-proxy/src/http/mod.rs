@@ -2,7 +2,6 @@
 //! the local app), over hyper.
 pub mod forward;
 pub mod headers;
-pub mod idle;
 pub mod inbound;
 pub mod outbound;
 pub mod replay;

@@ -4,8 +4,8 @@
 //! caller's `Host` kept. HTTP/2 keeps one multiplexed connection per endpoint and sends the
 //! caller's URI unchanged, so `:authority` survives the hop. Failures are classified into
 //! [`Failure`] so retry policy can tell a refused connection from a reset.
-use super::idle::{Activity, InFlight};
 use crate::body::{self, Body, ContinueGate};
+use crate::idle::{Activity, InFlight};
 use crate::retry::Failure;
 use crate::tls::io::PeerIo;
 use crate::tls::{Alpn, MeshTls};
