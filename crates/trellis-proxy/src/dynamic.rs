@@ -65,9 +65,12 @@ pub fn start(c: &ControlSource, state: &Arc<ProxyState>) -> Result<Control, Star
     // A proxy with certificate files keeps them; otherwise the control plane's CA issues one.
     let issuer = if state.tls().is_none() {
         state.expect_tls();
+        let st = state.clone();
         Some(tokio::spawn(crate::tls::issuer::run(
             api.clone(),
-            state.clone(),
+            state.identity.namespace.clone(),
+            state.identity.service.clone(),
+            move |tls| st.set_tls(tls),
         )))
     } else {
         None

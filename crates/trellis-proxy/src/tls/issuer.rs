@@ -7,7 +7,6 @@
 //! ignores what the CSR asks for, so the first CSR need not know the trust domain.
 use super::MeshTls;
 use crate::control_api::{ControlApi, ControlApiError};
-use crate::state::ProxyState;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -46,10 +45,14 @@ pub async fn request(
         .map_err(|e| ControlApiError(format!("certificate answer not understood: {e}")))
 }
 
-/// Gets the first certificate, installs mTLS into `state`, then keeps renewing until dropped.
-pub async fn run(api: Arc<ControlApi>, state: Arc<ProxyState>) {
-    let namespace = state.identity.namespace.clone();
-    let service = state.identity.service.clone();
+/// Gets the first certificate for `service` in `namespace`, hands mTLS to `install` (the proxy
+/// state, which this module does not know), then keeps renewing until dropped.
+pub async fn run(
+    api: Arc<ControlApi>,
+    namespace: String,
+    service: String,
+    install: impl FnOnce(Arc<MeshTls>),
+) {
     let mut backoff = Duration::from_millis(100);
     let (tls, identity) = loop {
         match bootstrap(&api, &namespace, &service).await {
@@ -63,7 +66,7 @@ pub async fn run(api: Arc<ControlApi>, state: Arc<ProxyState>) {
     };
     let certs = tls.certs.clone();
     tracing::info!(identity = %identity, "workload certificate installed; mTLS on");
-    state.set_tls(tls);
+    install(tls);
     let issue = move |csr: String| {
         let (api, namespace, service) = (api.clone(), namespace.clone(), service.clone());
         async move {
