@@ -67,6 +67,16 @@ impl Endpoint {
     }
 }
 
+impl crate::resilience::Tracked for Endpoint {
+    fn record(&self) -> &crate::resilience::OutlierState {
+        &self.outlier
+    }
+
+    fn zone(&self) -> Option<&str> {
+        self.zone.as_deref()
+    }
+}
+
 /// A load balancer compiled for one endpoint set.
 pub struct Balancer {
     algorithm: LbAlgorithm,

@@ -1,7 +1,7 @@
 //! Locality preference and failover: callers prefer endpoints in their own zone and move to the
 //! next zone in the configured order (then any zone) when too few endpoints are available where
 //! they are. Keeps traffic local (cheaper, faster) without stranding it when a zone degrades.
-use crate::balance::Endpoint;
+use super::Tracked;
 
 /// Istio's default: fail over once fewer than ~70% of a zone's endpoints are available
 /// (Envoy's overprovisioning factor of 1.4).
@@ -30,16 +30,16 @@ impl Locality {
 
     /// The zone whose endpoints should serve now: the first of (own zone, failover zones...) with
     /// enough available endpoints; `None` means any zone.
-    pub fn choose<'a>(
+    pub fn choose<'a, E: Tracked>(
         &'a self,
-        endpoints: &[Endpoint],
+        endpoints: &[E],
         available: impl Fn(usize) -> bool,
     ) -> Option<&'a str> {
         let zones = std::iter::once(&self.zone).chain(self.failover.iter());
         for zone in zones {
             let (mut total, mut up) = (0usize, 0usize);
             for (i, e) in endpoints.iter().enumerate() {
-                if e.zone.as_deref() == Some(zone.as_str()) {
+                if e.zone() == Some(zone.as_str()) {
                     total += 1;
                     if available(i) {
                         up += 1;
@@ -57,16 +57,18 @@ impl Locality {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resilience::tests::Ep;
 
-    fn ep(port: u16, zone: &str) -> Endpoint {
-        let mut e = Endpoint::new(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
-        e.zone = Some(zone.into());
-        e
+    fn ep(zone: &str) -> Ep {
+        Ep {
+            zone: Some(zone.into()),
+            ..Ep::default()
+        }
     }
 
     #[test]
     fn prefers_own_zone_then_fails_over_in_order() {
-        let eps = vec![ep(1, "a"), ep(2, "a"), ep(3, "b"), ep(4, "c")];
+        let eps = vec![ep("a"), ep("a"), ep("b"), ep("c")];
         let l = Locality {
             zone: "a".into(),
             failover: vec!["c".into(), "b".into()],
@@ -81,7 +83,7 @@ mod tests {
 
     #[test]
     fn unknown_zone_means_any() {
-        let eps = vec![ep(1, "a")];
+        let eps = vec![ep("a")];
         let l = Locality::new("z".into(), None);
         assert_eq!(l.choose(&eps, |_| true), None);
     }

@@ -16,8 +16,15 @@ pub use limits::{LimitState, Limits, Overflow, RequestPermit};
 pub use locality::Locality;
 pub use outlier::{Outcome, OutlierPolicy, OutlierState};
 
-use crate::balance::Endpoint;
 use std::time::Duration;
+
+/// An endpoint as passive health and locality see it: its record and its zone. The balancer's
+/// endpoint (`crate::balance::Endpoint`) carries an [`OutlierState`] and implements this; a trait
+/// keeps this module below the balancer instead of importing it back.
+pub trait Tracked {
+    fn record(&self) -> &OutlierState;
+    fn zone(&self) -> Option<&str>;
+}
 
 /// What passive health made of one try's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,20 +39,20 @@ pub enum Verdict {
 
 /// Feeds one try's outcome at `ep`, one of `all`, to the service's outlier detector when it
 /// has one, else to default failure accrual.
-pub fn report(
+pub fn report<E: Tracked>(
     policy: Option<&OutlierPolicy>,
-    ep: &Endpoint,
-    all: &[Endpoint],
+    ep: &E,
+    all: &[E],
     outcome: Outcome,
 ) -> Verdict {
     let Some(policy) = policy else {
-        return match ep.outlier.accrual.record(&AccrualParams::DEFAULT, outcome) {
+        return match ep.record().accrual.record(&AccrualParams::DEFAULT, outcome) {
             Some(backoff) => Verdict::BackedOff(backoff),
             None => Verdict::Noted,
         };
     };
-    let ejected = all.iter().filter(|e| e.outlier.is_ejected()).count();
-    if ep.outlier.record(policy, outcome, ejected, all.len()) {
+    let ejected = all.iter().filter(|e| e.record().is_ejected()).count();
+    if ep.record().record(policy, outcome, ejected, all.len()) {
         Verdict::Ejected
     } else {
         Verdict::Noted
@@ -56,10 +63,10 @@ pub fn report(
 /// on the request path) when every endpoint may be used. With an outlier detector, ejected
 /// endpoints are left out unless fewer than its panic threshold remain; without one, endpoints
 /// backed off by failure accrual are left out unless that would leave none.
-pub fn passive_filter(policy: Option<&OutlierPolicy>, eps: &[Endpoint]) -> Option<Vec<bool>> {
+pub fn passive_filter<E: Tracked>(policy: Option<&OutlierPolicy>, eps: &[E]) -> Option<Vec<bool>> {
     let up: Vec<bool> = match policy {
         Some(policy) => {
-            let up: Vec<bool> = eps.iter().map(|e| !e.outlier.is_ejected()).collect();
+            let up: Vec<bool> = eps.iter().map(|e| !e.record().is_ejected()).collect();
             let available = up.iter().filter(|u| **u).count();
             if !outlier::honour_ejections(policy, available, eps.len()) {
                 return None;
@@ -67,12 +74,12 @@ pub fn passive_filter(policy: Option<&OutlierPolicy>, eps: &[Endpoint]) -> Optio
             up
         }
         None => {
-            if !eps.iter().any(|e| e.outlier.accrual.may_be_backed_off()) {
+            if !eps.iter().any(|e| e.record().accrual.may_be_backed_off()) {
                 return None;
             }
             let up: Vec<bool> = eps
                 .iter()
-                .map(|e| e.outlier.accrual.is_available())
+                .map(|e| e.record().accrual.is_available())
                 .collect();
             if !up.contains(&true) || !up.contains(&false) {
                 return None;
@@ -86,12 +93,25 @@ pub fn passive_filter(policy: Option<&OutlierPolicy>, eps: &[Endpoint]) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
 
-    fn eps(n: u16) -> Vec<Endpoint> {
-        (0..n)
-            .map(|i| Endpoint::new(SocketAddr::from(([10, 0, 0, 1], 8000 + i))))
-            .collect()
+    /// An endpoint with a record and no zone.
+    #[derive(Default)]
+    pub(super) struct Ep {
+        pub(super) outlier: OutlierState,
+        pub(super) zone: Option<String>,
+    }
+
+    impl Tracked for Ep {
+        fn record(&self) -> &OutlierState {
+            &self.outlier
+        }
+        fn zone(&self) -> Option<&str> {
+            self.zone.as_deref()
+        }
+    }
+
+    fn eps(n: u16) -> Vec<Ep> {
+        (0..n).map(|_| Ep::default()).collect()
     }
 
     #[tokio::test(start_paused = true)]
