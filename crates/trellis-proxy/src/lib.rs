@@ -30,6 +30,7 @@ pub mod source;
 pub mod state;
 pub mod tcp;
 pub mod tls;
+pub mod upstream;
 
 use crate::drain::Drain;
 use crate::http::outbound::FixedTarget;

@@ -12,15 +12,14 @@ use crate::conn::Conn;
 use crate::detect::{detect, Detected, PrefixedIo, Sniffed, Source};
 use crate::drain::Drain;
 use crate::gate;
-use crate::http::forward::peer_tls;
 use crate::http::outbound::FixedTarget;
-use crate::http::upstream::{connect_peer, PeerTls};
 use crate::http::{inbound, outbound};
 use crate::idle::Activity;
 use crate::metrics::{ConnLabels, ResultLabels};
 use crate::state::ProxyState;
 use crate::tcp::splice;
 use crate::tls::Alpn;
+use crate::upstream::{connect, Dial};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
@@ -347,26 +346,18 @@ async fn serve_tcp<I>(io: I, peer: SocketAddr, role: &Role, state: &Arc<ProxySta
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let target = match role {
-        Role::Inbound { app } => Some((*app, None)),
+    let dial = match role {
+        Role::Inbound { app } => Some(Dial::plain(*app, state.settings.connect_timeout)),
         Role::Outbound { fixed: Some(f) } => tcp_endpoint(state, f),
         Role::Outbound { fixed: None } => {
             tracing::debug!(%peer, "opaque TCP on the Host-routed port has no destination; closing");
             None
         }
     };
-    let Some((addr, tls)) = target else {
+    let Some(dial) = dial else {
         return;
     };
-    let timeout = match role {
-        Role::Outbound { fixed: Some(f) } => state.snapshot.load_full().and_then(|s| {
-            s.service(&f.namespace, &f.service)
-                .and_then(|t| t.connect_timeout)
-        }),
-        _ => None,
-    }
-    .unwrap_or_else(|| state.upstreams.default_connect_timeout());
-    match connect_peer(addr, timeout, tls.as_ref(), Alpn::Opaque).await {
+    match connect::connect(&dial, Alpn::Opaque).await {
         Ok(upstream) => splice(&state.metrics, role.direction(), service, io, upstream).await,
         Err(e) => {
             if let Some(suppressed) = state.peer_log.allow() {
@@ -376,13 +367,18 @@ where
     }
 }
 
-fn tcp_endpoint(state: &ProxyState, f: &FixedTarget) -> Option<(SocketAddr, Option<PeerTls>)> {
+fn tcp_endpoint(state: &ProxyState, f: &FixedTarget) -> Option<Dial> {
     let snap = state.snapshot.load_full()?;
     let svc = snap.service(&f.namespace, &f.service)?;
     let group = svc.groups.get(&None)?;
     let i = group.balancer.pick(&group.endpoints, None, |_| true)?;
     let ep = &group.endpoints[i];
-    Some((ep.addr, peer_tls(state, svc, ep)))
+    Some(Dial::to(
+        svc,
+        ep,
+        state.settings.connect_timeout,
+        state.tls(),
+    ))
 }
 
 /// Runs a served (pinned) hyper connection to its end, asking it to close gracefully (in-flight

@@ -1,11 +1,11 @@
 //! What every connection handler shares: the current config snapshot (swapped atomically, read
 //! without locks), upstream connections, metrics, and who this proxy is.
 use crate::config::Snapshot;
-use crate::http::upstream::Upstreams;
 use crate::metrics::Metrics;
 use crate::resilience::health::{self, CheckConfig, Health};
 use crate::settings::{LocalIdentity, Settings};
 use crate::tls::MeshTls;
+use crate::upstream::Upstreams;
 use arc_swap::ArcSwapOption;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -42,7 +42,7 @@ impl ProxyState {
     pub fn new(identity: LocalIdentity, settings: Settings, app: Option<SocketAddr>) -> Arc<Self> {
         Arc::new(Self {
             snapshot: ArcSwapOption::empty(),
-            upstreams: Upstreams::new(settings.connect_timeout, settings.upstream_idle_timeout),
+            upstreams: Upstreams::new(settings.upstream_idle_timeout),
             metrics: Metrics::new(),
             identity,
             settings,

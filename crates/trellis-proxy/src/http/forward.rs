@@ -3,7 +3,6 @@
 //! attempt gets whatever time remains. Also mirroring and HTTP/1.1 upgrades.
 use super::headers::{strip_hop_by_hop, upgrade_answer_matches, upgrade_tokens};
 use super::replay::{prepare, Prepared, Replayable};
-use super::upstream::{AttemptError, PeerTls, Wire};
 use crate::balance::{hash_key, Endpoint};
 use crate::body::{self, Body};
 use crate::config::{BackendRef, Rule, ServiceTarget, Snapshot};
@@ -12,6 +11,7 @@ use crate::metrics::{RetryLabels, ServiceLabels};
 use crate::resilience::{self, Outcome, Verdict};
 use crate::retry::{Backoff, Failure, RetryPolicy};
 use crate::state::ProxyState;
+use crate::upstream::{connect, AttemptError, Dial, Wire};
 use http::{request::Parts, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -183,9 +183,14 @@ pub(crate) struct Picked {
 }
 
 impl Picked {
-    /// How to secure the connection to this endpoint.
-    pub(crate) fn tls(&self, state: &ProxyState) -> Option<PeerTls> {
-        peer_tls(state, &self.svc, &self.ep)
+    /// How to connect to this endpoint: the service's connect timeout and peer mTLS.
+    pub(crate) fn dial(&self, state: &ProxyState) -> Dial {
+        Dial::to(
+            &self.svc,
+            &self.ep,
+            state.settings.connect_timeout,
+            state.tls(),
+        )
     }
 }
 
@@ -200,16 +205,11 @@ async fn attempt(
     retry: bool,
 ) -> Result<Response<Body>, TryFailure> {
     let Picked { ep, svc } = picked;
+    let dial = picked.dial(t.state);
     let hold_connection = t.wire == Wire::Http1;
     let _permit = svc
         .limit_state
-        .admit(
-            &svc.limits,
-            retry,
-            hold_connection,
-            svc.connect_timeout
-                .unwrap_or_else(|| t.state.upstreams.default_connect_timeout()),
-        )
+        .admit(&svc.limits, retry, hold_connection, dial.timeout)
         .await
         .map_err(|o| {
             TryFailure::Refused(ProxyError::new(
@@ -223,11 +223,7 @@ async fn attempt(
         })?;
     let mut in_flight = ep.load.start();
     let started = Instant::now();
-    let tls = peer_tls(t.state, svc, ep);
-    let send = t
-        .state
-        .upstreams
-        .send(ep.addr, t.wire, req, svc.connect_timeout, tls.as_ref());
+    let send = t.state.upstreams.send(&dial, t.wire, req);
     let result = match limit {
         None => send.await,
         Some(limit) => match tokio::time::timeout(limit, send).await {
@@ -255,19 +251,6 @@ async fn attempt(
     in_flight.observe_latency(started.elapsed());
     strip_hop_by_hop(rsp.headers_mut(), false);
     Ok(rsp)
-}
-
-/// Mesh mTLS for a call to `ep`: when the service's mode asks for it, the endpoint has an
-/// identity to check (it runs a sidecar), and this proxy holds a certificate. Otherwise the call
-/// is plaintext (an endpoint outside the mesh, or TLS turned off).
-pub(crate) fn peer_tls(state: &ProxyState, svc: &ServiceTarget, ep: &Endpoint) -> Option<PeerTls> {
-    if !svc.mtls {
-        return None;
-    }
-    Some(PeerTls {
-        identity: ep.identity.clone()?,
-        tls: state.tls()?.clone(),
-    })
 }
 
 /// Feeds a try's outcome to passive health: the service's outlier detection, or default
@@ -333,11 +316,9 @@ fn failure_error(e: TryFailure, attempts: u32) -> ProxyError {
         TryFailure::Refused(p) => return p,
         TryFailure::Upstream(e) => e,
     };
-    let reason = match e.failure {
-        _ if attempts > 1 => Reason::RetriesExhausted,
-        Failure::ConnectFailed => Reason::ConnectFailed,
-        Failure::Reset => Reason::UpstreamReset,
-        Failure::PerTryTimeout => Reason::Timeout,
+    let reason = match attempts {
+        1 => e.reason(),
+        _ => Reason::RetriesExhausted,
     };
     let detail = if attempts > 1 {
         format!("{attempts} attempts; last: {:?}: {}", e.failure, e.detail)
@@ -454,12 +435,17 @@ fn mirror(t: &Target<'_>, parts: &Parts, replay: &Replayable) {
     let Ok(Picked { ep, svc }) = pick(t, &m.backend, &parts.headers, None) else {
         return;
     };
-    let tls = peer_tls(t.state, &svc, &ep);
+    // A mirror connects within the proxy's connect timeout, not the mirrored service's.
+    let dial = Dial {
+        addr: ep.addr,
+        timeout: t.state.settings.connect_timeout,
+        tls: connect::peer_tls(&svc, &ep, t.state.tls()),
+    };
     let req = Request::from_parts(clone_parts(parts), replay.body());
     let upstreams = t.state.upstreams.clone();
     let wire = t.wire;
     tokio::spawn(async move {
-        let send = upstreams.send(ep.addr, wire, req, None, tls.as_ref());
+        let send = upstreams.send(&dial, wire, req);
         if let Ok(Ok(rsp)) = tokio::time::timeout(MIRROR_TIMEOUT, send).await {
             let _ = http_body_util::BodyExt::collect(rsp.into_body()).await;
         }
@@ -469,16 +455,16 @@ fn mirror(t: &Target<'_>, parts: &Parts, replay: &Replayable) {
 /// Forwards an HTTP/1.1 upgrade and, on `101 Switching Protocols`, splices the two connections.
 pub async fn forward_upgrade(
     state: &ProxyState,
-    addr: SocketAddr,
-    tls: Option<PeerTls>,
+    dial: Dial,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
+    let addr = dial.addr;
     let downstream = hyper::upgrade::on(&mut req);
     let offered = upgrade_tokens(req.headers());
     let req = req.map(body::boxed);
     let mut rsp = state
         .upstreams
-        .send_upgrade(addr, req, tls.as_ref())
+        .send_upgrade(&dial, req)
         .await
         .map_err(|e| failure_error(TryFailure::Upstream(e), 1))?;
     if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {

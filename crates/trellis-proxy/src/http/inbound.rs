@@ -11,15 +11,14 @@ use super::forward::forward_upgrade;
 use super::headers::{
     admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
 };
-use super::upstream::Wire;
 use super::{record, Outcome};
 use crate::body::{self, Body};
 use crate::config::Snapshot;
 use crate::conn::Conn;
 use crate::error::{ProxyError, Reason, Shape};
 use crate::gate;
-use crate::retry::Failure;
 use crate::state::ProxyState;
+use crate::upstream::{Dial, Wire};
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use std::borrow::Cow;
@@ -168,23 +167,22 @@ async fn to_app(
         && admit_upgrade(req.headers_mut(), snap.inbound.upgrades.as_deref())?;
     strip_hop_by_hop(req.headers_mut(), upgrade);
     if upgrade {
-        return forward_upgrade(state, app, None, req).await;
+        let dial = Dial::plain(app, state.settings.connect_timeout);
+        return forward_upgrade(state, dial, req).await;
     }
     // The app hears the version its port declares, whatever the caller (or the peer's sidecar)
     // spoke: an `http` app may know only HTTP/1.1.
     let wire = Wire::for_port(snap.inbound.protocol, req.version());
     let req = req.map(body::boxed);
-    match state.upstreams.send(app, wire, req, None, None).await {
+    let dial = Dial::plain(app, state.settings.connect_timeout);
+    match state.upstreams.send(&dial, wire, req).await {
         Ok(mut rsp) => {
             strip_hop_by_hop(rsp.headers_mut(), false);
             Ok(rsp)
         }
-        Err(e) => {
-            let reason = match e.failure {
-                Failure::ConnectFailed => Reason::ConnectFailed,
-                _ => Reason::UpstreamReset,
-            };
-            Err(ProxyError::new(reason, format!("local app {}", e.detail)))
-        }
+        Err(e) => Err(ProxyError::new(
+            e.reason(),
+            format!("local app {}", e.detail),
+        )),
     }
 }

@@ -5,7 +5,6 @@ pub mod headers;
 pub mod inbound;
 pub mod outbound;
 pub mod replay;
-pub mod upstream;
 
 use crate::body::Body;
 use crate::error::{ProxyError, Reason, Shape};

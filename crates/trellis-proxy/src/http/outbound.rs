@@ -5,12 +5,12 @@ use super::forward::{forward, forward_upgrade, pick, Target};
 use super::headers::{
     admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
 };
-use super::upstream::Wire;
 use super::{record, Outcome};
 use crate::body::{self, Body};
 use crate::config::{Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
 use crate::error::{ProxyError, Reason, Shape};
 use crate::state::ProxyState;
+use crate::upstream::{Dial, Wire};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -149,8 +149,12 @@ async fn routed(
             .ok_or_else(|| ProxyError::new(Reason::NoHealthyEndpoints, "route has no backend"))?;
         // The same pick as any request: ejection, zone preference and hashing apply.
         let picked = pick(&target, backend, req.headers(), None)?;
-        let tls = picked.tls(state);
-        return forward_upgrade(state, picked.ep.addr, tls, req).await;
+        // An upgrade connects within the proxy's connect timeout, not the service's.
+        let dial = Dial {
+            timeout: state.settings.connect_timeout,
+            ..picked.dial(state)
+        };
+        return forward_upgrade(state, dial, req).await;
     }
     forward(&target, req.map(body::boxed)).await
 }

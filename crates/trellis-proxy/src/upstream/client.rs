@@ -1,14 +1,18 @@
-//! Connections to upstreams (peer proxies, or the local app on the inbound side).
+//! HTTP connections to upstreams (peer proxies, endpoints outside the mesh, or the local app on
+//! the inbound side), opened through [`super::connect`].
 //!
 //! HTTP/1.1 goes through hyper-util's pooled client, one pool per endpoint address, with the
 //! caller's `Host` kept. HTTP/2 keeps one multiplexed connection per endpoint and sends the
 //! caller's URI unchanged, so `:authority` survives the hop. Failures are classified into
 //! [`Failure`] so retry policy can tell a refused connection from a reset.
+use super::connect::{self, Dial, PeerTls};
+use super::AttemptError;
 use crate::body::{self, Body, ContinueGate};
+use crate::error::error_chain;
 use crate::idle::{Activity, InFlight};
 use crate::retry::Failure;
 use crate::tls::io::PeerIo;
-use crate::tls::{Alpn, MeshTls};
+use crate::tls::Alpn;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -20,19 +24,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use trellis_api::service::Protocol;
-use trellis_identity::rustls::pki_types::ServerName;
 use trellis_identity::SpiffeId;
-
-/// How to secure a connection to a peer proxy: mesh mTLS, accepting only `identity`. Cheap to
-/// make for every request (two `Arc`s); the TLS client config is looked up only when a new
-/// connection is opened.
-#[derive(Clone)]
-pub struct PeerTls {
-    pub tls: Arc<MeshTls>,
-    pub identity: Arc<SpiffeId>,
-}
 
 /// Which HTTP version to speak to the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,13 +50,6 @@ impl Wire {
     }
 }
 
-/// A failed attempt: how it failed (for retry policy) and what to tell a human.
-#[derive(Debug)]
-pub struct AttemptError {
-    pub failure: Failure,
-    pub detail: String,
-}
-
 type H2Sender = hyper::client::conn::http2::SendRequest<Body>;
 
 /// Pools are kept apart by connect timeout and by the identity a TLS peer must prove, so a
@@ -75,8 +61,6 @@ pub struct Upstreams {
     h1: Mutex<HashMap<PoolKey, Client<PeerConnector, Body>>>,
     /// One multiplexed connection per endpoint, plaintext and mTLS apart.
     h2: Mutex<HashMap<(SocketAddr, bool), H2Conn>>,
-    /// The proxy-wide default, for services that set none.
-    connect_timeout: Duration,
     /// How long a connection stays open with no request (`--upstream-idle-timeout`).
     idle_timeout: Duration,
 }
@@ -114,19 +98,15 @@ impl tower_service::Service<Uri> for PeerConnector {
                     failure: Failure::ConnectFailed,
                     detail: format!("{uri}: not an endpoint address"),
                 })?;
-            let io = connect_peer(addr, this.timeout, this.tls.as_ref(), Alpn::Http1).await?;
-            Ok(TokioIo::new(io))
+            let dial = Dial {
+                addr,
+                timeout: this.timeout,
+                tls: this.tls,
+            };
+            Ok(TokioIo::new(connect::connect(&dial, Alpn::Http1).await?))
         })
     }
 }
-
-impl std::fmt::Display for AttemptError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.detail)
-    }
-}
-
-impl std::error::Error for AttemptError {}
 
 fn h1_client(
     connect_timeout: Duration,
@@ -145,113 +125,45 @@ fn h1_client(
         })
 }
 
-/// A TCP connection within `timeout`, wrapped in mTLS when `tls` says so. A failed handshake
-/// (wrong identity, untrusted or expired certificate) is a connect failure naming the cause.
-/// `alpn` tells a peer sidecar what will be sent through the connection (see [`Alpn`]).
-pub async fn connect_peer(
-    addr: SocketAddr,
-    timeout: Duration,
-    tls: Option<&PeerTls>,
-    alpn: Alpn,
-) -> Result<PeerIo, AttemptError> {
-    let tcp = connect_tcp(addr, timeout).await?;
-    let Some(tls) = tls else {
-        return Ok(PeerIo::Plain(tcp));
-    };
-    let connector = tls
-        .tls
-        .connector(Some(&tls.identity), alpn)
-        .map_err(|e| AttemptError {
-            failure: Failure::ConnectFailed,
-            detail: format!("{addr}: cannot build the mTLS client config: {e}"),
-        })?;
-    let name = ServerName::IpAddress(addr.ip().into());
-    match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
-        Ok(Ok(stream)) => Ok(PeerIo::Tls(Box::new(stream))),
-        Ok(Err(e)) => Err(AttemptError {
-            failure: Failure::ConnectFailed,
-            detail: format!(
-                "{addr}: mTLS handshake (expecting {}) failed: {e}",
-                tls.identity
-            ),
-        }),
-        Err(_) => Err(AttemptError {
-            failure: Failure::ConnectFailed,
-            detail: format!("{addr}: mTLS handshake timed out after {timeout:?}"),
-        }),
-    }
-}
-
-async fn connect_tcp(
-    addr: SocketAddr,
-    connect_timeout: Duration,
-) -> Result<TcpStream, AttemptError> {
-    let fail = |detail: String| AttemptError {
-        failure: Failure::ConnectFailed,
-        detail,
-    };
-    match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-        Err(_) => Err(fail(format!(
-            "{addr}: connect timed out after {connect_timeout:?}"
-        ))),
-        Ok(Err(e)) => Err(fail(format!("{addr}: {e}"))),
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-    }
-}
-
 impl Upstreams {
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+    /// Connections idle for `idle_timeout` (`--upstream-idle-timeout`) are closed.
+    pub fn new(idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             h1: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
-            connect_timeout,
             idle_timeout,
         })
     }
 
-    /// The proxy-wide connect timeout.
-    pub fn default_connect_timeout(&self) -> Duration {
-        self.connect_timeout
-    }
-
-    /// Sends one attempt to `addr`, connecting within `connect_timeout` (the proxy default when
-    /// `None`), over mTLS when `tls` is given. The request's URI may be origin-form or absolute.
+    /// Sends one attempt as `dial` says (endpoint, connect timeout, mTLS). The request's URI
+    /// may be origin-form or absolute.
     pub async fn send(
         &self,
-        addr: SocketAddr,
+        dial: &Dial,
         wire: Wire,
         req: Request<Body>,
-        connect_timeout: Option<Duration>,
-        tls: Option<&PeerTls>,
     ) -> Result<Response<Body>, AttemptError> {
-        let timeout = connect_timeout.unwrap_or(self.connect_timeout);
         match wire {
-            Wire::Http1 => self.send_h1(addr, req, timeout, tls).await,
-            Wire::Http2 => self.send_h2(addr, req, timeout, tls).await,
+            Wire::Http1 => self.send_h1(dial, req).await,
+            Wire::Http2 => self.send_h2(dial, req).await,
         }
     }
 
-    fn h1(&self, connect_timeout: Duration, tls: Option<&PeerTls>) -> Client<PeerConnector, Body> {
-        let key = (connect_timeout, tls.map(|t| t.identity.clone()));
+    fn h1(&self, dial: &Dial) -> Client<PeerConnector, Body> {
+        let key = (dial.timeout, dial.tls.as_ref().map(|t| t.identity.clone()));
+        let client = || h1_client(dial.timeout, self.idle_timeout, dial.tls.clone());
         match self.h1.lock() {
-            Ok(mut map) => map
-                .entry(key)
-                .or_insert_with(|| h1_client(connect_timeout, self.idle_timeout, tls.cloned()))
-                .clone(),
-            Err(_) => h1_client(connect_timeout, self.idle_timeout, tls.cloned()),
+            Ok(mut map) => map.entry(key).or_insert_with(client).clone(),
+            Err(_) => client(),
         }
     }
 
     async fn send_h1(
         &self,
-        addr: SocketAddr,
+        dial: &Dial,
         mut req: Request<Body>,
-        connect_timeout: Duration,
-        tls: Option<&PeerTls>,
     ) -> Result<Response<Body>, AttemptError> {
+        let addr = dial.addr;
         if !req.headers().contains_key(http::header::HOST) {
             if let Some(a) = req.uri().authority() {
                 if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
@@ -276,21 +188,17 @@ impl Upstreams {
         if let Some(gate) = &gate {
             req = req.map(|b| gate.hold(b));
         }
-        let rsp = self
-            .h1(connect_timeout, tls)
-            .request(req)
-            .await
-            .map_err(|e| {
-                let failure = if e.is_connect() {
-                    Failure::ConnectFailed
-                } else {
-                    Failure::Reset
-                };
-                AttemptError {
-                    failure,
-                    detail: format!("{addr}: {}", error_chain(&e)),
-                }
-            })?;
+        let rsp = self.h1(dial).request(req).await.map_err(|e| {
+            let failure = if e.is_connect() {
+                Failure::ConnectFailed
+            } else {
+                Failure::Reset
+            };
+            AttemptError {
+                failure,
+                detail: format!("{addr}: {}", error_chain(&e)),
+            }
+        })?;
         Ok(match gate {
             Some(gate) if !gate.is_open() => {
                 // A final answer without a 100: the body is never sent; once the answer is done
@@ -304,11 +212,10 @@ impl Upstreams {
 
     async fn send_h2(
         &self,
-        addr: SocketAddr,
+        dial: &Dial,
         mut req: Request<Body>,
-        connect_timeout: Duration,
-        tls: Option<&PeerTls>,
     ) -> Result<Response<Body>, AttemptError> {
+        let addr = dial.addr;
         if req.uri().authority().is_none() {
             let host = req
                 .headers()
@@ -320,8 +227,8 @@ impl Upstreams {
         }
         req.headers_mut().remove(http::header::HOST);
         *req.version_mut() = Version::HTTP_2;
-        let key = (addr, tls.is_some());
-        let (mut sender, in_flight) = self.h2_sender(key, connect_timeout, tls).await?;
+        let key = (addr, dial.tls.is_some());
+        let (mut sender, in_flight) = self.h2_sender(key, dial).await?;
         sender.ready().await.map_err(|e| {
             self.forget_h2(key);
             AttemptError {
@@ -348,8 +255,7 @@ impl Upstreams {
     async fn h2_sender(
         &self,
         key: (SocketAddr, bool),
-        connect_timeout: Duration,
-        tls: Option<&PeerTls>,
+        dial: &Dial,
     ) -> Result<(H2Sender, InFlight), AttemptError> {
         let addr = key.0;
         if let Ok(map) = self.h2.lock() {
@@ -361,7 +267,7 @@ impl Upstreams {
                 }
             }
         }
-        let stream = connect_peer(addr, connect_timeout, tls, Alpn::Http2).await?;
+        let stream = connect::connect(dial, Alpn::Http2).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .adaptive_window(true)
             .handshake(TokioIo::new(stream))
@@ -401,11 +307,11 @@ impl Upstreams {
     /// returning the upstream's answer; on `101` the caller splices the two upgraded streams.
     pub async fn send_upgrade(
         &self,
-        addr: SocketAddr,
+        dial: &Dial,
         req: Request<Body>,
-        tls: Option<&PeerTls>,
     ) -> Result<Response<Incoming>, AttemptError> {
-        let stream = connect_peer(addr, self.connect_timeout, tls, Alpn::Http1).await?;
+        let addr = dial.addr;
+        let stream = connect::connect(dial, Alpn::Http1).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| AttemptError {
@@ -441,18 +347,6 @@ fn with_authority(uri: &Uri, authority: &str) -> Result<Uri, AttemptError> {
             failure: Failure::ConnectFailed,
             detail: format!("cannot build upstream URI for {authority:?}: {e}"),
         })
-}
-
-/// The error and its sources, joined, so "connection refused" is not hidden behind "client error".
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Converts an upstream answer into the proxy's body type.
