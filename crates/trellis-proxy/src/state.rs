@@ -5,7 +5,7 @@ use crate::metrics::Metrics;
 use crate::resilience::health::{self, CheckConfig, Health};
 use crate::settings::{LocalIdentity, Settings};
 use crate::tls::MeshTls;
-use crate::upstream::Upstreams;
+use crate::upstream::{self, Upstreams};
 use arc_swap::ArcSwapOption;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -55,6 +55,15 @@ impl ProxyState {
             denial_log: trellis_net::LogThrottle::per_second(),
             peer_log: trellis_net::LogThrottle::per_second(),
         })
+    }
+
+    /// What every path that connects upstream needs of this proxy (see [`upstream::Context`]).
+    pub fn upstream_context(&self) -> upstream::Context<'_> {
+        upstream::Context {
+            metrics: &self.metrics,
+            tls: self.tls(),
+            connect_timeout: self.settings.connect_timeout,
+        }
     }
 
     /// Mesh mTLS, when this proxy has a certificate.

@@ -3,21 +3,20 @@
 //! attempt gets whatever time remains. Also mirroring and HTTP/1.1 upgrades.
 use super::headers::{strip_hop_by_hop, upgrade_answer_matches, upgrade_tokens};
 use super::replay::{prepare, Prepared, Replayable};
-use crate::balance::{hash_key, Endpoint};
 use crate::body::{self, Body};
-use crate::config::{BackendRef, Rule, ServiceTarget, Snapshot};
+use crate::config::{BackendRef, Rule, Snapshot};
 use crate::error::{ProxyError, Reason};
-use crate::metrics::{RetryLabels, ServiceLabels};
-use crate::resilience::{self, Outcome, Verdict};
+use crate::metrics::RetryLabels;
+use crate::resilience::Outcome;
 use crate::retry::{Backoff, Failure, RetryPolicy};
 use crate::state::ProxyState;
-use crate::upstream::{connect, AttemptError, Dial, Wire};
+use crate::upstream::{feedback, pick, AttemptError, Dial, Ended, Picked, Wire};
 use http::{request::Parts, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Request bodies are buffered up to this for mirroring when no retry policy says otherwise.
 const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
@@ -66,7 +65,7 @@ async fn forward_inner(
     t.rule.budget.deposit();
     if attempts == 1 && t.rule.mirror.is_none() {
         let backend = choose_backend(t.rule)?;
-        let picked = pick(t, backend, req.headers(), None)?;
+        let picked = pick(t.snapshot, backend, Some(req.headers()), t.peer.ip(), None)?;
         return attempt(t, &picked, req, None, false)
             .await
             .map_err(|e| failure_error(e, 1));
@@ -90,7 +89,7 @@ async fn forward_inner(
     match prepared {
         Prepared::Streaming(body) => {
             let backend = choose_backend(t.rule)?;
-            let picked = pick(t, backend, &parts.headers, None)?;
+            let picked = pick(t.snapshot, backend, Some(&parts.headers), t.peer.ip(), None)?;
             let req = Request::from_parts(parts, body);
             let limit = policy.as_ref().and_then(|p| p.per_try_timeout);
             attempt(t, &picked, req, limit, false)
@@ -119,7 +118,13 @@ async fn retry_loop(
     let mut avoid = None;
     for n in 1..=attempts {
         let backend = choose_backend(t.rule)?;
-        let picked = pick(t, backend, &parts.headers, avoid)?;
+        let picked = pick(
+            t.snapshot,
+            backend,
+            Some(&parts.headers),
+            t.peer.ip(),
+            avoid,
+        )?;
         let req = Request::from_parts(clone_parts(parts), replay.body());
         let last = n == attempts;
         // The last try gets whatever remains of the request timeout.
@@ -140,7 +145,7 @@ async fn retry_loop(
             return result.map_err(|e| retry_failure_error(e, n, implicit));
         }
         count_retry(t, "attempted");
-        avoid = Some(picked.ep.addr);
+        avoid = Some(picked.endpoint().addr);
         tokio::time::sleep(backoff_delay(&backoff, n)).await;
     }
     Err(ProxyError::new(Reason::RetriesExhausted, "no attempt made"))
@@ -176,24 +181,6 @@ impl From<AttemptError> for TryFailure {
     }
 }
 
-/// An endpoint chosen for a try, and the service whose limits and outlier policy govern it.
-pub(crate) struct Picked {
-    pub(crate) ep: Endpoint,
-    svc: Arc<ServiceTarget>,
-}
-
-impl Picked {
-    /// How to connect to this endpoint: the service's connect timeout and peer mTLS.
-    pub(crate) fn dial(&self, state: &ProxyState) -> Dial {
-        Dial::to(
-            &self.svc,
-            &self.ep,
-            state.settings.connect_timeout,
-            state.tls(),
-        )
-    }
-}
-
 /// One try against one endpoint, bounded by `limit`, admitted by the service's limits, and
 /// reported to outlier detection. A try that times out teaches the balancer its latency, so
 /// peak-EWMA steers away from an endpoint that hangs.
@@ -204,8 +191,9 @@ async fn attempt(
     limit: Option<Duration>,
     retry: bool,
 ) -> Result<Response<Body>, TryFailure> {
-    let Picked { ep, svc } = picked;
-    let dial = picked.dial(t.state);
+    let ctx = t.state.upstream_context();
+    let svc = picked.service();
+    let dial = picked.dial(&ctx);
     let hold_connection = t.wire == Wire::Http1;
     let _permit = svc
         .limit_state
@@ -221,80 +209,28 @@ async fn attempt(
                 ),
             ))
         })?;
-    let mut in_flight = ep.load.start();
-    let started = Instant::now();
+    let mut in_flight = picked.start();
     let send = t.state.upstreams.send(&dial, t.wire, req);
     let result = match limit {
         None => send.await,
-        Some(limit) => match tokio::time::timeout(limit, send).await {
-            Ok(result) => result,
-            Err(_) => {
-                in_flight.observe_latency(started.elapsed());
-                Err(AttemptError {
-                    failure: Failure::PerTryTimeout,
-                    detail: format!(
-                        "{}: no response within the per-try timeout of {limit:?}",
-                        ep.addr
-                    ),
-                })
-            }
-        },
+        Some(limit) => tokio::time::timeout(limit, send).await.unwrap_or_else(|_| {
+            Err(AttemptError {
+                failure: Failure::PerTryTimeout,
+                detail: format!(
+                    "{}: no response within the per-try timeout of {limit:?}",
+                    dial.addr
+                ),
+            })
+        }),
     };
-    if let Err(e) = &result {
-        if matches!(e.failure, Failure::ConnectFailed | Failure::Reset) {
-            // No answer is the most expensive answer: peak-EWMA must not see it as fast.
-            in_flight.observe_failure();
-        }
-    }
-    report_outcome(t, picked, &result);
+    let ended = match &result {
+        Ok(rsp) => Ended::Answered(Outcome::of_response(rsp.status(), rsp.headers())),
+        Err(e) => Ended::Failed(e.failure),
+    };
+    feedback::record(ctx.metrics, picked, &mut in_flight, ended);
     let mut rsp = result?;
-    in_flight.observe_latency(started.elapsed());
     strip_hop_by_hop(rsp.headers_mut(), false);
     Ok(rsp)
-}
-
-/// Feeds a try's outcome to passive health: the service's outlier detection, or default
-/// failure accrual when it has none.
-fn report_outcome<B>(t: &Target<'_>, picked: &Picked, result: &Result<Response<B>, AttemptError>) {
-    let outcome = match result {
-        Ok(rsp) => Outcome::of_response(rsp.status(), rsp.headers()),
-        Err(e) if e.failure == Failure::ConnectFailed => Outcome::ConnectFailed,
-        Err(_) => Outcome::GatewayError,
-    };
-    let all = picked
-        .svc
-        .groups
-        .get(&None)
-        .map(|g| g.endpoints.as_slice())
-        .unwrap_or_default();
-    let (svc, ep) = (&picked.svc, &picked.ep);
-    let family = match resilience::report(svc.outlier.as_ref(), ep, all, outcome) {
-        Verdict::Noted => return,
-        Verdict::Ejected => {
-            tracing::warn!(
-                service = %svc.name,
-                endpoint = %ep.addr,
-                ejections = ep.outlier.ejections(),
-                "endpoint ejected by outlier detection"
-            );
-            &t.state.metrics.ejections
-        }
-        Verdict::BackedOff(backoff) => {
-            tracing::warn!(
-                service = %svc.name,
-                endpoint = %ep.addr,
-                ?backoff,
-                in_a_row = ep.outlier.accrual.level(),
-                "endpoint backed off after consecutive failures"
-            );
-            &t.state.metrics.accrual_backoffs
-        }
-    };
-    family
-        .get_or_create(&ServiceLabels {
-            service: svc.name.clone(),
-        })
-        .inc();
 }
 
 /// Like [`failure_error`], except that when the retries were implicit (the route has none) the
@@ -342,72 +278,6 @@ fn choose_backend(rule: &Rule) -> Result<&BackendRef, ProxyError> {
     })
 }
 
-/// Picks an endpoint of `backend`: not ejected (unless below the panic threshold), in the
-/// preferred zone when the caller has one, and other than `avoid` (the one that just failed)
-/// when another is available. Each preference is dropped in turn rather than failing.
-pub(crate) fn pick(
-    t: &Target<'_>,
-    backend: &BackendRef,
-    headers: &http::HeaderMap,
-    avoid: Option<SocketAddr>,
-) -> Result<Picked, ProxyError> {
-    let unavailable = |detail: String| ProxyError::new(Reason::NoHealthyEndpoints, detail);
-    let svc = t
-        .snapshot
-        .service(&backend.namespace, &backend.service)
-        .ok_or_else(|| {
-            unavailable(format!(
-                "backend service {} is not in the mesh",
-                backend.service
-            ))
-        })?;
-    let group = svc.groups.get(&backend.subset).ok_or_else(|| {
-        unavailable(format!(
-            "subset {:?} of {} is not declared in its DestinationPolicy",
-            backend.subset.as_deref().unwrap_or(""),
-            backend.service
-        ))
-    })?;
-    let key = group
-        .hash_on
-        .as_ref()
-        .and_then(|h| hash_key(h, headers, Some(t.peer.ip())));
-    let eps = &group.endpoints;
-    let ejected = ejected_filter(svc, eps);
-    let healthy = |i: usize| ejected.as_ref().is_none_or(|up| up[i]);
-    let zone = svc.locality.as_ref().and_then(|l| l.choose(eps, healthy));
-    let in_zone = |i: usize| zone.is_none_or(|z| eps[i].zone.as_deref() == Some(z));
-    let b = &group.balancer;
-    let idx = b
-        .pick(eps, key, |i| {
-            healthy(i) && in_zone(i) && Some(eps[i].addr) != avoid
-        })
-        .or_else(|| b.pick(eps, key, |i| healthy(i) && in_zone(i)))
-        .or_else(|| b.pick(eps, key, healthy))
-        .or_else(|| b.pick(eps, key, |_| true))
-        .ok_or_else(|| {
-            unavailable(format!(
-                "{}{} has no healthy endpoint",
-                backend.service,
-                backend
-                    .subset
-                    .as_ref()
-                    .map(|s| format!(" subset {s}"))
-                    .unwrap_or_default()
-            ))
-        })?;
-    Ok(Picked {
-        ep: eps[idx].clone(),
-        svc: svc.clone(),
-    })
-}
-
-/// Which endpoints passive health lets through, when it excludes any (see
-/// [`resilience::passive_filter`]).
-fn ejected_filter(svc: &ServiceTarget, eps: &[Endpoint]) -> Option<Vec<bool>> {
-    resilience::passive_filter(svc.outlier.as_ref(), eps)
-}
-
 fn clone_parts(parts: &Parts) -> Parts {
     let mut req = Request::new(());
     *req.method_mut() = parts.method.clone();
@@ -432,14 +302,19 @@ fn mirror(t: &Target<'_>, parts: &Parts, replay: &Replayable) {
     if rand::random_range(0.0..100.0) >= m.percent {
         return;
     }
-    let Ok(Picked { ep, svc }) = pick(t, &m.backend, &parts.headers, None) else {
+    let Ok(picked) = pick(
+        t.snapshot,
+        &m.backend,
+        Some(&parts.headers),
+        t.peer.ip(),
+        None,
+    ) else {
         return;
     };
     // A mirror connects within the proxy's connect timeout, not the mirrored service's.
     let dial = Dial {
-        addr: ep.addr,
         timeout: t.state.settings.connect_timeout,
-        tls: connect::peer_tls(&svc, &ep, t.state.tls()),
+        ..picked.dial(&t.state.upstream_context())
     };
     let req = Request::from_parts(clone_parts(parts), replay.body());
     let upstreams = t.state.upstreams.clone();

@@ -1,7 +1,7 @@
 //! The outbound side: a request from the local app, matched to a service (by `Host`, or fixed by
 //! a per-upstream port), routed by the service's rules, subjected to faults, rewritten, and
 //! forwarded.
-use super::forward::{forward, forward_upgrade, pick, Target};
+use super::forward::{forward, forward_upgrade, Target};
 use super::headers::{
     admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
 };
@@ -10,7 +10,7 @@ use crate::body::{self, Body};
 use crate::config::{Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
 use crate::error::{ProxyError, Reason, Shape};
 use crate::state::ProxyState;
-use crate::upstream::{Dial, Wire};
+use crate::upstream::{pick, Dial, Wire};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -148,11 +148,11 @@ async fn routed(
             .backend(0)
             .ok_or_else(|| ProxyError::new(Reason::NoHealthyEndpoints, "route has no backend"))?;
         // The same pick as any request: ejection, zone preference and hashing apply.
-        let picked = pick(&target, backend, req.headers(), None)?;
+        let picked = pick(snapshot, backend, Some(req.headers()), peer.ip(), None)?;
         // An upgrade connects within the proxy's connect timeout, not the service's.
         let dial = Dial {
             timeout: state.settings.connect_timeout,
-            ..picked.dial(state)
+            ..picked.dial(&state.upstream_context())
         };
         return forward_upgrade(state, dial, req).await;
     }

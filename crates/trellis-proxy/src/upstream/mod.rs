@@ -3,8 +3,12 @@
 //! upstream (HTTP tries, mirrors and upgrades in [`crate::http`], opaque TCP in
 //! [`crate::listener`], the inbound hop to the local app).
 //!
+//! - [`pick`]: which endpoint (passive health, zone, the balancer, another endpoint for a
+//!   retry);
 //! - [`connect`]: the connect timeout (the service's, else the proxy's), peer mTLS (whom the
 //!   endpoint must prove to be) and the connection itself;
+//! - [`feedback`]: what a try teaches the balancer and passive health (latency or the failure
+//!   penalty; failure accrual or outlier detection);
 //! - [`client`]: HTTP over those connections (pooled HTTP/1, multiplexed HTTP/2, upgrades).
 //!
 //! Why one module: when each path worked these out for itself they drifted apart (opaque TCP
@@ -13,12 +17,30 @@
 //! importing the other.
 pub mod client;
 pub mod connect;
+pub mod feedback;
+pub mod pick;
 
 pub use client::{boxed_response, Upstreams, Wire};
 pub use connect::{Dial, PeerTls};
+pub use feedback::Ended;
+pub use pick::{pick, pick_in, Picked};
 
 use crate::error::Reason;
+use crate::metrics::Metrics;
 use crate::retry::Failure;
+use crate::tls::MeshTls;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the proxy lends every path that connects upstream: its certificate (for peer mTLS), its
+/// connect timeout for services that set none (`--connect-timeout`), and the metrics passive
+/// health counts in. References only: made for each request at no cost.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    pub metrics: &'a Metrics,
+    pub tls: Option<&'a Arc<MeshTls>>,
+    pub connect_timeout: Duration,
+}
 
 /// A failed attempt: how it failed (for retry policy) and what to tell a human.
 #[derive(Debug, thiserror::Error)]
