@@ -11,6 +11,7 @@ use crate::config::Snapshot;
 use crate::conn::Conn;
 use crate::detect::{detect, Detected, PrefixedIo, Sniffed, Source};
 use crate::drain::Drain;
+use crate::error::Reason;
 use crate::gate;
 use crate::http::outbound::FixedTarget;
 use crate::http::{inbound, outbound};
@@ -19,7 +20,7 @@ use crate::metrics::{ConnLabels, ResultLabels};
 use crate::state::ProxyState;
 use crate::tcp::splice;
 use crate::tls::Alpn;
-use crate::upstream::{connect, Dial};
+use crate::upstream::opaque;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
@@ -346,39 +347,38 @@ async fn serve_tcp<I>(io: I, peer: SocketAddr, role: &Role, state: &Arc<ProxySta
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let dial = match role {
-        Role::Inbound { app } => Some(Dial::plain(*app, state.settings.connect_timeout)),
-        Role::Outbound { fixed: Some(f) } => tcp_endpoint(state, f),
+    let ctx = state.upstream_context();
+    let opened = match role {
+        Role::Inbound { app } => opaque::to_app(&ctx, *app).await,
+        Role::Outbound { fixed: Some(f) } => {
+            let Some(snap) = state.snapshot.load_full() else {
+                return;
+            };
+            opaque::to_service(&ctx, &snap, &f.namespace, &f.service, peer).await
+        }
         Role::Outbound { fixed: None } => {
             tracing::debug!(%peer, "opaque TCP on the Host-routed port has no destination; closing");
-            None
+            return;
         }
     };
-    let Some(dial) = dial else {
-        return;
-    };
-    match connect::connect(&dial, Alpn::Opaque).await {
-        Ok(upstream) => splice(&state.metrics, role.direction(), service, io, upstream).await,
-        Err(e) => {
+    match opened {
+        Ok(mut upstream) => {
+            splice(
+                &state.metrics,
+                role.direction(),
+                service,
+                io,
+                &mut upstream.io,
+            )
+            .await
+        }
+        Err(e) if e.reason == Reason::ConnectFailed => {
             if let Some(suppressed) = state.peer_log.allow() {
                 tracing::warn!(%peer, error = %e.detail, suppressed, "tcp upstream connect failed");
             }
         }
+        Err(e) => tracing::debug!(%peer, error = %e, "tcp connection not forwarded"),
     }
-}
-
-fn tcp_endpoint(state: &ProxyState, f: &FixedTarget) -> Option<Dial> {
-    let snap = state.snapshot.load_full()?;
-    let svc = snap.service(&f.namespace, &f.service)?;
-    let group = svc.groups.get(&None)?;
-    let i = group.balancer.pick(&group.endpoints, None, |_| true)?;
-    let ep = &group.endpoints[i];
-    Some(Dial::to(
-        svc,
-        ep,
-        state.settings.connect_timeout,
-        state.tls(),
-    ))
 }
 
 /// Runs a served (pinned) hyper connection to its end, asking it to close gracefully (in-flight

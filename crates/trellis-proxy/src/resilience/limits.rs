@@ -165,6 +165,18 @@ impl LimitState {
         Ok(permit)
     }
 
+    /// Admits an opaque TCP connection: it holds one of `maxConnections` for as long as it is
+    /// open, waiting for one as an HTTP/1 request would (while fewer than `maxPendingRequests`
+    /// wait, and at most `wait_at_most`). A connection is not a request: `maxRequests` and
+    /// `maxRetries` do not count it.
+    pub async fn admit_connection(
+        &self,
+        limits: &Limits,
+        wait_at_most: Duration,
+    ) -> Result<OwnedSemaphorePermit, Overflow> {
+        self.connection(limits, wait_at_most).await
+    }
+
     async fn connection(
         &self,
         limits: &Limits,
@@ -262,6 +274,26 @@ mod tests {
         );
         drop(r);
         assert!(s.admit(&l, true, false, Duration::ZERO).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn opaque_connections_hold_a_connection_but_no_request() {
+        let l = limits(1, 0, 1, 10);
+        let s = LimitState::new(&l);
+        let conn = s.admit_connection(&l, Duration::ZERO).await.unwrap();
+        assert_eq!(s.in_flight(), 0, "not a request");
+        assert_eq!(
+            s.admit_connection(&l, Duration::ZERO).await.unwrap_err(),
+            Overflow::Pending
+        );
+        assert_eq!(
+            s.admit(&l, false, true, Duration::ZERO).await.unwrap_err(),
+            Overflow::Pending,
+            "HTTP/1 requests share the connection limit"
+        );
+        assert!(s.admit(&l, false, false, Duration::ZERO).await.is_ok());
+        drop(conn);
+        assert!(s.admit_connection(&l, Duration::ZERO).await.is_ok());
     }
 
     #[tokio::test]

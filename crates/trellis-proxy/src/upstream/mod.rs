@@ -9,7 +9,8 @@
 //!   endpoint must prove to be) and the connection itself;
 //! - [`feedback`]: what a try teaches the balancer and passive health (latency or the failure
 //!   penalty; failure accrual or outlier detection);
-//! - [`client`]: HTTP over those connections (pooled HTTP/1, multiplexed HTTP/2, upgrades).
+//! - [`client`]: HTTP over those connections (pooled HTTP/1, multiplexed HTTP/2, upgrades);
+//! - [`opaque`]: one TCP connection to a service, picked, limited and reported like an HTTP try.
 //!
 //! Why one module: when each path worked these out for itself they drifted apart (opaque TCP
 //! and upgrades ignored a service's connect timeout). This module knows services, endpoints and
@@ -18,6 +19,7 @@
 pub mod client;
 pub mod connect;
 pub mod feedback;
+pub mod opaque;
 pub mod pick;
 
 pub use client::{boxed_response, Upstreams, Wire};
@@ -25,7 +27,7 @@ pub use connect::{Dial, PeerTls};
 pub use feedback::Ended;
 pub use pick::{pick, pick_in, Picked};
 
-use crate::error::Reason;
+use crate::error::{ProxyError, Reason};
 use crate::metrics::Metrics;
 use crate::retry::Failure;
 use crate::tls::MeshTls;
@@ -58,5 +60,12 @@ impl AttemptError {
             Failure::Reset => Reason::UpstreamReset,
             Failure::PerTryTimeout => Reason::Timeout,
         }
+    }
+}
+
+/// The proxy's answer when this was the only try: the reason, and what failed.
+impl From<AttemptError> for ProxyError {
+    fn from(e: AttemptError) -> Self {
+        ProxyError::new(e.reason(), e.detail)
     }
 }
