@@ -12,6 +12,8 @@ pub mod body;
 pub mod config;
 pub mod control_api;
 pub mod detect;
+pub mod directory;
+pub mod dns;
 pub mod drain;
 pub mod dynamic;
 pub mod error;
@@ -22,6 +24,7 @@ pub mod metrics;
 pub mod registration;
 pub mod resilience;
 pub mod retry;
+pub mod sockopt;
 pub mod source;
 pub mod state;
 pub mod tcp;
@@ -92,6 +95,8 @@ pub struct ProxyOptions {
     pub inbound: Option<(SocketAddr, SocketAddr)>,
     pub admin: SocketAddr,
     pub tls_files: Option<TlsFiles>,
+    /// The mesh DNS answerer (`--dns`), off when `None`.
+    pub dns: Option<dns::DnsOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +107,8 @@ pub enum StartError {
     Control(String),
     #[error("mTLS: {0}")]
     Tls(#[from] tls::TlsSetupError),
+    #[error(transparent)]
+    Dns(#[from] dns::DnsError),
     #[error("cannot listen on {addr} ({what}): {error}")]
     Bind {
         addr: SocketAddr,
@@ -117,6 +124,7 @@ pub struct Bound {
     pub outbound: Option<SocketAddr>,
     pub inbound: Option<SocketAddr>,
     pub upstreams: Vec<SocketAddr>,
+    pub dns: Option<SocketAddr>,
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
@@ -168,6 +176,7 @@ pub async fn run(
         outbound: None,
         inbound: None,
         upstreams: Vec::new(),
+        dns: None,
     };
     let mut listeners = Vec::new();
     if let Some(addr) = opts.outbound {
@@ -197,6 +206,11 @@ pub async fn run(
     }
     for (l, role) in listeners {
         tokio::spawn(listener::run(l, role, state.clone(), drain.clone()));
+    }
+    if let Some(d) = &opts.dns {
+        let server = dns::DnsServer::bind(d.clone()).await?;
+        bound.dns = Some(server.local_addr());
+        tokio::spawn(server.run(state.clone(), drain.clone()));
     }
     let admin_task = tokio::spawn(admin::run(admin, state.clone(), drain.clone()));
     on_ready(&bound);

@@ -87,6 +87,43 @@ pub struct ProxyArgs {
     /// The roots (PEM) peers' certificates must chain to.
     #[arg(long, requires = "tls_cert")]
     pub tls_trust: Option<PathBuf>,
+    /// Answer DNS here (UDP and TCP): mesh names (`svc`, `svc.ns`, `svc.ns.svc.DOMAIN`) get
+    /// their service's virtual IP, other names are relayed to the host's resolvers. Off by
+    /// default; `--intercept` sends the app's port-53 traffic to it.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns: Option<SocketAddr>,
+    /// Resolvers for names outside the mesh (comma-separated IPs or IP:PORTs); default: the
+    /// `nameserver` lines of /etc/resolv.conf.
+    #[arg(long, value_delimiter = ',', requires = "dns", value_parser = parse_resolver)]
+    pub dns_upstream: Vec<SocketAddr>,
+    /// How long one upstream resolver may take to answer before the next is asked.
+    #[arg(long, default_value = "2s", requires = "dns")]
+    pub dns_timeout: trellis_api::Duration,
+}
+
+fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("expected IP or IP:PORT, got {s:?}"))
+}
+
+/// `--dns` and its upstreams: the flags, else /etc/resolv.conf.
+fn dns_options(args: &ProxyArgs) -> anyhow::Result<Option<trellis_proxy::dns::DnsOptions>> {
+    let Some(listen) = args.dns else {
+        return Ok(None);
+    };
+    let upstreams = if args.dns_upstream.is_empty() {
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        trellis_proxy::dns::host_resolvers(&text)
+    } else {
+        args.dns_upstream.clone()
+    };
+    let mut opts = trellis_proxy::dns::DnsOptions::new(listen, upstreams);
+    opts.timeout = args.dns_timeout.as_std();
+    Ok(Some(opts))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -157,6 +194,7 @@ fn parse_upstream(s: &str) -> Result<UpstreamPort, String> {
 }
 
 pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
+    let dns = dns_options(&args)?;
     let outbound =
         if args.outbound == "off" {
             None
@@ -207,6 +245,7 @@ pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
             (Some(cert), Some(key), Some(trust)) => Some(TlsFiles { cert, key, trust }),
             _ => None,
         },
+        dns,
     })
 }
 
@@ -215,7 +254,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let service = opts.identity.service.clone();
     trellis_proxy::run(opts, shutdown_signal(), |bound| {
         println!(
-            "trellis proxy for {service} listening (ready once config is in force; see /ready): admin={} outbound={} inbound={} upstreams={:?}",
+            "trellis proxy for {service} listening (ready once config is in force; see /ready): admin={} outbound={} inbound={} upstreams={:?} dns={}",
             bound.admin,
             bound
                 .outbound
@@ -226,6 +265,10 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "off".into()),
             bound.upstreams,
+            bound
+                .dns
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into()),
         );
     })
     .await?;
@@ -269,5 +312,19 @@ mod tests {
         assert!(parse_upstream("reviews").is_err());
         assert!(parse_upstream("=9001").is_err());
         assert!(parse_upstream("a:x=1").is_err());
+    }
+
+    #[test]
+    fn resolver_flags() {
+        assert_eq!(
+            parse_resolver("10.0.0.2"),
+            Ok("10.0.0.2:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_resolver("10.0.0.2:5353"),
+            Ok("10.0.0.2:5353".parse().unwrap())
+        );
+        assert_eq!(parse_resolver("[::1]:53"), Ok("[::1]:53".parse().unwrap()));
+        assert!(parse_resolver("resolver.local").is_err());
     }
 }
