@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One command for the Trellis benchmark: installs what is missing, builds Trellis (release),
-# runs bench/harness.py, and writes bench/RESULTS.md, bench/results.json and bench/latency.png.
+# runs bench/harness.py, and writes bench/RESULTS.md, bench/results.json and bench/latency.png;
+# then bench/protocols.py (bench/PROTOCOLS.md, bench/protocols.json).
 #
 #   bash bench/run.sh                 # full: 5 rounds, 10 s per load run (about 20 minutes)
 #   bash bench/run.sh --quick         # 1 round, 3 s per run (3-4 minutes): a smoke test
 #   bash bench/run.sh --rounds 7      # more rounds
 #   bash bench/run.sh --no-build      # use target/release/trellis as it is
+#   bash bench/run.sh --no-protocols  # skip bench/protocols.py (server-first TCP, h2 -> h1 rows)
 #   bash bench/run.sh -- --no-h2 --max-tool oha ...   # anything after -- goes to harness.py
 #   bash bench/run.sh -- --topologies trellis-pair-mtls,envoy-pair-mtls   # only these
 #
@@ -18,14 +20,16 @@ ORIG_ARGS="$*"
 ROUNDS=""
 QUICK=""
 BUILD=1
+NO_PROTOCOLS=""
 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --no-build) BUILD=""; shift ;;
+    --no-protocols) NO_PROTOCOLS=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown flag $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -72,4 +76,12 @@ build_trellis
 ARGS=(--trellis "$ROOT/target/release/trellis" --command "bash bench/run.sh $ORIG_ARGS")
 [ -n "$ROUNDS" ] && ARGS+=(--rounds "$ROUNDS")
 [ -n "$QUICK" ] && ARGS+=(--quick)
-exec python3 bench/harness.py "${ARGS[@]}" "${EXTRA[@]}"
+python3 bench/harness.py "${ARGS[@]}" "${EXTRA[@]}"
+
+# The protocol rows (server-first TCP setup, HTTP/2 caller -> HTTP/1.1 app): PROTOCOLS.md.
+if [ -z "$NO_PROTOCOLS" ]; then
+  PARGS=(--trellis "$ROOT/target/release/trellis" --command "bash bench/run.sh $ORIG_ARGS")
+  [ -n "$ROUNDS" ] && PARGS+=(--rounds "$ROUNDS")
+  [ -n "$QUICK" ] && PARGS+=(--quick)
+  python3 bench/protocols.py "${PARGS[@]}"
+fi

@@ -36,6 +36,16 @@ if ! command -v curl >/dev/null 2>&1; then
   "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y curl
 fi
 
+# The HTTP-hop tests (crates/trellis/tests/http_hops.rs) put Python's http.server, an
+# HTTP/1.1-only app nobody here wrote, behind a sidecar (and drive curl, installed above).
+if ! command -v python3 >/dev/null 2>&1; then
+  log "installing python3 (for the HTTP-hop tests)"
+  as_root=()
+  if [ "$(id -u)" -ne 0 ]; then as_root=(sudo); fi
+  "${as_root[@]}" apt-get update
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y python3
+fi
+
 # The chaos tests (crates/trellis/tests/chaos.rs) build hosts from network namespaces with `ip`
 # and partition them with `iptables`; without either they fail, on purpose, naming what is missing.
 if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1; then
@@ -44,6 +54,27 @@ if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1; the
   if [ "$(id -u)" -ne 0 ]; then as_root=(sudo); fi
   "${as_root[@]}" apt-get update
   "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y iproute2 iptables
+fi
+
+# The gRPC error tests (crates/trellis/tests/grpc_errors.rs) call through the sidecars with
+# Python's grpcio, a gRPC client nobody here wrote. pip where there is one (a venv-less Debian
+# python refuses plain installs: PEP 668, hence the fallback), else Debian's own package.
+if ! python3 -c 'import grpc' >/dev/null 2>&1; then
+  log "installing grpcio (for the gRPC error tests)"
+  as_root=()
+  if [ "$(id -u)" -ne 0 ]; then as_root=(sudo); fi
+  if ! command -v python3 >/dev/null 2>&1; then
+    "${as_root[@]}" apt-get update
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y python3
+  fi
+  if python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m pip install --quiet grpcio \
+      || python3 -m pip install --quiet --break-system-packages grpcio
+  fi
+  if ! python3 -c 'import grpc' >/dev/null 2>&1; then
+    "${as_root[@]}" apt-get update
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-grpcio
+  fi
 fi
 
 log "cargo fmt --check"

@@ -136,6 +136,8 @@ fn config(state: &ProxyState) -> Response<Body> {
                                         "inFlight": e.load.in_flight(),
                                     "ejected": e.outlier.is_ejected(),
                                     "ejections": e.outlier.ejections(),
+                                    "backedOff": !e.outlier.accrual.is_available(),
+                                    "backoffsInARow": e.outlier.accrual.level(),
                                         "ewmaMs": e.load.ewma_ms(),
                                         "identity": e.identity.as_ref().map(|i| i.to_string()),
                                     })

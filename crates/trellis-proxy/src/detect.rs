@@ -39,6 +39,62 @@ impl Detected {
     }
 }
 
+/// How what a connection carries was learnt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// From its first bytes (a bounded read).
+    Read,
+    /// The port declares `tcp`: nothing was read for it.
+    Declared,
+    /// The peer sidecar said, by ALPN on its mTLS connection: nothing was read for it.
+    Alpn,
+}
+
+/// What a connection's first bytes said (or what stood in for reading them), and the bytes read,
+/// to be replayed.
+#[derive(Debug)]
+pub struct Sniffed {
+    pub detected: Detected,
+    pub prefix: Vec<u8>,
+    pub source: Source,
+}
+
+impl Sniffed {
+    pub fn read(detected: Detected, prefix: Vec<u8>) -> Self {
+        Self {
+            detected,
+            prefix,
+            source: Source::Read,
+        }
+    }
+
+    pub fn declared(detected: Detected) -> Self {
+        Self {
+            detected,
+            prefix: Vec::new(),
+            source: Source::Declared,
+        }
+    }
+
+    pub fn told(detected: Detected) -> Self {
+        Self {
+            detected,
+            prefix: Vec::new(),
+            source: Source::Alpn,
+        }
+    }
+
+    /// The `result` label of `trellis_protocol_detections_total`: what detection found, or
+    /// `skipped` (the port declares `tcp`) or `alpn` (the peer sidecar said) when it did not run.
+    pub fn metric_result(&self) -> &'static str {
+        match self.source {
+            Source::Read => self.detected.as_str(),
+            Source::Declared => "skipped",
+            Source::Alpn => "alpn",
+        }
+    }
+}
+
 /// What the prefix read so far says, if enough is known.
 fn classify(buf: &[u8]) -> Option<Detected> {
     if buf.is_empty() {

@@ -76,18 +76,7 @@ pub fn start(c: &ControlSource, state: &Arc<ProxyState>) -> Result<Control, Star
         None => (None, None),
         Some(w) => {
             let r = Registration::new(api.clone(), w.clone(), c.lease_ttl);
-            let first = r.clone();
-            let reporter = r.clone();
-            let st = state.clone();
-            let task = tokio::spawn(async move {
-                if let Err(e) = first.register().await {
-                    tracing::warn!(error = %e, "registration failed; retrying");
-                }
-                tokio::select! {
-                    _ = first.keep_alive_loop() => {}
-                    _ = report_health(st, reporter) => {}
-                }
-            });
+            let task = tokio::spawn(r.clone().run(state.clone()));
             (Some(r), Some(task))
         }
     };
@@ -128,18 +117,4 @@ fn apply(state: &ProxyState, update: Update) -> Result<(), String> {
         .get_or_create(&ResultLabels { result: outcome })
         .inc();
     result
-}
-
-/// Follows the local app's health verdict and reports changes through the registration.
-async fn report_health(state: Arc<ProxyState>, registration: Arc<Registration>) {
-    use crate::resilience::health::Health;
-    use trellis_api::service::WorkloadHealth;
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let health = match state.local_health() {
-            Some(Health::Unhealthy(_)) => WorkloadHealth::Unhealthy,
-            _ => WorkloadHealth::Healthy,
-        };
-        registration.set_health(health).await;
-    }
 }

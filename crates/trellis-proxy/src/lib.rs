@@ -18,6 +18,7 @@ pub mod drain;
 pub mod dynamic;
 pub mod error;
 pub mod gate;
+pub mod grpc;
 pub mod http;
 pub mod listener;
 pub mod metrics;

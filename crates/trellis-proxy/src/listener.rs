@@ -1,17 +1,25 @@
 //! Accept loops: each listener accepts, detects the protocol (unless its port opts out), and hands
 //! the connection to the HTTP server (hyper) or the TCP splicer. On drain, listeners stop
-//! accepting and HTTP connections are asked to finish what is in flight and close.
+//! accepting and HTTP connections are asked to finish what is in flight and close; an HTTP
+//! connection idle past `--idle-timeout` is closed the same way.
+//!
+//! What it must never do: make a server-first protocol wait for a client that will not speak
+//! first on a port declared `tcp` (see `first_read_window`), or let a byte reach the app
+//! before [`gate::admit_connection`] (opaque TCP) or the per-request gate (HTTP) decided.
+use crate::body;
 use crate::config::Snapshot;
-use crate::detect::{detect, Detected, PrefixedIo};
+use crate::detect::{detect, Detected, PrefixedIo, Sniffed, Source};
 use crate::drain::Drain;
 use crate::gate;
 use crate::http::forward::peer_tls;
+use crate::http::idle::Activity;
 use crate::http::outbound::FixedTarget;
 use crate::http::upstream::{connect_peer, PeerTls};
 use crate::http::{inbound, outbound};
 use crate::metrics::{ConnLabels, ResultLabels};
 use crate::state::ProxyState;
 use crate::tcp::splice;
+use crate::tls::Alpn;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
@@ -71,23 +79,19 @@ fn service_label(role: &Role, state: &ProxyState) -> String {
 }
 
 /// The protocol configured for the port this listener serves, if config pins one.
-fn configured_protocol(role: &Role, state: &ProxyState, snap: Option<&Snapshot>) -> Protocol {
+fn configured_protocol(role: &Role, snap: Option<&Snapshot>) -> Protocol {
     let snap = match snap {
         Some(s) => s,
         None => return Protocol::Detect,
     };
-    let (ns, name, port) = match role {
-        Role::Outbound { fixed: Some(f) } => (f.namespace.as_str(), f.service.as_str(), f.port),
-        Role::Outbound { fixed: None } => return Protocol::Detect,
-        Role::Inbound { .. } => (
-            state.identity.namespace.as_str(),
-            state.identity.service.as_str(),
-            None,
-        ),
-    };
-    snap.service(ns, name)
-        .and_then(|s| s.port(port).map(|p| p.protocol))
-        .unwrap_or_default()
+    match role {
+        Role::Outbound { fixed: Some(f) } => snap
+            .service(&f.namespace, &f.service)
+            .and_then(|s| s.port(f.port).map(|p| p.protocol))
+            .unwrap_or_default(),
+        Role::Outbound { fixed: None } => Protocol::Detect,
+        Role::Inbound { .. } => snap.inbound.protocol,
+    }
 }
 
 async fn connection(
@@ -103,17 +107,15 @@ async fn connection(
     };
     state.metrics.conns_opened.get_or_create(&labels).inc();
     let snap = state.snapshot.load_full();
-    let protocol = configured_protocol(role, state, snap.as_deref());
-    // The inbound side looks at the first bytes even on a TCP port: they say whether a peer
-    // proxy is starting mTLS.
+    let protocol = configured_protocol(role, snap.as_deref());
     let mode = match role {
         Role::Inbound { .. } => snap
             .as_ref()
             .map_or(MtlsMode::Permissive, |s| s.inbound.mtls),
         Role::Outbound { .. } => MtlsMode::Off,
     };
-    let sniff = protocol != Protocol::Tcp || mode != MtlsMode::Off;
-    let first = match first_bytes(&mut stream, sniff, state).await {
+    let window = first_read_window(role, protocol, mode, state, snap.as_deref());
+    let first = match read_first(&mut stream, window).await {
         Ok(first) => first,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "read failed during protocol detection");
@@ -121,7 +123,7 @@ async fn connection(
             return;
         }
     };
-    match inbound_action(mode, &first.1) {
+    match inbound_action(mode, &first.prefix) {
         InboundAction::Plaintext => {
             let conn = Conn {
                 peer,
@@ -144,37 +146,81 @@ async fn connection(
             tracing::debug!(%peer, "plaintext connection refused: the port requires mTLS");
         }
         InboundAction::Tls => {
-            let io = PrefixedIo::new(first.1, stream);
+            let io = PrefixedIo::new(first.prefix, stream);
             serve_tls(io, protocol, peer, role, state, drain, &labels.service).await;
         }
     }
     state.metrics.conns_closed.get_or_create(&labels).inc();
 }
 
-/// What the peer sends first: detected by protocol (a bounded read), or nothing read at all when
-/// the port is opaque TCP and no TLS can arrive.
-async fn first_bytes<I: AsyncRead + Unpin>(
-    stream: &mut I,
-    sniff: bool,
+/// How long to wait for a new connection's first bytes, or `None` to act at once without
+/// reading: nothing the client could send would change what happens.
+///
+/// The bytes matter for two things: which protocol (HTTP/1, HTTP/2, opaque), unless the port
+/// declares one, and on the inbound side whether a peer sidecar is starting mTLS. A port
+/// declared `tcp` must not make a server-first protocol (a database greeting its client) wait
+/// for a client that will never speak first, so there:
+/// - the outbound side, and the inbound side with mTLS `Off`, read nothing;
+/// - `Strict` waits for the ClientHello as long as for any first bytes: only TLS is served,
+///   and a mesh peer sends its ClientHello right after connecting;
+/// - `Permissive` waits for a ClientHello only while one can still come from a mesh peer
+///   (`--tls-detect-timeout`, milliseconds), then serves the silent client as plaintext. It
+///   does not wait at all when this side has no certificate (TLS could not be terminated), and
+///   waits as long as `Strict` when policy would refuse a plaintext connection anyway (only
+///   TLS can succeed, so there is nothing to hurry for).
+fn first_read_window(
+    role: &Role,
+    protocol: Protocol,
+    mode: MtlsMode,
     state: &ProxyState,
-) -> std::io::Result<(Detected, Vec<u8>)> {
-    if sniff {
-        detect(stream, state.settings.detect_timeout).await
-    } else {
-        Ok((Detected::Tcp, Vec::new()))
+    snap: Option<&Snapshot>,
+) -> Option<Duration> {
+    let detect = state.settings.detect_timeout;
+    if protocol != Protocol::Tcp {
+        return Some(detect);
+    }
+    match (role, mode) {
+        (Role::Outbound { .. }, _) | (Role::Inbound { .. }, MtlsMode::Off) => None,
+        (Role::Inbound { .. }, MtlsMode::Strict) => Some(detect),
+        (Role::Inbound { .. }, MtlsMode::Permissive) => {
+            // Without a certificate no TLS could be terminated: nothing to wait for.
+            state.tls()?;
+            let plaintext_allowed = snap.is_some_and(|s| {
+                s.inbound
+                    .authorizer
+                    .decide_connection(None, s.inbound.port)
+                    .allowed
+            });
+            if plaintext_allowed {
+                Some(state.settings.tls_detect_timeout.min(detect))
+            } else {
+                Some(detect)
+            }
+        }
     }
 }
 
-fn count_detection(state: &ProxyState, protocol: Protocol, detected: Detected) {
-    let result = if protocol == Protocol::Tcp {
-        "skipped"
-    } else {
-        detected.as_str()
-    };
+/// Reads the first bytes within `window` (a bounded detection read), or nothing at all.
+async fn read_first<I: AsyncRead + Unpin>(
+    stream: &mut I,
+    window: Option<Duration>,
+) -> std::io::Result<Sniffed> {
+    match window {
+        Some(timeout) => {
+            let (detected, prefix) = detect(stream, timeout).await?;
+            Ok(Sniffed::read(detected, prefix))
+        }
+        None => Ok(Sniffed::declared(Detected::Tcp)),
+    }
+}
+
+fn count_detection(state: &ProxyState, first: &Sniffed) {
     state
         .metrics
         .detections
-        .get_or_create(&ResultLabels { result })
+        .get_or_create(&ResultLabels {
+            result: first.metric_result(),
+        })
         .inc();
 }
 
@@ -232,7 +278,19 @@ async fn serve_tls<I>(
     };
     tls_result(state, "ok");
     let peer_id = peer_identity(stream.get_ref().1).map(|id| Arc::<str>::from(id.to_string()));
-    let first = match first_bytes(&mut stream, protocol != Protocol::Tcp, state).await {
+    // The peer sidecar said by ALPN what it sends: detecting again would make an undeclared
+    // server-first protocol wait for the detection timeout a second time.
+    let told = stream.get_ref().1.alpn_protocol().and_then(Alpn::from_id);
+    let first = match (protocol, told) {
+        (Protocol::Tcp, _) => Ok(Sniffed::declared(Detected::Tcp)),
+        (_, Some(alpn)) => Ok(Sniffed::told(match alpn {
+            Alpn::Http1 => Detected::Http1,
+            Alpn::Http2 => Detected::Http2,
+            Alpn::Opaque => Detected::Tcp,
+        })),
+        (_, None) => read_first(&mut stream, Some(state.settings.detect_timeout)).await,
+    };
+    let first = match first {
         Ok(first) => first,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "read failed during protocol detection");
@@ -248,7 +306,7 @@ async fn serve_tls<I>(
 #[allow(clippy::too_many_arguments)]
 async fn dispatch<I>(
     stream: I,
-    (detected, prefix): (Detected, Vec<u8>),
+    mut first: Sniffed,
     protocol: Protocol,
     conn: &Conn,
     role: &Role,
@@ -259,13 +317,13 @@ async fn dispatch<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A port declared TCP is opaque, whatever its first bytes (read to sniff TLS) looked like.
-    let detected = if protocol == Protocol::Tcp {
-        Detected::Tcp
-    } else {
-        detected
-    };
-    count_detection(state, protocol, detected);
-    let io = PrefixedIo::new(prefix, stream);
+    if protocol == Protocol::Tcp {
+        first.detected = Detected::Tcp;
+        first.source = Source::Declared;
+    }
+    count_detection(state, &first);
+    let detected = first.detected;
+    let io = PrefixedIo::new(first.prefix, stream);
     match (detected, protocol) {
         (Detected::Http1 | Detected::Http2, _) => {
             serve_http(io, detected, conn, role, state, drain).await
@@ -315,7 +373,7 @@ where
         _ => None,
     }
     .unwrap_or_else(|| state.upstreams.default_connect_timeout());
-    match connect_peer(addr, timeout, tls.as_ref()).await {
+    match connect_peer(addr, timeout, tls.as_ref(), Alpn::Opaque).await {
         Ok(upstream) => splice(&state.metrics, role.direction(), service, io, upstream).await,
         Err(e) => {
             if let Some(suppressed) = state.peer_log.allow() {
@@ -334,6 +392,30 @@ fn tcp_endpoint(state: &ProxyState, f: &FixedTarget) -> Option<(SocketAddr, Opti
     Some((ep.addr, peer_tls(state, svc, ep)))
 }
 
+/// Runs a served (pinned) hyper connection to its end, asking it to close gracefully (in-flight
+/// requests finish) once `$expired` resolves (idle too long) or the proxy drains. A macro, not a
+/// function: hyper's HTTP/1 and HTTP/2 connections share no trait with `graceful_shutdown`.
+macro_rules! drive {
+    ($conn:ident, $expired:expr, $drain:expr) => {{
+        let expired = $expired;
+        tokio::pin!(expired);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                r = $conn.as_mut() => break r,
+                _ = &mut expired, if !closing => {
+                    closing = true;
+                    $conn.as_mut().graceful_shutdown();
+                }
+                _ = $drain.started(), if !closing => {
+                    closing = true;
+                    $conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }};
+}
+
 async fn serve_http<I>(
     io: I,
     detected: Detected,
@@ -346,19 +428,25 @@ async fn serve_http<I>(
 {
     let (state2, role2, conn2) = (state.clone(), role.clone(), Arc::new(conn.clone()));
     let peer = conn.peer;
+    let activity = Activity::new();
+    let counted = activity.clone();
     let svc = service_fn(move |req| {
         let state = state2.clone();
         let role = role2.clone();
         let conn = conn2.clone();
+        // In flight until the response body is finished or dropped.
+        let in_flight = counted.start();
         async move {
-            match role {
+            let rsp = match role {
                 Role::Inbound { app } => inbound::handle(state, app, conn, req).await,
                 Role::Outbound { fixed } => outbound::handle(state, fixed, conn.peer, req).await,
-            }
+            };
+            rsp.map(|rsp| rsp.map(|b| body::on_drop(b, move || drop(in_flight))))
         }
     });
     let io = TokioIo::new(io);
-    let max_head = state.settings.max_header_bytes;
+    let s = &state.settings;
+    let max_head = s.max_header_bytes;
     if detected == Detected::Http2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -366,28 +454,31 @@ async fn serve_http<I>(
             .max_concurrent_streams(1024)
             .serve_connection(io, svc);
         tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => log_conn_end(r, peer),
-            _ = drain.started() => {
-                conn.as_mut().graceful_shutdown();
-                log_conn_end(conn.await, peer);
-            }
-        }
+        // An HTTP/2 connection without streams is idle from the start (a client may open one
+        // ahead of its first call); there is no head to be slow with.
+        let r = drive!(
+            conn,
+            activity.expired(s.idle_timeout, s.idle_timeout),
+            drain
+        );
+        log_conn_end(r, peer);
     } else {
+        // hyper's header-read timer runs between keep-alive requests too, so it is set past the
+        // idle timeout (which closes an idle connection first); the first head is bounded by
+        // `header_read_timeout` through `expired`.
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(s.idle_timeout.saturating_add(s.header_read_timeout))
             .max_buf_size(max_head.max(8192))
             .serve_connection(io, svc)
             .with_upgrades();
         tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => log_conn_end(r, peer),
-            _ = drain.started() => {
-                conn.as_mut().graceful_shutdown();
-                log_conn_end(conn.await, peer);
-            }
-        }
+        let r = drive!(
+            conn,
+            activity.expired(s.idle_timeout, s.header_read_timeout),
+            drain
+        );
+        log_conn_end(r, peer);
     }
 }
 

@@ -2,7 +2,18 @@
 //!
 //! Families are labelled so the golden signals can be read per direction, service and route, and
 //! every proxy-generated answer is counted by its `reason`. Label values are bounded by config
-//! (services, routes), never by request content.
+//! (services, routes), never by request content: a `grpc-status` outside the spec's 17 codes is
+//! counted as `UNKNOWN`, as gRPC clients read it.
+//!
+//! gRPC answers with HTTP 200 and puts its outcome in `grpc-status`, usually in the trailers
+//! after the last message. So a request is classified (`classification="success|failure"`) by
+//! its `grpc-status` when the response is gRPC, and by its HTTP status (5xx fails) otherwise;
+//! a gRPC request is counted when its status is known, which for a streamed answer is when the
+//! trailers go by. Watching for them wraps the body of gRPC answers only: everything else is
+//! counted when its headers are sent, with no wrapper. `docs/observability.md` has the PromQL.
+use crate::body::{self, Body};
+use crate::grpc::{self, Ending};
+use http::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,6 +30,12 @@ pub struct RequestLabels {
     pub code: u16,
     /// Empty when the application answered; the `trellis-error` reason otherwise.
     pub reason: &'static str,
+    /// Empty for an answer that is not gRPC; else the final `grpc-status` (`0`..`16`), `none`
+    /// when the stream ended without one, `1` (CANCELLED) when the caller went away first.
+    pub grpc_status: &'static str,
+    /// `success` or `failure`: by `grpc-status` (anything but 0 fails) for gRPC answers, by
+    /// the HTTP status (5xx fails) for the rest.
+    pub classification: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,6 +94,7 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub ejections: Family<ServiceLabels, Counter>,
+    pub accrual_backoffs: Family<ServiceLabels, Counter>,
     pub inbound_tls: Family<ResultLabels, Counter>,
     pub authz: Family<AuthzLabels, Counter>,
     pub config_version: Gauge,
@@ -103,6 +121,7 @@ impl Metrics {
         let reloads = Family::<ResultLabels, Counter>::default();
         let retries = Family::<RetryLabels, Counter>::default();
         let ejections = Family::<ServiceLabels, Counter>::default();
+        let accrual_backoffs = Family::<ServiceLabels, Counter>::default();
         let inbound_tls = Family::<ResultLabels, Counter>::default();
         let authz = Family::<AuthzLabels, Counter>::default();
         let config_version = Gauge::default();
@@ -118,7 +137,7 @@ impl Metrics {
         );
         registry.register(
             "requests",
-            "HTTP requests by direction, service, route, status code and proxy error reason",
+            "HTTP requests by direction, service, route, status code, proxy error reason, gRPC status and classification",
             requests.clone(),
         );
         registry.register(
@@ -162,6 +181,11 @@ impl Metrics {
             ejections.clone(),
         );
         registry.register(
+            "failure_accrual_backoffs",
+            "Endpoints backed off by default failure accrual (consecutive failures, no outlier detection configured)",
+            accrual_backoffs.clone(),
+        );
+        registry.register(
             "config_version",
             "Version of the config snapshot in use",
             config_version.clone(),
@@ -177,9 +201,68 @@ impl Metrics {
             reloads,
             retries,
             ejections,
+            accrual_backoffs,
             inbound_tls,
             authz,
             config_version,
+        })
+    }
+
+    /// Counts one request and records its latency to response headers. A gRPC answer whose
+    /// `grpc-status` is not in its headers is counted when its trailers pass (or its stream
+    /// ends or is dropped), so its body comes back wrapped; any other answer comes back as it
+    /// was.
+    pub fn record_request(
+        self: &Arc<Self>,
+        direction: &'static str,
+        service: String,
+        route: String,
+        reason: &'static str,
+        response: Response<Body>,
+        start: std::time::Instant,
+    ) -> Response<Body> {
+        let latency = LatencyLabels {
+            direction,
+            service,
+            route,
+        };
+        self.latency
+            .get_or_create(&latency)
+            .observe(start.elapsed().as_secs_f64());
+        let code = response.status().as_u16();
+        let labels = |grpc_status: &'static str, failed: bool| RequestLabels {
+            direction,
+            service: latency.service.clone(),
+            route: latency.route.clone(),
+            code,
+            reason,
+            grpc_status,
+            classification: classification(failed),
+        };
+        if !grpc::is_grpc(response.headers()) {
+            self.requests.get_or_create(&labels("", code >= 500)).inc();
+            return response;
+        }
+        let known = grpc::status_of(response.headers())
+            .map(Ending::Status)
+            .or_else(|| {
+                http_body::Body::is_end_stream(response.body()).then_some(Ending::NoStatus)
+            });
+        if let Some(ending) = known {
+            let (status, failed) = grpc_label(ending);
+            self.requests.get_or_create(&labels(status, failed)).inc();
+            return response;
+        }
+        let metrics = Arc::clone(self);
+        let pending = labels("", false);
+        response.map(move |b| {
+            body::boxed(grpc::WatchStatus::new(b, move |ending| {
+                let (status, failed) = grpc_label(ending);
+                let mut l = pending;
+                l.grpc_status = status;
+                l.classification = classification(failed);
+                metrics.requests.get_or_create(&l).inc();
+            }))
         })
     }
 
@@ -189,5 +272,138 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The `grpc_status` label of a gRPC ending, and whether it is a failure.
+fn grpc_label(ending: Ending) -> (&'static str, bool) {
+    match ending {
+        Ending::Status(code) => (code.as_str(), code != grpc::Code::Ok),
+        Ending::NoStatus => ("none", true),
+        Ending::Dropped => (grpc::Code::Cancelled.as_str(), true),
+    }
+}
+
+fn classification(failed: bool) -> &'static str {
+    if failed {
+        "failure"
+    } else {
+        "success"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderValue, StatusCode};
+    use http_body::Frame;
+    use http_body_util::BodyExt;
+
+    fn count(
+        m: &Metrics,
+        code: u16,
+        grpc_status: &'static str,
+        classification: &'static str,
+    ) -> u64 {
+        m.requests
+            .get_or_create(&RequestLabels {
+                direction: "outbound",
+                service: "web".into(),
+                route: "r".into(),
+                code,
+                reason: "",
+                grpc_status,
+                classification,
+            })
+            .get()
+    }
+
+    fn record(m: &Arc<Metrics>, rsp: Response<Body>) -> Response<Body> {
+        m.record_request(
+            "outbound",
+            "web".into(),
+            "r".into(),
+            "",
+            rsp,
+            std::time::Instant::now(),
+        )
+    }
+
+    fn grpc_response(body: Body, status_in_headers: Option<&'static str>) -> Response<Body> {
+        let mut rsp = Response::new(body);
+        rsp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+        if let Some(s) = status_in_headers {
+            rsp.headers_mut()
+                .insert("grpc-status", HeaderValue::from_static(s));
+        }
+        rsp
+    }
+
+    fn streamed(trailer_status: &'static str) -> Body {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static(trailer_status));
+        let frames: Vec<Result<Frame<Bytes>, body::BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x01x"))),
+            Ok(Frame::trailers(t)),
+        ];
+        body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    }
+
+    #[tokio::test]
+    async fn http_answers_are_classified_by_status_at_once() {
+        let m = Metrics::new();
+        let mut rsp = Response::new(body::full("x"));
+        *rsp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        record(&m, rsp);
+        record(&m, Response::new(body::full("ok")));
+        assert_eq!(count(&m, 503, "", "failure"), 1);
+        assert_eq!(count(&m, 200, "", "success"), 1);
+    }
+
+    #[tokio::test]
+    async fn grpc_answers_are_classified_by_grpc_status() {
+        let m = Metrics::new();
+        // Trailers-only: counted at once from the headers.
+        record(&m, grpc_response(body::empty(), Some("14")));
+        assert_eq!(count(&m, 200, "14", "failure"), 1);
+
+        // Streamed: counted when the trailers pass, not before.
+        let rsp = record(&m, grpc_response(streamed("13"), None));
+        assert_eq!(count(&m, 200, "13", "failure"), 0);
+        let collected = rsp.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["grpc-status"], "13");
+        assert_eq!(count(&m, 200, "13", "failure"), 1);
+
+        let rsp = record(&m, grpc_response(streamed("0"), None));
+        rsp.into_body().collect().await.unwrap();
+        assert_eq!(count(&m, 200, "0", "success"), 1);
+
+        // The caller went away before the end: cancelled, a failure.
+        let rsp = record(&m, grpc_response(streamed("0"), None));
+        let mut b = rsp.into_body();
+        b.frame().await.unwrap().unwrap();
+        drop(b);
+        assert_eq!(count(&m, 200, "1", "failure"), 1);
+
+        // Ended with no status at all.
+        let rsp = record(&m, grpc_response(body::full("\0\0\0\0\0"), None));
+        rsp.into_body().collect().await.unwrap();
+        assert_eq!(count(&m, 200, "none", "failure"), 1);
+        assert_eq!(count(&m, 200, "0", "success"), 1, "nothing else counted");
+    }
+
+    #[test]
+    fn the_exposition_carries_the_new_labels() {
+        let m = Metrics::new();
+        record(&m, grpc_response(body::empty(), Some("12")));
+        let text = m.encode();
+        assert!(
+            text.contains(r#"grpc_status="12",classification="failure""#),
+            "{text}"
+        );
     }
 }

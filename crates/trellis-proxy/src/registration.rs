@@ -5,12 +5,30 @@
 //!
 //! Any control-plane replica will do: they share the store, so a keep-alive may go to a
 //! different replica than the registration did.
+//!
+//! **Healthy only once it can serve.** Callers leave out `Unhealthy` workloads, so a sidecar
+//! registers as `Unhealthy` at once (the workload is visible, and takes no traffic) and reports
+//! `Healthy` only when a request sent to it would reach the app: its first config is in force,
+//! it holds its workload certificate when the control plane's CA issues one (until then its
+//! inbound gate answers `503 not-ready` and mTLS callers cannot even connect), and the app is
+//! reachable, meaning the configured health check passes, or with none a TCP connection to the
+//! app is accepted. Registering as `Healthy` at start made callers send to a sidecar that could
+//! only refuse them. From then on the health check (when configured) moves it between the two.
 use crate::control_api::ControlApi;
+use crate::resilience::health::Health;
+use crate::state::ProxyState;
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use trellis_api::service::WorkloadHealth;
 use trellis_api::{Resource, Workload};
+
+/// How often readiness and the health verdict are looked at.
+const HEALTH_PERIOD: Duration = Duration::from_millis(200);
+/// How long the app gets to accept the readiness probe's TCP connection.
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct Registration {
     api: Arc<ControlApi>,
@@ -50,6 +68,47 @@ impl Registration {
             .lock()
             .map(|w| w.clone())
             .map_err(|_| RegistrationError("registration state poisoned".into()))
+    }
+
+    /// Registers (as `Unhealthy` until the sidecar can serve, see the module docs), then keeps
+    /// the lease alive and reports health changes, for as long as the task runs.
+    pub async fn run(self: Arc<Self>, state: Arc<ProxyState>) {
+        if let Ok(mut w) = self.workload.lock() {
+            w.spec.health = WorkloadHealth::Unhealthy;
+        }
+        if let Err(e) = self.register().await {
+            tracing::warn!(error = %e, "registration failed; retrying");
+        }
+        tokio::select! {
+            _ = self.clone().keep_alive_loop() => {}
+            _ = self.report_health(state) => {}
+        }
+    }
+
+    /// Follows readiness and then the local app's health verdict, reporting each change.
+    async fn report_health(&self, state: Arc<ProxyState>) {
+        let mut served = false;
+        let mut waiting_logged = None;
+        loop {
+            let health = match serving(&state, served).await {
+                Ok(()) => {
+                    if !served {
+                        tracing::info!("ready to serve: reporting the workload healthy");
+                    }
+                    served = true;
+                    WorkloadHealth::Healthy
+                }
+                Err(why) => {
+                    if !served && waiting_logged.as_ref() != Some(&why) {
+                        tracing::info!(reason = %why, "not reporting the workload healthy yet");
+                        waiting_logged = Some(why);
+                    }
+                    WorkloadHealth::Unhealthy
+                }
+            };
+            self.set_health(health).await;
+            tokio::time::sleep(HEALTH_PERIOD).await;
+        }
     }
 
     /// Reports the local app's health: the workload is registered again with it, so the control
@@ -135,5 +194,86 @@ impl Registration {
             Ok(_) => tracing::info!("deregistered from the control plane"),
             Err(e) => tracing::warn!(error = %e, "deregistration failed; the lease will lapse"),
         }
+    }
+}
+
+/// Whether a request sent to this sidecar now would reach the app; `Err` says why not. Before
+/// the sidecar first served (`served` false), a health check that has not decided yet, or an
+/// app that does not accept a connection, is not ready; after, only the health check's verdict
+/// counts (an undecided check after a config change does not take a serving workload out).
+pub async fn serving(state: &ProxyState, served: bool) -> Result<(), String> {
+    state.ready().map_err(str::to_string)?;
+    match state.local_health() {
+        Some(Health::Healthy) => Ok(()),
+        Some(Health::Unhealthy(why)) => Err(format!("the app's health check fails: {why}")),
+        Some(Health::Unknown) if !served => {
+            Err("the app's health check has not passed yet".to_string())
+        }
+        Some(Health::Unknown) => Ok(()),
+        None if served => Ok(()),
+        None => match state.app {
+            Some(app) => app_accepts(app).await,
+            None => Ok(()),
+        },
+    }
+}
+
+async fn app_accepts(app: SocketAddr) -> Result<(), String> {
+    match tokio::time::timeout(APP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(app)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("the app at {app} does not accept connections: {e}")),
+        Err(_) => Err(format!(
+            "the app at {app} did not accept a connection within {APP_CONNECT_TIMEOUT:?}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Snapshot;
+    use crate::state::{LocalIdentity, Settings};
+
+    fn identity() -> LocalIdentity {
+        LocalIdentity {
+            service: "web".into(),
+            namespace: "default".into(),
+            zone: None,
+        }
+    }
+
+    fn install_config(state: &ProxyState) {
+        let text = "apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 80, protocol: http}]\n";
+        let resources = trellis_api::parse_documents("test", text).expect("parses");
+        let snap = Snapshot::build(1, "test".into(), resources, None, &identity()).expect("builds");
+        state.install(snap);
+    }
+
+    #[tokio::test]
+    async fn not_healthy_before_config_certificate_and_app() {
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = app.local_addr().unwrap();
+        let state = ProxyState::new(identity(), Settings::default(), Some(addr));
+        state.expect_tls();
+        let why = serving(&state, false).await.unwrap_err();
+        assert!(why.contains("no config"), "{why}");
+        install_config(&state);
+        let why = serving(&state, false).await.unwrap_err();
+        assert!(why.contains("certificate"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn not_healthy_until_the_app_accepts_a_connection() {
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = app.local_addr().unwrap();
+        drop(app);
+        let state = ProxyState::new(identity(), Settings::default(), Some(addr));
+        install_config(&state);
+        let why = serving(&state, false).await.unwrap_err();
+        assert!(why.contains("does not accept connections"), "{why}");
+        // Once it has served, the TCP probe is not repeated (a health check, if any, decides).
+        assert_eq!(serving(&state, true).await, Ok(()));
+        let _app = tokio::net::TcpListener::bind(addr).await.unwrap();
+        assert_eq!(serving(&state, false).await, Ok(()));
     }
 }

@@ -19,11 +19,27 @@ pub struct LocalIdentity {
     pub zone: Option<String>,
 }
 
+/// Envoy's default idle timeout for HTTP connections, downstream and upstream.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Knobs that are not part of mesh config.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub detect_timeout: Duration,
+    /// On an inbound port declared `tcp` in Permissive mode, how long a silent client may still
+    /// turn out to be a mesh peer starting TLS (whose ClientHello comes right after connecting)
+    /// before it is served as plaintext: a server-first app then greets without waiting for
+    /// `detect_timeout`.
+    pub tls_detect_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How long a downstream HTTP connection (on the sidecar's listeners) may stay with no
+    /// request in flight before it is closed: Envoy's default, 1 h, so clients' keep-alive pools
+    /// never reuse a connection the sidecar closed under them.
+    pub idle_timeout: Duration,
+    /// How long a new HTTP/1 connection may take to send its first request head.
+    pub header_read_timeout: Duration,
+    /// How long a connection to an upstream (peer sidecar, app) stays pooled with no request.
+    pub upstream_idle_timeout: Duration,
     pub drain_timeout: Duration,
     /// Largest request head (line and headers) accepted, in bytes.
     pub max_header_bytes: usize,
@@ -37,7 +53,11 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             detect_timeout: Duration::from_secs(5),
+            tls_detect_timeout: Duration::from_millis(50),
             connect_timeout: Duration::from_secs(5),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            header_read_timeout: Duration::from_secs(30),
+            upstream_idle_timeout: DEFAULT_IDLE_TIMEOUT,
             drain_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             admin_max_connections: crate::admin::DEFAULT_MAX_CONNECTIONS,
@@ -77,7 +97,7 @@ impl ProxyState {
     pub fn new(identity: LocalIdentity, settings: Settings, app: Option<SocketAddr>) -> Arc<Self> {
         Arc::new(Self {
             snapshot: ArcSwapOption::empty(),
-            upstreams: Upstreams::new(settings.connect_timeout),
+            upstreams: Upstreams::new(settings.connect_timeout, settings.upstream_idle_timeout),
             metrics: Metrics::new(),
             identity,
             settings,

@@ -59,8 +59,26 @@ pub struct ProxyArgs {
     /// How long protocol detection waits for the client's first bytes.
     #[arg(long, default_value = "5s")]
     pub detect_timeout: trellis_api::Duration,
+    /// On an inbound port declared `tcp` in Permissive mTLS mode, how long a silent client may
+    /// still turn out to be a mesh peer starting TLS before it is served as plaintext (so a
+    /// server-first app greets at once). Mesh peers send their ClientHello right after
+    /// connecting; raise it only on a machine so loaded that they do not.
+    #[arg(long, default_value = "50ms")]
+    pub tls_detect_timeout: trellis_api::Duration,
     #[arg(long, default_value = "5s")]
     pub connect_timeout: trellis_api::Duration,
+    /// How long a client's HTTP connection to this sidecar (inbound or outbound) may stay with
+    /// no request in flight before the sidecar closes it (Envoy's default: 1 h). Keep it longer
+    /// than your clients' keep-alive pools hold idle connections.
+    #[arg(long, default_value = "1h")]
+    pub idle_timeout: trellis_api::Duration,
+    /// How long a new HTTP/1 connection may take to send its first request head.
+    #[arg(long, default_value = "30s")]
+    pub header_read_timeout: trellis_api::Duration,
+    /// How long a connection from this sidecar to an upstream (a peer sidecar, or the app) stays
+    /// open with no request in flight (Envoy's default: 1 h).
+    #[arg(long, default_value = "1h")]
+    pub upstream_idle_timeout: trellis_api::Duration,
     /// How long a drain waits for in-flight requests before exiting anyway.
     #[arg(long, default_value = "30s")]
     pub drain_timeout: trellis_api::Duration,
@@ -231,7 +249,11 @@ pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
         },
         settings: Settings {
             detect_timeout: args.detect_timeout.as_std(),
+            tls_detect_timeout: args.tls_detect_timeout.as_std(),
             connect_timeout: args.connect_timeout.as_std(),
+            idle_timeout: args.idle_timeout.as_std(),
+            header_read_timeout: args.header_read_timeout.as_std(),
+            upstream_idle_timeout: args.upstream_idle_timeout.as_std(),
             drain_timeout: args.drain_timeout.as_std(),
             max_header_bytes: args.max_header_bytes,
             admin_max_connections: args.admin_max_connections,

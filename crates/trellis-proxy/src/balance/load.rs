@@ -14,6 +14,13 @@
 //! The fade stops while requests are in flight, so an endpoint that has stopped answering does
 //! not look cheaper the longer it hangs.
 //!
+//! A failed try (the connection refused or reset) has no latency to report, yet it is the most
+//! expensive answer an endpoint can give: left out, a killed instance's estimate would fade to
+//! zero and P2C would prefer it to every live one. So a failure is recorded as a response of
+//! [`FAILURE_PENALTY`] (as Finagle's and linkerd's balancers charge a failure), which a peak
+//! estimate takes at once; the same idle fade brings the endpoint back into consideration about
+//! a minute later if nothing else (failure accrual, outlier detection) has decided first.
+//!
 //! Time comes from `tokio::time::Instant` so tests can drive it on tokio's paused clock. The
 //! estimate sits behind a `std::sync::Mutex` held for a few arithmetic operations, never across
 //! an await.
@@ -27,6 +34,9 @@ use tokio::time::Instant;
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How quickly old latency observations lose weight.
 pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
+/// The latency a failed try (connect failure, reset) is charged: far above any healthy answer
+/// on a mesh, so one failure is enough to steer P2C away, yet it fades like any other estimate.
+pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 /// Shared, reload-surviving load state of one endpoint.
 pub struct EndpointLoad {
@@ -153,6 +163,14 @@ impl InFlight {
         }
     }
 
+    /// Records a failed try (no response: connection refused, reset) as a response of
+    /// [`FAILURE_PENALTY`], or of the time it took if that was longer. Like a latency, only the
+    /// first observation of a request counts.
+    pub fn observe_failure(&mut self) {
+        let took = Instant::now().saturating_duration_since(self.started);
+        self.observe_latency(took.max(FAILURE_PENALTY));
+    }
+
     /// Records the time since this guard was created as the latency.
     pub fn observe_now(&mut self) {
         let latency = Instant::now().saturating_duration_since(self.started);
@@ -238,6 +256,32 @@ mod tests {
         assert!(close(load.cost(), 2000.0));
         drop(hung);
         assert!(load.ewma_ms() < 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_costs_the_penalty_at_once_and_fades_like_any_estimate() {
+        let load = Arc::new(EndpointLoad::new());
+        load.start().observe_latency(Duration::from_millis(2));
+        let mut failed = load.start();
+        failed.observe_failure();
+        // A later observation of the same try does not undo the penalty.
+        failed.observe_latency(Duration::from_millis(1));
+        drop(failed);
+        assert!(close(load.ewma_ms(), 1000.0));
+        // Idle, the penalty fades: one decay constant keeps e^-1 of it.
+        tokio::time::advance(DEFAULT_DECAY).await;
+        assert!(close(load.ewma_ms(), 1000.0 * (-1.0f64).exp()));
+        // A try that took longer than the penalty before failing is charged what it took.
+        let slow = Arc::new(EndpointLoad::new());
+        let mut hung = slow.start();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        hung.observe_failure();
+        drop(hung);
+        assert!(close(slow.ewma_ms(), 3000.0));
+        // A success after a long pause is taken nearly as measured.
+        tokio::time::advance(DEFAULT_DECAY * 6).await;
+        load.start().observe_latency(Duration::from_millis(2));
+        assert!(load.ewma_ms() < 5.0, "{}", load.ewma_ms());
     }
 
     #[tokio::test(start_paused = true)]

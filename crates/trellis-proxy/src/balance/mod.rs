@@ -24,7 +24,7 @@ mod weighted;
 mod tests;
 
 pub use hash::hash_key;
-pub use load::{EndpointLoad, InFlight, DEFAULT_DECAY, DEFAULT_RTT};
+pub use load::{EndpointLoad, InFlight, DEFAULT_DECAY, DEFAULT_RTT, FAILURE_PENALTY};
 
 use maglev::Maglev;
 use ring::Ring;

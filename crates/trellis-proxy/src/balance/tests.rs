@@ -139,6 +139,33 @@ async fn peak_ewma_probes_a_slow_endpoint_again_after_idling() {
     assert_eq!(b.pick(&eps, None, |_| true), Some(0));
 }
 
+/// The issue-12 failure: a killed endpoint answers nothing, so without a penalty its estimate
+/// fades to zero while it idles between refused connects and P2C prefers it to the live one.
+/// One failure now makes it the expensive choice, for long after it stops being tried.
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_steers_away_from_an_endpoint_that_failed() {
+    let eps = weighted(&[1, 1]);
+    let b = Balancer::new(&lb(LbAlgorithm::PeakEwma), &eps);
+    for e in &eps {
+        e.load.start().observe_latency(Duration::from_millis(5));
+    }
+    // A refused connect returns in microseconds: with no penalty this looked fastest.
+    eps[0].load.start().observe_failure();
+    // The live endpoint is busy with four requests and still wins every time.
+    let busy: Vec<InFlight> = (0..4).map(|_| eps[1].load.start()).collect();
+    assert_eq!(counts(&b, &eps, 1000, |_| true)[0], 0);
+    drop(busy);
+    // Ten seconds of idling later it still costs far more than a live 5 ms endpoint.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    eps[1]
+        .load
+        .start()
+        .observe_latency(Duration::from_millis(5));
+    assert_eq!(counts(&b, &eps, 1000, |_| true)[0], 0);
+    // Alone, it is still picked: a penalty is a cost, never an exclusion.
+    assert_eq!(b.pick(&eps, None, |i| i == 0), Some(0));
+}
+
 fn hashing(algorithm: LbAlgorithm) -> [LoadBalancer; 1] {
     [LoadBalancer {
         algorithm,

@@ -7,6 +7,7 @@ use crate::state::LocalIdentity;
 use std::sync::Arc;
 use trellis_api::mesh::MtlsMode;
 use trellis_api::security::JwtRule;
+use trellis_api::service::Protocol;
 use trellis_api::ResourceSet;
 use trellis_identity::{Authorizer, JwtValidator};
 
@@ -15,6 +16,10 @@ pub struct InboundPolicy {
     pub mtls: MtlsMode,
     /// The service port requests arrive for, as AuthorizationPolicy `to.ports` sees it.
     pub port: u16,
+    /// What that port declares it carries: how the inbound side reads connections (`tcp`
+    /// skips detection) and which HTTP version it speaks to the app (`http` is HTTP/1.1,
+    /// `http2`/`grpc` HTTP/2, whatever the caller spoke).
+    pub protocol: Protocol,
     /// The upgrade protocols that port permits (`None`: the default set, WebSocket).
     pub upgrades: Option<Vec<String>>,
     pub authorizer: Authorizer,
@@ -29,6 +34,7 @@ impl std::fmt::Debug for InboundPolicy {
         f.debug_struct("InboundPolicy")
             .field("mtls", &self.mtls)
             .field("port", &self.port)
+            .field("protocol", &self.protocol)
             .field("policies", &!self.authorizer.is_empty())
             .field("jwt_rules", &self.jwt_rules.len())
             .finish()
@@ -71,6 +77,7 @@ impl InboundPolicy {
         Ok(Self {
             mtls,
             port: first_port.map_or(0, |p| p.port),
+            protocol: first_port.map(|p| p.protocol).unwrap_or_default(),
             upgrades: first_port.and_then(|p| p.upgrades.clone()),
             authorizer,
             jwt,

@@ -3,14 +3,13 @@
 //! attempt gets whatever time remains. Also mirroring and HTTP/1.1 upgrades.
 use super::headers::{strip_hop_by_hop, upgrade_answer_matches, upgrade_tokens};
 use super::replay::{prepare, Prepared, Replayable};
-use super::upstream::{boxed_response, AttemptError, PeerTls, Wire};
+use super::upstream::{AttemptError, PeerTls, Wire};
 use crate::balance::{hash_key, Endpoint};
 use crate::body::{self, Body};
 use crate::config::{BackendRef, Rule, ServiceTarget, Snapshot};
 use crate::error::{ProxyError, Reason};
 use crate::metrics::{RetryLabels, ServiceLabels};
-use crate::resilience::outlier::honour_ejections;
-use crate::resilience::Outcome;
+use crate::resilience::{self, Outcome, Verdict};
 use crate::retry::{Backoff, Failure, RetryPolicy};
 use crate::state::ProxyState;
 use http::{request::Parts, Request, Response, StatusCode};
@@ -59,7 +58,10 @@ async fn forward_inner(
     req: Request<Body>,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Response<Body>, ProxyError> {
-    let policy = t.rule.retry.clone();
+    // A rule without `retries` still retries what cannot hurt (see `RetryPolicy::implicit`).
+    let policy = t.rule.retry.clone().or_else(|| {
+        RetryPolicy::implicit(req.method(), http_body::Body::is_end_stream(req.body()))
+    });
     let attempts = policy.as_ref().map_or(1, |p| p.attempts.max(1));
     t.rule.budget.deposit();
     if attempts == 1 && t.rule.mirror.is_none() {
@@ -72,11 +74,19 @@ async fn forward_inner(
     let limit = policy
         .as_ref()
         .map_or(DEFAULT_REPLAY_LIMIT, |p| p.max_buffer_bytes);
+    // A client that asks `Expect: 100-continue` sends its body only once the app asked for it:
+    // reading it here to make it replayable would answer for the app. Such a request is sent
+    // once, streaming (no retry, no mirror).
+    let continues = body::expects_continue(&req);
     let (parts, body) = req.into_parts();
     let length = content_length(&parts.headers);
-    let prepared = prepare(body, limit, length).await.map_err(|e| {
-        ProxyError::new(Reason::BadRequest, format!("reading the request body: {e}"))
-    })?;
+    let prepared = if continues {
+        Prepared::Streaming(body)
+    } else {
+        prepare(body, limit, length).await.map_err(|e| {
+            ProxyError::new(Reason::BadRequest, format!("reading the request body: {e}"))
+        })?
+    };
     match prepared {
         Prepared::Streaming(body) => {
             let backend = choose_backend(t.rule)?;
@@ -121,12 +131,13 @@ async fn retry_loop(
             (Ok(rsp), Some(p)) => p.retry_on_response(rsp.status(), rsp.headers()),
             (Err(TryFailure::Upstream(e)), Some(p)) => p.retry_on_failure(e.failure),
         };
+        let implicit = policy.as_ref().is_some_and(|p| p.implicit);
         if !retry || last {
-            return result.map_err(|e| failure_error(e, n));
+            return result.map_err(|e| retry_failure_error(e, n, implicit));
         }
         if !t.rule.budget.try_withdraw() {
             count_retry(t, "budget-exhausted");
-            return result.map_err(|e| failure_error(e, n));
+            return result.map_err(|e| retry_failure_error(e, n, implicit));
         }
         count_retry(t, "attempted");
         avoid = Some(picked.ep.addr);
@@ -233,10 +244,15 @@ async fn attempt(
             }
         },
     };
+    if let Err(e) = &result {
+        if matches!(e.failure, Failure::ConnectFailed | Failure::Reset) {
+            // No answer is the most expensive answer: peak-EWMA must not see it as fast.
+            in_flight.observe_failure();
+        }
+    }
     report_outcome(t, picked, &result);
-    let rsp = result?;
+    let mut rsp = result?;
     in_flight.observe_latency(started.elapsed());
-    let mut rsp = boxed_response(rsp);
     strip_hop_by_hop(rsp.headers_mut(), false);
     Ok(rsp)
 }
@@ -254,17 +270,11 @@ pub(crate) fn peer_tls(state: &ProxyState, svc: &ServiceTarget, ep: &Endpoint) -
     })
 }
 
-/// Feeds a try's outcome to the service's outlier detection, if it has one.
+/// Feeds a try's outcome to passive health: the service's outlier detection, or default
+/// failure accrual when it has none.
 fn report_outcome<B>(t: &Target<'_>, picked: &Picked, result: &Result<Response<B>, AttemptError>) {
-    let Some(policy) = &picked.svc.outlier else {
-        return;
-    };
     let outcome = match result {
-        Ok(rsp) => match rsp.status().as_u16() {
-            502..=504 => Outcome::GatewayError,
-            500..=599 => Outcome::ServerError,
-            _ => Outcome::Success,
-        },
+        Ok(rsp) => Outcome::of_response(rsp.status(), rsp.headers()),
         Err(e) if e.failure == Failure::ConnectFailed => Outcome::ConnectFailed,
         Err(_) => Outcome::GatewayError,
     };
@@ -274,26 +284,48 @@ fn report_outcome<B>(t: &Target<'_>, picked: &Picked, result: &Result<Response<B
         .get(&None)
         .map(|g| g.endpoints.as_slice())
         .unwrap_or_default();
-    let ejected = all.iter().filter(|e| e.outlier.is_ejected()).count();
-    if picked
-        .ep
-        .outlier
-        .record(policy, outcome, ejected, all.len())
-    {
-        tracing::warn!(
-            service = %picked.svc.name,
-            endpoint = %picked.ep.addr,
-            ejections = picked.ep.outlier.ejections(),
-            "endpoint ejected by outlier detection"
-        );
-        t.state
-            .metrics
-            .ejections
-            .get_or_create(&ServiceLabels {
-                service: picked.svc.name.clone(),
-            })
-            .inc();
+    let (svc, ep) = (&picked.svc, &picked.ep);
+    let family = match resilience::report(svc.outlier.as_ref(), ep, all, outcome) {
+        Verdict::Noted => return,
+        Verdict::Ejected => {
+            tracing::warn!(
+                service = %svc.name,
+                endpoint = %ep.addr,
+                ejections = ep.outlier.ejections(),
+                "endpoint ejected by outlier detection"
+            );
+            &t.state.metrics.ejections
+        }
+        Verdict::BackedOff(backoff) => {
+            tracing::warn!(
+                service = %svc.name,
+                endpoint = %ep.addr,
+                ?backoff,
+                in_a_row = ep.outlier.accrual.level(),
+                "endpoint backed off after consecutive failures"
+            );
+            &t.state.metrics.accrual_backoffs
+        }
+    };
+    family
+        .get_or_create(&ServiceLabels {
+            service: svc.name.clone(),
+        })
+        .inc();
+}
+
+/// Like [`failure_error`], except that when the retries were implicit (the route has none) the
+/// answer names what failed rather than `retries-exhausted`: the caller asked for no retries.
+fn retry_failure_error(e: TryFailure, attempts: u32, implicit: bool) -> ProxyError {
+    if !implicit || attempts == 1 {
+        return failure_error(e, attempts);
     }
+    let mut error = failure_error(e, 1);
+    error.detail = format!(
+        "{attempts} tries (an implicit retry); last: {}",
+        error.detail
+    );
+    error
 }
 
 fn failure_error(e: TryFailure, attempts: u32) -> ProxyError {
@@ -389,14 +421,10 @@ pub(crate) fn pick(
     })
 }
 
-/// Which endpoints outlier detection lets through, when it excludes any: `None` (and no
-/// allocation on the request path) when the service has no policy or fewer than its panic
-/// threshold are available, so every endpoint may be used.
+/// Which endpoints passive health lets through, when it excludes any (see
+/// [`resilience::passive_filter`]).
 fn ejected_filter(svc: &ServiceTarget, eps: &[Endpoint]) -> Option<Vec<bool>> {
-    let policy = svc.outlier.as_ref()?;
-    let up: Vec<bool> = eps.iter().map(|e| !e.outlier.is_ejected()).collect();
-    let available = up.iter().filter(|u| **u).count();
-    honour_ejections(policy, available, eps.len()).then_some(up)
+    resilience::passive_filter(svc.outlier.as_ref(), eps)
 }
 
 fn clone_parts(parts: &Parts) -> Parts {

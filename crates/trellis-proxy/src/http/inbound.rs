@@ -11,11 +11,11 @@ use super::forward::forward_upgrade;
 use super::headers::{
     admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
 };
-use super::upstream::{boxed_response, Wire};
+use super::upstream::Wire;
 use super::{record, Outcome};
 use crate::body::{self, Body};
 use crate::config::Snapshot;
-use crate::error::{ProxyError, Reason};
+use crate::error::{ProxyError, Reason, Shape};
 use crate::gate;
 use crate::listener::Conn;
 use crate::retry::Failure;
@@ -38,6 +38,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
+    let shape = Shape::of(req.headers());
     let service = state.identity.service.clone();
     let result = match guard(&state, &conn, &mut req).await {
         Ok(snap) => to_app(&state, &snap, app, req).await,
@@ -62,11 +63,10 @@ pub async fn handle(
                     tracing::warn!(%app, error = %e.detail, suppressed, "inbound request failed");
                 }
             }
-            Outcome::error(e, &service, "")
+            Outcome::error(e, shape, &service, "")
         }
     };
-    record(&state.metrics, "inbound", &outcome, start);
-    Ok(outcome.response)
+    Ok(record(&state.metrics, "inbound", outcome, start))
 }
 
 /// Authentication then authorization; `Ok` is the config the request was admitted under, `Err`
@@ -170,15 +170,12 @@ async fn to_app(
     if upgrade {
         return forward_upgrade(state, app, None, req).await;
     }
-    let wire = if req.version() == Version::HTTP_2 {
-        Wire::Http2
-    } else {
-        Wire::Http1
-    };
+    // The app hears the version its port declares, whatever the caller (or the peer's sidecar)
+    // spoke: an `http` app may know only HTTP/1.1.
+    let wire = Wire::for_port(snap.inbound.protocol, req.version());
     let req = req.map(body::boxed);
     match state.upstreams.send(app, wire, req, None, None).await {
-        Ok(rsp) => {
-            let mut rsp = boxed_response(rsp);
+        Ok(mut rsp) => {
             strip_hop_by_hop(rsp.headers_mut(), false);
             Ok(rsp)
         }

@@ -2,14 +2,15 @@
 //! the local app), over hyper.
 pub mod forward;
 pub mod headers;
+pub mod idle;
 pub mod inbound;
 pub mod outbound;
 pub mod replay;
 pub mod upstream;
 
 use crate::body::Body;
-use crate::error::{ProxyError, Reason};
-use crate::metrics::{LatencyLabels, Metrics, RequestLabels};
+use crate::error::{ProxyError, Reason, Shape};
+use crate::metrics::Metrics;
 use http::Response;
 use std::time::Instant;
 
@@ -22,10 +23,10 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn error(e: ProxyError, service: &str, route: &str) -> Self {
+    pub fn error(e: ProxyError, shape: Shape, service: &str, route: &str) -> Self {
         let reason = Some(e.reason);
         Self {
-            response: e.into_response(),
+            response: e.into_response(shape),
             service: service.to_string(),
             route: route.to_string(),
             reason,
@@ -33,24 +34,21 @@ impl Outcome {
     }
 }
 
-/// Counts the request and records its latency to response headers.
-pub fn record(metrics: &Metrics, direction: &'static str, outcome: &Outcome, start: Instant) {
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            direction,
-            service: outcome.service.clone(),
-            route: outcome.route.clone(),
-            code: outcome.response.status().as_u16(),
-            reason: outcome.reason.map(Reason::as_str).unwrap_or(""),
-        })
-        .inc();
-    metrics
-        .latency
-        .get_or_create(&LatencyLabels {
-            direction,
-            service: outcome.service.clone(),
-            route: outcome.route.clone(),
-        })
-        .observe(start.elapsed().as_secs_f64());
+/// Counts the request and records its latency to response headers; a gRPC answer is counted
+/// when its `grpc-status` is known (see [`Metrics::record_request`]).
+pub fn record(
+    metrics: &std::sync::Arc<Metrics>,
+    direction: &'static str,
+    outcome: Outcome,
+    start: Instant,
+) -> Response<Body> {
+    let reason = outcome.reason.map(Reason::as_str).unwrap_or("");
+    metrics.record_request(
+        direction,
+        outcome.service,
+        outcome.route,
+        reason,
+        outcome.response,
+        start,
+    )
 }

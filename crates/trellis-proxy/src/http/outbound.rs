@@ -9,15 +9,14 @@ use super::upstream::Wire;
 use super::{record, Outcome};
 use crate::body::{self, Body};
 use crate::config::{Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
-use crate::error::{ProxyError, Reason, ERROR_HEADER};
+use crate::error::{ProxyError, Reason, Shape};
 use crate::state::ProxyState;
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use trellis_api::service::Protocol;
 
 /// A listener bound to one upstream service (Consul-style local port) instead of `Host` routing.
 #[derive(Debug, Clone)]
@@ -34,12 +33,12 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
-    let outcome = route(&state, fixed.as_deref(), peer, req).await;
+    let shape = Shape::of(req.headers());
+    let outcome = route(&state, fixed.as_deref(), peer, req, shape).await;
     if let Some(reason) = outcome.reason {
         tracing::debug!(service = %outcome.service, route = %outcome.route, reason = reason.as_str(), "proxy answered");
     }
-    record(&state.metrics, "outbound", &outcome, start);
-    Ok(outcome.response)
+    Ok(record(&state.metrics, "outbound", outcome, start))
 }
 
 async fn route(
@@ -47,17 +46,19 @@ async fn route(
     fixed: Option<&FixedTarget>,
     peer: SocketAddr,
     req: Request<Incoming>,
+    shape: Shape,
 ) -> Outcome {
     let Some(snapshot) = state.snapshot.load_full() else {
         return Outcome::error(
             ProxyError::new(Reason::NotReady, "the proxy has no config yet"),
+            shape,
             "",
             "",
         );
     };
     let (svc, port) = match resolve(state, &snapshot, fixed, &req) {
         Ok(found) => found,
-        Err(e) => return Outcome::error(e, "", ""),
+        Err(e) => return Outcome::error(e, shape, "", ""),
     };
     let service = svc.name.clone();
     let Some((rule, matched)) = svc
@@ -74,9 +75,12 @@ async fn route(
                 req.uri().path()
             ),
         );
-        return Outcome::error(e, &service, "");
+        return Outcome::error(e, shape, &service, "");
     };
-    let result = routed(state, &snapshot, &svc, port, rule, matched, peer, req).await;
+    let result = routed(
+        state, &snapshot, &svc, port, rule, matched, peer, req, shape,
+    )
+    .await;
     let (response, reason) = match result {
         Ok(mut rsp) => {
             if let Some(m) = &rule.response_headers {
@@ -87,7 +91,7 @@ async fn route(
         }
         Err(e) => {
             let reason = e.reason;
-            (e.into_response(), Some(reason))
+            (e.into_response(shape), Some(reason))
         }
     };
     Outcome {
@@ -108,9 +112,10 @@ async fn routed(
     matched: usize,
     peer: SocketAddr,
     mut req: Request<Incoming>,
+    shape: Shape,
 ) -> Result<Response<Body>, ProxyError> {
     if let Some(fault) = &rule.fault {
-        if let Some(abort) = inject_fault(fault, &req).await {
+        if let Some(abort) = inject_fault(fault, &req, shape).await {
             return Ok(abort);
         }
     }
@@ -126,14 +131,10 @@ async fn routed(
         m.apply(req.headers_mut());
     }
     apply_rewrite(rule, matched, &mut req)?;
+    // The next hop (the peer's sidecar, or an endpoint outside the mesh) hears the version the
+    // destination port declares; the peer's inbound side does the same towards its app.
     let protocol = declared.map(|p| p.protocol).unwrap_or_default();
-    let wire = if req.version() == Version::HTTP_2
-        || matches!(protocol, Protocol::Http2 | Protocol::Grpc)
-    {
-        Wire::Http2
-    } else {
-        Wire::Http1
-    };
+    let wire = Wire::for_port(protocol, req.version());
     let target = Target {
         state,
         snapshot,
@@ -239,8 +240,14 @@ fn roll(percent: f64) -> bool {
     percent >= 100.0 || (percent > 0.0 && rand::random_range(0.0..100.0) < percent)
 }
 
-/// Delays and/or aborts as the rule's fault says; `Some` is the abort answer.
-async fn inject_fault(fault: &Fault, req: &Request<Incoming>) -> Option<Response<Body>> {
+/// Delays and/or aborts as the rule's fault says; `Some` is the abort answer, shaped for the
+/// caller (an HTTP abort reaches a gRPC caller as the gRPC status its HTTP status maps to; a gRPC
+/// abort is always gRPC).
+async fn inject_fault(
+    fault: &Fault,
+    req: &Request<Incoming>,
+    shape: Shape,
+) -> Option<Response<Body>> {
     if !fault
         .headers
         .iter()
@@ -253,31 +260,18 @@ async fn inject_fault(fault: &Fault, req: &Request<Incoming>) -> Option<Response
             tokio::time::sleep(delay).await;
         }
     }
+    let abort = |detail| ProxyError::new(Reason::FaultInjected, detail);
     match fault.abort {
-        Some(FaultAbort::Http { status, percent }) if roll(percent) => {
-            let mut rsp = ProxyError::new(
-                Reason::FaultInjected,
-                "abort injected by route fault policy",
-            )
-            .with_status(status)
-            .into_response();
-            rsp.extensions_mut().insert(Reason::FaultInjected);
-            Some(rsp)
-        }
-        Some(FaultAbort::Grpc { code, percent }) if roll(percent) => {
-            let mut rsp = Response::new(body::empty());
-            *rsp.status_mut() = StatusCode::OK;
-            let h = rsp.headers_mut();
-            h.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            h.insert("grpc-status", HeaderValue::from(code));
-            h.insert("grpc-message", HeaderValue::from_static("fault injected"));
-            h.insert(ERROR_HEADER, HeaderValue::from_static("fault-injected"));
-            rsp.extensions_mut().insert(Reason::FaultInjected);
-            Some(rsp)
-        }
+        Some(FaultAbort::Http { status, percent }) if roll(percent) => Some(
+            abort("abort injected by route fault policy")
+                .with_status(status)
+                .into_response(shape),
+        ),
+        Some(FaultAbort::Grpc { code, percent }) if roll(percent) => Some(
+            abort("fault injected")
+                .with_grpc_code(crate::grpc::Code::from_u32(code))
+                .into_response(Shape::Grpc),
+        ),
         _ => None,
     }
 }

@@ -4,14 +4,15 @@
 //! caller's `Host` kept. HTTP/2 keeps one multiplexed connection per endpoint and sends the
 //! caller's URI unchanged, so `:authority` survives the hop. Failures are classified into
 //! [`Failure`] so retry policy can tell a refused connection from a reset.
-use crate::body::{self, Body};
+use super::idle::{Activity, InFlight};
+use crate::body::{self, Body, ContinueGate};
 use crate::retry::Failure;
 use crate::tls::io::PeerIo;
-use crate::tls::MeshTls;
-use http::{Request, Response, Uri, Version};
+use crate::tls::{Alpn, MeshTls};
+use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use trellis_api::service::Protocol;
 use trellis_identity::rustls::pki_types::ServerName;
 use trellis_identity::SpiffeId;
 
@@ -39,6 +41,22 @@ pub enum Wire {
     Http2,
 }
 
+impl Wire {
+    /// The version to speak towards a port that declares `protocol`, for a request that arrived
+    /// as `version`: what the port declares (`http` is HTTP/1.1, `http2` and `grpc` HTTP/2),
+    /// whatever the caller spoke, so an HTTP/2 client reaches an HTTP/1.1-only app and an
+    /// HTTP/1.1 client an HTTP/2-only one. A port that declares nothing (`detect`) gets the
+    /// caller's version: nothing else is known about the app behind it.
+    pub fn for_port(protocol: Protocol, version: Version) -> Wire {
+        match protocol {
+            Protocol::Http => Wire::Http1,
+            Protocol::Http2 | Protocol::Grpc => Wire::Http2,
+            Protocol::Detect | Protocol::Tcp if version == Version::HTTP_2 => Wire::Http2,
+            Protocol::Detect | Protocol::Tcp => Wire::Http1,
+        }
+    }
+}
+
 /// A failed attempt: how it failed (for retry policy) and what to tell a human.
 #[derive(Debug)]
 pub struct AttemptError {
@@ -56,9 +74,17 @@ pub struct Upstreams {
     /// Pooled HTTP/1 clients, one per [`PoolKey`] in use.
     h1: Mutex<HashMap<PoolKey, Client<PeerConnector, Body>>>,
     /// One multiplexed connection per endpoint, plaintext and mTLS apart.
-    h2: Mutex<HashMap<(SocketAddr, bool), H2Sender>>,
+    h2: Mutex<HashMap<(SocketAddr, bool), H2Conn>>,
     /// The proxy-wide default, for services that set none.
     connect_timeout: Duration,
+    /// How long a connection stays open with no request (`--upstream-idle-timeout`).
+    idle_timeout: Duration,
+}
+
+/// A multiplexed connection and the requests in flight on it (closed once idle too long).
+struct H2Conn {
+    sender: H2Sender,
+    activity: Arc<Activity>,
 }
 
 /// The pooled client's connector: TCP within the timeout, then mTLS when the pool is for a
@@ -88,7 +114,7 @@ impl tower_service::Service<Uri> for PeerConnector {
                     failure: Failure::ConnectFailed,
                     detail: format!("{uri}: not an endpoint address"),
                 })?;
-            let io = connect_peer(addr, this.timeout, this.tls.as_ref()).await?;
+            let io = connect_peer(addr, this.timeout, this.tls.as_ref(), Alpn::Http1).await?;
             Ok(TokioIo::new(io))
         })
     }
@@ -102,9 +128,16 @@ impl std::fmt::Display for AttemptError {
 
 impl std::error::Error for AttemptError {}
 
-fn h1_client(connect_timeout: Duration, tls: Option<PeerTls>) -> Client<PeerConnector, Body> {
+fn h1_client(
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    tls: Option<PeerTls>,
+) -> Client<PeerConnector, Body> {
+    // Without a timer the pool only notices an expired connection when it would reuse it; with
+    // one, idle connections are closed (checked every idle-timeout period).
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(idle_timeout)
         .pool_max_idle_per_host(256)
         .build(PeerConnector {
             timeout: connect_timeout,
@@ -114,10 +147,12 @@ fn h1_client(connect_timeout: Duration, tls: Option<PeerTls>) -> Client<PeerConn
 
 /// A TCP connection within `timeout`, wrapped in mTLS when `tls` says so. A failed handshake
 /// (wrong identity, untrusted or expired certificate) is a connect failure naming the cause.
+/// `alpn` tells a peer sidecar what will be sent through the connection (see [`Alpn`]).
 pub async fn connect_peer(
     addr: SocketAddr,
     timeout: Duration,
     tls: Option<&PeerTls>,
+    alpn: Alpn,
 ) -> Result<PeerIo, AttemptError> {
     let tcp = connect_tcp(addr, timeout).await?;
     let Some(tls) = tls else {
@@ -125,7 +160,7 @@ pub async fn connect_peer(
     };
     let connector = tls
         .tls
-        .connector(Some(&tls.identity))
+        .connector(Some(&tls.identity), alpn)
         .map_err(|e| AttemptError {
             failure: Failure::ConnectFailed,
             detail: format!("{addr}: cannot build the mTLS client config: {e}"),
@@ -168,11 +203,12 @@ async fn connect_tcp(
 }
 
 impl Upstreams {
-    pub fn new(connect_timeout: Duration) -> Arc<Self> {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             h1: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
             connect_timeout,
+            idle_timeout,
         })
     }
 
@@ -190,7 +226,7 @@ impl Upstreams {
         req: Request<Body>,
         connect_timeout: Option<Duration>,
         tls: Option<&PeerTls>,
-    ) -> Result<Response<Incoming>, AttemptError> {
+    ) -> Result<Response<Body>, AttemptError> {
         let timeout = connect_timeout.unwrap_or(self.connect_timeout);
         match wire {
             Wire::Http1 => self.send_h1(addr, req, timeout, tls).await,
@@ -203,9 +239,9 @@ impl Upstreams {
         match self.h1.lock() {
             Ok(mut map) => map
                 .entry(key)
-                .or_insert_with(|| h1_client(connect_timeout, tls.cloned()))
+                .or_insert_with(|| h1_client(connect_timeout, self.idle_timeout, tls.cloned()))
                 .clone(),
-            Err(_) => h1_client(connect_timeout, tls.cloned()),
+            Err(_) => h1_client(connect_timeout, self.idle_timeout, tls.cloned()),
         }
     }
 
@@ -215,7 +251,7 @@ impl Upstreams {
         mut req: Request<Body>,
         connect_timeout: Duration,
         tls: Option<&PeerTls>,
-    ) -> Result<Response<Incoming>, AttemptError> {
+    ) -> Result<Response<Body>, AttemptError> {
         if !req.headers().contains_key(http::header::HOST) {
             if let Some(a) = req.uri().authority() {
                 if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
@@ -225,7 +261,23 @@ impl Upstreams {
         }
         *req.uri_mut() = with_authority(req.uri(), &addr.to_string())?;
         *req.version_mut() = Version::HTTP_11;
-        self.h1(connect_timeout, tls)
+        // `Expect: 100-continue`: the body waits for the upstream's 100 (hyper reports 1xx
+        // answers on HTTP/1 only; over HTTP/2 the body goes at once).
+        let gate = body::expects_continue(&req).then(|| {
+            let gate = ContinueGate::new();
+            let on_100 = gate.clone();
+            hyper::ext::on_informational(&mut req, move |rsp| {
+                if rsp.status() == StatusCode::CONTINUE {
+                    on_100.open();
+                }
+            });
+            gate
+        });
+        if let Some(gate) = &gate {
+            req = req.map(|b| gate.hold(b));
+        }
+        let rsp = self
+            .h1(connect_timeout, tls)
             .request(req)
             .await
             .map_err(|e| {
@@ -238,7 +290,16 @@ impl Upstreams {
                     failure,
                     detail: format!("{addr}: {}", error_chain(&e)),
                 }
-            })
+            })?;
+        Ok(match gate {
+            Some(gate) if !gate.is_open() => {
+                // A final answer without a 100: the body is never sent; once the answer is done
+                // with, the connection (owed a body it will not get) is let go.
+                gate.answered();
+                rsp.map(|b| body::on_drop(body::boxed(b), move || gate.close()))
+            }
+            _ => boxed_response(rsp),
+        })
     }
 
     async fn send_h2(
@@ -247,7 +308,7 @@ impl Upstreams {
         mut req: Request<Body>,
         connect_timeout: Duration,
         tls: Option<&PeerTls>,
-    ) -> Result<Response<Incoming>, AttemptError> {
+    ) -> Result<Response<Body>, AttemptError> {
         if req.uri().authority().is_none() {
             let host = req
                 .headers()
@@ -260,7 +321,7 @@ impl Upstreams {
         req.headers_mut().remove(http::header::HOST);
         *req.version_mut() = Version::HTTP_2;
         let key = (addr, tls.is_some());
-        let mut sender = self.h2_sender(key, connect_timeout, tls).await?;
+        let (mut sender, in_flight) = self.h2_sender(key, connect_timeout, tls).await?;
         sender.ready().await.map_err(|e| {
             self.forget_h2(key);
             AttemptError {
@@ -268,10 +329,14 @@ impl Upstreams {
                 detail: format!("{addr}: {}", error_chain(&e)),
             }
         })?;
-        sender.send_request(req).await.map_err(|e| AttemptError {
-            failure: Failure::Reset,
-            detail: format!("{addr}: {}", error_chain(&e)),
-        })
+        sender
+            .send_request(req)
+            .await
+            .map(|rsp| rsp.map(|b| body::on_drop(body::boxed(b), move || drop(in_flight))))
+            .map_err(|e| AttemptError {
+                failure: Failure::Reset,
+                detail: format!("{addr}: {}", error_chain(&e)),
+            })
     }
 
     fn forget_h2(&self, key: (SocketAddr, bool)) {
@@ -285,16 +350,18 @@ impl Upstreams {
         key: (SocketAddr, bool),
         connect_timeout: Duration,
         tls: Option<&PeerTls>,
-    ) -> Result<H2Sender, AttemptError> {
+    ) -> Result<(H2Sender, InFlight), AttemptError> {
         let addr = key.0;
         if let Ok(map) = self.h2.lock() {
-            if let Some(s) = map.get(&key) {
-                if !s.is_closed() {
-                    return Ok(s.clone());
+            if let Some(c) = map.get(&key) {
+                if !c.sender.is_closed() {
+                    if let Some(in_flight) = c.activity.try_start() {
+                        return Ok((c.sender.clone(), in_flight));
+                    }
                 }
             }
         }
-        let stream = connect_peer(addr, connect_timeout, tls).await?;
+        let stream = connect_peer(addr, connect_timeout, tls, Alpn::Http2).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .adaptive_window(true)
             .handshake(TokioIo::new(stream))
@@ -303,15 +370,31 @@ impl Upstreams {
                 failure: Failure::ConnectFailed,
                 detail: format!("{addr}: HTTP/2 handshake: {}", error_chain(&e)),
             })?;
+        let activity = Activity::new();
+        let in_flight = activity.start();
+        let watched = activity.clone();
+        let idle = self.idle_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+                },
+                // Dropping the connection closes it; it takes no new request once retired.
+                _ = watched.expired(idle, idle) => {
+                    tracing::debug!(%addr, ?idle, "closing an idle upstream HTTP/2 connection");
+                }
             }
         });
         if let Ok(mut map) = self.h2.lock() {
-            map.insert(key, sender.clone());
+            map.insert(
+                key,
+                H2Conn {
+                    sender: sender.clone(),
+                    activity,
+                },
+            );
         }
-        Ok(sender)
+        Ok((sender, in_flight))
     }
 
     /// Forwards an HTTP/1.1 upgrade request (WebSocket and friends) on a fresh connection,
@@ -322,7 +405,7 @@ impl Upstreams {
         req: Request<Body>,
         tls: Option<&PeerTls>,
     ) -> Result<Response<Incoming>, AttemptError> {
-        let stream = connect_peer(addr, self.connect_timeout, tls).await?;
+        let stream = connect_peer(addr, self.connect_timeout, tls, Alpn::Http1).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| AttemptError {
@@ -375,4 +458,21 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Converts an upstream answer into the proxy's body type.
 pub fn boxed_response(rsp: Response<Incoming>) -> Response<Body> {
     rsp.map(body::boxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_declared_protocol_picks_the_version_towards_the_app() {
+        use Protocol::*;
+        for v in [Version::HTTP_11, Version::HTTP_2, Version::HTTP_10] {
+            assert_eq!(Wire::for_port(Http, v), Wire::Http1, "{v:?} to http");
+            assert_eq!(Wire::for_port(Http2, v), Wire::Http2, "{v:?} to http2");
+            assert_eq!(Wire::for_port(Grpc, v), Wire::Http2, "{v:?} to grpc");
+        }
+        assert_eq!(Wire::for_port(Detect, Version::HTTP_2), Wire::Http2);
+        assert_eq!(Wire::for_port(Detect, Version::HTTP_11), Wire::Http1);
+    }
 }

@@ -8,6 +8,13 @@
 //! Ejection expires lazily: an endpoint is available again as soon as its time is up, with no
 //! timer task. Its ejection count stays, so a repeat offender is ejected for longer next time;
 //! a success after it returns resets its consecutive-failure counters.
+//!
+//! A gRPC answer is judged by the `grpc-status` of a trailers-only answer (the only place it can
+//! be read before the body): `UNAVAILABLE` and `DEADLINE_EXCEEDED` are gateway errors,
+//! `INTERNAL`, `UNKNOWN` and `DATA_LOSS` server errors, as their HTTP mappings would be.
+use super::accrual::FailureAccrual;
+use crate::grpc;
+use http::{HeaderMap, StatusCode};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -28,6 +35,27 @@ pub enum Outcome {
     GatewayError,
     /// The connection could not be made.
     ConnectFailed,
+}
+
+impl Outcome {
+    /// How an answer the upstream gave counts (see the module docs for gRPC).
+    pub fn of_response(status: StatusCode, headers: &HeaderMap) -> Outcome {
+        match status.as_u16() {
+            502..=504 => return Outcome::GatewayError,
+            500..=599 => return Outcome::ServerError,
+            _ => {}
+        }
+        if !grpc::is_grpc(headers) {
+            return Outcome::Success;
+        }
+        match grpc::status_of(headers) {
+            Some(grpc::Code::Unavailable | grpc::Code::DeadlineExceeded) => Outcome::GatewayError,
+            Some(grpc::Code::Internal | grpc::Code::Unknown | grpc::Code::DataLoss) => {
+                Outcome::ServerError
+            }
+            _ => Outcome::Success,
+        }
+    }
 }
 
 /// A service's outlier detection settings, compiled.
@@ -79,9 +107,11 @@ impl OutlierPolicy {
     }
 }
 
-/// One endpoint's failure counters and ejection, shared across snapshots.
+/// One endpoint's passive health, shared across snapshots: the configured outlier detector's
+/// counters and ejection, and the default failure accrual used when none is configured.
 #[derive(Debug, Default)]
 pub struct OutlierState {
+    pub accrual: FailureAccrual,
     consecutive_5xx: AtomicU32,
     consecutive_gateway: AtomicU32,
     consecutive_connect: AtomicU32,
@@ -266,6 +296,31 @@ mod tests {
             "below 50% healthy: use everything"
         );
         assert!(!honour_ejections(&p, 0, 4));
+    }
+
+    #[test]
+    fn answers_are_judged_by_status_then_grpc_status() {
+        let judge = |status: u16, grpc_status: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            if let Some(g) = grpc_status {
+                h.insert(
+                    "content-type",
+                    http::HeaderValue::from_static("application/grpc"),
+                );
+                h.insert("grpc-status", http::HeaderValue::from_static(g));
+            }
+            Outcome::of_response(StatusCode::from_u16(status).unwrap(), &h)
+        };
+        assert_eq!(judge(200, None), Outcome::Success);
+        assert_eq!(judge(404, None), Outcome::Success);
+        assert_eq!(judge(500, None), Outcome::ServerError);
+        assert_eq!(judge(503, None), Outcome::GatewayError);
+        assert_eq!(judge(200, Some("0")), Outcome::Success);
+        assert_eq!(judge(200, Some("5")), Outcome::Success);
+        assert_eq!(judge(200, Some("14")), Outcome::GatewayError);
+        assert_eq!(judge(200, Some("4")), Outcome::GatewayError);
+        assert_eq!(judge(200, Some("13")), Outcome::ServerError);
+        assert_eq!(judge(200, Some("junk")), Outcome::ServerError);
     }
 
     #[test]

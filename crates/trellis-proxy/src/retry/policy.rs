@@ -13,15 +13,35 @@
 //!
 //! In words: a per-try timeout is retried when any of `5xx`, `gateway-error` or `reset` is set
 //! (Envoy treats it as a reset it caused itself); a refused connection is retried by any of the
-//! four HTTP-level conditions, since nothing reached the server.
+//! four HTTP-level conditions, since nothing reached the server. A peer sidecar's own answer to
+//! a gRPC caller (200, `grpc-status` 14/4/13 and `trellis-error`) counts for `5xx` and
+//! `gateway-error` as the 503/504/500 it stands for.
 //!
 //! Two leniencies, so a user's intent is never silently dropped: codes listed in
 //! `retriableStatusCodes` are retried even without the `retriable-status-codes` condition, and a
 //! bare status code in `retryOn` (Istio's `retryOn: "503,connect-failure"`) adds that code.
 //! Unknown names are ignored (the config was validated before it got here). Names are matched
 //! case-insensitively.
+//!
+//! A rule with no `retries` still gets one retry in the cases where it cannot hurt
+//! ([`RetryPolicy::implicit`]), so a killed endpoint costs callers latency, not errors:
+//!
+//! - **a connect failure, whatever the method**: the connection (TCP, mTLS or the HTTP/2
+//!   handshake) never came up, so not a byte of the request reached the app and sending it
+//!   elsewhere cannot do anything twice. Envoy's `connect-failure` and linkerd2's reconnect
+//!   reason the same way.
+//! - **a reset, for idempotent methods** (GET, HEAD, OPTIONS, TRACE, PUT, DELETE, RFC 9110
+//!   §9.2.2): the request may have reached the app, and the RFC lets a client repeat exactly
+//!   these after a broken connection.
+//!
+//! Only requests with no body get it: replaying a body means buffering it first, which would
+//! hold back streaming uploads and gRPC streams and answer `Expect: 100-continue` on the app's
+//! behalf. A body worth retrying needs a route that says so (and sets `maxBufferBytes`).
+//! Implicit retries go to another endpoint when there is one, count in `trellis_retries_total`
+//! and draw on the route's retry budget like any other.
 use super::Backoff;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The replay buffer when a policy does not set `maxBufferBytes`.
@@ -99,6 +119,9 @@ pub struct RetryPolicy {
     pub backoff: Backoff,
     /// Request bodies up to this size are buffered for replay; larger ones are sent once.
     pub max_buffer_bytes: usize,
+    /// Not configured: the default of a rule without `retries` ([`RetryPolicy::implicit`]).
+    /// Its failures are reported as what they were, not as `retries-exhausted`.
+    pub implicit: bool,
 }
 
 impl RetryPolicy {
@@ -131,7 +154,50 @@ impl RetryPolicy {
                 .map_or(DEFAULT_MAX_BUFFER_BYTES, |b| {
                     usize::try_from(b).unwrap_or(usize::MAX)
                 }),
+            implicit: false,
         }
+    }
+
+    /// The retry a request gets on a rule with no `retries` (see the module docs): one retry on
+    /// a connect failure, or also on a reset for an idempotent method; `None` for a request
+    /// with a body (`body_empty` false), which would have to be buffered to be sent twice.
+    pub fn implicit(method: &Method, body_empty: bool) -> Option<Arc<RetryPolicy>> {
+        static CONNECT: OnceLock<Arc<RetryPolicy>> = OnceLock::new();
+        static CONNECT_OR_RESET: OnceLock<Arc<RetryPolicy>> = OnceLock::new();
+        if !body_empty {
+            return None;
+        }
+        let idempotent = matches!(
+            *method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        let cell = if idempotent {
+            &CONNECT_OR_RESET
+        } else {
+            &CONNECT
+        };
+        let policy = cell.get_or_init(|| {
+            let conditions = Conditions {
+                connect_failure: true,
+                reset: idempotent,
+                ..Conditions::default()
+            };
+            Arc::new(RetryPolicy {
+                attempts: 2,
+                per_try_timeout: None,
+                conditions,
+                status_codes: Vec::new(),
+                backoff: Backoff::default(),
+                max_buffer_bytes: 0,
+                implicit: true,
+            })
+        });
+        Some(policy.clone())
     }
 
     /// Whether a try that failed this way may be retried (attempts and budget aside).
@@ -147,8 +213,8 @@ impl RetryPolicy {
     /// Whether a try that got this response (status and headers) may be retried.
     pub fn retry_on_response(&self, status: StatusCode, headers: &HeaderMap) -> bool {
         let c = &self.conditions;
-        let code = status.as_u16();
-        (c.server_error && status.is_server_error())
+        let code = http_equivalent(status, headers);
+        (c.server_error && (500..=599).contains(&code))
             || (c.gateway_error && matches!(code, 502..=504))
             || self.status_codes.binary_search(&code).is_ok()
             || grpc_status(headers).is_some_and(|g| c.grpc(g))
@@ -166,6 +232,22 @@ impl RetryPolicy {
             (per_try, left) => per_try.or(left),
         }
     }
+}
+
+/// The status a response stands for. A peer sidecar answers a gRPC caller in gRPC (200 and a
+/// `grpc-status`, with `trellis-error`) where it would answer 503 or 504 over HTTP; for the
+/// HTTP conditions (`5xx`, `gateway-error`) that answer counts as the status it stands for, so
+/// a gRPC route is retried past a peer's failure as an HTTP one is.
+fn http_equivalent(status: StatusCode, headers: &HeaderMap) -> u16 {
+    if status == StatusCode::OK && headers.contains_key("trellis-error") {
+        match grpc_status(headers) {
+            Some(14) => return 503,
+            Some(4) => return 504,
+            Some(13) => return 500,
+            _ => {}
+        }
+    }
+    status.as_u16()
 }
 
 /// The `grpc-status` of a trailers-only response, if present and numeric.
@@ -297,6 +379,19 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_sidecars_grpc_answer_counts_as_the_status_it_stands_for() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", HeaderValue::from_static("14"));
+        // From the app itself: only the gRPC conditions apply.
+        assert!(!policy(&["5xx"]).retry_on_response(StatusCode::OK, &headers));
+        headers.insert("trellis-error", HeaderValue::from_static("upstream-reset"));
+        assert!(policy(&["5xx"]).retry_on_response(StatusCode::OK, &headers));
+        assert!(policy(&["gateway-error"]).retry_on_response(StatusCode::OK, &headers));
+        headers.insert("grpc-status", HeaderValue::from_static("12"));
+        assert!(!policy(&["5xx"]).retry_on_response(StatusCode::OK, &headers));
+    }
+
+    #[test]
     fn unknown_names_are_ignored() {
         let p = policy(&["bogus", "retriable-4xx", "99999", "reset"]);
         assert_eq!(
@@ -325,6 +420,39 @@ mod tests {
         let p = RetryPolicy::from_config(&c);
         assert_eq!(p.max_buffer_bytes, 1024);
         assert_eq!(p.per_try_timeout, Some(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn implicit_retries_only_what_cannot_hurt() {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::PUT,
+            Method::DELETE,
+        ] {
+            let p = RetryPolicy::implicit(&m, true).expect("idempotent, no body");
+            assert!(p.implicit);
+            assert_eq!(p.attempts, 2, "{m}");
+            // Connect failures and resets; per-try timeouts never happen (none is set).
+            assert_eq!(failures(&p), [true, true, true], "{m}");
+            assert!(retried(&p).is_empty(), "{m}: no response is retried");
+            assert_eq!(p.try_timeout(1, None), None);
+        }
+        for m in [Method::POST, Method::PATCH, Method::CONNECT] {
+            let p = RetryPolicy::implicit(&m, true).expect("no body");
+            assert_eq!(
+                failures(&p),
+                [true, false, false],
+                "{m}: connect failures only"
+            );
+            assert!(retried(&p).is_empty());
+        }
+        // A body would have to be buffered to be replayed: no implicit retry.
+        assert!(RetryPolicy::implicit(&Method::GET, false).is_none());
+        assert!(RetryPolicy::implicit(&Method::POST, false).is_none());
+        assert!(!policy(&["5xx"]).implicit);
     }
 
     #[test]

@@ -376,3 +376,108 @@ pub async fn wait_api(addr: SocketAddr) {
     }
     panic!("control plane API at {addr} never answered");
 }
+
+/// A program that is not `trellis` (a third-party server, say), killed by PID when dropped.
+pub struct External {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl External {
+    /// Starts `program` with `args`, its output in `dir/<name>.log`.
+    pub fn spawn(dir: &Path, name: &str, program: &str, args: &[&str]) -> External {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {program} (scripts/test.sh installs it): {e}")
+            });
+        External {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for External {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A sidecar with an inbound listener in front of whatever listens on `ports.app`, with
+/// `extra` flags added (they may repeat and so override the defaults here).
+pub fn start_sidecar(
+    dir: &Path,
+    config: &Path,
+    service: &str,
+    ports: Ports,
+    extra: &[String],
+) -> Proc {
+    let mut args = vec![
+        "proxy".to_string(),
+        format!("--config={}", config.display()),
+        format!("--service={service}"),
+        "--outbound=off".into(),
+        format!("--inbound={}", ports.inbound),
+        format!("--app={}", ports.app),
+        format!("--admin={}", ports.admin),
+    ];
+    args.extend(extra.iter().cloned());
+    Proc::spawn(dir, &format!("{service}-proxy"), &args)
+}
+
+/// A caller's sidecar like [`start_caller`], with `extra` flags.
+pub fn start_caller_with(
+    dir: &Path,
+    config: &Path,
+    upstreams: &[&str],
+    extra: &[String],
+) -> Caller {
+    let (outbound, admin) = (free_addr(), free_addr());
+    let mut args = vec![
+        "proxy".to_string(),
+        format!("--config={}", config.display()),
+        "--service=caller".into(),
+        format!("--outbound={outbound}"),
+        format!("--admin={admin}"),
+        "--watch-interval=100ms".into(),
+    ];
+    let mut ports = Vec::new();
+    for u in upstreams {
+        let p = free_addr();
+        args.push(format!("--upstream={u}={p}"));
+        ports.push(p);
+    }
+    args.extend(extra.iter().cloned());
+    Caller {
+        proc: Proc::spawn(dir, "caller-proxy", &args),
+        outbound,
+        admin,
+        upstreams: ports,
+    }
+}
+
+/// Runs curl with `args` (bounded by `--max-time 20`) and returns its stdout; curl is installed
+/// by scripts/test.sh.
+pub fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl is installed (scripts/test.sh installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,168 @@
+//! Idle tracking for HTTP connections, so keep-alive connections live as long as their idle
+//! timeout says and no longer: on the sidecar's listeners (`--idle-timeout`, 1 h like Envoy's
+//! default, counted from the end of the last response) and for multiplexed HTTP/2 connections to
+//! upstreams (`--upstream-idle-timeout`).
+//!
+//! Why not hyper's own timer: hyper's HTTP/1 header-read timer runs from the moment it waits for
+//! a head, so between keep-alive requests too; used as the idle timeout it either closes
+//! keep-alive connections after the header-read timeout (30 s: shorter than most clients' pools,
+//! which then reuse a closed connection) or lets a slow head take as long as the idle timeout.
+//! HTTP/2 has no idle timeout in hyper at all. So an [`Activity`] counts the requests in flight
+//! on one connection (a request is in flight until its response body is finished or dropped,
+//! so a long stream keeps its connection) and [`Activity::expired`] resolves once the connection
+//! has had none for long enough.
+//!
+//! What it must never do: time out a connection with a request in flight.
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    in_flight: usize,
+    /// When the last request finished (or the connection opened, before any).
+    idle_since: Instant,
+    /// Whether any request started yet.
+    served: bool,
+    /// Timed out: a connection being closed takes no new requests from [`Activity::try_start`].
+    retired: bool,
+}
+
+/// The requests in flight on one connection, and since when it has had none.
+#[derive(Debug)]
+pub struct Activity {
+    state: watch::Sender<State>,
+}
+
+/// A request in flight; it ends when this is dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.state.send_modify(|s| {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            if s.in_flight == 0 {
+                s.idle_since = Instant::now();
+            }
+        });
+    }
+}
+
+impl Activity {
+    /// A connection that just opened: idle since now, nothing served yet.
+    pub fn new() -> Arc<Self> {
+        let (state, _) = watch::channel(State {
+            in_flight: 0,
+            idle_since: Instant::now(),
+            served: false,
+            retired: false,
+        });
+        Arc::new(Self { state })
+    }
+
+    /// Counts a request the connection is serving (a server takes every request it is given).
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.state.send_modify(|s| {
+            s.in_flight += 1;
+            s.served = true;
+        });
+        InFlight(self.clone())
+    }
+
+    /// Counts a request to send on this connection, unless it timed out (then open another).
+    pub fn try_start(self: &Arc<Self>) -> Option<InFlight> {
+        let started = self.state.send_if_modified(|s| {
+            if s.retired {
+                return false;
+            }
+            s.in_flight += 1;
+            s.served = true;
+            true
+        });
+        started.then(|| InFlight(self.clone()))
+    }
+
+    /// Resolves once the connection has had no request in flight for `idle` (or, before its
+    /// first request, for `first`), and marks it retired.
+    pub async fn expired(&self, idle: Duration, first: Duration) {
+        let mut rx = self.state.subscribe();
+        loop {
+            let s = *rx.borrow_and_update();
+            if s.in_flight > 0 {
+                if rx.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                continue;
+            }
+            let deadline = s.idle_since + if s.served { idle } else { first };
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return std::future::pending().await;
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    let retired = self.state.send_if_modified(|s| {
+                        let due = s.idle_since + if s.served { idle } else { first };
+                        if s.in_flight == 0 && Instant::now() >= due {
+                            s.retired = true;
+                            return true;
+                        }
+                        false
+                    });
+                    if retired {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(3600);
+    const FIRST: Duration = Duration::from_secs(30);
+
+    async fn expires_within(a: &Activity, limit: Duration) -> bool {
+        tokio::time::timeout(limit, a.expired(IDLE, FIRST))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_never_asks_expires_after_the_first_request_timeout() {
+        let a = Activity::new();
+        assert!(!expires_within(&a, FIRST - Duration::from_secs(1)).await);
+        assert!(expires_within(&a, Duration::from_secs(2)).await);
+        assert!(
+            a.try_start().is_none(),
+            "a retired connection takes no requests"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_lasts_the_idle_timeout_from_the_last_response() {
+        let a = Activity::new();
+        drop(a.start());
+        // Idle much longer than a header-read timeout: still open.
+        assert!(!expires_within(&a, IDLE - Duration::from_secs(60)).await);
+        // A request resets the clock.
+        drop(a.start());
+        assert!(!expires_within(&a, IDLE - Duration::from_secs(1)).await);
+        assert!(expires_within(&a, Duration::from_secs(2)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_is_never_timed_out() {
+        let a = Activity::new();
+        let stream = a.try_start().expect("not retired");
+        assert!(!expires_within(&a, IDLE * 3).await);
+        drop(stream);
+        assert!(expires_within(&a, IDLE + Duration::from_secs(1)).await);
+    }
+}
