@@ -6,8 +6,44 @@
 //!   needs `CAP_NET_ADMIN`, which capture needs anyway).
 use nix::sys::socket::{getsockopt, setsockopt, sockopt, SockaddrIn};
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
+use std::sync::OnceLock;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// The mark every upstream socket of this process carries, once capture is on. Process-wide on
+/// purpose: capture is a property of the process (its rules exempt the mark), and every path
+/// that opens an upstream connection reads it here.
+static PROCESS_MARK: OnceLock<u32> = OnceLock::new();
+
+/// Marks every later upstream socket of this process with `mark`; the first call wins.
+pub fn mark_process_sockets(mark: u32) -> bool {
+    PROCESS_MARK.set(mark).is_ok()
+}
+
+/// The process-wide mark, when capture set one.
+pub fn process_mark() -> Option<u32> {
+    PROCESS_MARK.get().copied()
+}
+
+/// Connects to `addr` with the process mark on the socket (when there is one), so capture
+/// rules let the connection out instead of redirecting it back into this proxy.
+pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let Some(mark) = process_mark() else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    set_mark(&socket, mark).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot set SO_MARK {mark:#x} (capture needs CAP_NET_ADMIN): {e}"),
+        )
+    })?;
+    socket.connect(addr).await
+}
 
 /// The mark capture uses unless told otherwise (Istio's proxy uid, as a mark).
 pub const DEFAULT_MARK: u32 = 0x1337;

@@ -117,6 +117,79 @@ pub struct ProxyArgs {
     /// How long one upstream resolver may take to answer before the next is asked.
     #[arg(long, default_value = "2s", requires = "dns")]
     pub dns_timeout: trellis_api::Duration,
+    /// Capture the host's (or network namespace's) traffic with iptables: outbound TCP to
+    /// `--intercept-listen`, inbound TCP to `--inbound`, port 53 to `--dns`. Needs root (or
+    /// CAP_NET_ADMIN); the rules are removed when the proxy stops.
+    #[arg(long)]
+    pub intercept: bool,
+    /// Where captured outbound connections arrive.
+    #[arg(long, default_value = "127.0.0.1:15002", requires = "intercept")]
+    pub intercept_listen: SocketAddr,
+    /// Outbound TCP ports never captured (comma-separated); the control plane's ports always.
+    #[arg(long, value_delimiter = ',', requires = "intercept")]
+    pub intercept_exclude_ports: Vec<u16>,
+    /// Inbound TCP ports never captured (comma-separated); the admin port always.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "22",
+        requires = "intercept"
+    )]
+    pub intercept_exclude_inbound_ports: Vec<u16>,
+    /// Outbound destinations never captured (comma-separated IPv4 CIDRs).
+    #[arg(long, value_delimiter = ',', requires = "intercept")]
+    pub intercept_exclude_cidrs: Vec<trellis_api::Ipv4Cidr>,
+    /// SO_MARK on the proxy's own sockets, which the rules let out (hex or decimal).
+    #[arg(long, default_value = "0x1337", value_parser = parse_mark, requires = "intercept")]
+    pub intercept_mark: u32,
+    /// The iptables program (Debian's, nft backend).
+    #[arg(long, default_value = "iptables")]
+    pub iptables: PathBuf,
+}
+
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    match parsed {
+        Ok(0) => Err("mark must not be 0 (unmarked sockets have mark 0)".into()),
+        Ok(m) => Ok(m),
+        Err(_) => Err(format!("expected a number like 0x1337, got {s:?}")),
+    }
+}
+
+/// The ports of the control-plane URLs (`http://host:port`; 80 when absent).
+fn control_ports(endpoints: &[String]) -> anyhow::Result<Vec<u16>> {
+    endpoints
+        .iter()
+        .map(|e| {
+            let uri: http::Uri = e
+                .parse()
+                .with_context(|| format!("--control {e:?} is not a URL"))?;
+            Ok(uri.port_u16().unwrap_or(match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            }))
+        })
+        .collect()
+}
+
+/// `--intercept` and its exclusions (the control plane's ports always among them).
+fn capture_options(args: &ProxyArgs) -> anyhow::Result<Option<trellis_proxy::CaptureOptions>> {
+    if !args.intercept {
+        return Ok(None);
+    }
+    let mut exclude = args.intercept_exclude_ports.clone();
+    exclude.extend(control_ports(&args.control)?);
+    Ok(Some(trellis_proxy::CaptureOptions {
+        listen: args.intercept_listen,
+        iptables: args.iptables.clone(),
+        mark: args.intercept_mark,
+        exclude_outbound_ports: exclude,
+        exclude_inbound_ports: args.intercept_exclude_inbound_ports.clone(),
+        exclude_cidrs: args.intercept_exclude_cidrs.clone(),
+    }))
 }
 
 fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
@@ -213,6 +286,7 @@ fn parse_upstream(s: &str) -> Result<UpstreamPort, String> {
 
 pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
     let dns = dns_options(&args)?;
+    let capture = capture_options(&args)?;
     let outbound =
         if args.outbound == "off" {
             None
@@ -268,6 +342,7 @@ pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
             _ => None,
         },
         dns,
+        capture,
     })
 }
 
@@ -334,6 +409,17 @@ mod tests {
         assert!(parse_upstream("reviews").is_err());
         assert!(parse_upstream("=9001").is_err());
         assert!(parse_upstream("a:x=1").is_err());
+    }
+
+    #[test]
+    fn capture_flags() {
+        assert_eq!(parse_mark("0x1337"), Ok(0x1337));
+        assert_eq!(parse_mark("4919"), Ok(0x1337));
+        assert!(parse_mark("0").unwrap_err().contains("must not be 0"));
+        assert!(parse_mark("0xzz").is_err());
+        let ports = control_ports(&["http://10.0.0.1:15010".into(), "https://cp".into()]).unwrap();
+        assert_eq!(ports, [15010, 443]);
+        assert!(control_ports(&["not a url".into()]).is_err());
     }
 
     #[test]
