@@ -313,11 +313,21 @@ async fn unmodified_curl_by_name_through_captured_sidecars() {
     // Inbound capture: the ratings app listens on loopback only, yet a caller outside the mesh
     // reaching hr:9080 is carried to it through the sidecar's inbound listener.
     let direct = std::process::Command::new("curl")
-        .args(["-sS", "-i", "-m", "10", &format!("http://{}:9080/", hr.addr)])
+        .args([
+            "-sS",
+            "-i",
+            "-m",
+            "10",
+            &format!("http://{}:9080/", hr.addr),
+        ])
         .output()
         .expect("run curl");
     let direct = String::from_utf8_lossy(&direct.stdout).into_owned();
-    assert!(direct.starts_with("HTTP/1.1 200"), "{direct}\n{}", hr_proxy.log_text());
+    assert!(
+        direct.starts_with("HTTP/1.1 200"),
+        "{direct}\n{}",
+        hr_proxy.log_text()
+    );
 
     // Stopping removes every rule it added.
     for (p, host, was) in [
