@@ -6,6 +6,7 @@
 //! It must never panic on any input: every problem is a [`ConfigError`].
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod ca;
 pub mod duration;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod security;
 pub mod service;
 pub mod validate;
 
+pub use address::{Ipv4Cidr, ServiceAddress, ServiceAddressSpec};
 pub use duration::Duration;
 pub use error::{ConfigError, FieldError};
 pub use limits::{Limit, Limits};

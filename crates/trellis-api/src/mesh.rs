@@ -24,6 +24,13 @@ pub struct MeshConfigSpec {
     pub certificate_lifetime: Duration,
     #[serde(default)]
     pub telemetry: Telemetry,
+    /// IPv4 CIDR the control plane allocates service VIPs from (`ServiceAddress`). Changing it
+    /// moves every VIP outside the new range into it.
+    #[serde(default = "default_service_address_range")]
+    pub service_address_range: String,
+    /// DNS domain of mesh names: the sidecar answers `svc.ns.svc.<dnsDomain>`.
+    #[serde(default = "default_dns_domain")]
+    pub dns_domain: String,
 }
 
 impl Default for MeshConfigSpec {
@@ -33,8 +40,27 @@ impl Default for MeshConfigSpec {
             mtls: MtlsConfig::default(),
             certificate_lifetime: default_cert_lifetime(),
             telemetry: Telemetry::default(),
+            service_address_range: default_service_address_range(),
+            dns_domain: default_dns_domain(),
         }
     }
+}
+
+impl MeshConfigSpec {
+    /// The VIP range; the default one if the text is invalid (validation refuses that).
+    pub fn service_address_cidr(&self) -> crate::address::Ipv4Cidr {
+        self.service_address_range
+            .parse()
+            .unwrap_or(crate::address::DEFAULT_RANGE)
+    }
+}
+
+fn default_service_address_range() -> String {
+    crate::address::DEFAULT_SERVICE_ADDRESS_RANGE.into()
+}
+
+fn default_dns_domain() -> String {
+    "cluster.local".into()
 }
 
 fn default_trust_domain() -> String {

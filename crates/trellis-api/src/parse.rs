@@ -3,6 +3,7 @@
 //! Each document is read as a generic YAML value first (so syntax errors keep their line), then
 //! dispatched on `kind` and deserialized with `serde_path_to_error` (so a type error names its
 //! field path), then validated. Unknown fields are errors, not silently dropped.
+use crate::address::ServiceAddress;
 use crate::ca::{CertificateAuthority, TrustBundle};
 use crate::error::{ConfigError, FieldError};
 use crate::limits::{
@@ -35,6 +36,7 @@ pub enum Resource {
     Deployment(Deployment),
     TrustBundle(TrustBundle),
     CertificateAuthority(CertificateAuthority),
+    ServiceAddress(ServiceAddress),
 }
 
 /// The kinds, in the order `trellis get` lists them.
@@ -49,10 +51,11 @@ pub const KINDS: &[&str] = &[
     "Deployment",
     "TrustBundle",
     "CertificateAuthority",
+    "ServiceAddress",
 ];
 
 /// Kinds only the control plane writes; the API refuses them from users.
-pub const MANAGED_KINDS: &[&str] = &["TrustBundle", "CertificateAuthority"];
+pub const MANAGED_KINDS: &[&str] = &["TrustBundle", "CertificateAuthority", "ServiceAddress"];
 
 /// Kinds that never leave the control plane (they hold private keys).
 pub const SECRET_KINDS: &[&str] = &["CertificateAuthority"];
@@ -70,6 +73,7 @@ impl Resource {
             Resource::Deployment(_) => "Deployment",
             Resource::TrustBundle(_) => "TrustBundle",
             Resource::CertificateAuthority(_) => "CertificateAuthority",
+            Resource::ServiceAddress(_) => "ServiceAddress",
         }
     }
 
@@ -85,6 +89,7 @@ impl Resource {
             Resource::Deployment(r) => &r.metadata,
             Resource::TrustBundle(r) => &r.metadata,
             Resource::CertificateAuthority(r) => &r.metadata,
+            Resource::ServiceAddress(r) => &r.metadata,
         }
     }
 
@@ -100,6 +105,7 @@ impl Resource {
             Resource::Deployment(r) => &mut r.metadata,
             Resource::TrustBundle(r) => &mut r.metadata,
             Resource::CertificateAuthority(r) => &mut r.metadata,
+            Resource::ServiceAddress(r) => &mut r.metadata,
         }
     }
 
@@ -143,6 +149,7 @@ impl Serialize for Resource {
             Resource::Deployment(r) => env!(r),
             Resource::TrustBundle(r) => env!(r),
             Resource::CertificateAuthority(r) => env!(r),
+            Resource::ServiceAddress(r) => env!(r),
         }
     }
 }
@@ -183,6 +190,7 @@ impl ResourceSet {
     accessor!(mesh_configs, MeshConfig, MeshConfig);
     accessor!(deployments, Deployment, Deployment);
     accessor!(trust_bundles, TrustBundle, TrustBundle);
+    accessor!(service_addresses, ServiceAddress, ServiceAddress);
 
     /// The mesh-wide settings: the first MeshConfig, or defaults.
     pub fn mesh_config(&self) -> crate::mesh::MeshConfigSpec {
@@ -396,6 +404,7 @@ fn parse_one(file: &str, document: usize, value: Value) -> Result<Resource, Box<
         "MeshConfig" => typed(value).map(Resource::MeshConfig),
         "TrustBundle" => typed(value).map(Resource::TrustBundle),
         "Deployment" => typed(value).map(Resource::Deployment),
+        "ServiceAddress" => typed(value).map(Resource::ServiceAddress),
         _ => typed(value).map(Resource::CertificateAuthority),
     };
     result.map_err(|e| {

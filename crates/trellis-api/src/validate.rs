@@ -63,6 +63,7 @@ pub fn resource(r: &Resource) -> Vec<(String, String)> {
         Resource::Deployment(d) => mesh::deployment(&mut p, &d.metadata, &d.spec),
         Resource::TrustBundle(b) => mesh::trust_bundle(&mut p, &b.spec),
         Resource::CertificateAuthority(c) => mesh::certificate_authority(&mut p, &c.spec),
+        Resource::ServiceAddress(a) => mesh::service_address(&mut p, &a.spec),
     }
     p.into_vec()
 }

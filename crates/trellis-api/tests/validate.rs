@@ -392,8 +392,23 @@ fn mesh_config() {
         (&[("spec.telemetry.tracingSamplePercent", "100.01")], "spec.telemetry.tracingSamplePercent", "between 0 and 100"),
         (&[("spec.telemetry.tracingSamplePercent", ".inf")], "spec.telemetry.tracingSamplePercent", "between 0 and 100"),
         (&[("spec.mtls.mode", "STRICT")], "spec.mtls.mode", "unknown variant"),
+        (&[("spec.serviceAddressRange", "240.240.0.0")], "spec.serviceAddressRange", "not IPv4 CIDR notation"),
+        (&[("spec.serviceAddressRange", "240.240.0.1/16")], "spec.serviceAddressRange", "host bits set; the network is 240.240.0.0/16"),
+        (&[("spec.serviceAddressRange", "240.240.0.0/31")], "spec.serviceAddressRange", "between /8 and /30 (got /31)"),
+        (&[("spec.serviceAddressRange", "fd00::/64")], "spec.serviceAddressRange", "not IPv4 CIDR"),
+        (&[("spec.dnsDomain", "\"\"")], "spec.dnsDomain", "1 to 253 characters"),
+        (&[("spec.dnsDomain", "Cluster.local")], "spec.dnsDomain", "label \"Cluster\" is not a DNS label"),
+        (&[("spec.dnsDomain", "cluster..local")], "spec.dnsDomain", "label \"\" is not"),
     ];
     run("MeshConfig", "mesh", cases);
+    ok(
+        "MeshConfig",
+        "mesh",
+        &[
+            ("spec.serviceAddressRange", "10.96.0.0/12"),
+            ("spec.dnsDomain", "mesh.example"),
+        ],
+    );
     ok(
         "MeshConfig",
         "mesh",
@@ -410,6 +425,27 @@ fn mesh_config() {
     // A MeshConfig may leave out its spec entirely.
     let set = valid(&with(&doc("MeshConfig", "mesh"), "spec", "~"));
     assert_eq!(set.mesh_config().trust_domain, "cluster.local");
+    assert_eq!(set.mesh_config().service_address_range, "240.240.0.0/16");
+    assert_eq!(set.mesh_config().dns_domain, "cluster.local");
+}
+
+#[test]
+fn service_address() {
+    let text = "apiVersion: trellis.dev/v1\nkind: ServiceAddress\nmetadata: {name: ratings, namespace: shop}\nspec: {address: 240.240.0.1}\n";
+    let set = valid(text);
+    let a = set.service_addresses().next().unwrap();
+    assert_eq!(a.spec.ip(), Some(std::net::Ipv4Addr::new(240, 240, 0, 1)));
+    assert_eq!(a.metadata.namespace, "shop");
+    expect(
+        &text.replace("240.240.0.1", "240.240.0.300"),
+        "spec.address",
+        "\"240.240.0.300\" is not an IPv4 address",
+    );
+    expect(
+        &text.replace("240.240.0.1", "\"::1\""),
+        "spec.address",
+        "is not an IPv4 address",
+    );
 }
 
 #[test]

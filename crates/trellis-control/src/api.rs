@@ -247,11 +247,16 @@ impl From<trellis_api::ConfigError> for ApiError {
 /// Refuses writes of the kinds only the control plane writes.
 fn refuse_managed(kind: &str) -> Result<(), ApiError> {
     if MANAGED_KINDS.contains(&kind) {
+        let how = match kind {
+            "ServiceAddress" => {
+                "a virtual IP is allocated for each Service and released when the Service is \
+                 deleted; set the range with MeshConfig spec.serviceAddressRange"
+            }
+            _ => "use the /api/v1/ca endpoints (`trellis ca`)",
+        };
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!(
-                "kind {kind} is managed by the control plane; use the /api/v1/ca endpoints (`trellis ca`)"
-            ),
+            format!("kind {kind} is managed by the control plane; {how}"),
         ));
     }
     Ok(())
@@ -356,9 +361,11 @@ async fn list(
 /// Accepts kinds as users type them: `route`, `routes`, `Route`, `dp` for DestinationPolicy.
 pub fn canonical_kind(k: &str) -> Result<&'static str, ApiError> {
     let lower = k.to_ascii_lowercase();
-    let short = match lower.strip_suffix("ies") {
-        Some(stem) => format!("{stem}y"),
-        None => lower.trim_end_matches('s').to_string(),
+    let short = match (lower.strip_suffix("ies"), lower.strip_suffix("sses")) {
+        (Some(stem), _) => format!("{stem}y"),
+        // serviceaddresses -> serviceaddress
+        (None, Some(stem)) => format!("{stem}ss"),
+        (None, None) => lower.trim_end_matches('s').to_string(),
     };
     trellis_api::parse::KINDS
         .iter()

@@ -15,13 +15,33 @@ const TOKEN: &str = "unit-test-token";
 struct Api {
     router: axum::Router,
     _dir: TempDir,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self._tasks.iter().for_each(|t| t.abort());
+    }
 }
 
 impl Api {
     async fn new() -> Self {
+        Self::build(false).await
+    }
+
+    /// With the VIP allocator running, as `trellis control` has it.
+    async fn with_vips() -> Self {
+        Self::build(true).await
+    }
+
+    async fn build(vips: bool) -> Self {
         let dir = TempDir::new("api");
         let store = open_store(&dir).await;
         let model = model::follow(store.clone());
+        let mut tasks = Vec::new();
+        if vips {
+            tasks.push(crate::vip::spawn(store.clone(), model.clone()));
+        }
         let ca = MeshCa::start(store.clone(), model.clone(), None, Some(TOKEN))
             .await
             .unwrap();
@@ -35,6 +55,7 @@ impl Api {
         Self {
             router: router(state),
             _dir: dir,
+            _tasks: tasks,
         }
     }
 
@@ -496,4 +517,75 @@ async fn an_apply_sent_twice_with_one_id_is_committed_once() {
             .await;
         assert_eq!(status, 400, "{bad:?}: {v}");
     }
+}
+
+/// Polls `path` until `done` holds for (status, body); bounded to about 2 s.
+async fn eventually(api: &Api, path: &str, done: impl Fn(u16, &Value) -> bool) -> (u16, Value) {
+    let mut last = (0, Value::Null);
+    for _ in 0..100 {
+        last = api.call("GET", path, Some(TOKEN), "").await;
+        if done(last.0, &last.1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    last
+}
+
+#[tokio::test]
+async fn services_get_a_stable_vip_that_users_cannot_write_and_that_goes_with_the_service() {
+    let api = Api::with_vips().await;
+    let svc = |port: u16| {
+        format!("apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {{name: ratings, namespace: shop}}\nspec: {{ports: [{{port: {port}}}]}}\n")
+    };
+    api.ok("POST", "/api/v1/apply", &svc(9080)).await;
+    let path = "/api/v1/resources/ServiceAddress/shop/ratings";
+    let (status, v) = eventually(&api, path, |s, _| s == 200).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["spec"]["address"], "240.240.0.1", "{v}");
+    let version = v["metadata"]["resourceVersion"].clone();
+    // Listed with the other kinds (what `trellis get` shows).
+    let listed = api
+        .ok("GET", "/api/v1/resources?kind=ServiceAddress", "")
+        .await;
+    assert_eq!(
+        listed["items"][0]["metadata"]["name"], "ratings",
+        "{listed}"
+    );
+    for spelling in ["serviceaddresses", "serviceaddress", "sa"] {
+        let v = api
+            .ok("GET", &format!("/api/v1/resources?kind={spelling}"), "")
+            .await;
+        assert_eq!(v["items"][0]["kind"], "ServiceAddress", "{spelling}: {v}");
+    }
+
+    // A user's re-apply of the Service (another port) is not refused and moves nothing.
+    let v = api.ok("POST", "/api/v1/apply", &svc(9081)).await;
+    assert!(!v.to_string().contains("conflict"), "{v}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = api.ok("GET", path, "").await;
+    assert_eq!(again["spec"]["address"], "240.240.0.1");
+    assert_eq!(
+        again["metadata"]["resourceVersion"], version,
+        "not rewritten"
+    );
+
+    // Users cannot write or delete one.
+    let forged = "apiVersion: trellis.dev/v1\nkind: ServiceAddress\nmetadata: {name: ratings, namespace: shop}\nspec: {address: 240.240.0.9}\n";
+    let (status, v) = api.call("POST", "/api/v1/apply", Some(TOKEN), forged).await;
+    assert_eq!(status, 400, "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains("kind ServiceAddress is managed by the control plane"),
+        "{v}"
+    );
+    assert!(error.contains("spec.serviceAddressRange"), "{v}");
+    let (status, _) = api.call("DELETE", path, Some(TOKEN), "").await;
+    assert_eq!(status, 400);
+
+    // Deleting the Service releases its address.
+    api.ok("DELETE", "/api/v1/resources/Service/shop/ratings", "")
+        .await;
+    let (status, v) = eventually(&api, path, |s, _| s == 404).await;
+    assert_eq!(status, 404, "released: {v}");
 }

@@ -25,6 +25,7 @@ pub mod server;
 pub mod store;
 pub mod view;
 pub mod views;
+pub mod vip;
 
 #[cfg(test)]
 mod api_tests;

@@ -144,6 +144,7 @@ pub async fn run(
     }
     let reaper = crate::registry::spawn(store.clone());
     let _reaper = AbortOnDrop(reaper);
+    let _vips = AbortOnDrop(crate::vip::spawn(store.clone(), model.clone()));
     let views = MeshViews::spawn(model.clone());
     let config = ServerConfig {
         auth: Some(auth::xds_hook(ca.token().clone())),

@@ -86,6 +86,8 @@ impl Wanted<'_> {
         match r {
             Resource::MeshConfig(_) | Resource::TrustBundle(_) => true,
             Resource::Service(s) => self.has(ns, &s.metadata.name),
+            // A VIP goes with its service: the sidecar's DNS and capture know what it may call.
+            Resource::ServiceAddress(a) => self.has(ns, &a.metadata.name),
             Resource::Route(x) => self.has(ns, &x.spec.service),
             Resource::DestinationPolicy(p) => self.has(ns, &p.spec.service),
             Resource::Workload(w) => self.selected.iter().any(|s| selects(s, w)),

@@ -9,10 +9,13 @@
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod capture;
 pub mod config;
 pub mod conn;
 pub mod control_api;
 pub mod detect;
+pub mod directory;
+pub mod dns;
 pub mod drain;
 pub mod dynamic;
 pub mod error;
@@ -26,6 +29,7 @@ pub mod registration;
 pub mod resilience;
 pub mod retry;
 pub mod settings;
+pub mod sockopt;
 pub mod source;
 pub mod state;
 pub mod tcp;
@@ -98,6 +102,27 @@ pub struct ProxyOptions {
     pub inbound: Option<(SocketAddr, SocketAddr)>,
     pub admin: SocketAddr,
     pub tls_files: Option<TlsFiles>,
+    /// The mesh DNS answerer (`--dns`), off when `None`.
+    pub dns: Option<dns::DnsOptions>,
+    /// Transparent capture (`--intercept`), off when `None`.
+    pub capture: Option<CaptureOptions>,
+}
+
+/// What `--intercept` captures and where it sends it (see [`capture`]).
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// The captured-outbound listener (redirected connections arrive here).
+    pub listen: SocketAddr,
+    /// The `iptables` program (nft backend).
+    pub iptables: PathBuf,
+    /// `SO_MARK` of this proxy's own sockets, exempt from capture.
+    pub mark: u32,
+    /// Outbound TCP ports left alone; the control plane's are added by the caller.
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Inbound TCP ports left alone; the admin port is always added.
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Outbound destinations left alone.
+    pub exclude_cidrs: Vec<trellis_api::Ipv4Cidr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +133,10 @@ pub enum StartError {
     Control(String),
     #[error("mTLS: {0}")]
     Tls(#[from] tls::TlsSetupError),
+    #[error(transparent)]
+    Dns(#[from] dns::DnsError),
+    #[error("capture: {0}")]
+    Capture(#[from] capture::CaptureError),
     #[error("cannot listen on {addr} ({what}): {error}")]
     Bind {
         addr: SocketAddr,
@@ -123,6 +152,39 @@ pub struct Bound {
     pub outbound: Option<SocketAddr>,
     pub inbound: Option<SocketAddr>,
     pub upstreams: Vec<SocketAddr>,
+    pub dns: Option<SocketAddr>,
+}
+
+/// Binds the captured-outbound listener and installs the rules.
+async fn start_capture(
+    c: &CaptureOptions,
+    bound: &Bound,
+    state: &Arc<ProxyState>,
+    drain: &Drain,
+) -> Result<capture::Capture, StartError> {
+    let l = bind(c.listen, "captured outbound").await?;
+    let port = l.local_addr().map(|a| a.port()).unwrap_or(c.listen.port());
+    tokio::spawn(capture::accept::run(l, state.clone(), drain.clone()));
+    let mut exclude_inbound = c.exclude_inbound_ports.clone();
+    exclude_inbound.push(bound.admin.port());
+    let rules = capture::RuleSet {
+        outbound_port: port,
+        inbound_port: bound.inbound.map(|a| a.port()),
+        dns_port: bound.dns.map(|a| a.port()),
+        mark: c.mark,
+        exclude_outbound_ports: c.exclude_outbound_ports.clone(),
+        exclude_inbound_ports: exclude_inbound,
+        exclude_cidrs: c
+            .exclude_cidrs
+            .iter()
+            .map(|n| (n.network(), n.prefix()))
+            .collect(),
+    };
+    let program = c.iptables.clone();
+    let installed = tokio::task::spawn_blocking(move || capture::Capture::install(program, &rules))
+        .await
+        .map_err(|e| StartError::Control(format!("capture install task: {e}")))??;
+    Ok(installed)
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
@@ -174,6 +236,7 @@ pub async fn run(
         outbound: None,
         inbound: None,
         upstreams: Vec::new(),
+        dns: None,
     };
     let mut listeners = Vec::new();
     if let Some(addr) = opts.outbound {
@@ -204,6 +267,21 @@ pub async fn run(
     for (l, role) in listeners {
         tokio::spawn(listener::run(l, role, state.clone(), drain.clone()));
     }
+    if let Some(c) = &opts.capture {
+        sockopt::mark_process_sockets(c.mark);
+    }
+    if let Some(d) = &opts.dns {
+        let mut d = d.clone();
+        d.mark = opts.capture.as_ref().map(|c| c.mark);
+        let server = dns::DnsServer::bind(d).await?;
+        bound.dns = Some(server.local_addr());
+        tokio::spawn(server.run(state.clone(), drain.clone()));
+    }
+    // Rules last, once everything they redirect to is listening; removed when this is dropped.
+    let _capture = match &opts.capture {
+        Some(c) => Some(start_capture(c, &bound, &state, &drain).await?),
+        None => None,
+    };
     let admin_task = tokio::spawn(admin::run(admin, state.clone(), drain.clone()));
     on_ready(&bound);
 

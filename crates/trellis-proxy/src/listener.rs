@@ -95,6 +95,18 @@ fn configured_protocol(role: &Role, snap: Option<&Snapshot>) -> Protocol {
     }
 }
 
+/// One connection served as `role` serves it: transparent capture picks the role (the service
+/// the app meant) per connection, then everything explicit mode does applies unchanged.
+pub(crate) async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    role: &Role,
+    state: &Arc<ProxyState>,
+    drain: &Drain,
+) {
+    connection(stream, peer, role, state, drain).await
+}
+
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,

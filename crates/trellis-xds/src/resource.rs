@@ -18,6 +18,7 @@ use prost_types::Any;
 use serde::de::DeserializeOwned;
 use trellis_api::ca::TrustBundle;
 use trellis_api::meta::{ObjectMeta, DEFAULT_NAMESPACE};
+use trellis_api::ServiceAddress;
 use trellis_api::{
     AuthorizationPolicy, Deployment, DestinationPolicy, MeshConfig, RequestAuthentication,
     Resource, Route, Service, Workload,
@@ -33,14 +34,16 @@ pub const ROUTE: &str = "type.googleapis.com/trellis.v1.Route";
 pub const AUTHORIZATION_POLICY: &str = "type.googleapis.com/trellis.v1.AuthorizationPolicy";
 pub const REQUEST_AUTHENTICATION: &str = "type.googleapis.com/trellis.v1.RequestAuthentication";
 pub const TRUST_BUNDLE: &str = "type.googleapis.com/trellis.v1.TrustBundle";
+pub const SERVICE_ADDRESS: &str = "type.googleapis.com/trellis.v1.ServiceAddress";
 
 /// The types a Trellis proxy subscribes to, in the order the server sends them when several
 /// change at once: what others refer to comes first (a Route's subsets are declared in its
 /// service's DestinationPolicy, so the policy goes out before the route).
-pub const TYPE_URLS: [&str; 8] = [
+pub const TYPE_URLS: [&str; 9] = [
     MESH_CONFIG,
     TRUST_BUNDLE,
     SERVICE,
+    SERVICE_ADDRESS,
     WORKLOAD,
     DESTINATION_POLICY,
     ROUTE,
@@ -116,6 +119,7 @@ pub fn encode(r: &Resource) -> Any {
         Resource::MeshConfig(x) => serde_json::to_vec(&x.spec),
         Resource::Deployment(x) => serde_json::to_vec(&x.spec),
         Resource::TrustBundle(x) => serde_json::to_vec(&x.spec),
+        Resource::ServiceAddress(x) => serde_json::to_vec(&x.spec),
         // Holds private keys: never put on the wire, whatever asks for it.
         Resource::CertificateAuthority(_) => Ok(Vec::new()),
     }
@@ -199,6 +203,7 @@ pub fn decode_named(any: &Any, wire_name: Option<&str>) -> Result<Resource, Deco
         "RequestAuthentication" => typed!(RequestAuthentication),
         "MeshConfig" => typed!(MeshConfig),
         "TrustBundle" => typed!(TrustBundle),
+        "ServiceAddress" => typed!(ServiceAddress),
         "Deployment" => typed!(Deployment),
         other => {
             return Err(invalid(format!(

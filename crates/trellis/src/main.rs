@@ -29,6 +29,13 @@ enum Command {
     Control(control_cmd::ControlCmdArgs),
     /// Run a sidecar proxy beside one service instance.
     Proxy(Box<proxy_cmd::ProxyArgs>),
+    /// Remove the capture rules a `proxy --intercept` left behind (after a kill -9); a proxy
+    /// started with --intercept does this itself first.
+    InterceptRemove {
+        /// The iptables program.
+        #[arg(long, default_value = "iptables")]
+        iptables: std::path::PathBuf,
+    },
     /// Run the sample service used by examples, tests and benchmarks.
     #[command(disable_version_flag = true)]
     DemoApp(demo_app::DemoArgs),
@@ -100,6 +107,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Proxy(args) => proxy_cmd::run(*args).await,
+            Command::InterceptRemove { iptables } => {
+                trellis_proxy::capture::remove(&iptables).map_err(anyhow::Error::from)
+            }
             Command::DemoApp(args) => demo_app::run(args).await,
             Command::Up(args) => up::run(args).await,
             Command::Validate { files } => ctl::validate(&files),

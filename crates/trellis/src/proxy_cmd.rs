@@ -105,6 +105,116 @@ pub struct ProxyArgs {
     /// The roots (PEM) peers' certificates must chain to.
     #[arg(long, requires = "tls_cert")]
     pub tls_trust: Option<PathBuf>,
+    /// Answer DNS here (UDP and TCP): mesh names (`svc`, `svc.ns`, `svc.ns.svc.DOMAIN`) get
+    /// their service's virtual IP, other names are relayed to the host's resolvers. Off by
+    /// default; `--intercept` sends the app's port-53 traffic to it.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns: Option<SocketAddr>,
+    /// Resolvers for names outside the mesh (comma-separated IPs or IP:PORTs); default: the
+    /// `nameserver` lines of /etc/resolv.conf.
+    #[arg(long, value_delimiter = ',', requires = "dns", value_parser = parse_resolver)]
+    pub dns_upstream: Vec<SocketAddr>,
+    /// How long one upstream resolver may take to answer before the next is asked.
+    #[arg(long, default_value = "2s", requires = "dns")]
+    pub dns_timeout: trellis_api::Duration,
+    /// Capture the host's (or network namespace's) traffic with iptables: outbound TCP to
+    /// `--intercept-listen`, inbound TCP to `--inbound`, port 53 to `--dns`. Needs root (or
+    /// CAP_NET_ADMIN); the rules are removed when the proxy stops.
+    #[arg(long)]
+    pub intercept: bool,
+    /// Where captured outbound connections arrive.
+    #[arg(long, default_value = "127.0.0.1:15002", requires = "intercept")]
+    pub intercept_listen: SocketAddr,
+    /// Outbound TCP ports never captured (comma-separated); the control plane's ports always.
+    #[arg(long, value_delimiter = ',', requires = "intercept")]
+    pub intercept_exclude_ports: Vec<u16>,
+    /// Inbound TCP ports never captured (comma-separated); the admin port always.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "22",
+        requires = "intercept"
+    )]
+    pub intercept_exclude_inbound_ports: Vec<u16>,
+    /// Outbound destinations never captured (comma-separated IPv4 CIDRs).
+    #[arg(long, value_delimiter = ',', requires = "intercept")]
+    pub intercept_exclude_cidrs: Vec<trellis_api::Ipv4Cidr>,
+    /// SO_MARK on the proxy's own sockets, which the rules let out (hex or decimal).
+    #[arg(long, default_value = "0x1337", value_parser = parse_mark, requires = "intercept")]
+    pub intercept_mark: u32,
+    /// The iptables program (Debian's, nft backend).
+    #[arg(long, default_value = "iptables")]
+    pub iptables: PathBuf,
+}
+
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    match parsed {
+        Ok(0) => Err("mark must not be 0 (unmarked sockets have mark 0)".into()),
+        Ok(m) => Ok(m),
+        Err(_) => Err(format!("expected a number like 0x1337, got {s:?}")),
+    }
+}
+
+/// The ports of the control-plane URLs (`http://host:port`; 80 when absent).
+fn control_ports(endpoints: &[String]) -> anyhow::Result<Vec<u16>> {
+    endpoints
+        .iter()
+        .map(|e| {
+            let uri: http::Uri = e
+                .parse()
+                .with_context(|| format!("--control {e:?} is not a URL"))?;
+            Ok(uri.port_u16().unwrap_or(match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            }))
+        })
+        .collect()
+}
+
+/// `--intercept` and its exclusions (the control plane's ports always among them).
+fn capture_options(args: &ProxyArgs) -> anyhow::Result<Option<trellis_proxy::CaptureOptions>> {
+    if !args.intercept {
+        return Ok(None);
+    }
+    let mut exclude = args.intercept_exclude_ports.clone();
+    exclude.extend(control_ports(&args.control)?);
+    Ok(Some(trellis_proxy::CaptureOptions {
+        listen: args.intercept_listen,
+        iptables: args.iptables.clone(),
+        mark: args.intercept_mark,
+        exclude_outbound_ports: exclude,
+        exclude_inbound_ports: args.intercept_exclude_inbound_ports.clone(),
+        exclude_cidrs: args.intercept_exclude_cidrs.clone(),
+    }))
+}
+
+fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("expected IP or IP:PORT, got {s:?}"))
+}
+
+/// `--dns` and its upstreams: the flags, else /etc/resolv.conf.
+fn dns_options(args: &ProxyArgs) -> anyhow::Result<Option<trellis_proxy::dns::DnsOptions>> {
+    let Some(listen) = args.dns else {
+        return Ok(None);
+    };
+    let upstreams = if args.dns_upstream.is_empty() {
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        trellis_proxy::dns::host_resolvers(&text)
+    } else {
+        args.dns_upstream.clone()
+    };
+    let mut opts = trellis_proxy::dns::DnsOptions::new(listen, upstreams);
+    opts.timeout = args.dns_timeout.as_std();
+    Ok(Some(opts))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -175,6 +285,8 @@ fn parse_upstream(s: &str) -> Result<UpstreamPort, String> {
 }
 
 pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
+    let dns = dns_options(&args)?;
+    let capture = capture_options(&args)?;
     let outbound =
         if args.outbound == "off" {
             None
@@ -229,6 +341,8 @@ pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
             (Some(cert), Some(key), Some(trust)) => Some(TlsFiles { cert, key, trust }),
             _ => None,
         },
+        dns,
+        capture,
     })
 }
 
@@ -237,7 +351,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let service = opts.identity.service.clone();
     trellis_proxy::run(opts, shutdown_signal(), |bound| {
         println!(
-            "trellis proxy for {service} listening (ready once config is in force; see /ready): admin={} outbound={} inbound={} upstreams={:?}",
+            "trellis proxy for {service} listening (ready once config is in force; see /ready): admin={} outbound={} inbound={} upstreams={:?} dns={}",
             bound.admin,
             bound
                 .outbound
@@ -248,6 +362,10 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "off".into()),
             bound.upstreams,
+            bound
+                .dns
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into()),
         );
     })
     .await?;
@@ -291,5 +409,30 @@ mod tests {
         assert!(parse_upstream("reviews").is_err());
         assert!(parse_upstream("=9001").is_err());
         assert!(parse_upstream("a:x=1").is_err());
+    }
+
+    #[test]
+    fn capture_flags() {
+        assert_eq!(parse_mark("0x1337"), Ok(0x1337));
+        assert_eq!(parse_mark("4919"), Ok(0x1337));
+        assert!(parse_mark("0").unwrap_err().contains("must not be 0"));
+        assert!(parse_mark("0xzz").is_err());
+        let ports = control_ports(&["http://10.0.0.1:15010".into(), "https://cp".into()]).unwrap();
+        assert_eq!(ports, [15010, 443]);
+        assert!(control_ports(&["not a url".into()]).is_err());
+    }
+
+    #[test]
+    fn resolver_flags() {
+        assert_eq!(
+            parse_resolver("10.0.0.2"),
+            Ok("10.0.0.2:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_resolver("10.0.0.2:5353"),
+            Ok("10.0.0.2:5353".parse().unwrap())
+        );
+        assert_eq!(parse_resolver("[::1]:53"), Ok("[::1]:53".parse().unwrap()));
+        assert!(parse_resolver("resolver.local").is_err());
     }
 }

@@ -1,9 +1,11 @@
 //! `MeshConfig` and `Deployment`.
 use super::checks::{dns_label_problem, labels, zone_problem, Problems};
 use super::{MAX_CERTIFICATE_LIFETIME, MAX_REPLICAS, MIN_CERTIFICATE_LIFETIME};
+use crate::address::{Ipv4Cidr, ServiceAddressSpec, MAX_RANGE_PREFIX, MIN_RANGE_PREFIX};
 use crate::ca::{CertificateAuthoritySpec, TrustBundleSpec};
 use crate::mesh::{DeploymentSpec, MeshConfigSpec};
 use crate::meta::ObjectMeta;
+use std::net::Ipv4Addr;
 
 pub(super) fn mesh_config(p: &mut Problems, spec: &MeshConfigSpec) {
     trust_domain(p, &spec.trust_domain);
@@ -20,6 +22,50 @@ pub(super) fn mesh_config(p: &mut Problems, spec: &MeshConfigSpec) {
         "spec.telemetry.tracingSamplePercent",
         spec.telemetry.tracing_sample_percent,
     );
+    service_address_range(p, &spec.service_address_range);
+    dns_domain(p, &spec.dns_domain);
+}
+
+fn service_address_range(p: &mut Problems, text: &str) {
+    let path = "spec.serviceAddressRange";
+    match text.parse::<Ipv4Cidr>() {
+        Err(e) => p.add(path, e.to_string()),
+        Ok(c) if !(MIN_RANGE_PREFIX..=MAX_RANGE_PREFIX).contains(&c.prefix()) => p.add(
+            path,
+            format!(
+                "prefix must be between /{MIN_RANGE_PREFIX} and /{MAX_RANGE_PREFIX} (got /{})",
+                c.prefix()
+            ),
+        ),
+        Ok(_) => {}
+    }
+}
+
+/// A DNS name of labels: the sidecar answers names under it.
+fn dns_domain(p: &mut Problems, domain: &str) {
+    let path = "spec.dnsDomain";
+    if domain.is_empty() || domain.len() > 253 {
+        p.add(
+            path,
+            "must be a DNS name of 1 to 253 characters, such as \"cluster.local\"",
+        );
+        return;
+    }
+    if let Some(bad) = domain.split('.').find(|l| dns_label_problem(l).is_some()) {
+        p.add(
+            path,
+            format!("label {bad:?} is not a DNS label (lowercase letters, digits and '-', 1 to 63 characters)"),
+        );
+    }
+}
+
+pub(super) fn service_address(p: &mut Problems, spec: &ServiceAddressSpec) {
+    if spec.address.parse::<Ipv4Addr>().is_err() {
+        p.add(
+            "spec.address",
+            format!("{:?} is not an IPv4 address", spec.address),
+        );
+    }
 }
 
 pub(super) fn trust_bundle(p: &mut Problems, spec: &TrustBundleSpec) {

@@ -125,7 +125,8 @@ async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, A
         failure: Failure::ConnectFailed,
         detail,
     };
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    // Marked under capture, so the capture rules let it out (`crate::sockopt`).
+    match tokio::time::timeout(timeout, crate::sockopt::connect(addr)).await {
         Err(_) => Err(fail(format!("{addr}: connect timed out after {timeout:?}"))),
         Ok(Err(e)) => Err(fail(format!("{addr}: {e}"))),
         Ok(Ok(s)) => {

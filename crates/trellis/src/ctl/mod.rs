@@ -359,13 +359,18 @@ pub fn print_value(value: &Value, output: Output) -> anyhow::Result<()> {
             );
             for i in items {
                 let m = &i["metadata"];
-                println!(
+                let line = format!(
                     "{:<22} {:<12} {:<32} {:>8}",
                     i["kind"].as_str().unwrap_or_default(),
                     m["namespace"].as_str().unwrap_or_default(),
                     m["name"].as_str().unwrap_or_default(),
                     m["resourceVersion"].as_str().unwrap_or_default()
                 );
+                // A service's virtual IP is what one looks it up for.
+                match i["spec"]["address"].as_str() {
+                    Some(vip) if i["kind"] == "ServiceAddress" => println!("{line}  {vip}"),
+                    _ => println!("{line}"),
+                }
             }
         }
     }

@@ -252,6 +252,21 @@ impl NsProc {
         );
     }
 
+    /// SIGTERM by PID (`kill -TERM`), then waits (bounded) for the exit; `None` if it did not
+    /// exit within `limit` (the caller's Drop then kills it).
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.pid().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// `kill -9` by PID, then reaps it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
