@@ -361,7 +361,7 @@ where
 {
     let ctx = state.upstream_context();
     let opened = match role {
-        Role::Inbound { app } => opaque::to_app(&ctx, *app).await,
+        Role::Inbound { app } => opaque::to_address(&ctx, *app).await,
         Role::Outbound { fixed: Some(f) } => {
             let Some(snap) = state.snapshot.load_full() else {
                 return;

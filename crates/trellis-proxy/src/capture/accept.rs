@@ -17,6 +17,7 @@ use crate::drain::Drain;
 use crate::http::outbound::FixedTarget;
 use crate::listener::Role;
 use crate::state::ProxyState;
+use crate::upstream::opaque;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
@@ -120,15 +121,13 @@ async fn connection(
             crate::listener::serve_connection(stream, peer, &role, state, drain).await;
         }
         Destination::Passthrough(to) => {
-            let timeout = state.settings.connect_timeout;
-            match tokio::time::timeout(timeout, crate::sockopt::connect(to)).await {
-                Ok(Ok(upstream)) => {
-                    let _ = upstream.set_nodelay(true);
-                    crate::tcp::splice(&state.metrics, "outbound", "passthrough", stream, upstream)
-                        .await
+            let ctx = state.upstream_context();
+            match opaque::to_address(&ctx, to).await {
+                Ok(mut upstream) => {
+                    let (metrics, io) = (&state.metrics, &mut upstream.io);
+                    crate::tcp::splice(metrics, "outbound", "passthrough", stream, io).await
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, %to, error = %e, "passthrough connect failed"),
-                Err(_) => tracing::debug!(%peer, %to, "passthrough connect timed out"),
+                Err(e) => tracing::debug!(%peer, %to, error = %e, "passthrough connect failed"),
             }
         }
         Destination::Unroutable(why) => {

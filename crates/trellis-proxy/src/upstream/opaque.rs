@@ -70,8 +70,9 @@ pub async fn to_service(
     })
 }
 
-/// A connection to the local app (the inbound side): no service, no pick, no limits.
-pub async fn to_app(ctx: &Context<'_>, app: SocketAddr) -> Result<Opened, ProxyError> {
-    let io = connect::connect(&Dial::plain(app, ctx.connect_timeout), Alpn::Opaque).await?;
+/// A plaintext connection to an address that is no service's endpoint (the local app on the
+/// inbound side, a captured connection's destination outside the mesh): no pick, no limits.
+pub async fn to_address(ctx: &Context<'_>, addr: SocketAddr) -> Result<Opened, ProxyError> {
+    let io = connect::connect(&Dial::plain(addr, ctx.connect_timeout), Alpn::Opaque).await?;
     Ok(Opened { io, _permit: None })
 }
