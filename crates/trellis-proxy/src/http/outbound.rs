@@ -10,7 +10,7 @@ use crate::body::{self, Body};
 use crate::config::{Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
 use crate::error::{ProxyError, Reason, Shape};
 use crate::state::ProxyState;
-use crate::upstream::{pick, Dial, Wire};
+use crate::upstream::{pick, Wire};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -149,12 +149,7 @@ async fn routed(
             .ok_or_else(|| ProxyError::new(Reason::NoHealthyEndpoints, "route has no backend"))?;
         // The same pick as any request: ejection, zone preference and hashing apply.
         let picked = pick(snapshot, backend, Some(req.headers()), peer.ip(), None)?;
-        // An upgrade connects within the proxy's connect timeout, not the service's.
-        let dial = Dial {
-            timeout: state.settings.connect_timeout,
-            ..picked.dial(&state.upstream_context())
-        };
-        return forward_upgrade(state, dial, req).await;
+        return forward_upgrade(state, picked.dial(&state.upstream_context()), req).await;
     }
     forward(&target, req.map(body::boxed)).await
 }
