@@ -311,11 +311,7 @@ fn mirror(t: &Target<'_>, parts: &Parts, replay: &Replayable) {
     ) else {
         return;
     };
-    // A mirror connects within the proxy's connect timeout, not the mirrored service's.
-    let dial = Dial {
-        timeout: t.state.settings.connect_timeout,
-        ..picked.dial(&t.state.upstream_context())
-    };
+    let dial = picked.dial(&t.state.upstream_context());
     let req = Request::from_parts(clone_parts(parts), replay.body());
     let upstreams = t.state.upstreams.clone();
     let wire = t.wire;
