@@ -1,8 +1,10 @@
 //! Sending a routed request to a backend: pick an endpoint, try, classify, maybe retry (bounded by
 //! attempts, the retry budget and the replay buffer), all within the rule's timeout. The last
-//! attempt gets whatever time remains. Also mirroring and HTTP/1.1 upgrades.
-use super::headers::{strip_hop_by_hop, upgrade_answer_matches, upgrade_tokens};
-use super::replay::{prepare, Prepared, Replayable};
+//! attempt gets whatever time remains. Mirroring ([`super::mirror`]) starts here; upgrades
+//! ([`super::upgrade`]) take their own path.
+use super::headers::strip_hop_by_hop;
+use super::mirror::mirror;
+use super::replay::{clone_parts, prepare, Prepared, Replayable};
 use crate::body::{self, Body};
 use crate::config::{BackendRef, Rule, Snapshot};
 use crate::error::{ProxyError, Reason};
@@ -10,17 +12,14 @@ use crate::metrics::RetryLabels;
 use crate::resilience::Outcome;
 use crate::retry::{Backoff, Failure, RetryPolicy};
 use crate::state::ProxyState;
-use crate::upstream::{feedback, pick, AttemptError, Dial, Ended, Picked, Wire};
-use http::{request::Parts, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use crate::upstream::{feedback, pick, AttemptError, Ended, Picked, Wire};
+use http::{request::Parts, Request, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Request bodies are buffered up to this for mirroring when no retry policy says otherwise.
 const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
-const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything an attempt needs besides the body.
 pub struct Target<'a> {
@@ -252,16 +251,13 @@ fn failure_error(e: TryFailure, attempts: u32) -> ProxyError {
         TryFailure::Refused(p) => return p,
         TryFailure::Upstream(e) => e,
     };
-    let reason = match attempts {
-        1 => e.reason(),
-        _ => Reason::RetriesExhausted,
-    };
-    let detail = if attempts > 1 {
-        format!("{attempts} attempts; last: {:?}: {}", e.failure, e.detail)
-    } else {
-        e.detail
-    };
-    ProxyError::new(reason, detail)
+    if attempts == 1 {
+        return e.into();
+    }
+    ProxyError::new(
+        Reason::RetriesExhausted,
+        format!("{attempts} attempts; last: {:?}: {}", e.failure, e.detail),
+    )
 }
 
 fn choose_backend(rule: &Rule) -> Result<&BackendRef, ProxyError> {
@@ -278,90 +274,9 @@ fn choose_backend(rule: &Rule) -> Result<&BackendRef, ProxyError> {
     })
 }
 
-fn clone_parts(parts: &Parts) -> Parts {
-    let mut req = Request::new(());
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    req.into_parts().0
-}
-
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-}
-
-/// Sends a copy to the mirror backend, fire and forget: its answer and failures are dropped.
-fn mirror(t: &Target<'_>, parts: &Parts, replay: &Replayable) {
-    let Some(m) = &t.rule.mirror else {
-        return;
-    };
-    if rand::random_range(0.0..100.0) >= m.percent {
-        return;
-    }
-    let Ok(picked) = pick(
-        t.snapshot,
-        &m.backend,
-        Some(&parts.headers),
-        t.peer.ip(),
-        None,
-    ) else {
-        return;
-    };
-    let dial = picked.dial(&t.state.upstream_context());
-    let req = Request::from_parts(clone_parts(parts), replay.body());
-    let upstreams = t.state.upstreams.clone();
-    let wire = t.wire;
-    tokio::spawn(async move {
-        let send = upstreams.send(&dial, wire, req);
-        if let Ok(Ok(rsp)) = tokio::time::timeout(MIRROR_TIMEOUT, send).await {
-            let _ = http_body_util::BodyExt::collect(rsp.into_body()).await;
-        }
-    });
-}
-
-/// Forwards an HTTP/1.1 upgrade and, on `101 Switching Protocols`, splices the two connections.
-pub async fn forward_upgrade(
-    state: &ProxyState,
-    dial: Dial,
-    mut req: Request<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
-    let addr = dial.addr;
-    let downstream = hyper::upgrade::on(&mut req);
-    let offered = upgrade_tokens(req.headers());
-    let req = req.map(body::boxed);
-    let mut rsp = state
-        .upstreams
-        .send_upgrade(&dial, req)
-        .await
-        .map_err(|e| failure_error(TryFailure::Upstream(e), 1))?;
-    if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        // Only a switch to a protocol the (vetted) request offered becomes a pipe.
-        if !upgrade_answer_matches(&offered, rsp.headers()) {
-            return Err(ProxyError::new(
-                Reason::UpstreamReset,
-                format!(
-                    "{addr} switched to a protocol the request did not offer ({offered:?}); connection not upgraded"
-                ),
-            ));
-        }
-        let upstream = hyper::upgrade::on(&mut rsp);
-        tokio::spawn(async move {
-            match (downstream.await, upstream.await) {
-                (Ok(d), Ok(u)) => {
-                    let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
-                }
-                (d, u) => tracing::debug!(
-                    downstream_ok = d.is_ok(),
-                    upstream_ok = u.is_ok(),
-                    "upgrade failed"
-                ),
-            }
-        });
-    }
-    Ok(rsp.map(body::boxed))
 }

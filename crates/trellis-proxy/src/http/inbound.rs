@@ -7,10 +7,10 @@
 //! unless the rule says `forwardOriginalToken`. Upgrades go through only to protocols the port
 //! permits (WebSocket by default; `h2c` is stripped), and CONNECT never does: no connection
 //! becomes a pipe for requests nobody authorized.
-use super::forward::forward_upgrade;
 use super::headers::{
     admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
 };
+use super::upgrade::forward_upgrade;
 use super::{record, Outcome};
 use crate::body::{self, Body};
 use crate::config::Snapshot;
@@ -168,7 +168,7 @@ async fn to_app(
     strip_hop_by_hop(req.headers_mut(), upgrade);
     if upgrade {
         let dial = Dial::plain(app, state.settings.connect_timeout);
-        return forward_upgrade(state, dial, req).await;
+        return forward_upgrade(&state.upstreams, dial, req).await;
     }
     // The app hears the version its port declares, whatever the caller (or the peer's sidecar)
     // spoke: an `http` app may know only HTTP/1.1.

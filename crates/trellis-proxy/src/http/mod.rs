@@ -3,8 +3,10 @@
 pub mod forward;
 pub mod headers;
 pub mod inbound;
+pub mod mirror;
 pub mod outbound;
 pub mod replay;
+pub mod upgrade;
 
 use crate::body::Body;
 use crate::error::{ProxyError, Reason, Shape};

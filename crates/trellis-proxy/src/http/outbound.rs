@@ -1,10 +1,11 @@
 //! The outbound side: a request from the local app, matched to a service (by `Host`, or fixed by
 //! a per-upstream port), routed by the service's rules, subjected to faults, rewritten, and
 //! forwarded.
-use super::forward::{forward, forward_upgrade, Target};
+use super::forward::{forward, Target};
 use super::headers::{
     admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
 };
+use super::upgrade::forward_upgrade;
 use super::{record, Outcome};
 use crate::body::{self, Body};
 use crate::config::{Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
@@ -149,7 +150,12 @@ async fn routed(
             .ok_or_else(|| ProxyError::new(Reason::NoHealthyEndpoints, "route has no backend"))?;
         // The same pick as any request: ejection, zone preference and hashing apply.
         let picked = pick(snapshot, backend, Some(req.headers()), peer.ip(), None)?;
-        return forward_upgrade(state, picked.dial(&state.upstream_context()), req).await;
+        return forward_upgrade(
+            &state.upstreams,
+            picked.dial(&state.upstream_context()),
+            req,
+        )
+        .await;
     }
     forward(&target, req.map(body::boxed)).await
 }

@@ -3,9 +3,20 @@
 use crate::body::{self, Body, BoxError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::HeaderMap;
+use http::request::Parts;
+use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::Frame;
+
+/// A copy of a request's head, to send it again with a replayed body.
+pub fn clone_parts(parts: &Parts) -> Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req.into_parts().0
+}
 
 /// A body that can be sent more than once.
 #[derive(Debug, Clone)]
