@@ -11,8 +11,7 @@ use crate::error::{ProxyError, Reason};
 use crate::metrics::RetryLabels;
 use crate::resilience::Outcome;
 use crate::retry::{Backoff, Failure, RetryPolicy};
-use crate::state::ProxyState;
-use crate::upstream::{feedback, pick, AttemptError, Ended, Picked, Wire};
+use crate::upstream::{feedback, pick, AttemptError, Context, Ended, Picked, Upstream, Wire};
 use http::{request::Parts, Request, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,16 +21,21 @@ use std::time::Duration;
 const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
 
 /// Everything an attempt needs besides the body.
-pub struct Target<'a> {
-    pub state: &'a Arc<ProxyState>,
-    pub snapshot: &'a Arc<Snapshot>,
+pub struct Target<'a, U> {
+    /// Where tries are sent: [`crate::upstream::Upstreams`], or a fake in tests.
+    pub upstream: &'a Arc<U>,
+    pub ctx: Context<'a>,
+    pub snapshot: &'a Snapshot,
     pub rule: &'a Rule,
     pub service: &'a str,
     pub wire: Wire,
     pub peer: SocketAddr,
 }
 
-pub async fn forward(t: &Target<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+pub async fn forward<U: Upstream>(
+    t: &Target<'_, U>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
     let deadline = t
         .rule
         .timeout
@@ -51,8 +55,8 @@ pub async fn forward(t: &Target<'_>, req: Request<Body>) -> Result<Response<Body
     }
 }
 
-async fn forward_inner(
-    t: &Target<'_>,
+async fn forward_inner<U: Upstream>(
+    t: &Target<'_, U>,
     req: Request<Body>,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Response<Body>, ProxyError> {
@@ -102,8 +106,8 @@ async fn forward_inner(
     }
 }
 
-async fn retry_loop(
-    t: &Target<'_>,
+async fn retry_loop<U: Upstream>(
+    t: &Target<'_, U>,
     policy: Option<Arc<RetryPolicy>>,
     attempts: u32,
     parts: &Parts,
@@ -154,8 +158,8 @@ fn backoff_delay(b: &Backoff, retry_number: u32) -> Duration {
     b.delay(retry_number)
 }
 
-fn count_retry(t: &Target<'_>, outcome: &'static str) {
-    t.state
+fn count_retry<U>(t: &Target<'_, U>, outcome: &'static str) {
+    t.ctx
         .metrics
         .retries
         .get_or_create(&RetryLabels {
@@ -183,16 +187,15 @@ impl From<AttemptError> for TryFailure {
 /// One try against one endpoint, bounded by `limit`, admitted by the service's limits, and
 /// reported to outlier detection. A try that times out teaches the balancer its latency, so
 /// peak-EWMA steers away from an endpoint that hangs.
-async fn attempt(
-    t: &Target<'_>,
+async fn attempt<U: Upstream>(
+    t: &Target<'_, U>,
     picked: &Picked,
     req: Request<Body>,
     limit: Option<Duration>,
     retry: bool,
 ) -> Result<Response<Body>, TryFailure> {
-    let ctx = t.state.upstream_context();
     let svc = picked.service();
-    let dial = picked.dial(&ctx);
+    let dial = picked.dial(&t.ctx);
     let hold_connection = t.wire == Wire::Http1;
     let _permit = svc
         .limit_state
@@ -209,7 +212,7 @@ async fn attempt(
             ))
         })?;
     let mut in_flight = picked.start();
-    let send = t.state.upstreams.send(&dial, t.wire, req);
+    let send = t.upstream.send(&dial, t.wire, req);
     let result = match limit {
         None => send.await,
         Some(limit) => tokio::time::timeout(limit, send).await.unwrap_or_else(|_| {
@@ -226,7 +229,7 @@ async fn attempt(
         Ok(rsp) => Ended::Answered(Outcome::of_response(rsp.status(), rsp.headers())),
         Err(e) => Ended::Failed(e.failure),
     };
-    feedback::record(ctx.metrics, picked, &mut in_flight, ended);
+    feedback::record(t.ctx.metrics, picked, &mut in_flight, ended);
     let mut rsp = result?;
     strip_hop_by_hop(rsp.headers_mut(), false);
     Ok(rsp)
@@ -280,3 +283,6 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,7 @@
 //! ignored, and it gives up after [`MIRROR_TIMEOUT`].
 use super::forward::Target;
 use super::replay::{clone_parts, Replayable};
-use crate::upstream::pick;
+use crate::upstream::{pick, Upstream};
 use http::request::Parts;
 use http::Request;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use std::time::Duration;
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends a copy to the mirror backend, fire and forget: its answer and failures are dropped.
-pub(super) fn mirror(t: &Target<'_>, parts: &Parts, replay: &Replayable) {
+pub(super) fn mirror<U: Upstream>(t: &Target<'_, U>, parts: &Parts, replay: &Replayable) {
     let Some(m) = &t.rule.mirror else {
         return;
     };
@@ -29,12 +29,12 @@ pub(super) fn mirror(t: &Target<'_>, parts: &Parts, replay: &Replayable) {
     ) else {
         return;
     };
-    let dial = picked.dial(&t.state.upstream_context());
+    let dial = picked.dial(&t.ctx);
     let req = Request::from_parts(clone_parts(parts), replay.body());
-    let upstreams = t.state.upstreams.clone();
+    let upstream = t.upstream.clone();
     let wire = t.wire;
     tokio::spawn(async move {
-        let send = upstreams.send(&dial, wire, req);
+        let send = upstream.send(&dial, wire, req);
         if let Ok(Ok(rsp)) = tokio::time::timeout(MIRROR_TIMEOUT, send).await {
             let _ = http_body_util::BodyExt::collect(rsp.into_body()).await;
         }

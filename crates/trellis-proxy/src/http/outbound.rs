@@ -137,7 +137,8 @@ async fn routed(
     let protocol = declared.map(|p| p.protocol).unwrap_or_default();
     let wire = Wire::for_port(protocol, req.version());
     let target = Target {
-        state,
+        upstream: &state.upstreams,
+        ctx: state.upstream_context(),
         snapshot,
         rule,
         service: &svc.name,

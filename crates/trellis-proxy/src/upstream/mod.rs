@@ -27,12 +27,40 @@ pub use connect::{Dial, PeerTls};
 pub use feedback::Ended;
 pub use pick::{pick, pick_in, Picked};
 
+use crate::body::Body;
 use crate::error::{ProxyError, Reason};
 use crate::metrics::Metrics;
 use crate::retry::Failure;
 use crate::tls::MeshTls;
+use http::{Request, Response};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Sends one request to one endpoint: its response, or how the try failed. The forwarding core
+/// (tries, timeouts, retries, passive health) reaches upstreams only through this, so it runs
+/// in-process against a fake in tests, on a paused clock, as linkerd2-proxy tests its stacks
+/// with mock services. [`Upstreams`] is the real one; generic, not `dyn`, so the request path
+/// pays no allocation for the indirection.
+pub trait Upstream: Send + Sync + 'static {
+    fn send(
+        &self,
+        dial: &Dial,
+        wire: Wire,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, AttemptError>> + Send;
+}
+
+impl Upstream for Upstreams {
+    fn send(
+        &self,
+        dial: &Dial,
+        wire: Wire,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, AttemptError>> + Send {
+        Upstreams::send(self, dial, wire, req)
+    }
+}
 
 /// What the proxy lends every path that connects upstream: its certificate (for peer mTLS), its
 /// connect timeout for services that set none (`--connect-timeout`), and the metrics passive
