@@ -76,3 +76,139 @@ pub async fn to_address(ctx: &Context<'_>, addr: SocketAddr) -> Result<Opened, P
     let io = connect::connect(&Dial::plain(addr, ctx.connect_timeout), Alpn::Opaque).await?;
     Ok(Opened { io, _permit: None })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::settings::LocalIdentity;
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+
+    /// Service `db` (port declared `tcp`) with a live endpoint and one nobody listens on, and
+    /// `policy` (a DestinationPolicy spec, YAML flow style) when given.
+    async fn live_and_dead(policy: Option<&str>) -> (Snapshot, SocketAddr, SocketAddr) {
+        let live = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let live_addr = live.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = live.accept().await {
+                open.push(s);
+            }
+        });
+        let dead_addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .and_then(|l| l.local_addr())
+            .expect("bind");
+        let mut text = String::from(
+            "apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {name: db}\nspec:\n  ports: [{port: 5432, protocol: tcp}]\n",
+        );
+        // The dead endpoint first: its load state is made first, so while nothing is known of
+        // either it looks (a hair) cheaper, and only what a refusal teaches moves callers off.
+        for (name, addr) in [("dead", dead_addr), ("live", live_addr)] {
+            text.push_str(&format!(
+                "---\napiVersion: trellis.dev/v1\nkind: Workload\nmetadata: {{name: {name}}}\nspec: {{service: db, address: {}, port: {}}}\n",
+                addr.ip(),
+                addr.port()
+            ));
+        }
+        if let Some(spec) = policy {
+            text.push_str(&format!(
+                "---\napiVersion: trellis.dev/v1\nkind: DestinationPolicy\nmetadata: {{name: db}}\nspec: {{service: db, {spec}}}\n"
+            ));
+        }
+        let resources = trellis_api::parse_documents("test", &text).expect("parses");
+        let local = LocalIdentity {
+            service: "client".into(),
+            namespace: "default".into(),
+            zone: None,
+        };
+        let snap = Snapshot::build(1, "test".into(), resources, None, &local).expect("builds");
+        (snap, live_addr, dead_addr)
+    }
+
+    /// Opens `n` connections to `db`; how many were refused.
+    async fn refused_of(n: usize, snap: &Snapshot, metrics: &Metrics) -> usize {
+        let ctx = Context {
+            metrics,
+            tls: None,
+            connect_timeout: Duration::from_secs(5),
+        };
+        let peer: SocketAddr = "127.0.0.1:40000".parse().expect("peer");
+        let mut refused = 0;
+        for _ in 0..n {
+            match to_service(&ctx, snap, "default", "db", peer).await {
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e.reason, Reason::ConnectFailed, "{e}");
+                    refused += 1;
+                }
+            }
+        }
+        refused
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_costs_the_endpoint_for_opaque_tcp_too() {
+        // The default balancer: the failure penalty steers every later connection away.
+        let (snap, _, _) = live_and_dead(None).await;
+        let refused = refused_of(30, &snap, &Metrics::new()).await;
+        assert!(refused <= 1, "{refused} of 30 refused");
+    }
+
+    #[tokio::test]
+    async fn failure_accrual_backs_off_a_dead_endpoint_for_opaque_tcp_too() {
+        // Round robin alternates; failure accrual takes the dead endpoint out after five
+        // refusals in a row (for at least 0.5 s: far longer than these connects take).
+        let (snap, _, dead) = live_and_dead(Some("loadBalancer: {algorithm: RoundRobin}")).await;
+        let metrics = Metrics::new();
+        assert_eq!(refused_of(30, &snap, &metrics).await, 5);
+        let svc = snap.service("default", "db").expect("db");
+        let ep = svc.groups[&None]
+            .endpoints
+            .iter()
+            .find(|e| e.addr == dead)
+            .expect("dead endpoint");
+        assert!(!ep.outlier.accrual.is_available());
+    }
+
+    /// A connection to `db`, retried past refusals (a refused connect gives its limit permit
+    /// back at once), or the first other refusal.
+    async fn open_one(ctx: &Context<'_>, snap: &Snapshot) -> Result<Opened, ProxyError> {
+        let peer: SocketAddr = "127.0.0.1:40000".parse().expect("peer");
+        for _ in 0..5 {
+            match to_service(ctx, snap, "default", "db", peer).await {
+                Err(e) if e.reason == Reason::ConnectFailed => continue,
+                other => return other,
+            }
+        }
+        panic!("the live endpoint was never reached");
+    }
+
+    #[tokio::test]
+    async fn connections_hold_the_services_connection_limit() {
+        let (snap, _, _) = live_and_dead(Some(
+            "connectionPool: {maxConnections: 1, maxPendingRequests: 1, connectTimeout: 100ms}",
+        ))
+        .await;
+        let metrics = Metrics::new();
+        let ctx = Context {
+            metrics: &metrics,
+            tls: None,
+            connect_timeout: Duration::from_secs(5),
+        };
+        let first = open_one(&ctx, &snap)
+            .await
+            .expect("the one connection the limit allows");
+        let e = open_one(&ctx, &snap)
+            .await
+            .err()
+            .expect("a second is over the limit");
+        assert_eq!(e.reason, Reason::PoolOverflow, "{e}");
+        drop(first);
+        assert!(
+            open_one(&ctx, &snap).await.is_ok(),
+            "closing gives the connection back"
+        );
+    }
+}
