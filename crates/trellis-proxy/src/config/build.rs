@@ -1,197 +1,137 @@
-//! Compiles a validated [`ResourceSet`] into a [`Snapshot`].
-use super::inbound::InboundPolicy;
-use super::{
-    BackendRef, EndpointGroup, Fault, FaultAbort, HeaderModifier, MirrorTarget, Rewrite,
-    RouteMatcher, Rule, ServiceTarget, ValueMatcher, WeightedBackend,
-};
+//! Compiles a validated [`ResourceSet`]'s services into [`ServiceTarget`]s: endpoints (with the
+//! live state carried from the previous snapshot), endpoint groups and their balancers, routing
+//! rules ([`super::rule`]), and the DestinationPolicy's timeouts, limits, outlier detection,
+//! locality and TLS mode.
+use super::rule;
+use super::{BuildError, EndpointGroup, ServiceTarget, Services};
 use crate::balance::{Balancer, Endpoint, EndpointLoad};
 use crate::resilience::{LimitState, Limits, Locality, OutlierPolicy, OutlierState};
-use crate::retry::{RetryBudget, RetryPolicy};
-use crate::settings::LocalIdentity;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use trellis_api::mesh::MtlsMode;
 use trellis_api::policy::{DestinationPolicySpec, LoadBalancer};
-use trellis_api::route::RouteRule;
 use trellis_api::service::{Service, WorkloadHealth};
 use trellis_api::{ResourceSet, Route};
 use trellis_identity::SpiffeId;
 
-/// Why a resource set could not become a snapshot.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{resource}: {field}: {message}")]
-pub struct BuildError {
-    pub resource: String,
-    pub field: String,
-    pub message: String,
-}
-
-/// Everything one proxy needs to route, immutable once built.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub version: u64,
-    /// Where the config came from (a file path, or the control plane).
-    pub source: String,
-    pub resources: ResourceSet,
-    pub services: HashMap<(String, String), Arc<ServiceTarget>>,
-    /// Live per-endpoint load, carried across snapshots so balancing state survives reloads.
+/// Live state that outlives a snapshot: per-endpoint load and passive health (by address) and
+/// per-service limit counters. Each snapshot takes over the previous one's, so balancing,
+/// ejections, back-offs and requests in flight survive a reload.
+#[derive(Debug, Default)]
+pub struct Carried {
     pub loads: HashMap<SocketAddr, Arc<EndpointLoad>>,
-    /// Per-endpoint outlier state, carried likewise so an ejection survives a reload.
     pub outliers: HashMap<SocketAddr, Arc<OutlierState>>,
-    /// Per-service limit counters, carried likewise.
     pub limit_states: HashMap<(String, String), Arc<LimitState>>,
-    /// What guards this proxy's own service.
-    pub inbound: InboundPolicy,
 }
 
-/// Endpoint state carried from the previous snapshot into the next.
-#[derive(Default)]
-struct Carried {
-    loads: HashMap<SocketAddr, Arc<EndpointLoad>>,
-    outliers: HashMap<SocketAddr, Arc<OutlierState>>,
-}
-
-impl Snapshot {
-    /// Compiles `resources`; `previous` lends its per-endpoint state; `local` is who this proxy
-    /// stands beside (its zone for locality preference, its service for inbound policy).
-    pub fn build(
-        version: u64,
-        source: String,
-        resources: ResourceSet,
-        previous: Option<&Snapshot>,
-        local: &LocalIdentity,
-    ) -> Result<Self, BuildError> {
-        let zone = local.zone.as_deref();
-        let mesh_mtls = resources.mesh_config().mtls.mode;
-        let inbound =
-            InboundPolicy::build(&resources, local, mesh_mtls, previous.map(|p| &p.inbound))?;
-        let mut carried = Carried::default();
-        let mut limit_states = HashMap::new();
-        let policies: HashMap<(String, String), &DestinationPolicySpec> = resources
-            .destination_policies()
-            .map(|p| {
-                (
-                    (p.metadata.namespace.clone(), p.spec.service.clone()),
-                    &p.spec,
-                )
-            })
-            .collect();
-        let mut services = HashMap::new();
-        for svc in resources.services() {
-            let key = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
-            let policy = policies.get(&key).copied();
-            let endpoints = endpoints_of(svc, &resources, previous, &mut carried)?;
-            let groups = groups_of(&endpoints, policy);
-            let mut routes: Vec<&Route> = resources
-                .routes()
-                .filter(|r| {
-                    r.metadata.namespace == svc.metadata.namespace
-                        && r.spec.service == svc.metadata.name
-                })
-                .collect();
-            routes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-            let mut rules = Vec::new();
-            for route in routes {
-                for (i, rule) in route.spec.rules.iter().enumerate() {
-                    rules.push(compile_rule(route, i, rule)?);
-                }
-            }
-            if rules.is_empty() {
-                rules.push(default_rule(svc));
-            }
-            let connect_timeout = policy
-                .and_then(|p| p.connection_pool.as_ref())
-                .and_then(|c| c.connect_timeout)
-                .map(|d| d.as_std());
-            let limits = Limits::from_config(policy.and_then(|p| p.connection_pool.as_ref()));
-            let limit_state = match previous.and_then(|p| p.limit_states.get(&key)) {
-                Some(s) => {
-                    s.resize(&limits);
-                    s.clone()
-                }
-                None => LimitState::new(&limits),
-            };
-            limit_states.insert(key.clone(), limit_state.clone());
-            services.insert(
-                key,
-                Arc::new(ServiceTarget {
-                    name: svc.metadata.name.clone(),
-                    namespace: svc.metadata.namespace.clone(),
-                    ports: svc.spec.ports.clone(),
-                    rules,
-                    groups,
-                    connect_timeout,
-                    outlier: policy
-                        .and_then(|p| p.outlier_detection.as_ref())
-                        .map(OutlierPolicy::from_config),
-                    limits,
-                    limit_state,
-                    locality: zone.map(|z| {
-                        Locality::new(z.to_string(), policy.and_then(|p| p.locality.as_ref()))
-                    }),
-                    mtls: trellis_identity::tls::outbound_uses_tls(
-                        mesh_mtls,
-                        policy
-                            .and_then(|p| p.tls.as_ref())
-                            .map(|t| t.mode)
-                            .unwrap_or_default(),
-                    ),
-                }),
-            );
-        }
-        Ok(Self {
-            version,
-            source,
-            resources,
-            services,
-            loads: carried.loads,
-            outliers: carried.outliers,
-            limit_states,
-            inbound,
+/// Every service of `resources`, by namespace and name, and the live state they use, taken over
+/// from `previous` where it has it.
+pub(super) fn services(
+    resources: &ResourceSet,
+    previous: Option<&Carried>,
+    zone: Option<&str>,
+    mesh_mtls: MtlsMode,
+) -> Result<(Services, Carried), BuildError> {
+    let policies: HashMap<(String, String), &DestinationPolicySpec> = resources
+        .destination_policies()
+        .map(|p| {
+            (
+                (p.metadata.namespace.clone(), p.spec.service.clone()),
+                &p.spec,
+            )
         })
+        .collect();
+    let mut carried = Carried::default();
+    let mut services = HashMap::new();
+    for svc in resources.services() {
+        let key = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
+        let policy = policies.get(&key).copied();
+        let target = service(
+            svc,
+            resources,
+            policy,
+            previous,
+            &mut carried,
+            zone,
+            mesh_mtls,
+        )?;
+        services.insert(key, Arc::new(target));
     }
-
-    pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<ServiceTarget>> {
-        self.services
-            .get(&(namespace.to_string(), name.to_string()))
-    }
-
-    /// Resolves a `Host`/`:authority` to a service: `name`, `name.ns`, `name.ns.svc[.domain]`,
-    /// with an optional `:port`. Unqualified names resolve in `default_ns`.
-    pub fn resolve_host(
-        &self,
-        host: &str,
-        default_ns: &str,
-    ) -> Option<(&Arc<ServiceTarget>, Option<u16>)> {
-        let (name, port) = split_host_port(host);
-        let mut labels = name.split('.');
-        let svc = labels.next()?;
-        let ns = labels.next().unwrap_or(default_ns);
-        self.service(ns, svc).map(|s| (s, port))
-    }
+    Ok((services, carried))
 }
 
-/// Splits `host[:port]`, tolerating IPv6 literals in brackets.
-pub fn split_host_port(authority: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some((host, tail)) = rest.split_once(']') {
-            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
-            return (host, port);
+/// One service as callers see it.
+fn service(
+    svc: &Service,
+    resources: &ResourceSet,
+    policy: Option<&DestinationPolicySpec>,
+    previous: Option<&Carried>,
+    carried: &mut Carried,
+    zone: Option<&str>,
+    mesh_mtls: MtlsMode,
+) -> Result<ServiceTarget, BuildError> {
+    let endpoints = endpoints_of(svc, resources, previous, carried)?;
+    let pool = policy.and_then(|p| p.connection_pool.as_ref());
+    let limits = Limits::from_config(pool);
+    let key = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
+    let limit_state = match previous.and_then(|p| p.limit_states.get(&key)) {
+        Some(s) => {
+            s.resize(&limits);
+            s.clone()
+        }
+        None => LimitState::new(&limits),
+    };
+    carried.limit_states.insert(key, limit_state.clone());
+    Ok(ServiceTarget {
+        name: svc.metadata.name.clone(),
+        namespace: svc.metadata.namespace.clone(),
+        ports: svc.spec.ports.clone(),
+        rules: rules_of(svc, resources)?,
+        groups: groups_of(&endpoints, policy),
+        connect_timeout: pool.and_then(|c| c.connect_timeout).map(|d| d.as_std()),
+        outlier: policy
+            .and_then(|p| p.outlier_detection.as_ref())
+            .map(OutlierPolicy::from_config),
+        limits,
+        limit_state,
+        locality: zone
+            .map(|z| Locality::new(z.to_string(), policy.and_then(|p| p.locality.as_ref()))),
+        mtls: trellis_identity::tls::outbound_uses_tls(
+            mesh_mtls,
+            policy
+                .and_then(|p| p.tls.as_ref())
+                .map(|t| t.mode)
+                .unwrap_or_default(),
+        ),
+    })
+}
+
+/// The rules of every Route for `svc`, Routes in name order, or the default rule when none.
+fn rules_of(svc: &Service, resources: &ResourceSet) -> Result<Vec<super::Rule>, BuildError> {
+    let mut routes: Vec<&Route> = resources
+        .routes()
+        .filter(|r| {
+            r.metadata.namespace == svc.metadata.namespace && r.spec.service == svc.metadata.name
+        })
+        .collect();
+    routes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let mut rules = Vec::new();
+    for route in routes {
+        for (i, r) in route.spec.rules.iter().enumerate() {
+            rules.push(rule::compile(route, i, r)?);
         }
     }
-    match authority.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => match p.parse() {
-            Ok(port) => (h, Some(port)),
-            Err(_) => (authority, None),
-        },
-        _ => (authority, None),
+    if rules.is_empty() {
+        rules.push(rule::default_for(svc));
     }
+    Ok(rules)
 }
 
 fn endpoints_of(
     svc: &Service,
     resources: &ResourceSet,
-    previous: Option<&Snapshot>,
+    previous: Option<&Carried>,
     carried: &mut Carried,
 ) -> Result<Vec<Endpoint>, BuildError> {
     let mut out = Vec::new();
@@ -294,163 +234,4 @@ fn groups_of(
         groups.insert(Some(subset.name.clone()), group(members, lb));
     }
     groups
-}
-
-fn default_rule(svc: &Service) -> Rule {
-    Rule {
-        name: "default".into(),
-        matches: Vec::new(),
-        backends: vec![WeightedBackend {
-            backend: BackendRef {
-                namespace: svc.metadata.namespace.clone(),
-                service: svc.metadata.name.clone(),
-                subset: None,
-            },
-            weight: 1,
-        }],
-        total_weight: 1,
-        timeout: None,
-        retry: None,
-        budget: Arc::new(RetryBudget::unlimited()),
-        fault: None,
-        mirror: None,
-        request_headers: None,
-        response_headers: None,
-        rewrite: None,
-    }
-}
-
-fn compile_rule(route: &Route, index: usize, rule: &RouteRule) -> Result<Rule, BuildError> {
-    let ns = &route.metadata.namespace;
-    let err = |field: String, message: String| BuildError {
-        resource: format!("Route {}", route.metadata.name),
-        field: format!("spec.rules[{index}].{field}"),
-        message,
-    };
-    let matches = rule
-        .matches
-        .iter()
-        .enumerate()
-        .map(|(i, m)| RouteMatcher::compile(m).map_err(|e| err(format!("matches[{i}]"), e)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let backends: Vec<WeightedBackend> = if rule.backends.is_empty() {
-        vec![WeightedBackend {
-            backend: BackendRef {
-                namespace: ns.clone(),
-                service: route.spec.service.clone(),
-                subset: None,
-            },
-            weight: 1,
-        }]
-    } else {
-        rule.backends
-            .iter()
-            .map(|b| WeightedBackend {
-                backend: BackendRef {
-                    namespace: ns.clone(),
-                    service: b.service.clone(),
-                    subset: b.subset.clone(),
-                },
-                weight: b.weight,
-            })
-            .collect()
-    };
-    let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
-    let modifier = |m: &Option<trellis_api::route::HeaderModifier>, field: &str| {
-        m.as_ref()
-            .map(|m| HeaderModifier::compile(m).map_err(|e| err(field.into(), e)))
-            .transpose()
-    };
-    let fault = match &rule.fault {
-        None => None,
-        Some(f) => Some(Fault {
-            delay: f
-                .delay
-                .as_ref()
-                .map(|d| (d.fixed_delay.as_std(), d.percent)),
-            abort: f
-                .abort
-                .as_ref()
-                .map(|a| match (a.grpc_status, a.http_status) {
-                    (Some(code), _) => FaultAbort::Grpc {
-                        code,
-                        percent: a.percent,
-                    },
-                    (None, status) => FaultAbort::Http {
-                        status: status
-                            .and_then(|s| http::StatusCode::from_u16(s).ok())
-                            .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE),
-                        percent: a.percent,
-                    },
-                }),
-            headers: f
-                .headers
-                .iter()
-                .map(|h| {
-                    ValueMatcher::compile(h).map_err(|e| err("fault.headers".into(), e.to_string()))
-                })
-                .collect::<Result<_, _>>()?,
-        }),
-    };
-    let rewrite = match &rule.rewrite {
-        None => None,
-        Some(r) => Some(Rewrite {
-            path: r.path.clone(),
-            host: r
-                .host
-                .as_deref()
-                .map(|h| {
-                    http::HeaderValue::from_str(h)
-                        .map_err(|_| err("rewrite.host".into(), format!("invalid host {h:?}")))
-                })
-                .transpose()?,
-        }),
-    };
-    let name = match &rule.name {
-        Some(n) => format!("{}/{n}", route.metadata.name),
-        None => route.metadata.name.clone(),
-    };
-    let budget = rule
-        .retries
-        .as_ref()
-        .and_then(|r| r.budget.as_ref())
-        .map(RetryBudget::from_config)
-        .unwrap_or_else(RetryBudget::unlimited);
-    Ok(Rule {
-        name,
-        matches,
-        backends,
-        total_weight,
-        timeout: rule.timeout.map(|t| t.as_std()),
-        retry: rule
-            .retries
-            .as_ref()
-            .map(|r| Arc::new(RetryPolicy::from_config(r))),
-        budget: Arc::new(budget),
-        fault,
-        mirror: rule.mirror.as_ref().map(|m| MirrorTarget {
-            backend: BackendRef {
-                namespace: ns.clone(),
-                service: m.service.clone(),
-                subset: m.subset.clone(),
-            },
-            percent: m.percent,
-        }),
-        request_headers: modifier(&rule.request_headers, "requestHeaders")?,
-        response_headers: modifier(&rule.response_headers, "responseHeaders")?,
-        rewrite,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port_split() {
-        assert_eq!(split_host_port("reviews"), ("reviews", None));
-        assert_eq!(split_host_port("reviews:9080"), ("reviews", Some(9080)));
-        assert_eq!(split_host_port("[::1]:80"), ("::1", Some(80)));
-        assert_eq!(split_host_port("reviews:x"), ("reviews:x", None));
-    }
 }

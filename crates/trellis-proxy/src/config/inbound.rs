@@ -2,7 +2,7 @@
 //! mTLS mode its inbound port runs, who may call it (`AuthorizationPolicy`) and which JWTs it
 //! accepts (`RequestAuthentication`). A JWKS source that cannot be used rejects the whole
 //! snapshot, like any other bad config.
-use super::build::BuildError;
+use super::BuildError;
 use crate::settings::LocalIdentity;
 use std::sync::Arc;
 use trellis_api::mesh::MtlsMode;

@@ -7,11 +7,14 @@ mod build;
 mod inbound;
 mod matcher;
 mod modifier;
+mod rule;
+mod snapshot;
 
-pub use build::{BuildError, Snapshot};
+pub use build::Carried;
 pub use inbound::InboundPolicy;
 pub use matcher::{PathMatcher, RouteMatcher, ValueMatcher};
 pub use modifier::HeaderModifier;
+pub use snapshot::Snapshot;
 
 use crate::balance::{Balancer, Endpoint};
 use crate::resilience::{LimitState, Limits, Locality, OutlierPolicy};
@@ -20,6 +23,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use trellis_api::service::ServicePort;
+
+/// Why a resource set could not become a snapshot.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{resource}: {field}: {message}")]
+pub struct BuildError {
+    pub resource: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// Every service of a snapshot, by namespace and name.
+pub type Services = HashMap<(String, String), Arc<ServiceTarget>>;
 
 /// A service as callers see it: ports, ordered routing rules and endpoint groups by subset.
 #[derive(Debug)]
