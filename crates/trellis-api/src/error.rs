@@ -85,3 +85,53 @@ impl fmt::Display for ConfigError {
         Ok(())
     }
 }
+
+/// An error and its sources, joined by `: `, so the cause ("connection refused") is not hidden
+/// behind a summary ("client error"): the one way Trellis flattens an error into a line of text.
+/// At most eight sources are followed.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    for source in std::iter::successors(e.source(), |s| s.source()).take(8) {
+        out.push_str(": ");
+        out.push_str(&source.to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn the_chain_names_every_cause() {
+        let e = Layer(
+            "client error",
+            Some(Box::new(Layer(
+                "connect",
+                Some(Box::new(Layer("refused", None))),
+            ))),
+        );
+        assert_eq!(error_chain(&e), "client error: connect: refused");
+        assert_eq!(error_chain(&Layer("alone", None)), "alone");
+        let mut deep = Layer("last", None);
+        for _ in 0..20 {
+            deep = Layer("x", Some(Box::new(deep)));
+        }
+        assert_eq!(error_chain(&deep).matches(": ").count(), 8, "bounded");
+    }
+}

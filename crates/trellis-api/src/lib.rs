@@ -23,7 +23,7 @@ pub mod validate;
 
 pub use address::{Ipv4Cidr, ServiceAddress, ServiceAddressSpec};
 pub use duration::Duration;
-pub use error::{ConfigError, FieldError};
+pub use error::{error_chain, ConfigError, FieldError};
 pub use limits::{Limit, Limits};
 pub use mesh::{Deployment, DeploymentSpec, MeshConfig, MeshConfigSpec};
 pub use meta::{ObjectMeta, API_VERSION};

@@ -192,19 +192,6 @@ impl ProxyError {
     }
 }
 
-/// An error and its sources, joined by `: `, so "connection refused" is not hidden behind
-/// "client error". The one way the proxy flattens an error into text.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 impl std::fmt::Display for ProxyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.reason.as_str(), self.detail)

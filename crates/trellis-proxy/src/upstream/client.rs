@@ -8,7 +8,6 @@
 use super::connect::{self, Dial, PeerTls};
 use super::AttemptError;
 use crate::body::{self, Body, ContinueGate};
-use crate::error::error_chain;
 use crate::idle::{Activity, InFlight};
 use crate::retry::Failure;
 use crate::tls::io::PeerIo;
@@ -24,6 +23,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use trellis_api::error_chain;
 use trellis_api::service::Protocol;
 use trellis_identity::SpiffeId;
 

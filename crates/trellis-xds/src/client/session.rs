@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status, Streaming};
+use trellis_api::error_chain;
 
 /// `google.rpc.Code.INVALID_ARGUMENT`, the code of every NACK.
 const INVALID_ARGUMENT: i32 = 3;
@@ -93,17 +94,6 @@ async fn connect(uri: &Uri, cfg: &ClientConfig) -> Result<Channel, String> {
         Ok(Err(e)) => Err(error_chain(&e)),
         Err(_) => Err(format!("no connection within {:?}", cfg.connect_timeout)),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn end(received: bool, error: String) -> SessionEnd {

@@ -247,17 +247,11 @@ impl Attempts {
     }
 }
 
-/// The error chain of `e` below its own summary, joined by `: ` (bounded).
+/// The error chain of `e` below its own summary (hyper's "client error" says nothing), or the
+/// summary when it has no source.
 fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let parts: Vec<String> = std::iter::successors(e.source(), |s| s.source())
-        .take(8)
-        .map(ToString::to_string)
-        .collect();
-    if parts.is_empty() {
-        e.to_string()
-    } else {
-        parts.join(": ")
-    }
+    e.source()
+        .map_or_else(|| e.to_string(), trellis_api::error_chain)
 }
 
 /// What a request error says about the request: a connect error means it was never sent.
