@@ -11,7 +11,7 @@ use crate::error::{ProxyError, Reason};
 use crate::metrics::RetryLabels;
 use crate::resilience::Outcome;
 use crate::retry::{Backoff, Failure, RetryPolicy};
-use crate::upstream::{feedback, pick, AttemptError, Context, Ended, Picked, Upstream, Wire};
+use crate::upstream::{self, feedback, pick, AttemptError, Context, Ended, Picked, Upstream, Wire};
 use http::{request::Parts, Request, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -201,16 +201,7 @@ async fn attempt<U: Upstream>(
         .limit_state
         .admit(&svc.limits, retry, hold_connection, dial.timeout)
         .await
-        .map_err(|o| {
-            TryFailure::Refused(ProxyError::new(
-                Reason::PoolOverflow,
-                format!(
-                    "{} is at its limit of {}",
-                    svc.name,
-                    o.describe(&svc.limits)
-                ),
-            ))
-        })?;
+        .map_err(|o| TryFailure::Refused(upstream::overflow(svc, o)))?;
     let mut in_flight = picked.start();
     let send = t.upstream.send(&dial, t.wire, req);
     let result = match limit {

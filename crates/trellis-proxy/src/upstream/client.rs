@@ -163,16 +163,7 @@ impl Upstreams {
         dial: &Dial,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, AttemptError> {
-        let addr = dial.addr;
-        if !req.headers().contains_key(http::header::HOST) {
-            if let Some(a) = req.uri().authority() {
-                if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
-                    req.headers_mut().insert(http::header::HOST, v);
-                }
-            }
-        }
-        *req.uri_mut() = with_authority(req.uri(), &addr.to_string())?;
-        *req.version_mut() = Version::HTTP_11;
+        as_http1(&mut req, dial.addr)?;
         // `Expect: 100-continue`: the body waits for the upstream's 100 (hyper reports 1xx
         // answers on HTTP/1 only; over HTTP/2 the body goes at once).
         let gate = body::expects_continue(&req).then(|| {
@@ -196,7 +187,7 @@ impl Upstreams {
             };
             AttemptError {
                 failure,
-                detail: format!("{addr}: {}", error_chain(&e)),
+                detail: format!("{}: {}", dial.addr, error_chain(&e)),
             }
         })?;
         Ok(match gate {
@@ -216,17 +207,7 @@ impl Upstreams {
         mut req: Request<Body>,
     ) -> Result<Response<Body>, AttemptError> {
         let addr = dial.addr;
-        if req.uri().authority().is_none() {
-            let host = req
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-                .unwrap_or_else(|| addr.to_string());
-            *req.uri_mut() = with_authority(req.uri(), &host)?;
-        }
-        req.headers_mut().remove(http::header::HOST);
-        *req.version_mut() = Version::HTTP_2;
+        as_http2(&mut req, addr)?;
         let key = (addr, dial.tls.is_some());
         let (mut sender, in_flight) = self.h2_sender(key, dial).await?;
         sender.ready().await.map_err(|e| {
@@ -335,6 +316,39 @@ impl Upstreams {
     }
 }
 
+/// Makes `req` an HTTP/1.1 request to `addr`: the caller's authority (an HTTP/2 `:authority`)
+/// becomes `Host` unless it has one, and the URI is absolute-form with the endpoint's address,
+/// which the pooled client connects to.
+fn as_http1(req: &mut Request<Body>, addr: SocketAddr) -> Result<(), AttemptError> {
+    if !req.headers().contains_key(http::header::HOST) {
+        if let Some(a) = req.uri().authority() {
+            if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+    }
+    *req.uri_mut() = with_authority(req.uri(), &addr.to_string())?;
+    *req.version_mut() = Version::HTTP_11;
+    Ok(())
+}
+
+/// Makes `req` an HTTP/2 request: `Host` becomes `:authority` (the endpoint's address when the
+/// caller named none), and the `Host` header goes.
+fn as_http2(req: &mut Request<Body>, addr: SocketAddr) -> Result<(), AttemptError> {
+    if req.uri().authority().is_none() {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| addr.to_string());
+        *req.uri_mut() = with_authority(req.uri(), &host)?;
+    }
+    req.headers_mut().remove(http::header::HOST);
+    *req.version_mut() = Version::HTTP_2;
+    Ok(())
+}
+
 /// `uri` with its scheme set to http and authority replaced.
 fn with_authority(uri: &Uri, authority: &str) -> Result<Uri, AttemptError> {
     let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -357,6 +371,33 @@ pub fn boxed_response(rsp: Response<Incoming>) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_and_authority_trade_places_between_versions() {
+        let addr: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+        // An HTTP/2 caller's :authority becomes Host towards an HTTP/1.1 hop.
+        let mut req = Request::get("http://web.shop:80/a?b=1")
+            .version(Version::HTTP_2)
+            .body(body::empty())
+            .unwrap();
+        as_http1(&mut req, addr).unwrap();
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()[http::header::HOST], "web.shop:80");
+        assert_eq!(req.uri(), "http://10.0.0.1:8080/a?b=1");
+        // An HTTP/1.1 caller's Host becomes :authority towards an HTTP/2 hop.
+        let mut req = Request::get("/a?b=1")
+            .header(http::header::HOST, "web.shop")
+            .body(body::empty())
+            .unwrap();
+        as_http2(&mut req, addr).unwrap();
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert!(!req.headers().contains_key(http::header::HOST));
+        assert_eq!(req.uri(), "http://web.shop/a?b=1");
+        // Without either, the endpoint's address stands in.
+        let mut req = Request::get("/").body(body::empty()).unwrap();
+        as_http2(&mut req, addr).unwrap();
+        assert_eq!(req.uri(), "http://10.0.0.1:8080/");
+    }
 
     #[test]
     fn the_declared_protocol_picks_the_version_towards_the_app() {

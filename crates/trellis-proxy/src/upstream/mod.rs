@@ -28,8 +28,10 @@ pub use feedback::Ended;
 pub use pick::{pick, pick_in, Picked};
 
 use crate::body::Body;
+use crate::config::ServiceTarget;
 use crate::error::{ProxyError, Reason};
 use crate::metrics::Metrics;
+use crate::resilience::Overflow;
 use crate::retry::Failure;
 use crate::tls::MeshTls;
 use http::{Request, Response};
@@ -96,4 +98,16 @@ impl From<AttemptError> for ProxyError {
     fn from(e: AttemptError) -> Self {
         ProxyError::new(e.reason(), e.detail)
     }
+}
+
+/// The proxy's answer when `svc`'s limits refuse a try or a connection.
+pub fn overflow(svc: &ServiceTarget, o: Overflow) -> ProxyError {
+    ProxyError::new(
+        Reason::PoolOverflow,
+        format!(
+            "{} is at its limit of {}",
+            svc.name,
+            o.describe(&svc.limits)
+        ),
+    )
 }

@@ -12,7 +12,7 @@
 use super::connect::{self, Dial};
 use super::feedback::{self, Ended};
 use super::pick::pick_in;
-use super::Context;
+use super::{overflow, Context};
 use crate::config::Snapshot;
 use crate::error::{ProxyError, Reason};
 use crate::resilience::Outcome;
@@ -47,16 +47,7 @@ pub async fn to_service(
         .limit_state
         .admit_connection(&svc.limits, dial.timeout)
         .await
-        .map_err(|o| {
-            ProxyError::new(
-                Reason::PoolOverflow,
-                format!(
-                    "{} is at its limit of {}",
-                    svc.name,
-                    o.describe(&svc.limits)
-                ),
-            )
-        })?;
+        .map_err(|o| overflow(svc, o))?;
     let mut in_flight = picked.start();
     let result = connect::connect(&dial, Alpn::Opaque).await;
     let ended = match &result {

@@ -158,6 +158,15 @@ async fn get(
     forward(&t, req).await
 }
 
+/// Sends `n` GETs, each of which must be answered 200 (retried past a dead endpoint).
+async fn all_answered(n: usize, upstream: &Arc<Fake>, snap: &Snapshot, metrics: &Metrics) {
+    for i in 0..n {
+        let rsp = get(upstream, snap, metrics).await;
+        let rsp = rsp.unwrap_or_else(|e| panic!("request {i} not retried elsewhere: {e}"));
+        assert_eq!(rsp.status(), 200);
+    }
+}
+
 fn retries(metrics: &Metrics, outcome: &'static str) -> u64 {
     metrics
         .retries
@@ -274,12 +283,7 @@ async fn a_dead_endpoint_costs_one_try_with_the_default_balancer() {
     let snap = snapshot("");
     let upstream = Fake::new(&[(A, &[Act::Refuse]), (B, &[Act::Answer(200)])]);
     let metrics = Metrics::new();
-    for _ in 0..50 {
-        let rsp = get(&upstream, &snap, &metrics)
-            .await
-            .expect("retried elsewhere");
-        assert_eq!(rsp.status(), 200);
-    }
+    all_answered(50, &upstream, &snap, &metrics).await;
     // The failure penalty makes A the costlier of the two from its first refusal on.
     assert!(
         upstream.tries_at(A) <= 1,
@@ -296,12 +300,7 @@ async fn failure_accrual_backs_off_a_dead_endpoint_whatever_the_balancer() {
     );
     let upstream = Fake::new(&[(A, &[Act::Refuse]), (B, &[Act::Answer(200)])]);
     let metrics = Metrics::new();
-    for _ in 0..50 {
-        let rsp = get(&upstream, &snap, &metrics)
-            .await
-            .expect("retried elsewhere");
-        assert_eq!(rsp.status(), 200);
-    }
+    all_answered(50, &upstream, &snap, &metrics).await;
     // Five refusals in a row back A off (for longer than the test's clock moves).
     assert_eq!(upstream.tries_at(A), 5);
     assert_eq!(
