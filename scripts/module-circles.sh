@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Lists pairs of the proxy's top-level modules that import each other (A uses crate::B and B
-# uses crate::A), directly. Modules are the files and directories right under src/; lib.rs is the
-# root that wires them and is left out. Comment lines are ignored. Exits 1 if any pair is found.
+# Checks that the proxy's top-level modules form layers: lists pairs of modules that import each
+# other (A uses crate::B and B uses crate::A), then any longer loop (tsort). Modules are the files
+# and directories right under src/; lib.rs, the root that wires them, is left out; comment lines
+# are ignored, test code is not. Exits 1 if any circle is found.
 # Usage: scripts/module-circles.sh [crate src dir]  (default: crates/trellis-proxy/src)
 set -u
 cd "$(dirname "$0")/.."
 src="${1:-crates/trellis-proxy/src}"
 edges=$(
-  cd "$src"
+  cd "$src" || exit 2
   find . -name '*.rs' ! -path ./lib.rs | sort | while read -r f; do
     m=${f#./}; m=${m%%/*}; m=${m%.rs}
     grep -vE '^\s*//' "$f" | grep -oE 'crate::[a-z_]+' | sed 's/crate:://' | sort -u |
@@ -25,5 +26,10 @@ while read -r a b; do
     found=1
   fi
 done <<<"$edges"
-[ "$found" = 0 ] && echo "no module pair imports each other"
+loops=$(tsort <<<"$edges" 2>&1 >/dev/null)
+if [ -n "$loops" ]; then
+  echo "$loops"
+  found=1
+fi
+[ "$found" = 0 ] && echo "no module pair imports each other, and no longer loop"
 exit "$found"
