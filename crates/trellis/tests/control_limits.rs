@@ -52,7 +52,7 @@ async fn stored(addr: SocketAddr) -> Vec<String> {
         .filter(|i| {
             !matches!(
                 i["kind"].as_str(),
-                Some("TrustBundle" | "CertificateAuthority")
+                Some("TrustBundle" | "CertificateAuthority" | "ServiceAddress")
             )
         })
         .map(|i| {
