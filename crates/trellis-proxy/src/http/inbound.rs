@@ -166,15 +166,14 @@ async fn to_app(
         && is_upgrade(req.headers())
         && admit_upgrade(req.headers_mut(), snap.inbound.upgrades.as_deref())?;
     strip_hop_by_hop(req.headers_mut(), upgrade);
+    let dial = Dial::plain(app, state.settings.connect_timeout);
     if upgrade {
-        let dial = Dial::plain(app, state.settings.connect_timeout);
         return forward_upgrade(&state.upstreams, dial, req).await;
     }
     // The app hears the version its port declares, whatever the caller (or the peer's sidecar)
     // spoke: an `http` app may know only HTTP/1.1.
     let wire = Wire::for_port(snap.inbound.protocol, req.version());
     let req = req.map(body::boxed);
-    let dial = Dial::plain(app, state.settings.connect_timeout);
     match state.upstreams.send(&dial, wire, req).await {
         Ok(mut rsp) => {
             strip_hop_by_hop(rsp.headers_mut(), false);

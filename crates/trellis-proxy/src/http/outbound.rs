@@ -151,12 +151,7 @@ async fn routed(
             .ok_or_else(|| ProxyError::new(Reason::NoHealthyEndpoints, "route has no backend"))?;
         // The same pick as any request: ejection, zone preference and hashing apply.
         let picked = pick(snapshot, backend, Some(req.headers()), peer.ip(), None)?;
-        return forward_upgrade(
-            &state.upstreams,
-            picked.dial(&state.upstream_context()),
-            req,
-        )
-        .await;
+        return forward_upgrade(&state.upstreams, picked.dial(&target.ctx), req).await;
     }
     forward(&target, req.map(body::boxed)).await
 }
