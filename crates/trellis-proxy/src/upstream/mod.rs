@@ -1,7 +1,7 @@
 //! One way to pick and connect: everything between "this request (or connection) goes to that
 //! service" and the bytes leaving for one of its endpoints, shared by every path that sends
 //! upstream (HTTP tries, mirrors and upgrades in [`crate::http`], opaque TCP in
-//! [`crate::listener`], the inbound hop to the local app).
+//! [`crate::listener`], a captured connection passed through, the inbound hop to the app).
 //!
 //! - [`pick`]: which endpoint (passive health, zone, the balancer, another endpoint for a
 //!   retry);
@@ -13,7 +13,8 @@
 //! - [`opaque`]: one TCP connection to a service, picked, limited and reported like an HTTP try.
 //!
 //! Why one module: when each path worked these out for itself they drifted apart (opaque TCP
-//! and upgrades ignored a service's connect timeout). This module knows services, endpoints and
+//! picked with no passive health, zone or limits and taught nothing when a connect failed;
+//! upgrades ignored a service's connect timeout). This module knows services, endpoints and
 //! TLS, and never the proxy's shared state or HTTP routing, so both can use it without either
 //! importing the other.
 pub mod client;
