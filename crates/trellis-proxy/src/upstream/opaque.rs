@@ -7,7 +7,8 @@
 //! for as long as the connection is open; waiting for one is bounded like a request's), the
 //! service's connect timeout and peer mTLS ([`super::connect`]), and the result reported
 //! ([`super::feedback`]): a failed connect costs the endpoint its failure penalty and counts
-//! toward failure accrual or outlier detection; an established one clears its record. There is
+//! toward failure accrual or outlier detection; an established one teaches the balancer its
+//! connect latency (the only answer an opaque endpoint gives) and clears its record. There is
 //! no retry: bytes may already be on their way from the caller.
 use super::connect::{self, Dial};
 use super::feedback::{self, Ended};
