@@ -1,7 +1,7 @@
 //! Mirroring: a copy of a request (its buffered body replayed) sent to the rule's mirror
 //! backend, fire and forget. The copy is picked and connected like any try, but nothing waits
 //! for it and nothing it does reaches the caller: its answer is read and dropped, a failure is
-//! ignored, and it gives up after [`MIRROR_TIMEOUT`].
+//! ignored, and it gives up after `MIRROR_TIMEOUT` (10 s).
 use super::forward::Target;
 use super::replay::{clone_parts, Replayable};
 use crate::upstream::{pick, Upstream};

@@ -3,7 +3,7 @@
 //! upstream (HTTP tries, mirrors and upgrades in [`crate::http`], opaque TCP in
 //! [`crate::listener`], a captured connection passed through, the inbound hop to the app).
 //!
-//! - [`pick`]: which endpoint (passive health, zone, the balancer, another endpoint for a
+//! - [`mod@pick`]: which endpoint (passive health, zone, the balancer, another endpoint for a
 //!   retry);
 //! - [`connect`]: the connect timeout (the service's, else the proxy's), peer mTLS (whom the
 //!   endpoint must prove to be) and the connection itself;

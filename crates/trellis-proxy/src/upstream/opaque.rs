@@ -2,7 +2,7 @@
 //! endpoint, chosen, limited, opened and reported exactly as an HTTP try is, so a dead endpoint
 //! costs TCP callers no more than HTTP ones.
 //!
-//! Per connection: [`pick`](super::pick) (passive health, the caller's zone, the balancer; a
+//! Per connection: [`pick`](mod@super::pick) (passive health, the caller's zone, the balancer; a
 //! hash on the caller's address keeps it on one endpoint), the service's `maxConnections` (held
 //! for as long as the connection is open; waiting for one is bounded like a request's), the
 //! service's connect timeout and peer mTLS ([`super::connect`]), and the result reported
