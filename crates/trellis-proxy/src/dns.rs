@@ -108,13 +108,27 @@ impl DnsServer {
     /// Binds UDP and TCP on `opts.listen` (port 0 picks one port for both).
     pub async fn bind(mut opts: DnsOptions) -> Result<Self, DnsError> {
         let bind_err = |addr, proto| move |error| DnsError::Bind { addr, proto, error };
-        let udp = UdpSocket::bind(opts.listen)
-            .await
-            .map_err(bind_err(opts.listen, "udp"))?;
-        let addr = udp.local_addr().map_err(bind_err(opts.listen, "udp"))?;
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(bind_err(addr, "tcp"))?;
+        // With port 0 the UDP port is picked first and TCP must take the same number, which
+        // another socket may hold: pick again (bounded). An explicit port is tried once.
+        let tries = if opts.listen.port() == 0 { 20 } else { 1 };
+        let mut last = None;
+        let mut bound = None;
+        for _ in 0..tries {
+            let udp = UdpSocket::bind(opts.listen)
+                .await
+                .map_err(bind_err(opts.listen, "udp"))?;
+            let addr = udp.local_addr().map_err(bind_err(opts.listen, "udp"))?;
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => {
+                    bound = Some((udp, tcp, addr));
+                    break;
+                }
+                Err(e) => last = Some(bind_err(addr, "tcp")(e)),
+            }
+        }
+        let Some((udp, tcp, addr)) = bound else {
+            return Err(last.unwrap_or(DnsError::NoUpstream(opts.listen)));
+        };
         // Relaying to ourselves would loop.
         opts.upstreams.retain(|u| *u != addr);
         if opts.upstreams.is_empty() {

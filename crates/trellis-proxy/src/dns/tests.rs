@@ -36,9 +36,17 @@ fn state() -> Arc<ProxyState> {
 /// A stand-in for the host's resolver, on UDP and TCP: answers A for `outside.test` with
 /// 192.0.2.7, NXDOMAIN for anything else; counts queries. Ends with the test's runtime.
 async fn upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
+    // The same port number on UDP and TCP; another test may hold the TCP one: pick again.
+    let mut pair = None;
+    for _ in 0..20 {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        if let Ok(tcp) = TcpListener::bind(addr).await {
+            pair = Some((socket, addr, tcp));
+            break;
+        }
+    }
+    let (socket, addr, tcp) = pair.expect("a port free on both UDP and TCP");
     let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = seen.clone();
     tokio::spawn(async move {
