@@ -80,6 +80,9 @@ fi
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
+log "the proxy's modules form layers (no import circles)"
+bash scripts/module-circles.sh
+
 log "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
