@@ -11,6 +11,25 @@ pub struct Service {
     pub spec: ServiceSpec,
 }
 
+impl Service {
+    /// Whether `w` is one of this service's workloads: same namespace, and its labels contain the
+    /// selector, or (with no selector) its `spec.service` names this service. The one rule the
+    /// control plane's views, the proxy's snapshot and its DNS directory share.
+    pub fn selects(&self, w: &Workload) -> bool {
+        if self.metadata.namespace != w.metadata.namespace {
+            return false;
+        }
+        if self.spec.selector.is_empty() {
+            w.spec.service.as_deref() == Some(self.metadata.name.as_str())
+        } else {
+            self.spec
+                .selector
+                .iter()
+                .all(|(k, v)| w.metadata.labels.get(k) == Some(v))
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceSpec {

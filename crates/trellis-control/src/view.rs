@@ -11,7 +11,7 @@ use crate::model::Model;
 use crate::store::Stored;
 use std::collections::{BTreeSet, VecDeque};
 use trellis_api::security::{AuthorizationPolicy, AuthzAction, AuthzSource};
-use trellis_api::{Resource, Service, Workload};
+use trellis_api::{Resource, Service};
 
 /// Who a proxy is, as it says when it connects.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -90,26 +90,11 @@ impl Wanted<'_> {
             Resource::ServiceAddress(a) => self.has(ns, &a.metadata.name),
             Resource::Route(x) => self.has(ns, &x.spec.service),
             Resource::DestinationPolicy(p) => self.has(ns, &p.spec.service),
-            Resource::Workload(w) => self.selected.iter().any(|s| selects(s, w)),
+            Resource::Workload(w) => self.selected.iter().any(|s| s.selects(w)),
             Resource::AuthorizationPolicy(p) => self.own(ns, &p.spec.service),
             Resource::RequestAuthentication(p) => self.own(ns, &p.spec.service),
             Resource::Deployment(_) | Resource::CertificateAuthority(_) => false,
         }
-    }
-}
-
-/// The same rule the proxy's snapshot builder applies.
-fn selects(s: &Service, w: &Workload) -> bool {
-    if s.metadata.namespace != w.metadata.namespace {
-        return false;
-    }
-    if s.spec.selector.is_empty() {
-        w.spec.service.as_deref() == Some(s.metadata.name.as_str())
-    } else {
-        s.spec
-            .selector
-            .iter()
-            .all(|(k, v)| w.metadata.labels.get(k) == Some(v))
     }
 }
 

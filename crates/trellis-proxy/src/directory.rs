@@ -73,7 +73,7 @@ impl Directory {
         for key in keys {
             let svc = services[key];
             for w in resources.workloads() {
-                if !selects(svc, w) {
+                if !svc.selects(w) {
                     continue;
                 }
                 let Ok(ip) = w.spec.address.parse::<IpAddr>() else {
@@ -123,21 +123,6 @@ impl Directory {
     /// How many names it answers (for logs and tests).
     pub fn name_count(&self) -> usize {
         self.names.len()
-    }
-}
-
-/// The same selection rule as the snapshot builder and the control plane's views.
-fn selects(s: &trellis_api::Service, w: &trellis_api::Workload) -> bool {
-    if s.metadata.namespace != w.metadata.namespace {
-        return false;
-    }
-    if s.spec.selector.is_empty() {
-        w.spec.service.as_deref() == Some(s.metadata.name.as_str())
-    } else {
-        s.spec
-            .selector
-            .iter()
-            .all(|(k, v)| w.metadata.labels.get(k) == Some(v))
     }
 }
 

@@ -136,18 +136,7 @@ fn endpoints_of(
 ) -> Result<Vec<Endpoint>, BuildError> {
     let mut out = Vec::new();
     for w in resources.workloads() {
-        if w.metadata.namespace != svc.metadata.namespace {
-            continue;
-        }
-        let selected = if svc.spec.selector.is_empty() {
-            w.spec.service.as_deref() == Some(svc.metadata.name.as_str())
-        } else {
-            svc.spec
-                .selector
-                .iter()
-                .all(|(k, v)| w.metadata.labels.get(k) == Some(v))
-        };
-        if !selected || w.spec.health == WorkloadHealth::Unhealthy {
+        if !svc.selects(w) || w.spec.health == WorkloadHealth::Unhealthy {
             continue;
         }
         let ip: IpAddr = w.spec.address.parse().map_err(|_| BuildError {
