@@ -290,28 +290,7 @@ pub struct Caller {
 }
 
 pub fn start_caller(dir: &Path, config: &Path, upstreams: &[&str]) -> Caller {
-    let (outbound, admin) = (free_addr(), free_addr());
-    let mut args = vec![
-        "proxy".to_string(),
-        format!("--config={}", config.display()),
-        "--service=caller".into(),
-        format!("--outbound={outbound}"),
-        format!("--admin={admin}"),
-        "--watch-interval=100ms".into(),
-        "--detect-timeout=300ms".into(),
-    ];
-    let mut ports = Vec::new();
-    for u in upstreams {
-        let p = free_addr();
-        args.push(format!("--upstream={u}={p}"));
-        ports.push(p);
-    }
-    Caller {
-        proc: Proc::spawn(dir, "caller-proxy", &args),
-        outbound,
-        admin,
-        upstreams: ports,
-    }
+    start_caller_with(dir, config, upstreams, &["--detect-timeout=300ms".into()])
 }
 
 /// A Workload document for an instance.
