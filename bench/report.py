@@ -225,8 +225,10 @@ def write_report(path: Path, meta: dict, summary: dict, rat: dict, tgt: list, ro
     if errors:
         out += [f"**Warning:** non-200 answers or socket errors: {errors}", ""]
     # Hand-written notes; optimizations and what each bought; profile.py's output; the
-    # control-plane scale figures (bench/control-plane.sh).
-    for extra in ("notes.md", "changes.md", "profile.md", "control-plane.md"):
+    # control-plane scale figures (bench/control-plane.sh); a sidecar's cost as the mesh grows,
+    # beside Envoy (bench/scale.sh).
+    for extra in ("notes.md", "changes.md", "profile.md", "control-plane.md", "scale.md",
+                  "big-apply.md"):
         if (path.parent / extra).exists():
             out += [(path.parent / extra).read_text().rstrip(), ""]
     text = "\n".join(out)

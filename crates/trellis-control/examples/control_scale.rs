@@ -39,6 +39,7 @@ async fn bench(n: usize, rounds: usize) -> Result<(), String> {
         join_token_file: None,
         ca: None,
         connections: Default::default(),
+        max_apply_documents: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

@@ -24,7 +24,7 @@ use crate::auth;
 use crate::ca::MeshCa;
 use crate::ca_api;
 use crate::model::Model;
-use crate::store::{LeaseId, ResourceKey, Store, StoreError, Stored};
+use crate::store::{BatchLimits, LeaseId, ResourceKey, Store, StoreError, Stored};
 use axum::extract::rejection::{JsonRejection, StringRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
@@ -120,6 +120,22 @@ pub struct ApiState {
     pub status: Option<Arc<crate::mesh_status::MeshStatus>>,
     /// The mesh CA, which also holds the join token every route but the health check requires.
     pub ca: Arc<MeshCa>,
+    /// Documents one apply may commit at most, below the store's own cap (`None`: the store's).
+    pub max_apply_documents: Option<usize>,
+}
+
+impl ApiState {
+    /// What one apply may hold: the store's cap, this control plane's, and the parser's.
+    pub fn apply_limits(&self) -> BatchLimits {
+        self.store.batch_limits().min(BatchLimits {
+            documents: Some(
+                self.max_apply_documents
+                    .unwrap_or(usize::MAX)
+                    .min(trellis_api::limits::MAX_DOCUMENTS),
+            ),
+            bytes: None,
+        })
+    }
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -127,6 +143,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let manifest_limit = DefaultBodyLimit::max(MAX_APPLY_BODY_BYTES);
     let protected = Router::new()
         .route("/api/v1/apply", post(apply).layer(manifest_limit))
+        .route("/api/v1/apply/limits", get(apply_limits))
         .route("/api/v1/resources", get(list))
         .route(
             "/api/v1/resources/{kind}/{namespace}/{name}",
@@ -220,7 +237,8 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists { .. }
             | StoreError::Conflict { .. }
             | StoreError::BatchConflict { .. } => StatusCode::CONFLICT,
-            StoreError::TooLarge { .. } | StoreError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            StoreError::Invalid { .. } => StatusCode::BAD_REQUEST,
             StoreError::LeaseNotFound { .. } => StatusCode::NOT_FOUND,
             StoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -295,6 +313,20 @@ fn take_version(r: &mut Resource) -> Result<Option<u64>, ApiError> {
     .transpose()
 }
 
+/// What one apply may hold, for a client that splits big manifests:
+/// `{"documents": N, "bytes": B | null, "bodyBytes": N}`. `documents` counts every document,
+/// unchanged ones too; `bytes` (when the store has such a cap) is the sum over the documents of
+/// their JSON length plus twice their `Kind/namespace/name` key plus 128; `bodyBytes` is the
+/// largest request body.
+async fn apply_limits(State(s): State<Arc<ApiState>>) -> Json<Value> {
+    let limits = s.apply_limits();
+    Json(json!({
+        "documents": limits.documents,
+        "bytes": limits.bytes,
+        "bodyBytes": MAX_APPLY_BODY_BYTES,
+    }))
+}
+
 #[derive(Deserialize)]
 struct ApplyQuery {
     /// Name of the source, for error messages.
@@ -333,7 +365,8 @@ async fn apply(
         let expected = take_version(&mut resource)?;
         documents.push(crate::apply::Document { resource, expected });
     }
-    let answer = crate::apply::apply(&*s.store, documents, notices, apply_id).await?;
+    let limits = s.apply_limits();
+    let answer = crate::apply::apply(&*s.store, documents, notices, apply_id, limits).await?;
     Ok(Json(answer))
 }
 

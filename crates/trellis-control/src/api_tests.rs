@@ -51,6 +51,7 @@ impl Api {
             lease_ttl: Duration::from_secs(10),
             status: None,
             ca,
+            max_apply_documents: None,
         });
         Self {
             router: router(state),

@@ -12,10 +12,15 @@
 //! sent again — after a connection dropped, to this replica or another — gets the original
 //! answer with `"replayed": true` and writes nothing. The answer always carries the committed
 //! `revision`.
+//!
+//! **Bigger than one transaction.** An apply past what one batch may hold ([`BatchLimits`]: the
+//! store's cap, and the control plane's own `--max-apply-documents`) is refused before anything
+//! is read, with 413 and the limits; `GET /api/v1/apply/limits` publishes them so the CLI can
+//! split a big manifest into applies that each fit (see the CLI's `apply`).
 use crate::api::ApiError;
 use crate::store::{
-    check_receipt_id, Batch, BatchPut, Committed, Expect, Receipt, ResourceKey, Revision, Store,
-    StoreError,
+    check_receipt_id, document_cost, Batch, BatchLimits, BatchPut, Committed, Expect, Receipt,
+    ResourceKey, Revision, Store, StoreError,
 };
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
@@ -57,6 +62,7 @@ pub async fn apply(
     documents: Vec<Document>,
     notices: Vec<String>,
     id: Option<String>,
+    limits: BatchLimits,
 ) -> Result<Value, ApiError> {
     refuse_duplicates(&documents)?;
     if let Some(id) = &id {
@@ -64,6 +70,7 @@ pub async fn apply(
             return replayed(revision, &body);
         }
     }
+    refuse_oversized(&documents, limits)?;
     let keys: Vec<ResourceKey> = documents
         .iter()
         .map(|d| ResourceKey::of(&d.resource))
@@ -83,6 +90,40 @@ pub async fn apply(
     Err(last
         .map(ApiError::from)
         .unwrap_or_else(|| ApiError::new(StatusCode::CONFLICT, "the apply kept conflicting")))
+}
+
+/// Refuses an apply that cannot be one batch, naming the limit it passes. Checked after the
+/// receipt, so a repeat of a committed apply is answered even if the limits were lowered since.
+fn refuse_oversized(documents: &[Document], limits: BatchLimits) -> Result<(), ApiError> {
+    let split = "nothing was applied: split the manifest (`trellis apply` does so by itself; see GET /api/v1/apply/limits)";
+    if let Some(max) = limits.documents.filter(|max| documents.len() > *max) {
+        return Err(StoreError::TooLarge {
+            detail: format!(
+                "this apply has {} documents; one transaction takes at most {max}; {split}",
+                documents.len()
+            ),
+        }
+        .into());
+    }
+    if let Some(max) = limits.bytes {
+        let cost: usize = documents.iter().map(cost_of).sum();
+        if cost > max {
+            return Err(StoreError::TooLarge {
+                detail: format!(
+                    "this apply weighs {cost} bytes as one transaction ({} documents); one transaction takes at most {max}; {split}",
+                    documents.len()
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// A document's weight against [`BatchLimits::bytes`]: its JSON as stored.
+fn cost_of(d: &Document) -> usize {
+    let json = serde_json::to_vec(&d.resource).map_or(0, |j| j.len());
+    document_cost(&ResourceKey::of(&d.resource).to_string(), json)
 }
 
 fn refuse_duplicates(documents: &[Document]) -> Result<(), ApiError> {

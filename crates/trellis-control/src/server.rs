@@ -43,6 +43,9 @@ pub struct ControlOptions {
     pub ca: Option<SuppliedCa>,
     /// The connection cap and timeouts of the control port.
     pub connections: ConnectionLimits,
+    /// Documents one apply may commit at most (`None`: what the store takes in one
+    /// transaction). Bigger applies are refused with 413; the CLI splits them.
+    pub max_apply_documents: Option<usize>,
 }
 
 /// How many connections the control port keeps, and how long it waits on them.
@@ -172,6 +175,7 @@ pub async fn run(
         lease_ttl: opts.lease_ttl,
         status: Some(status),
         ca,
+        max_apply_documents: opts.max_apply_documents,
     });
     on_ready(addr);
     let api = api::router(state);
@@ -278,6 +282,7 @@ mod tests {
                 key_pem: "-----BEGIN PRIVATE KEY-----".into(),
             }),
             connections: ConnectionLimits::default(),
+            max_apply_documents: None,
         };
         let dbg = format!("{opts:?}");
         assert!(!dbg.contains("s3cret") && !dbg.contains("PRIVATE"), "{dbg}");

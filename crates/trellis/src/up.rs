@@ -127,6 +127,7 @@ async fn start_control(
         join_token_file: Some(work.join("join-token")),
         ca: None,
         connections: Default::default(),
+        max_apply_documents: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

@@ -15,6 +15,10 @@
 //! and the answer to give. The receipt is written in the same transaction, so after a dropped
 //! connection the client can send the same apply again and learn exactly what was committed
 //! ([`Committed::Replayed`]) instead of guessing. Receipts are kept for [`RECEIPT_TTL`].
+//!
+//! A store may cap what one batch holds ([`BatchLimits`]: etcd bounds a transaction's
+//! operations and bytes). The API refuses a bigger apply before reading anything and publishes
+//! the limits, so the CLI can split a big manifest into batches that fit.
 use super::{ResourceKey, Revision, StoreError};
 use std::time::Duration;
 use trellis_api::Resource;
@@ -24,6 +28,38 @@ pub const RECEIPT_TTL: Duration = Duration::from_secs(3600);
 
 /// Longest receipt id (the CLI sends 32 hex characters).
 pub const MAX_RECEIPT_ID: usize = 64;
+
+/// What one batch of a store can hold; `None`: no cap of the store's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Documents (puts and unchanged keys alike: each is read and checked).
+    pub documents: Option<usize>,
+    /// The sum of [`document_cost`] over the batch's documents.
+    pub bytes: Option<usize>,
+}
+
+/// What a document weighs against [`BatchLimits::bytes`]: its stored JSON, its key twice (the
+/// write and the receipt's line for it) and a fixed allowance for framing. The CLI measures
+/// documents the same way when it splits a manifest.
+pub fn document_cost(key: &str, json_bytes: usize) -> usize {
+    json_bytes + 2 * key.len() + 128
+}
+
+impl BatchLimits {
+    /// The tighter of two limits, per field.
+    pub fn min(self, other: BatchLimits) -> BatchLimits {
+        fn tighter(a: Option<usize>, b: Option<usize>) -> Option<usize> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        }
+        BatchLimits {
+            documents: tighter(self.documents, other.documents),
+            bytes: tighter(self.bytes, other.bytes),
+        }
+    }
+}
 
 /// What a batch expects of a key it read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

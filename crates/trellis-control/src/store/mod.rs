@@ -56,7 +56,8 @@ mod etcd;
 mod spec;
 
 pub use batch::{
-    check_receipt_id, Batch, BatchPut, Committed, Expect, Receipt, MAX_RECEIPT_ID, RECEIPT_TTL,
+    check_receipt_id, document_cost, Batch, BatchLimits, BatchPut, Committed, Expect, Receipt,
+    MAX_RECEIPT_ID, RECEIPT_TTL,
 };
 pub use codec::validate;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
@@ -252,6 +253,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits a [`Batch`]: every put and check, or nothing. See `batch.rs`.
     async fn commit(&self, batch: Batch) -> Result<Committed>;
+
+    /// What one [`Batch`] may hold at most (the embedded store: no cap of its own).
+    fn batch_limits(&self) -> BatchLimits {
+        BatchLimits::default()
+    }
 
     /// The receipt of an earlier commit with this id, if it is still kept: its revision and body.
     async fn receipt(&self, id: &str) -> Result<Option<(Revision, Vec<u8>)>>;

@@ -10,7 +10,19 @@ use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// How long one attempt at one replica may take, the whole answer included (an apply gets more:
+/// [`apply_timeout`]).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Documents an apply's attempt is given one more second for, beyond [`ATTEMPT_TIMEOUT`].
+const APPLY_DOCUMENTS_PER_SECOND: usize = 250;
+
+/// How long one attempt at an apply of `documents` may take: [`ATTEMPT_TIMEOUT`] and a second
+/// per [`APPLY_DOCUMENTS_PER_SECOND`] documents, so a big apply that is being committed is not
+/// given up on at a fixed deadline (50 000 documents: 230 s).
+pub fn apply_timeout(documents: usize) -> Duration {
+    ATTEMPT_TIMEOUT + Duration::from_secs((documents / APPLY_DOCUMENTS_PER_SECOND) as u64)
+}
 
 /// How long connecting to a replica may take. Within the attempt's 30 s, so a replica that
 /// accepts nothing (a dead host) is passed over sooner, and a request that never connected
@@ -84,6 +96,8 @@ struct Call<'a> {
     body: Bytes,
     /// The apply id (`Trellis-Apply-Id`), for `POST /api/v1/apply`.
     apply_id: Option<&'a str>,
+    /// How long one attempt at one replica may take.
+    timeout: Duration,
 }
 
 impl Call<'_> {
@@ -143,6 +157,8 @@ pub struct Reply {
 pub enum CallError {
     /// A final answer that is not 2xx (4xx, or 5xx other than 503): never failed over.
     Refused {
+        /// The answer's status.
+        status: http::StatusCode,
         /// The control plane's words, its details, and a hint for 401.
         message: String,
         /// An earlier attempt that was cut off after it was sent (`replica: reason`).
@@ -371,6 +387,7 @@ impl Api {
             path,
             body: Bytes::from(body.unwrap_or_default()),
             apply_id: None,
+            timeout: ATTEMPT_TIMEOUT,
         };
         self.exchange(&call)
             .await
@@ -378,18 +395,21 @@ impl Api {
     }
 
     /// `POST path` with `Trellis-Apply-Id: apply_id`: sent again (same id, same body) after
-    /// a cut-off attempt too, as the control plane answers a repeat from its first commit.
+    /// a cut-off attempt too, as the control plane answers a repeat from its first commit. Each
+    /// attempt may take `timeout` ([`apply_timeout`] of the body's documents).
     pub async fn apply_once(
         &self,
         path: &str,
         body: String,
         apply_id: &str,
+        timeout: Duration,
     ) -> Result<Reply, CallError> {
         let call = Call {
             method: http::Method::POST,
             path,
             body: Bytes::from(body),
             apply_id: Some(apply_id),
+            timeout,
         };
         self.exchange(&call).await
     }
@@ -409,7 +429,7 @@ impl Api {
             }
             for (i, replica) in replicas.iter().enumerate().cycle().skip(start).take(n) {
                 let request = self.request(replica, call)?;
-                match self.attempt(request).await {
+                match self.attempt(request, call.timeout).await {
                     Ok((status, value)) => {
                         self.next.store(i, Ordering::Relaxed);
                         return answered(status, value, replica, attempts);
@@ -448,18 +468,19 @@ impl Api {
             .map_err(|e| CallError::Invalid(format!("cannot build a request for {url:?}: {e}")))
     }
 
-    /// One attempt at one replica, bounded by [`ATTEMPT_TIMEOUT`]: the whole answer, or why
-    /// there is none to act on (a 503 included).
+    /// One attempt at one replica, bounded by `timeout`: the whole answer, or why there is none
+    /// to act on (a 503 included).
     async fn attempt(
         &self,
         request: http::Request<Full<Bytes>>,
+        timeout: Duration,
     ) -> Result<(http::StatusCode, Value), Failure> {
-        tokio::time::timeout(ATTEMPT_TIMEOUT, self.send(request))
+        tokio::time::timeout(timeout, self.send(request))
             .await
             .unwrap_or_else(|_| {
                 Err(Failure::maybe_sent(format!(
                     "no answer within {} s",
-                    ATTEMPT_TIMEOUT.as_secs()
+                    timeout.as_secs()
                 )))
             })
     }
@@ -512,6 +533,7 @@ fn answered(
         });
     }
     Err(CallError::Refused {
+        status,
         message: refusal_message(status, &value),
         cut: attempts.cut,
     })

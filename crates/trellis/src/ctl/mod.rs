@@ -13,6 +13,22 @@
 //! or a 503 (a replica whose store is away), two passes at most; any other answer is final.
 //! `apply` sends each source under a random `Trellis-Apply-Id`, so it can send it again after
 //! a cut-off attempt and learn from the replayed answer what the first attempt committed.
+//!
+//! **Big applies.** A source bigger than the control plane commits at once (its published
+//! limits: etcd takes 4032 documents and about 1.3 MB per transaction; any control plane, the
+//! 50 000 documents and 16 MiB of one request) is sent as several applies, *chunks*
+//! (`split.rs`): what others refer to first (Services, then Workloads, DestinationPolicies,
+//! Routes, policies), each chunk under an apply id derived from the source's, each waited for
+//! as long as its size needs, and each followed by a progress line
+//! (`applied 4032/50000 from FILE: documents 1-4032 committed at revision R`). What "atomic"
+//! means then:
+//!
+//! * each chunk is all-or-nothing, committed at one revision, and proxies see whole chunks;
+//!   the source as a whole is not one transaction;
+//! * a failure names the chunk (its documents) and says what was committed before it (the
+//!   chunks printed above) and that the rest was not sent;
+//! * re-running the same apply is safe: what was committed comes back `unchanged`, the rest
+//!   is written.
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
@@ -21,6 +37,7 @@ use std::path::{Path, PathBuf};
 
 mod api;
 mod mesh;
+mod split;
 
 pub use api::*;
 pub use mesh::{check, proxy_config, ProxyConfigArgs};
@@ -146,7 +163,6 @@ pub struct CheckArgs {
     pub auth: TokenArgs,
 }
 
-/// How long one attempt at one replica may take, the whole answer included.
 /// Expands `-f` arguments into (name, text) sources.
 fn sources(files: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
@@ -232,25 +248,199 @@ pub fn validate(files: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `apply` parses locally: the control plane's limits per request, eight times over, as a
+/// source past those is split into several requests.
+fn apply_parse_limits() -> trellis_api::Limits {
+    let per_request = trellis_api::Limits::default();
+    trellis_api::Limits {
+        max_source_bytes: per_request.max_source_bytes * 8,
+        max_documents: per_request.max_documents * 8,
+        max_source_nodes: per_request.max_source_nodes * 8,
+        ..per_request
+    }
+}
+
 /// `trellis apply`: each source is one `POST /api/v1/apply` under its own apply id, so a
 /// request cut off after it was sent is sent again (same id, same body) until a replica says
-/// what was committed.
+/// what was committed. A source past what the control plane commits at once is split into
+/// chunks (see the module docs).
 pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let api = Api::connect(&args.control, &args.auth)?;
     // Check every source locally first: nothing is sent unless all of it is valid.
     let sources = sources(&args.files)?;
+    let mut sets = Vec::with_capacity(sources.len());
     for (name, text) in &sources {
-        trellis_api::parse_documents(name, text)?;
+        sets.push(trellis_api::parse_documents_with_limits(
+            name,
+            text,
+            &apply_parse_limits(),
+        )?);
     }
-    for (k, (name, text)) in sources.into_iter().enumerate() {
+    // Asked once: when a source may not fit one apply, or the control plane said it does not.
+    let mut limits = None;
+    for (k, ((name, text), set)) in sources.into_iter().zip(sets).enumerate() {
+        let earlier = k > 0;
+        let documents = set.resources.len();
+        if split::may_need_split(documents, text.len()) {
+            if let Some(l) = known_limits(&api, &mut limits).await {
+                if apply_split(&api, &name, &set, l, earlier).await? {
+                    continue;
+                }
+            }
+        }
         let path = format!("/api/v1/apply?file={}", encode(&name));
-        let reply = api
-            .apply_once(&path, text, &new_apply_id())
+        let e = match api
+            .apply_once(&path, text, &new_apply_id(), apply_timeout(documents))
             .await
-            .map_err(|e| apply_error(&e, &name, k > 0))?;
-        print_applied(&reply.value);
+        {
+            Ok(reply) => {
+                print_applied(&reply.value);
+                continue;
+            }
+            Err(e) => e,
+        };
+        // Too large for one transaction (413, surely not committed): split it after all.
+        let too_large = matches!(&e, CallError::Refused { status, .. } if *status == http::StatusCode::PAYLOAD_TOO_LARGE);
+        if too_large && e.cut().is_none() {
+            if let Some(l) = known_limits(&api, &mut limits).await {
+                if apply_split(&api, &name, &set, l, earlier).await? {
+                    continue;
+                }
+            }
+        }
+        return Err(apply_error(&e, &name, earlier));
     }
     Ok(())
+}
+
+/// The control plane's limits, asked once per run (`cache`).
+async fn known_limits(
+    api: &Api,
+    cache: &mut Option<Option<split::ApplyLimits>>,
+) -> Option<split::ApplyLimits> {
+    if cache.is_none() {
+        *cache = Some(apply_limits(api).await);
+    }
+    cache.flatten()
+}
+
+/// Applies `set` (source `name`) in chunks if it does not fit one apply within `limits`, then
+/// prints its notices; false (nothing sent) if it fits.
+async fn apply_split(
+    api: &Api,
+    name: &str,
+    set: &trellis_api::ResourceSet,
+    limits: split::ApplyLimits,
+    earlier: bool,
+) -> anyhow::Result<bool> {
+    let resources = split::ordered(set.resources.clone());
+    let plan = split::chunks(&resources, &limits);
+    if plan.len() < 2 {
+        return Ok(false);
+    }
+    apply_in_chunks(api, name, &resources, plan, limits, earlier).await?;
+    for n in set.notices() {
+        print_notice(&n.to_string());
+    }
+    Ok(true)
+}
+
+/// What one apply may hold, as the control plane says; `None` from a control plane that does
+/// not say (it takes the whole source, or refuses it with its reason).
+async fn apply_limits(api: &Api) -> Option<split::ApplyLimits> {
+    let v = api
+        .call(http::Method::GET, "/api/v1/apply/limits", None)
+        .await
+        .ok()?;
+    split::ApplyLimits::from_answer(&v)
+}
+
+/// Applies `resources` ([`split::ordered`], from source `name`) as the consecutive chunks of
+/// `plan` (made within `limits`), printing each chunk's results and a progress line. A chunk
+/// refused as too large (413: the store's transaction turned out smaller than published) is
+/// split in half, and the rest planned again.
+async fn apply_in_chunks(
+    api: &Api,
+    name: &str,
+    resources: &[trellis_api::Resource],
+    plan: Vec<split::Chunk>,
+    mut limits: split::ApplyLimits,
+    earlier_files: bool,
+) -> anyhow::Result<()> {
+    let total = resources.len();
+    let source_id = new_apply_id();
+    let (mut done, mut sent) = (0usize, 0usize);
+    let mut plan = std::collections::VecDeque::from(plan);
+    while let Some(chunk) = plan.pop_front() {
+        sent += 1;
+        // 32 hex digits, '-', a sequence number: within the 64 characters an apply id may have.
+        let id = format!("{source_id}-{sent}");
+        let (first, last) = (done + 1, done + chunk.documents);
+        let part = format!("{name} (documents {first}-{last} of {total})");
+        let path = format!("/api/v1/apply?file={}", encode(&part));
+        let timeout = apply_timeout(chunk.documents);
+        match api.apply_once(&path, chunk.body, &id, timeout).await {
+            Ok(reply) => {
+                print_results(&reply.value);
+                done = last;
+                println!(
+                    "applied {done}/{total} from {name}: documents {first}-{last} {}",
+                    outcome(&reply.value)
+                );
+            }
+            Err(CallError::Refused { status, .. })
+                if status == http::StatusCode::PAYLOAD_TOO_LARGE && chunk.documents > 1 =>
+            {
+                limits.documents = chunk.documents / 2;
+                plan = split::chunks(&resources[done..], &limits).into();
+                eprintln!(
+                    "note: the control plane refused documents {first}-{last} of {name} as too large for one transaction; sending them in chunks of {}",
+                    limits.documents
+                );
+            }
+            Err(e) => return Err(chunk_error(&e, name, (first, last, total), earlier_files)),
+        }
+    }
+    Ok(())
+}
+
+/// What a failed chunk (documents `first..=last` of `total`) of `file` means for the mesh.
+fn chunk_error(
+    e: &CallError,
+    file: &str,
+    (first, last, total): (usize, usize, usize),
+    earlier_files: bool,
+) -> anyhow::Error {
+    let before = if first > 1 {
+        format!(
+            "documents 1-{} of {file} were committed before it, as printed above",
+            first - 1
+        )
+    } else {
+        format!("nothing of {file} was committed before it")
+    };
+    let files = if earlier_files {
+        "; the files before it were committed, as printed above"
+    } else {
+        ""
+    };
+    let after = if last < total {
+        format!("; documents {}-{total} were not sent", last + 1)
+    } else {
+        String::new()
+    };
+    let rerun = "applying the same file again is safe: what was committed comes back unchanged";
+    let fate = match (e.cut(), e) {
+        (Some(cut), _) => format!("whether it was committed is unknown: an attempt was cut off after it was sent ({cut}) and no replica has said since what it committed"),
+        (None, CallError::Invalid(_)) => "it was not sent".to_string(),
+        (None, _) => "it was not applied".to_string(),
+    };
+    anyhow::anyhow!(
+        "documents {first}-{last} of {file} (one transaction): {fate}
+{e}
+{before}{after}{files}
+{rerun}"
+    )
 }
 
 /// What a failed apply of `file` means for the mesh. A refusal or a failure to reach any
@@ -283,22 +473,35 @@ fn apply_error(e: &CallError, file: &str, earlier_committed: bool) -> anyhow::Er
 /// Prints an apply's answer: one line per resource, its notices, and the revision it was
 /// committed at (when the control plane says).
 fn print_applied(answer: &Value) {
-    let results = answer["results"].as_array().map_or(&[][..], Vec::as_slice);
-    for r in results {
+    print_results(answer);
+    for n in answer["notices"].as_array().into_iter().flatten() {
+        print_notice(n.as_str().unwrap_or_default());
+    }
+    if !answer["revision"].is_null() {
+        println!("{}", outcome(answer));
+    }
+}
+
+/// One line per resource of an apply's answer: its key and what was done.
+fn print_results(answer: &Value) {
+    for r in answer["results"].as_array().into_iter().flatten() {
         println!(
             "{} {}",
             r["key"].as_str().unwrap_or_default(),
             r["action"].as_str().unwrap_or_default()
         );
     }
-    for n in answer["notices"].as_array().into_iter().flatten() {
-        print_notice(n.as_str().unwrap_or_default());
-    }
+}
+
+/// What an apply's answer says was committed: `committed at revision R` or `nothing changed
+/// (revision R)`, and whether it was confirmed after a dropped connection.
+fn outcome(answer: &Value) -> String {
     let revision = match &answer["revision"] {
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),
-        _ => return,
+        _ => "unknown".to_string(),
     };
+    let results = answer["results"].as_array().map_or(&[][..], Vec::as_slice);
     let unchanged = results.iter().all(|r| r["action"] == "unchanged");
     let outcome = if unchanged {
         format!("nothing changed (revision {revision})")
@@ -310,7 +513,7 @@ fn print_applied(answer: &Value) {
     } else {
         ""
     };
-    println!("{outcome}{confirmed}");
+    format!("{outcome}{confirmed}")
 }
 
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {

@@ -19,6 +19,7 @@
 //! receipt fails, the batch was committed before: the failure branch reads the receipt back.
 use super::{header_revision, rev_i64, revision, Client, EtcdStore};
 use crate::store::batch::holds;
+use crate::store::batch::BatchLimits;
 use crate::store::codec::encode;
 use crate::store::{
     Batch, Committed, Expect, LeaseId, ResourceKey, Result, Revision, StoreError, Stored,
@@ -38,6 +39,15 @@ const PUTS_PER_NEST: usize = 64;
 const READS_PER_TXN: usize = 128;
 /// Stay under etcd's default `--max-request-bytes` (1.5 MiB) with room for framing.
 const MAX_REQUEST_BYTES: usize = 1_400_000;
+/// What the documents of a batch may weigh ([`document_cost`]): the request less room for the
+/// compares (at most [`MAX_COMPARES`] ranges of two keys) and the receipt's own fields.
+const MAX_BATCH_COST: usize = MAX_REQUEST_BYTES - 100_000;
+
+/// What one etcd transaction of a batch holds: see the module docs.
+pub(super) const LIMITS: BatchLimits = BatchLimits {
+    documents: Some(MAX_NESTED * PUTS_PER_NEST),
+    bytes: Some(MAX_BATCH_COST),
+};
 
 fn op(request: request_op::Request) -> pb::RequestOp {
     pb::RequestOp {
@@ -297,7 +307,9 @@ impl EtcdStore {
 }
 
 /// The compares for sorted expectations: exact per key when they fit, else one range compare per
-/// contiguous run.
+/// contiguous run. A run never spans two kinds: the range between the last Service and the first
+/// Workload holds every ServiceAddress, which the control plane writes for services just created
+/// (an earlier chunk of the same big apply, say), and a compare there would trip on them.
 fn compares(sorted: &[(Vec<u8>, ResourceKey, Expect)], read_at: Revision) -> Vec<pb::Compare> {
     if sorted.len() <= MAX_COMPARES {
         return sorted
@@ -305,9 +317,12 @@ fn compares(sorted: &[(Vec<u8>, ResourceKey, Expect)], read_at: Revision) -> Vec
             .map(|(k, _, e)| compare_key(k.clone(), Vec::new(), *e))
             .collect();
     }
-    let run = sorted.len().div_ceil(MAX_COMPARES);
-    sorted
-        .chunks(run)
+    let kinds = sorted.chunk_by(|a, b| a.1.kind == b.1.kind);
+    // Each kind takes at most ceil(len / run) <= len / run + 1 runs: within MAX_COMPARES in all.
+    let spare = MAX_COMPARES.saturating_sub(kinds.clone().count()).max(1);
+    let run = sorted.len().div_ceil(spare);
+    kinds
+        .flat_map(|kind| kind.chunks(run))
         .filter_map(|chunk| {
             let (first, last) = (chunk.first()?, chunk.last()?);
             Some(unchanged_since(first.0.clone(), &last.0, read_at))
@@ -341,4 +356,58 @@ fn nest(puts: Vec<pb::RequestOp>) -> Result<Vec<pb::RequestOp>> {
         })));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expectation(kind: &str, name: &str) -> (Vec<u8>, ResourceKey, Expect) {
+        let key = ResourceKey {
+            kind: kind.into(),
+            namespace: "default".into(),
+            name: name.into(),
+        };
+        (
+            format!("/trellis/v1/resources/{key}").into_bytes(),
+            key,
+            Expect::Absent,
+        )
+    }
+
+    #[test]
+    fn range_compares_stay_within_a_kind_and_within_the_cap() {
+        let mut sorted: Vec<_> = (0..500)
+            .map(|i| expectation("Service", &format!("svc-{i:04}")))
+            .chain((0..5000).map(|i| expectation("Workload", &format!("w-{i:05}"))))
+            .chain(std::iter::once(expectation("Route", "r")))
+            .collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let compares = compares(&sorted, 7);
+        assert!(compares.len() <= MAX_COMPARES, "{}", compares.len());
+        let mut covered = 0;
+        for c in &compares {
+            let (first, end) = (
+                String::from_utf8_lossy(&c.key),
+                String::from_utf8_lossy(&c.range_end),
+            );
+            let kind = |k: &str| k.split('/').nth(4).unwrap_or_default().to_string();
+            assert_eq!(
+                kind(&first),
+                kind(end.trim_end_matches('\0')),
+                "{first}..{end}"
+            );
+            covered += sorted
+                .iter()
+                .filter(|(k, _, _)| {
+                    k.as_slice() >= c.key.as_slice() && k.as_slice() < c.range_end.as_slice()
+                })
+                .count();
+        }
+        assert_eq!(
+            covered,
+            sorted.len(),
+            "every key is under exactly one compare"
+        );
+    }
 }

@@ -228,6 +228,10 @@ impl Store for EtcdStore {
         self.receipt_of(id).await
     }
 
+    fn batch_limits(&self) -> super::BatchLimits {
+        batch::LIMITS
+    }
+
     async fn register(&self, workload: Resource, lease: Lease) -> Result<Stored> {
         self.register_workload(workload, lease).await
     }
