@@ -181,7 +181,27 @@ pub trait ViewSource: Send + Sync + 'static {
         node: &NodeInfo,
         auth: &NodeAuth,
     ) -> Result<watch::Receiver<Arc<View>>, Status>;
+
+    /// The view of a node that discovers services on demand: only the services named in
+    /// `scope` (`namespace/name`, as the node subscribed to them) and what they depend on,
+    /// plus what is the node's own. Called again whenever the node's subscription changes; the
+    /// receiver it returns replaces the previous one.
+    ///
+    /// The default ignores the scope (the node gets its whole view and the server filters the
+    /// Service type by name); a source that keeps per-service state should narrow the view.
+    fn subscribe_scoped(
+        &self,
+        node: &NodeInfo,
+        auth: &NodeAuth,
+        scope: &Scope,
+    ) -> Result<watch::Receiver<Arc<View>>, Status> {
+        let _ = scope;
+        self.subscribe(node, auth)
+    }
 }
+
+/// The services an on-demand node subscribed to, by xDS resource name (`namespace/name`).
+pub type Scope = std::collections::BTreeSet<String>;
 
 /// Every node gets the same view: for tests, benchmarks and single-service setups.
 #[derive(Debug)]
