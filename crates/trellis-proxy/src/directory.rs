@@ -2,9 +2,10 @@
 //! (for the DNS answerer), and addresses to services (for captured connections: a VIP, or an
 //! endpoint's own address).
 //!
-//! Built from a snapshot's resources and cached per snapshot ([`DirectoryCache`]), so a query or
-//! a captured connection costs a map lookup, never a walk over the config, and never a lock:
-//! the cache is an `ArcSwap` keyed by the snapshot it was built from.
+//! Built from a snapshot (its services' members come from the snapshot's index, not from a scan
+//! of every workload per service) and cached per snapshot ([`DirectoryCache`]), so a query or a
+//! captured connection costs a map lookup, never a walk over the config, and never a lock: the
+//! cache is an `ArcSwap` keyed by the snapshot it was built from.
 //!
 //! Names follow Kubernetes' service names: `svc.ns.svc.<dnsDomain>` and `svc.ns` for any
 //! namespace, a bare `svc` for the proxy's own namespace (a pod's search path makes the same
@@ -14,7 +15,6 @@ use arc_swap::ArcSwapOption;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Weak};
-use trellis_api::ResourceSet;
 
 /// `(namespace, service)`.
 pub type ServiceKey = (String, String);
@@ -39,9 +39,10 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// The directory of `resources` for a proxy in `local_namespace`.
-    pub fn build(resources: &ResourceSet, local_namespace: &str) -> Self {
-        let domain = resources.mesh_config().dns_domain.to_ascii_lowercase();
+    /// The directory of `snapshot` for a proxy in `local_namespace`.
+    pub fn build(snapshot: &Snapshot, local_namespace: &str) -> Self {
+        let resources = &snapshot.resources;
+        let domain = snapshot.mesh.dns_domain.to_ascii_lowercase();
         let services: HashMap<ServiceKey, &trellis_api::Service> = resources
             .services()
             .map(|s| ((s.metadata.namespace.clone(), s.metadata.name.clone()), s))
@@ -71,11 +72,7 @@ impl Directory {
         let mut keys: Vec<&ServiceKey> = services.keys().collect();
         keys.sort();
         for key in keys {
-            let svc = services[key];
-            for w in resources.workloads() {
-                if !svc.selects(w) {
-                    continue;
-                }
+            for w in snapshot.members(key) {
                 let Ok(ip) = w.spec.address.parse::<IpAddr>() else {
                     continue;
                 };
@@ -150,7 +147,7 @@ impl DirectoryCache {
                 return cached.1.clone();
             }
         }
-        let built = Arc::new(Directory::build(&snapshot.resources, &self.local_namespace));
+        let built = Arc::new(Directory::build(snapshot, &self.local_namespace));
         self.current
             .store(Some(Arc::new((Arc::downgrade(snapshot), built.clone()))));
         built
@@ -205,7 +202,13 @@ spec: {address: 10.1.0.5, port: 15006, appPort: 9080}
 
     fn dir() -> Directory {
         let set = trellis_api::parse_documents("t.yaml", MESH).unwrap();
-        Directory::build(&set, "shop")
+        let local = crate::settings::LocalIdentity {
+            service: "web".into(),
+            namespace: "shop".into(),
+            zone: None,
+        };
+        let snapshot = Snapshot::build(1, "t".into(), set, None, &local).unwrap();
+        Directory::build(&snapshot, "shop")
     }
 
     fn svc(ns: &str, name: &str) -> ServiceKey {

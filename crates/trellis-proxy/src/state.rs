@@ -100,10 +100,8 @@ impl ProxyState {
     }
 
     fn apply_trust_bundle(&self, snapshot: &Snapshot) {
-        if let (Some(tls), Some(bundle)) =
-            (self.tls.get(), snapshot.resources.trust_bundles().next())
-        {
-            tls.update_bundle(&bundle.spec.roots_pem());
+        if let (Some(tls), Some(roots)) = (self.tls.get(), &snapshot.trust_roots) {
+            tls.update_bundle(roots);
         }
     }
 
@@ -119,15 +117,7 @@ impl ProxyState {
     /// The active health check the own service's DestinationPolicy asks for.
     fn health_check_config(&self, snapshot: &Snapshot) -> Option<CheckConfig> {
         self.app?;
-        snapshot
-            .resources
-            .destination_policies()
-            .find(|p| {
-                p.metadata.namespace == self.identity.namespace
-                    && p.spec.service == self.identity.service
-            })
-            .and_then(|p| p.spec.health_check.as_ref())
-            .map(CheckConfig::from_config)
+        snapshot.health_check.as_ref().map(CheckConfig::from_config)
     }
 
     /// Starts, restarts or stops the checker when its config changed. Dropping the old

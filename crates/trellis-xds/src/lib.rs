@@ -49,7 +49,9 @@ pub mod pb;
 pub mod resource;
 pub mod server;
 
-pub use client::{AdsClient, Backoff, ClientConfig, ClientStatus, TypeChange, Update};
+pub use client::{
+    AdsClient, Backoff, ClientConfig, ClientStatus, Feed, Resources, TypeChange, Update,
+};
 pub use debounce::{DebounceTrigger, Debouncer};
 pub use node::NodeInfo;
 pub use resource::{decode, encode, resource_name, type_url, DecodeError, TYPE_URLS};

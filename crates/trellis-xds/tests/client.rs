@@ -81,7 +81,7 @@ async fn first_sync_is_one_complete_update_in_both_modes() {
         ready(&client).await;
         assert_eq!(count(&updates), 1, "{mode:?}: one update with every type");
         let u = last(&updates);
-        assert_eq!(u.resources.resources.len(), resources.len());
+        assert_eq!(u.resources.len(), resources.len());
         assert_eq!(u.changes.len(), trellis_xds::TYPE_URLS.len());
         let status = client.status();
         assert_eq!(status.mode, mode);

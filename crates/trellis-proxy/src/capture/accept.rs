@@ -166,8 +166,8 @@ spec: {service: ratings, address: 10.1.0.5, port: 15006, appPort: 9080}
             namespace: "default".into(),
             zone: None,
         };
-        let dir = Directory::build(&set, "default");
         let snap = Snapshot::build(1, "t".into(), set, None, &local).unwrap();
+        let dir = Directory::build(&snap, "default");
         let c = |s: &str| classify(s.parse().unwrap(), &dir, Some(&snap));
         let svc = |port| Destination::Service {
             namespace: "default".into(),
