@@ -7,6 +7,8 @@
 //! ([`index`] finds them) and shares everything else with its predecessor.
 mod build;
 mod inbound;
+#[cfg(test)]
+mod incremental_tests;
 mod index;
 mod matcher;
 mod modifier;
