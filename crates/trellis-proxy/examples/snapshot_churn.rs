@@ -162,13 +162,15 @@ fn run(services: usize) {
         let i = (k * 7919 + 1) % services;
         let j = k % WORKLOADS;
         let w = &mut workloads[i * WORKLOADS + j];
-        if k % 2 == 0 {
-            w.spec.weight = Some(1 + (k % 5) as u32);
-        } else {
-            w.spec.health = match w.spec.health {
-                WorkloadHealth::Healthy => WorkloadHealth::Unhealthy,
-                WorkloadHealth::Unhealthy => WorkloadHealth::Healthy,
-            };
+        // Alternately a weight change and a health flip (the endpoint leaves or returns).
+        match k % 2 {
+            0 => w.spec.weight = Some(1 + (k % 5) as u32),
+            _ => {
+                w.spec.health = match w.spec.health {
+                    WorkloadHealth::Healthy => WorkloadHealth::Unhealthy,
+                    WorkloadHealth::Unhealthy => WorkloadHealth::Healthy,
+                }
+            }
         }
         let r = wire(&Resource::Workload(w.clone()), k as u64 + 1);
         nonce += 1;

@@ -109,7 +109,11 @@ impl ProxyState {
     pub fn install(&self, snapshot: Snapshot) {
         self.metrics.config_version.set(snapshot.version as i64);
         let check = self.health_check_config(&snapshot);
-        self.apply_trust_bundle(&snapshot);
+        // The bundle is parsed again only when it changed (most updates are endpoints).
+        let previous = self.snapshot.load();
+        if previous.as_ref().map(|p| &p.trust_roots) != Some(&snapshot.trust_roots) {
+            self.apply_trust_bundle(&snapshot);
+        }
         self.snapshot.store(Some(Arc::new(snapshot)));
         self.apply_health_check(check);
     }

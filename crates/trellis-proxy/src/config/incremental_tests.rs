@@ -11,7 +11,9 @@ use std::fmt::Write;
 use std::sync::Arc;
 use trellis_api::Resource;
 use trellis_xds::client::{Held, TypeResources};
-use trellis_xds::resource::{DESTINATION_POLICY, MESH_CONFIG, ROUTE, SERVICE, WORKLOAD};
+use trellis_xds::resource::{
+    DESTINATION_POLICY, MESH_CONFIG, ROUTE, SERVICE, SERVICE_ADDRESS, WORKLOAD,
+};
 use trellis_xds::{Resources, TypeChange};
 
 const NAMESPACES: [&str; 2] = ["default", "shop"];
@@ -69,6 +71,9 @@ fn workload(rng: &mut StdRng, ns: &str, i: usize) -> Resource {
     }
     if rng.random_bool(0.2) {
         spec.push_str(", weight: 3");
+    }
+    if rng.random_bool(0.3) {
+        spec.push_str(", appPort: 9080");
     }
     let mut r = parse(&format!(
         "apiVersion: trellis.dev/v1\nkind: Workload\nmetadata: {{name: w{i}, namespace: {ns}, labels: {{app: s{app}, version: {version}}}}}\nspec: {{{spec}}}\n"
@@ -137,7 +142,15 @@ fn mutation(rng: &mut StdRng) -> (&'static str, String, Option<Resource>) {
             let i = rng.random_range(0..ROUTES);
             (ROUTE, format!("r{i}"), route(rng, ns, i))
         }
-        78..=97 => {
+        95..=97 => {
+            let i = rng.random_range(0..SERVICES);
+            let ip = rng.random_range(1..5);
+            let r = parse(&format!(
+                "apiVersion: trellis.dev/v1\nkind: ServiceAddress\nmetadata: {{name: s{i}, namespace: {ns}}}\nspec: {{address: 240.240.0.{ip}}}\n"
+            ));
+            (SERVICE_ADDRESS, format!("s{i}"), r)
+        }
+        78..=94 => {
             let i = rng.random_range(0..POLICIES);
             (DESTINATION_POLICY, format!("p{i}"), policy(rng, ns, i))
         }
@@ -207,6 +220,9 @@ fn describe(s: &Snapshot) -> String {
         "inbound {:?} trust {:?} health {:?} mesh {:?}",
         s.inbound, s.trust_roots, s.health_check, s.mesh
     );
+    for e in s.directory.entries() {
+        let _ = writeln!(out, "directory {e}");
+    }
     let keys: BTreeSet<_> = s.services.keys().cloned().collect();
     for key in keys {
         let t = &s.services[&key];

@@ -8,8 +8,9 @@
 //! same order, so they give the same snapshot and the same [`BuildError`].
 use super::build::{self, Carried, Inputs};
 use super::inbound::InboundPolicy;
-use super::index::{Changed, Index};
+use super::index::{key_of, Changed, Index};
 use super::{BuildError, ServiceKey, ServiceTarget, Services};
+use crate::directory::Directory;
 use crate::settings::LocalIdentity;
 use std::sync::Arc;
 use trellis_api::mesh::MeshConfigSpec;
@@ -17,7 +18,7 @@ use trellis_api::policy::HealthCheck;
 use trellis_api::Resource;
 use trellis_xds::resource::{
     AUTHORIZATION_POLICY, DESTINATION_POLICY, MESH_CONFIG, REQUEST_AUTHENTICATION, SERVICE,
-    TRUST_BUNDLE,
+    SERVICE_ADDRESS, TRUST_BUNDLE, WORKLOAD,
 };
 use trellis_xds::{Resources, TypeChange};
 
@@ -42,7 +43,23 @@ pub struct Snapshot {
     pub carried: Carried,
     /// What guards this proxy's own service.
     pub inbound: Arc<InboundPolicy>,
+    /// Mesh names and addresses to services, for the DNS answerer and captured connections.
+    pub directory: Arc<Directory>,
     index: Index,
+}
+
+/// The workloads `key` selects per `index`, as `resources` holds them.
+fn members<'a>(
+    index: &'a Index,
+    resources: &'a Resources,
+    key: &ServiceKey,
+) -> impl Iterator<Item = &'a trellis_api::Workload> + 'a {
+    index
+        .members(key)
+        .filter_map(|name| match resources.get(WORKLOAD, name).map(|r| &**r) {
+            Some(Resource::Workload(w)) => Some(w),
+            _ => None,
+        })
 }
 
 impl Snapshot {
@@ -84,7 +101,18 @@ impl Snapshot {
             &mut services,
             &mut carried,
         )?;
+        let mut directory = Directory::default();
+        directory.rename(&resources, &mesh.dns_domain, &local.namespace);
+        for name in resources
+            .type_map(SERVICE)
+            .into_iter()
+            .flat_map(|m| m.keys())
+        {
+            let key = key_of(name);
+            directory.add_service(&key, members(&index, &resources, &key));
+        }
         Ok(Self {
+            directory: Arc::new(directory),
             version,
             source,
             trust_roots: trust_roots(&resources),
@@ -144,7 +172,24 @@ impl Snapshot {
             &mut services,
             &mut carried,
         )?;
+        let directory = if affected.is_empty() && !changed.touches(SERVICE_ADDRESS) {
+            self.directory.clone()
+        } else {
+            let mut d = (*self.directory).clone();
+            if changed.touches(SERVICE) || changed.touches(SERVICE_ADDRESS) {
+                d.rename(&resources, &self.mesh.dns_domain, &local.namespace);
+            }
+            for name in &affected {
+                let key = key_of(name);
+                d.remove_service(&key, members(&self.index, &self.resources, &key));
+                if resources.get(SERVICE, name).is_some() {
+                    d.add_service(&key, members(&index, &resources, &key));
+                }
+            }
+            Arc::new(d)
+        };
         Ok(Self {
+            directory,
             version,
             source,
             trust_roots: if changed.touches(TRUST_BUNDLE) {
@@ -168,16 +213,7 @@ impl Snapshot {
 
     /// The workloads a service selects (healthy or not), in name order.
     pub fn members(&self, key: &ServiceKey) -> impl Iterator<Item = &trellis_api::Workload> + '_ {
-        self.index.members(key).filter_map(|name| {
-            match self
-                .resources
-                .get(trellis_xds::resource::WORKLOAD, name)
-                .map(|r| &**r)
-            {
-                Some(Resource::Workload(w)) => Some(w),
-                _ => None,
-            }
-        })
+        members(&self.index, &self.resources, key)
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<ServiceTarget>> {
