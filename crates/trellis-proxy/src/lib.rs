@@ -216,7 +216,7 @@ pub async fn run(
             let first = source::load(path, 1, None, &opts.identity)?;
             if let Some(files) = &opts.tls_files {
                 // Peers must be of this mesh's trust domain, not merely chain to a trusted root.
-                let trust_domain = first.resources.mesh_config().trust_domain;
+                let trust_domain = first.mesh.trust_domain.clone();
                 let tls = tls::MeshTls::from_files(files, &trust_domain)?;
                 state.set_tls(Arc::new(tls));
             }

@@ -100,10 +100,8 @@ impl ProxyState {
     }
 
     fn apply_trust_bundle(&self, snapshot: &Snapshot) {
-        if let (Some(tls), Some(bundle)) =
-            (self.tls.get(), snapshot.resources.trust_bundles().next())
-        {
-            tls.update_bundle(&bundle.spec.roots_pem());
+        if let (Some(tls), Some(roots)) = (self.tls.get(), &snapshot.trust_roots) {
+            tls.update_bundle(roots);
         }
     }
 
@@ -111,7 +109,11 @@ impl ProxyState {
     pub fn install(&self, snapshot: Snapshot) {
         self.metrics.config_version.set(snapshot.version as i64);
         let check = self.health_check_config(&snapshot);
-        self.apply_trust_bundle(&snapshot);
+        // The bundle is parsed again only when it changed (most updates are endpoints).
+        let previous = self.snapshot.load();
+        if previous.as_ref().map(|p| &p.trust_roots) != Some(&snapshot.trust_roots) {
+            self.apply_trust_bundle(&snapshot);
+        }
         self.snapshot.store(Some(Arc::new(snapshot)));
         self.apply_health_check(check);
     }
@@ -119,15 +121,7 @@ impl ProxyState {
     /// The active health check the own service's DestinationPolicy asks for.
     fn health_check_config(&self, snapshot: &Snapshot) -> Option<CheckConfig> {
         self.app?;
-        snapshot
-            .resources
-            .destination_policies()
-            .find(|p| {
-                p.metadata.namespace == self.identity.namespace
-                    && p.spec.service == self.identity.service
-            })
-            .and_then(|p| p.spec.health_check.as_ref())
-            .map(CheckConfig::from_config)
+        snapshot.health_check.as_ref().map(CheckConfig::from_config)
     }
 
     /// Starts, restarts or stops the checker when its config changed. Dropping the old

@@ -1,6 +1,6 @@
 //! The proxy's end of xDS: [`AdsClient`] keeps one ADS stream open to one of several
-//! control-plane replicas and hands every accepted change to the proxy as a complete
-//! [`ResourceSet`].
+//! control-plane replicas and hands every accepted change to the proxy as the complete set of
+//! [`Resources`] (shared, cheap to clone) plus what changed.
 //!
 //! The proxy must keep serving whatever happens to the control plane, so the client's rules are:
 //! the proxy's config changes only through `apply`, and only to a set `apply` accepted (a
@@ -10,7 +10,10 @@
 //! failure; on reconnect the client says what it holds (delta: every resource's version; SotW:
 //! each type's version), so the server sends only what changed meanwhile.
 mod cache;
+mod resources;
 mod session;
+
+pub use resources::{Held, Resources, TypeResources};
 
 use crate::node::NodeInfo;
 use crate::server::registry::Mode;
@@ -22,7 +25,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Uri;
-use trellis_api::ResourceSet;
 
 /// Where and how to connect.
 #[derive(Clone)]
@@ -106,11 +108,11 @@ impl Backoff {
     }
 }
 
-/// What the proxy is asked to apply: the complete resource set after the change.
+/// What the proxy is asked to apply: the complete resource set after the change, and the change.
 #[derive(Debug, Clone)]
 pub struct Update {
-    /// Every resource the proxy should hold, kinds in [`crate::TYPE_URLS`] order, then by name.
-    pub resources: ResourceSet,
+    /// Every resource the proxy should hold (shared with the client's cache: no copy).
+    pub resources: Resources,
     /// Type URL → version, as they will be once this update is accepted.
     pub versions: BTreeMap<String, String>,
     /// What changed, per type (several types on the first update).
@@ -254,6 +256,73 @@ impl AdsClient {
 impl Drop for AdsClient {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The client's cache without a stream: responses are handed in as a session hands them in
+/// (decoded, judged, applied through `apply`), so what a proxy does with each update can be
+/// measured and tested without a control plane.
+pub struct Feed {
+    applier: cache::Applier,
+    endpoint: String,
+}
+
+impl Feed {
+    pub fn new<F>(type_urls: Vec<String>, apply: F) -> Feed
+    where
+        F: Fn(Update) -> Result<(), String> + Send + Sync + 'static,
+    {
+        let status = ClientStatus {
+            mode: Mode::Delta,
+            endpoint: None,
+            connected_since_unix_ms: None,
+            ready: false,
+            versions: BTreeMap::new(),
+            resources: 0,
+            updates_applied: 0,
+            last_applied_unix_ms: None,
+            connects: 0,
+            last_error: None,
+            last_nack: None,
+        };
+        let (status, _) = watch::channel(status);
+        Feed {
+            applier: cache::Applier::new(type_urls, Arc::new(apply), status),
+            endpoint: "feed".into(),
+        }
+    }
+
+    /// A delta response; `Err` is the NACK's text.
+    pub fn delta(
+        &mut self,
+        response: crate::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse,
+    ) -> Result<(), String> {
+        let (t, nonce, candidate) = session::delta_candidate(response, &self.applier);
+        self.judge(t, nonce, candidate)
+    }
+
+    /// A state-of-the-world response; `Err` is the NACK's text.
+    pub fn sotw(
+        &mut self,
+        response: crate::pb::envoy::service::discovery::v3::DiscoveryResponse,
+    ) -> Result<(), String> {
+        let (t, nonce, candidate) = session::sotw_candidate(response, &self.applier);
+        self.judge(t, nonce, candidate)
+    }
+
+    fn judge(
+        &mut self,
+        t: String,
+        nonce: String,
+        candidate: Result<cache::Candidate, String>,
+    ) -> Result<(), String> {
+        let verdicts = self.applier.receive(t, nonce, candidate, &self.endpoint);
+        for v in verdicts {
+            if let cache::Verdict::Nack { error, .. } = v {
+                return Err(error);
+            }
+        }
+        Ok(())
     }
 }
 

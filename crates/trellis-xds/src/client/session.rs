@@ -4,7 +4,8 @@
 //!
 //! A session ends when the stream does; it never retries by itself (the caller owns backoff
 //! and failover) and never touches the cache except through the applier.
-use super::cache::{Applier, Cached, Candidate, TypeCache, Verdict};
+use super::cache::{Applier, Candidate, TypeCache, Verdict};
+use super::resources::Held;
 use super::{ClientConfig, TypeChange};
 use crate::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use crate::pb::envoy::service::discovery::v3::{
@@ -13,8 +14,9 @@ use crate::pb::envoy::service::discovery::v3::{
 use crate::pb::google::rpc::Status as RpcStatus;
 use crate::server::registry::now_ms;
 use crate::server::Mode;
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -270,50 +272,64 @@ impl Problems {
     }
 }
 
-fn sotw_candidate(r: DiscoveryResponse, applier: &Applier) -> Decoded {
+/// A state-of-the-world response: every resource of the type. A resource whose version (a digest
+/// of its bytes) the proxy already holds is taken from the cache as it is, not decoded again.
+pub(super) fn sotw_candidate(r: DiscoveryResponse, applier: &Applier) -> Decoded {
     let t = r.type_url;
     if !applier.subscribes(&t) {
         let e = format!("not subscribed to {t}");
         return (t, r.nonce, Err(e));
     }
-    let mut problems = Problems::default();
-    let mut resources = BTreeMap::new();
-    for any in &r.resources {
-        if any.type_url != t {
-            problems.push(format!("a {t} response holds a {} resource", any.type_url));
-            continue;
-        }
-        match crate::decode(any) {
-            Ok(resource) => {
-                let name = crate::resource_name(&resource);
-                let version = crate::server::VersionedResource::new(any.clone()).version;
-                if resources
-                    .insert(name.clone(), Cached { version, resource })
-                    .is_some()
-                {
-                    problems.push(format!("{t}: resource {name:?} appears twice"));
-                }
-            }
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
     let previous = applier.base(&t).resources;
+    let held: HashMap<&str, (&String, &Held)> = previous
+        .iter()
+        .map(|(name, h)| (&*h.version, (name, h)))
+        .collect();
+    let mut problems = Problems::default();
+    let mut resources = previous.clone();
+    let mut seen = BTreeSet::new();
     let mut change = TypeChange {
         type_url: t.clone(),
         version: r.version_info.clone(),
         updated: Vec::new(),
         removed: Vec::new(),
     };
-    for (name, c) in &resources {
-        if previous.get(name).map(|p| &p.version) != Some(&c.version) {
-            change.updated.push(name.clone());
+    for any in &r.resources {
+        if any.type_url != t {
+            problems.push(format!("a {t} response holds a {} resource", any.type_url));
+            continue;
+        }
+        let version = crate::server::VersionedResource::new(any.clone()).version;
+        let (name, fresh) = match held.get(version.as_str()) {
+            Some((name, _)) => ((*name).clone(), None),
+            None => match crate::decode(any) {
+                Ok(resource) => (crate::resource_name(&resource), Some(resource)),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    continue;
+                }
+            },
+        };
+        if !seen.insert(name.clone()) {
+            problems.push(format!("{t}: resource {name:?} appears twice"));
+            continue;
+        }
+        if let Some(resource) = fresh {
+            let h = Held {
+                version: Arc::from(version),
+                resource: Arc::new(resource),
+            };
+            resources.insert(name.clone(), h);
+            change.updated.push(name);
         }
     }
-    change.removed = previous
-        .keys()
-        .filter(|n| !resources.contains_key(*n))
-        .cloned()
-        .collect();
+    for name in previous.keys() {
+        if !seen.contains(name) {
+            resources.remove(name);
+            change.removed.push(name.clone());
+        }
+    }
+    change.updated.sort();
     let state = TypeCache {
         version: r.version_info,
         resources,
@@ -325,7 +341,7 @@ fn sotw_candidate(r: DiscoveryResponse, applier: &Applier) -> Decoded {
     )
 }
 
-fn delta_candidate(r: DeltaDiscoveryResponse, applier: &Applier) -> Decoded {
+pub(super) fn delta_candidate(r: DeltaDiscoveryResponse, applier: &Applier) -> Decoded {
     let t = r.type_url;
     if !applier.subscribes(&t) {
         let e = format!("not subscribed to {t}");
@@ -340,7 +356,7 @@ fn delta_candidate(r: DeltaDiscoveryResponse, applier: &Applier) -> Decoded {
         removed: Vec::new(),
     };
     for res in r.resources {
-        if state.resources.get(&res.name).map(|c| &c.version) == Some(&res.version) {
+        if state.resources.get(&res.name).map(|c| &*c.version) == Some(res.version.as_str()) {
             continue;
         }
         let Some(any) = res.resource else {
@@ -353,9 +369,9 @@ fn delta_candidate(r: DeltaDiscoveryResponse, applier: &Applier) -> Decoded {
         }
         match crate::resource::decode_named(&any, Some(&res.name)) {
             Ok(resource) => {
-                let cached = Cached {
-                    version: res.version,
-                    resource,
+                let cached = Held {
+                    version: Arc::from(res.version),
+                    resource: Arc::new(resource),
                 };
                 state.resources.insert(res.name.clone(), cached);
                 change.updated.push(res.name);
