@@ -51,7 +51,8 @@ pub mod resource;
 pub mod server;
 
 pub use client::{
-    AdsClient, Backoff, ClientConfig, ClientStatus, Feed, Resources, TypeChange, Update,
+    AdsClient, Backoff, ClientConfig, ClientStatus, Discovery, Feed, Resolution, Resources,
+    TypeChange, Update,
 };
 pub use debounce::{DebounceTrigger, Debouncer};
 pub use node::NodeInfo;

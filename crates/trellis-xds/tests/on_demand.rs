@@ -22,9 +22,27 @@ const QUIET: Duration = Duration::from_millis(300);
 /// Serves the services a scope names and their workloads (the mesh of `common::mesh`), and
 /// records every scope it was asked for.
 struct ScopedSource {
-    mesh: Vec<Resource>,
+    mesh: Mutex<Vec<Resource>>,
     asked: Mutex<Vec<Option<Scope>>>,
-    senders: Mutex<Vec<watch::Sender<Arc<View>>>>,
+    senders: Mutex<Vec<(Option<Scope>, watch::Sender<Arc<View>>)>>,
+}
+
+impl ScopedSource {
+    fn new(mesh: Vec<Resource>) -> Arc<Self> {
+        Arc::new(ScopedSource {
+            mesh: Mutex::new(mesh),
+            asked: Mutex::new(Vec::new()),
+            senders: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Replaces the mesh; every open stream gets its view of the new one.
+    fn set_mesh(&self, mesh: Vec<Resource>) {
+        *self.mesh.lock().unwrap() = mesh;
+        for (scope, tx) in self.senders.lock().unwrap().iter() {
+            tx.send_replace(Arc::new(self.view_of(scope.as_ref())));
+        }
+    }
 }
 
 impl ScopedSource {
@@ -33,6 +51,8 @@ impl ScopedSource {
             |service: &str| scope.is_none_or(|s| s.contains(&format!("default/{service}")));
         let picked: Vec<Resource> = self
             .mesh
+            .lock()
+            .unwrap()
             .iter()
             .filter(|r| match r {
                 Resource::Service(s) => wanted(&s.metadata.name),
@@ -48,7 +68,7 @@ impl ScopedSource {
     fn answer(&self, scope: Option<&Scope>) -> watch::Receiver<Arc<View>> {
         self.asked.lock().unwrap().push(scope.cloned());
         let (tx, rx) = watch::channel(Arc::new(self.view_of(scope)));
-        self.senders.lock().unwrap().push(tx);
+        self.senders.lock().unwrap().push((scope.cloned(), tx));
         rx
     }
 }
@@ -105,11 +125,7 @@ fn scope(names: &[&str]) -> Option<Scope> {
 
 #[tokio::test]
 async fn the_view_follows_the_named_services_and_absent_names_are_said_once() {
-    let source = Arc::new(ScopedSource {
-        mesh: mesh("2s", 2),
-        asked: Mutex::new(Vec::new()),
-        senders: Mutex::new(Vec::new()),
-    });
+    let source = ScopedSource::new(mesh("2s", 2));
     let server = TestServer::start_with(
         Shared(source.clone()),
         ServerConfig::default(),
@@ -208,11 +224,7 @@ async fn the_view_follows_the_named_services_and_absent_names_are_said_once() {
 
 #[tokio::test]
 async fn a_node_that_does_not_say_on_demand_gets_its_whole_view() {
-    let source = Arc::new(ScopedSource {
-        mesh: mesh("2s", 1),
-        asked: Mutex::new(Vec::new()),
-        senders: Mutex::new(Vec::new()),
-    });
+    let source = ScopedSource::new(mesh("2s", 1));
     let server = TestServer::start_with(
         Shared(source.clone()),
         ServerConfig::default(),
@@ -228,4 +240,76 @@ async fn a_node_that_does_not_say_on_demand_gets_its_whole_view() {
     let s = d.recv().await;
     assert_eq!(names(&s), ["default/reviews"]);
     assert_eq!(source.asked.lock().unwrap().clone(), vec![None]);
+}
+
+/// The latest update a real client applied.
+type Latest = Arc<Mutex<Option<trellis_xds::Update>>>;
+
+fn has_service(latest: &Latest, name: &str) -> bool {
+    latest
+        .lock()
+        .unwrap()
+        .as_ref()
+        .is_some_and(|u| u.resources.services().any(|s| s.metadata.name == name))
+}
+
+fn workloads(latest: &Latest) -> usize {
+    latest
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map_or(0, |u| u.resources.workloads().count())
+}
+
+#[tokio::test]
+async fn a_real_client_resolves_names_learns_absent_ones_and_sees_deletions() {
+    let source = ScopedSource::new(mesh("2s", 2));
+    let server = TestServer::start_with(
+        Shared(source.clone()),
+        ServerConfig::default(),
+        "127.0.0.1:0",
+    );
+    let discovery = trellis_xds::Discovery::new();
+    let mut config = trellis_xds::ClientConfig::new(vec![server.uri()], node("p-3"));
+    config.discovery = Some(discovery.clone());
+    let latest: Latest = Arc::default();
+    let l = latest.clone();
+    let client = trellis_xds::AdsClient::spawn(config, move |u| {
+        *l.lock().unwrap() = Some(u);
+        Ok(())
+    })
+    .expect("client starts");
+    tokio::time::timeout(WAIT, client.ready())
+        .await
+        .expect("ready")
+        .expect("running");
+    assert!(!has_service(&latest, "reviews"), "nothing named yet");
+    assert_eq!(workloads(&latest), 0);
+
+    let found = discovery
+        .resolve("default/reviews", WAIT, || has_service(&latest, "reviews"))
+        .await;
+    assert_eq!(found, trellis_xds::Resolution::Found);
+    assert_eq!(
+        workloads(&latest),
+        2,
+        "endpoints arrive with (before) the service"
+    );
+
+    let absent = discovery
+        .resolve("default/nope", WAIT, || has_service(&latest, "nope"))
+        .await;
+    assert_eq!(absent, trellis_xds::Resolution::Absent);
+    assert!(!has_service(&latest, "ratings"), "never named, never sent");
+
+    // Deleting the subscribed service (and its workloads) takes it away from the proxy.
+    let without: Vec<Resource> = mesh("2s", 0)
+        .into_iter()
+        .filter(|r| !matches!(r, Resource::Service(s) if s.metadata.name == "reviews"))
+        .collect();
+    source.set_mesh(without);
+    wait_until("reviews removed", || {
+        !has_service(&latest, "reviews") && workloads(&latest) == 0
+    })
+    .await;
 }

@@ -10,9 +10,11 @@
 //! failure; on reconnect the client says what it holds (delta: every resource's version; SotW:
 //! each type's version), so the server sends only what changed meanwhile.
 mod cache;
+mod discovery;
 mod resources;
 mod session;
 
+pub use discovery::{Discovery, Resolution};
 pub use resources::{Held, Resources, TypeResources};
 
 use crate::node::NodeInfo;
@@ -45,6 +47,9 @@ pub struct ClientConfig {
     pub keepalive_timeout: Duration,
     /// Largest message accepted or sent (default 16 MiB).
     pub max_message_bytes: usize,
+    /// On-demand discovery (delta only): name Services as they are called instead of
+    /// subscribing to every Service this proxy may call. `None` (default) subscribes to all.
+    pub discovery: Option<Discovery>,
 }
 
 impl ClientConfig {
@@ -61,6 +66,7 @@ impl ClientConfig {
             keepalive_interval: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(10),
             max_message_bytes: 16 * 1024 * 1024,
+            discovery: None,
         }
     }
 }
@@ -175,6 +181,8 @@ pub enum ClientError {
     InvalidToken,
     #[error("the xDS client stopped")]
     Stopped,
+    #[error("on-demand discovery needs the delta protocol (named subscriptions)")]
+    OnDemandNeedsDelta,
 }
 
 /// A running client; dropping it stops the stream (the proxy keeps its config).
@@ -188,10 +196,22 @@ impl AdsClient {
     /// Starts the client on the current tokio runtime. `apply` gets each complete config that
     /// changed; `Ok` means it is in force (ACK), `Err(text)` means it was refused (NACK with that
     /// text; the previous config stays).
-    pub fn spawn<F>(config: ClientConfig, apply: F) -> Result<AdsClient, ClientError>
+    pub fn spawn<F>(mut config: ClientConfig, apply: F) -> Result<AdsClient, ClientError>
     where
         F: Fn(Update) -> Result<(), String> + Send + Sync + 'static,
     {
+        if let Some(discovery) = &config.discovery {
+            if config.mode != Mode::Delta {
+                return Err(ClientError::OnDemandNeedsDelta);
+            }
+            // The node's own service is always named: its inbound side needs its ports, and a
+            // first Service request naming nothing would be a wildcard.
+            config.node.set_on_demand();
+            discovery.want(&format!(
+                "{}/{}",
+                config.node.namespace, config.node.service
+            ));
+        }
         if config.endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }

@@ -6,7 +6,7 @@
 //! and failover) and never touches the cache except through the applier.
 use super::cache::{Applier, Candidate, TypeCache, Verdict};
 use super::resources::Held;
-use super::{ClientConfig, TypeChange};
+use super::{ClientConfig, Discovery, TypeChange};
 use crate::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use crate::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -17,7 +17,7 @@ use crate::server::Mode;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status, Streaming};
@@ -63,12 +63,21 @@ pub(crate) async fn run(uri: &Uri, cfg: &ClientConfig, applier: &mut Applier) ->
                 open,
                 sotw_candidate,
                 sotw_reply,
+                None,
             )
             .await
         }
         Mode::Delta => {
-            let initial = initial_delta(cfg, applier);
             let open = |mut c: Client, r| async move { c.delta_aggregated_resources(r).await };
+            // Watch for new names before reading the current ones, so none is missed.
+            let on_demand = cfg.discovery.as_ref().map(|discovery| OnDemand {
+                discovery,
+                asked: discovery.asked(),
+                named: discovery.wanted(),
+                subscribe: delta_subscribe,
+                services: delta_services,
+            });
+            let initial = initial_delta(cfg, applier, on_demand.as_ref().map(|o| &o.named));
             drive(
                 &endpoint,
                 cfg,
@@ -78,6 +87,7 @@ pub(crate) async fn run(uri: &Uri, cfg: &ClientConfig, applier: &mut Applier) ->
                 open,
                 delta_candidate,
                 delta_reply,
+                on_demand,
             )
             .await
         }
@@ -102,6 +112,20 @@ fn end(received: bool, error: String) -> SessionEnd {
     SessionEnd { received, error }
 }
 
+/// What a session of an on-demand client does besides answering: send the names the proxy
+/// asks for, and report what Service responses said about them.
+struct OnDemand<'a, Req, Resp> {
+    discovery: &'a Discovery,
+    /// Changes of the wanted names.
+    asked: watch::Receiver<u64>,
+    /// The names this session subscribed to so far.
+    named: BTreeSet<String>,
+    /// A request subscribing to more Services.
+    subscribe: fn(Vec<String>) -> Req,
+    /// For a Service response: the names it carries and the names it removes.
+    services: fn(&Resp) -> Option<(Vec<String>, Vec<String>)>,
+}
+
 /// Opens the stream with `initial` requests queued, then answers responses until it ends.
 #[allow(clippy::too_many_arguments)]
 async fn drive<Req, Resp, Open, Fut>(
@@ -113,6 +137,7 @@ async fn drive<Req, Resp, Open, Fut>(
     open: Open,
     candidate: fn(Resp, &Applier) -> Decoded,
     reply: fn(Verdict) -> Req,
+    on_demand: Option<OnDemand<'_, Req, Resp>>,
 ) -> SessionEnd
 where
     Req: Send + 'static,
@@ -150,20 +175,71 @@ where
     });
     tracing::info!(endpoint, "connected to the control plane");
     let mut received = false;
+    let mut on_demand = on_demand;
     loop {
-        let response = match inbound.message().await {
-            Ok(Some(r)) => r,
-            Ok(None) => return end(received, format!("{endpoint} closed the stream")),
-            Err(status) => return end(received, format!("stream to {endpoint} failed: {status}")),
+        let more = async {
+            match on_demand.as_mut() {
+                Some(o) => o.asked.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let response = tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(r)) => r,
+                Ok(None) => return end(received, format!("{endpoint} closed the stream")),
+                Err(status) => {
+                    return end(received, format!("stream to {endpoint} failed: {status}"))
+                }
+            },
+            alive = more => {
+                let Some(o) = on_demand.as_mut().filter(|_| alive) else {
+                    on_demand = None;
+                    continue;
+                };
+                let new: Vec<String> =
+                    o.discovery.wanted().difference(&o.named).cloned().collect();
+                if !new.is_empty() {
+                    o.named.extend(new.iter().cloned());
+                    if tx.send((o.subscribe)(new)).await.is_err() {
+                        return end(received, format!("stream to {endpoint} closed"));
+                    }
+                }
+                continue;
+            }
         };
         received = true;
+        let services = on_demand.as_ref().and_then(|o| (o.services)(&response));
+        if let (Some(o), Some((present, removed))) = (&on_demand, &services) {
+            o.discovery.record(present, removed);
+        }
         let (type_url, nonce, result) = candidate(response, applier);
-        for verdict in applier.receive(type_url, nonce, result, endpoint) {
+        let verdicts = applier.receive(type_url, nonce, result, endpoint);
+        if let (Some(o), Some(_)) = (&on_demand, &services) {
+            o.discovery.answered();
+        }
+        for verdict in verdicts {
             if tx.send(reply(verdict)).await.is_err() {
                 return end(received, format!("stream to {endpoint} closed"));
             }
         }
     }
+}
+
+fn delta_subscribe(names: Vec<String>) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: crate::resource::SERVICE.to_string(),
+        resource_names_subscribe: names,
+        ..Default::default()
+    }
+}
+
+fn delta_services(r: &DeltaDiscoveryResponse) -> Option<(Vec<String>, Vec<String>)> {
+    (r.type_url == crate::resource::SERVICE).then(|| {
+        (
+            r.resources.iter().map(|x| x.name.clone()).collect(),
+            r.removed_resources.clone(),
+        )
+    })
 }
 
 fn initial_sotw(cfg: &ClientConfig, applier: &Applier) -> Vec<DiscoveryRequest> {
@@ -180,7 +256,11 @@ fn initial_sotw(cfg: &ClientConfig, applier: &Applier) -> Vec<DiscoveryRequest> 
         .collect()
 }
 
-fn initial_delta(cfg: &ClientConfig, applier: &Applier) -> Vec<DeltaDiscoveryRequest> {
+fn initial_delta(
+    cfg: &ClientConfig,
+    applier: &Applier,
+    named: Option<&BTreeSet<String>>,
+) -> Vec<DeltaDiscoveryRequest> {
     applier
         .types()
         .iter()
@@ -189,6 +269,11 @@ fn initial_delta(cfg: &ClientConfig, applier: &Applier) -> Vec<DeltaDiscoveryReq
             node: (i == 0).then(|| cfg.node.to_node()),
             type_url: t.clone(),
             initial_resource_versions: applier.resource_versions(t),
+            // An on-demand client names its Services (never an empty list: that is a wildcard).
+            resource_names_subscribe: match named {
+                Some(names) if t == crate::resource::SERVICE => names.iter().cloned().collect(),
+                _ => Vec::new(),
+            },
             ..Default::default()
         })
         .collect()
