@@ -112,6 +112,9 @@ fn end(received: bool, error: String) -> SessionEnd {
     SessionEnd { received, error }
 }
 
+/// The Service names a response carries, and the names it removes.
+type Named = (Vec<String>, Vec<String>);
+
 /// What a session of an on-demand client does besides answering: send the names the proxy
 /// asks for, and report what Service responses said about them.
 struct OnDemand<'a, Req, Resp> {
@@ -123,7 +126,7 @@ struct OnDemand<'a, Req, Resp> {
     /// A request subscribing to more Services.
     subscribe: fn(Vec<String>) -> Req,
     /// For a Service response: the names it carries and the names it removes.
-    services: fn(&Resp) -> Option<(Vec<String>, Vec<String>)>,
+    services: fn(&Resp) -> Option<Named>,
 }
 
 /// Opens the stream with `initial` requests queued, then answers responses until it ends.
@@ -233,7 +236,7 @@ fn delta_subscribe(names: Vec<String>) -> DeltaDiscoveryRequest {
     }
 }
 
-fn delta_services(r: &DeltaDiscoveryResponse) -> Option<(Vec<String>, Vec<String>)> {
+fn delta_services(r: &DeltaDiscoveryResponse) -> Option<Named> {
     (r.type_url == crate::resource::SERVICE).then(|| {
         (
             r.resources.iter().map(|x| x.name.clone()).collect(),
