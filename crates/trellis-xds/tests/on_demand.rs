@@ -21,10 +21,13 @@ const QUIET: Duration = Duration::from_millis(300);
 
 /// Serves the services a scope names and their workloads (the mesh of `common::mesh`), and
 /// records every scope it was asked for.
+type Subscribed = (Option<Scope>, watch::Sender<Arc<View>>);
+
 struct ScopedSource {
     mesh: Mutex<Vec<Resource>>,
     asked: Mutex<Vec<Option<Scope>>>,
-    senders: Mutex<Vec<(Option<Scope>, watch::Sender<Arc<View>>)>>,
+    /// Each stream's scope and the sender of its view.
+    senders: Mutex<Vec<Subscribed>>,
 }
 
 impl ScopedSource {
