@@ -58,6 +58,11 @@ pub fn start(c: &ControlSource, state: &Arc<ProxyState>) -> Result<Control, Star
     let st = state.clone();
     let mut config = ClientConfig::new(uris, node);
     config.token = c.token.clone();
+    if let Some(timeout) = c.on_demand {
+        let on_demand = crate::ondemand::OnDemand::new(timeout);
+        config.discovery = Some(on_demand.discovery.clone());
+        state.set_on_demand(on_demand);
+    }
     let client = AdsClient::spawn(config, move |u| apply(&st, u))
         .map_err(|e| StartError::Control(e.to_string()))?;
     state.set_control_status(client.watch_status());

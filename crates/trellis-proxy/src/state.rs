@@ -28,6 +28,8 @@ pub struct ProxyState {
     /// Mesh mTLS, once a certificate is in hand (at start for files, after the CA answered for
     /// the control plane); set once, then rotated underneath.
     tls: OnceLock<Arc<MeshTls>>,
+    /// On-demand discovery, when this proxy discovers services as they are called.
+    on_demand: OnceLock<crate::ondemand::OnDemand>,
     /// Whether readiness waits for [`ProxyState::tls`] (a control plane's CA will provide it).
     tls_expected: std::sync::atomic::AtomicBool,
     /// Inbound denials are logged at most about once a second: a hostile caller decides how
@@ -51,6 +53,7 @@ impl ProxyState {
             health: Mutex::new(None),
             control: Mutex::new(None),
             tls: OnceLock::new(),
+            on_demand: OnceLock::new(),
             tls_expected: std::sync::atomic::AtomicBool::new(false),
             denial_log: trellis_net::LogThrottle::per_second(),
             peer_log: trellis_net::LogThrottle::per_second(),
@@ -64,6 +67,16 @@ impl ProxyState {
             tls: self.tls(),
             connect_timeout: self.settings.connect_timeout,
         }
+    }
+
+    /// Turns on-demand discovery on (once, when the xDS client starts).
+    pub fn set_on_demand(&self, on_demand: crate::ondemand::OnDemand) {
+        let _ = self.on_demand.set(on_demand);
+    }
+
+    /// On-demand discovery, when this proxy discovers services as they are called.
+    pub fn on_demand(&self) -> Option<&crate::ondemand::OnDemand> {
+        self.on_demand.get()
     }
 
     /// Mesh mTLS, when this proxy has a certificate.

@@ -19,7 +19,7 @@ pub use build::{Carried, Live};
 pub use inbound::InboundPolicy;
 pub use matcher::{PathMatcher, RouteMatcher, ValueMatcher};
 pub use modifier::HeaderModifier;
-pub use snapshot::Snapshot;
+pub use snapshot::{host_service, Snapshot};
 
 use crate::balance::{Balancer, Endpoint};
 use crate::resilience::{LimitState, Limits, Locality, OutlierPolicy};

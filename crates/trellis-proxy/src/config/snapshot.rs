@@ -228,12 +228,22 @@ impl Snapshot {
         host: &str,
         default_ns: &str,
     ) -> Option<(&Arc<ServiceTarget>, Option<u16>)> {
-        let (name, port) = split_host_port(host);
-        let mut labels = name.split('.');
-        let svc = labels.next()?;
-        let ns = labels.next().unwrap_or(default_ns);
+        let (ns, svc, port) = host_service(host, default_ns)?;
         self.service(ns, svc).map(|s| (s, port))
     }
+}
+
+/// The service a `Host`/`:authority` would name, `(namespace, name, port)`, whether or not the
+/// config has it (see [`Snapshot::resolve_host`]).
+pub fn host_service<'a>(
+    host: &'a str,
+    default_ns: &'a str,
+) -> Option<(&'a str, &'a str, Option<u16>)> {
+    let (name, port) = split_host_port(host);
+    let mut labels = name.split('.');
+    let svc = labels.next().filter(|s| !s.is_empty())?;
+    let ns = labels.next().unwrap_or(default_ns);
+    Some((ns, svc, port))
 }
 
 fn trust_roots(resources: &Resources) -> Option<String> {
