@@ -115,18 +115,86 @@ impl Encoded {
 
 /// The service-following types of every view that holds the same services.
 struct Group {
+    services: Arc<BTreeSet<SvcKey>>,
     types: [Arc<TypeResources>; 5],
     members: usize,
 }
 
+/// The groups, by id (what views hold, so that finding a view's group does not hash its set of
+/// services) and by set of services (to find the group a proxy joins).
+#[derive(Default)]
+struct Groups {
+    by_id: HashMap<u64, Group>,
+    ids: HashMap<Arc<BTreeSet<SvcKey>>, u64>,
+    next: u64,
+}
+
+impl Groups {
+    /// `services`, as the `Arc` of the group holding that set when there is one.
+    fn key(&self, services: Arc<BTreeSet<SvcKey>>) -> Arc<BTreeSet<SvcKey>> {
+        match self.ids.get_key_value(&services) {
+            Some((k, _)) => k.clone(),
+            None => services,
+        }
+    }
+
+    /// Joins the group of `services`, building it when there is none; returns its id and
+    /// whether it was built.
+    fn join(
+        &mut self,
+        services: &Arc<BTreeSet<SvcKey>>,
+        build: impl FnOnce() -> [Arc<TypeResources>; 5],
+    ) -> (u64, bool) {
+        let (id, built) = match self.ids.get(services) {
+            Some(id) => (*id, false),
+            None => {
+                self.next += 1;
+                let id = self.next;
+                self.ids.insert(services.clone(), id);
+                self.by_id.insert(
+                    id,
+                    Group {
+                        services: services.clone(),
+                        types: build(),
+                        members: 0,
+                    },
+                );
+                (id, true)
+            }
+        };
+        if let Some(g) = self.by_id.get_mut(&id) {
+            g.members += 1;
+        }
+        (id, built)
+    }
+
+    fn leave(&mut self, id: u64) {
+        if let Some(g) = self.by_id.get_mut(&id) {
+            g.members -= 1;
+        }
+    }
+
+    /// Drops the groups no view is in.
+    fn sweep(&mut self) {
+        let ids = &mut self.ids;
+        self.by_id.retain(|_, g| {
+            if g.members == 0 {
+                ids.remove(&g.services);
+            }
+            g.members > 0
+        });
+    }
+}
+
 struct ViewState {
     node: NodeInfo,
-    /// Existing services this proxy may call.
-    roots: BTreeSet<SvcKey>,
-    /// `roots` closed over route backends and mirrors.
-    reachable: BTreeSet<SvcKey>,
-    /// `reachable` plus its own service: the key of its group.
+    /// Existing services whose AuthorizationPolicies can never allow this proxy; it may call
+    /// every other existing service. Usually small, and the same for many proxies.
+    denied: BTreeSet<SvcKey>,
+    /// The services it may call closed over route backends and mirrors, plus its own: the key
+    /// of its group (the same `Arc` as the group's).
     services: Arc<BTreeSet<SvcKey>>,
+    group: u64,
     own: [Arc<TypeResources>; 2],
     tx: watch::Sender<Arc<View>>,
 }
@@ -138,8 +206,10 @@ pub struct ViewEngine {
     encoded: Encoded,
     trust_domain: String,
     global: [Arc<TypeResources>; 2],
-    groups: HashMap<Arc<BTreeSet<SvcKey>>, Group>,
+    groups: Groups,
     views: HashMap<SvcKey, ViewState>,
+    /// What proxies denied the same services reach, valid until a change touches reach.
+    reach: HashMap<BTreeSet<SvcKey>, Arc<BTreeSet<SvcKey>>>,
 }
 
 /// What the model in force says; shared by the steps of an update.
@@ -153,11 +223,18 @@ impl Ctx<'_> {
         node.principal(trust_domain)
     }
 
-    /// The existing services `node` may call (see [`crate::view`]).
-    fn roots(&self, node: &NodeInfo, principal: &str) -> BTreeSet<SvcKey> {
-        services_of(self.model)
-            .filter(|key| self.may_call(key, node, principal))
+    /// The existing services `node` may not call (see [`crate::view`]).
+    fn denied(&self, node: &NodeInfo, principal: &str) -> BTreeSet<SvcKey> {
+        self.index
+            .policied()
+            .iter()
+            .filter(|svc| self.is_denied(svc, node, principal))
+            .cloned()
             .collect()
+    }
+
+    fn is_denied(&self, svc: &SvcKey, node: &NodeInfo, principal: &str) -> bool {
+        index::service(self.model, svc).is_some() && !self.may_call(svc, node, principal)
     }
 
     fn may_call(&self, svc: &SvcKey, node: &NodeInfo, principal: &str) -> bool {
@@ -182,9 +259,12 @@ impl Ctx<'_> {
         })
     }
 
-    fn reach(&self, roots: &BTreeSet<SvcKey>) -> BTreeSet<SvcKey> {
+    /// Every existing service but `denied`, closed over route backends and mirrors.
+    fn reach(&self, denied: &BTreeSet<SvcKey>) -> BTreeSet<SvcKey> {
         let mut out = BTreeSet::new();
-        let mut queue: VecDeque<SvcKey> = roots.iter().cloned().collect();
+        let mut queue: VecDeque<SvcKey> = services_of(self.model)
+            .filter(|s| !denied.contains(s))
+            .collect();
         while let Some(key) = queue.pop_front() {
             if out.contains(&key) {
                 continue;
@@ -219,7 +299,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn group(&self, services: &BTreeSet<SvcKey>, encoded: &mut Encoded) -> Group {
+    fn group(&self, services: &BTreeSet<SvcKey>, encoded: &mut Encoded) -> [Arc<TypeResources>; 5] {
         let mut maps: [Vec<(String, Arc<VersionedResource>)>; 5] = Default::default();
         let mut put = |slot: usize, key: &ResourceKey, encoded: &mut Encoded| {
             if let Some(stored) = self.model.items.get(key) {
@@ -243,15 +323,16 @@ impl Ctx<'_> {
                 put(ROUTE, k, encoded);
             }
         }
-        Group {
-            types: maps.map(|m| Arc::new(m.into_iter().collect())),
-            members: 0,
-        }
+        maps.map(|m| Arc::new(m.into_iter().collect()))
     }
 
     fn own(&self, svc: &SvcKey, encoded: &mut Encoded) -> [Arc<TypeResources>; 2] {
         let a = self.index.attached(svc);
         [&a.authorization_policies, &a.request_authentications].map(|keys| {
+            if keys.is_empty() {
+                // Shared, so views without an inbound policy are assembled once.
+                return empty();
+            }
             Arc::new(
                 keys.iter()
                     .filter_map(|k| Some((name_of(k), encoded.get(k, self.model.items.get(k)?))))
@@ -316,8 +397,9 @@ impl ViewEngine {
             model,
             encoded,
             global,
-            groups: HashMap::new(),
+            groups: Groups::default(),
             views: HashMap::new(),
+            reach: HashMap::new(),
         }
     }
 
@@ -342,26 +424,27 @@ impl ViewEngine {
             index: &self.index,
         };
         let principal = ctx.principal(&node, &self.trust_domain);
-        let roots = ctx.roots(&node, &principal);
-        let reachable = ctx.reach(&roots);
-        let mut services = reachable.clone();
-        services.insert(key.clone());
-        let services = Arc::new(services);
+        let denied = ctx.denied(&node, &principal);
+        let reachable = self
+            .reach
+            .entry(denied.clone())
+            .or_insert_with(|| Arc::new(ctx.reach(&denied)))
+            .clone();
+        let services = with_own(reachable, &key, &self.groups);
         let own = ctx.own(&key, &mut self.encoded);
-        let group = self
+        let (group, _) = self
             .groups
-            .entry(services.clone())
-            .or_insert_with(|| ctx.group(&services, &mut self.encoded));
-        group.members += 1;
-        let view = assemble(&self.global, &group.types, &own);
+            .join(&services, || ctx.group(&services, &mut self.encoded));
+        let types = self.groups.by_id.get(&group).map(|g| &g.types);
+        let view = assemble(&self.global, types, &own);
         let (tx, rx) = watch::channel(Arc::new(view));
         self.views.insert(
             key,
             ViewState {
                 node,
-                roots,
-                reachable,
+                denied,
                 services,
+                group,
                 own,
                 tx,
             },
@@ -439,53 +522,77 @@ impl ViewEngine {
 
         // Reach: which proxies now call a different set of services.
         let mut republish: BTreeSet<SvcKey> = BTreeSet::new();
-        let mut fresh: BTreeSet<Arc<BTreeSet<SvcKey>>> = BTreeSet::new();
+        let mut fresh: BTreeSet<u64> = BTreeSet::new();
+        let reach_changed = reach_all || !callees.is_empty() || !routed.is_empty();
+        if reach_changed {
+            self.reach.clear();
+        }
+        // (old set, new reach) → new set, for proxies holding their own service in both.
+        let mut moves: HashMap<(usize, usize), Arc<BTreeSet<SvcKey>>> = HashMap::new();
         for (key, v) in self.views.iter_mut() {
+            if !reach_changed {
+                break;
+            }
+            if !reach_all && callees.is_empty() && !routed.iter().any(|s| v.services.contains(s)) {
+                continue;
+            }
             let principal = ctx.principal(&v.node, &self.trust_domain);
-            let mut roots_changed = false;
             if reach_all {
-                let roots = ctx.roots(&v.node, &principal);
-                roots_changed = roots != v.roots;
-                v.roots = roots;
+                v.denied = ctx.denied(&v.node, &principal);
             } else {
                 for svc in &callees {
-                    let now = index::service(&model, svc).is_some()
-                        && ctx.may_call(svc, &v.node, &principal);
-                    let changed = if now {
-                        v.roots.insert(svc.clone())
+                    if ctx.is_denied(svc, &v.node, &principal) {
+                        v.denied.insert(svc.clone());
                     } else {
-                        v.roots.remove(svc)
-                    };
-                    roots_changed |= changed;
+                        v.denied.remove(svc);
+                    }
                 }
             }
-            if !roots_changed && !routed.iter().any(|s| v.reachable.contains(s)) {
+            let reachable = self
+                .reach
+                .entry(v.denied.clone())
+                .or_insert_with(|| Arc::new(ctx.reach(&v.denied)))
+                .clone();
+            let memo = (
+                Arc::as_ptr(&v.services) as usize,
+                Arc::as_ptr(&reachable) as usize,
+            );
+            let own_in_both = reachable.contains(key) && v.services.contains(key);
+            let services = match moves.get(&memo).filter(|_| own_in_both) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = if *reachable == *v.services {
+                        v.services.clone()
+                    } else {
+                        with_own(reachable, key, &self.groups)
+                    };
+                    if own_in_both {
+                        moves.insert(memo, s.clone());
+                    }
+                    s
+                }
+            };
+            if Arc::ptr_eq(&services, &v.services) {
                 continue;
             }
-            v.reachable = ctx.reach(&v.roots);
-            let mut services = v.reachable.clone();
-            services.insert(key.clone());
-            if services == *v.services {
-                continue;
+            self.groups.leave(v.group);
+            let (group, built) = self
+                .groups
+                .join(&services, || ctx.group(&services, &mut self.encoded));
+            if built {
+                fresh.insert(group);
             }
-            let services = Arc::new(services);
-            if let Some(old) = self.groups.get_mut(&v.services) {
-                old.members -= 1;
-            }
-            let group = self.groups.entry(services.clone()).or_insert_with(|| {
-                fresh.insert(services.clone());
-                ctx.group(&services, &mut self.encoded)
-            });
-            group.members += 1;
+            v.group = group;
             v.services = services;
             republish.insert(key.clone());
         }
-        self.groups.retain(|_, g| g.members > 0);
+        self.groups.sweep();
 
         // Groups: patch the ones that were there before with what changed.
-        let mut changed_groups: BTreeSet<Arc<BTreeSet<SvcKey>>> = BTreeSet::new();
-        for (services, group) in self.groups.iter_mut() {
-            if fresh.contains(services) {
+        let mut changed_groups: BTreeSet<u64> = BTreeSet::new();
+        for (id, group) in self.groups.by_id.iter_mut() {
+            let services = &group.services;
+            if fresh.contains(id) {
                 continue;
             }
             let mut changed = false;
@@ -510,7 +617,7 @@ impl ViewEngine {
                 changed |= patch(&mut group.types[i], &name_of(w), want.as_ref());
             }
             if changed {
-                changed_groups.insert(services.clone());
+                changed_groups.insert(*id);
             }
         }
 
@@ -522,21 +629,43 @@ impl ViewEngine {
             }
         }
 
+        // Views of the same group with no inbound policy of their own are equal: assemble
+        // them once.
+        let mut assembled: HashMap<[usize; 3], Arc<View>> = HashMap::new();
         for (key, v) in &self.views {
-            if !(global_changed || republish.contains(key) || changed_groups.contains(&v.services))
-            {
+            let moved = republish.contains(key);
+            if !(global_changed || moved || changed_groups.contains(&v.group)) {
                 continue;
             }
-            let Some(group) = self.groups.get(&v.services) else {
+            let Some(group) = self.groups.by_id.get(&v.group) else {
                 continue;
             };
-            let mut next = assemble(&self.global, &group.types, &v.own);
+            if moved {
+                let mut next = assemble(&self.global, Some(&group.types), &v.own);
+                v.tx.send_if_modified(|current| {
+                    next.share_unchanged(current);
+                    if next.same_as(current) {
+                        false
+                    } else {
+                        *current = Arc::new(std::mem::take(&mut next));
+                        true
+                    }
+                });
+                continue;
+            }
+            let shape = [
+                v.group as usize,
+                Arc::as_ptr(&v.own[0]) as usize,
+                Arc::as_ptr(&v.own[1]) as usize,
+            ];
+            let next = assembled
+                .entry(shape)
+                .or_insert_with(|| Arc::new(assemble(&self.global, Some(&group.types), &v.own)));
             v.tx.send_if_modified(|current| {
-                next.share_unchanged(current);
                 if next.same_as(current) {
                     false
                 } else {
-                    *current = Arc::new(std::mem::take(&mut next));
+                    *current = next.clone();
                     true
                 }
             });
@@ -549,31 +678,47 @@ impl ViewEngine {
         self.views.retain(|_, v| {
             let keep = v.tx.receiver_count() > 0;
             if !keep {
-                if let Some(g) = groups.get_mut(&v.services) {
-                    g.members -= 1;
-                }
+                groups.leave(v.group);
             }
             keep
         });
-        groups.retain(|_, g| g.members > 0);
+        groups.sweep();
     }
 
     /// How many distinct groups the views share (for measurements).
     pub fn groups(&self) -> usize {
-        self.groups.len()
+        self.groups.by_id.len()
     }
+}
+
+/// `reachable` plus `own`, as the key of a group: the group's own `Arc` when there is one.
+fn with_own(
+    reachable: Arc<BTreeSet<SvcKey>>,
+    own: &SvcKey,
+    groups: &Groups,
+) -> Arc<BTreeSet<SvcKey>> {
+    let services = if reachable.contains(own) {
+        reachable
+    } else {
+        let mut s = (*reachable).clone();
+        s.insert(own.clone());
+        Arc::new(s)
+    };
+    groups.key(services)
 }
 
 fn assemble(
     global: &[Arc<TypeResources>; 2],
-    group: &[Arc<TypeResources>; 5],
+    group: Option<&[Arc<TypeResources>; 5]>,
     own: &[Arc<TypeResources>; 2],
 ) -> View {
     let mut types: Types = std::array::from_fn(|_| empty());
     types[MESH_CONFIG] = global[0].clone();
     types[TRUST_BUNDLE] = global[1].clone();
-    for (i, slot) in GROUP_SLOTS.iter().enumerate() {
-        types[*slot] = group[i].clone();
+    if let Some(group) = group {
+        for (i, slot) in GROUP_SLOTS.iter().enumerate() {
+            types[*slot] = group[i].clone();
+        }
     }
     types[AUTHORIZATION_POLICY] = own[0].clone();
     types[REQUEST_AUTHENTICATION] = own[1].clone();

@@ -51,6 +51,8 @@ pub struct MeshIndex {
     workloads_by_name: HashMap<SvcKey, BTreeSet<ResourceKey>>,
     /// The services selecting each workload (the reverse of `Attached::workloads`).
     selected_by: HashMap<ResourceKey, BTreeSet<SvcKey>>,
+    /// Services with at least one AuthorizationPolicy: the only ones a proxy may be denied.
+    policied: BTreeSet<SvcKey>,
 }
 
 static NOTHING: std::sync::LazyLock<Attached> = std::sync::LazyLock::new(Attached::default);
@@ -105,6 +107,11 @@ impl MeshIndex {
     /// What is attached to (namespace, service).
     pub fn attached(&self, key: &SvcKey) -> &Attached {
         self.by_service.get(key).unwrap_or(&NOTHING)
+    }
+
+    /// Services with at least one AuthorizationPolicy.
+    pub fn policied(&self) -> &BTreeSet<SvcKey> {
+        &self.policied
     }
 
     /// The services selecting a workload.
@@ -244,6 +251,9 @@ impl MeshIndex {
             }
             _ => {
                 if let Some(svc) = attached_to(r) {
+                    if matches!(r, Resource::AuthorizationPolicy(_)) {
+                        self.policied.insert(svc.clone());
+                    }
                     if let Some(set) = self.attached_set(r, svc) {
                         set.insert(key.clone());
                     }
@@ -280,6 +290,9 @@ impl MeshIndex {
                 if let Some(svc) = attached_to(r) {
                     if let Some(set) = self.attached_set(r, svc.clone()) {
                         set.remove(key);
+                    }
+                    if self.attached(&svc).authorization_policies.is_empty() {
+                        self.policied.remove(&svc);
                     }
                     if self.by_service.get(&svc).is_some_and(Attached::is_empty) {
                         self.by_service.remove(&svc);

@@ -187,6 +187,9 @@ fn incremental_views_equal_views_computed_from_scratch() {
         ("other", "c"),
         ("other", "a"),
         ("default", "ghost"),
+        ("default", "c"),
+        ("other", "b"),
+        ("other", "ghost"),
     ];
     for seed in 0..24u64 {
         let mut rng = StdRng::seed_from_u64(seed);
