@@ -299,12 +299,13 @@ impl Subscription {
         res: &'a TypeResources,
     ) -> Box<dyn Iterator<Item = (&'a String, &'a VersionedResource)> + 'a> {
         if self.wildcard {
-            Box::new(res.resources().iter())
+            Box::new(res.resources().iter().map(|(n, r)| (n, &**r)))
         } else {
             Box::new(
                 self.names
                     .iter()
-                    .filter_map(|n| res.resources().get_key_value(n)),
+                    .filter_map(|n| res.resources().get_key_value(n))
+                    .map(|(n, r)| (n, &**r)),
             )
         }
     }

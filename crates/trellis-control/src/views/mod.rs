@@ -1,10 +1,17 @@
 //! Feeds the xDS server: one view per (namespace, service), shared by every proxy of that
-//! service, recomputed from the model when it changes. A burst of store changes is coalesced by
-//! the debouncer, but a lone change goes out at once; a view whose content did not change is not
-//! republished, and unchanged resource types keep their versions, so proxies get only what moved.
+//! service, kept up to date with the model by [`ViewEngine`] at a cost that follows each change
+//! rather than the mesh. A burst of store changes is coalesced by the debouncer, but a lone
+//! change goes out at once; a view whose content did not change is not republished, and
+//! unchanged resource types keep their versions, so proxies get only what moved.
+mod engine;
+mod index;
+#[cfg(test)]
+mod tests;
+
+pub use engine::ViewEngine;
+
 use crate::model::Model;
 use crate::view::{self, NodeInfo as ViewNode};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -14,17 +21,17 @@ use trellis_xds::{Debouncer, NodeInfo};
 /// Coalescing window for bursts of changes.
 const DEBOUNCE: Duration = Duration::from_millis(5);
 
-type Key = (String, String);
-
 pub struct MeshViews {
     model: watch::Receiver<Arc<Model>>,
-    senders: Mutex<HashMap<Key, watch::Sender<Arc<View>>>>,
+    engine: Mutex<ViewEngine>,
 }
 
-fn compute(model: &Model, key: &Key) -> View {
+/// The view of proxies of `namespace/service`, computed from scratch with [`view::view`]: the
+/// reference the incremental [`ViewEngine`] must equal, and what one-off questions use.
+pub fn compute(model: &Model, namespace: &str, service: &str) -> View {
     let node = ViewNode {
-        namespace: key.0.clone(),
-        service: key.1.clone(),
+        namespace: namespace.to_string(),
+        service: service.to_string(),
     };
     let stored = view::view(model, &node);
     View::from_resources(stored.iter().map(|s| &s.resource))
@@ -36,18 +43,19 @@ pub fn expected_versions(
     namespace: &str,
     service: &str,
 ) -> std::collections::BTreeMap<String, String> {
-    let view = compute(model, &(namespace.to_string(), service.to_string()));
+    let view = compute(model, namespace, service);
     view.types()
         .map(|(url, r)| (url.clone(), r.version().to_string()))
         .collect()
 }
 
 impl MeshViews {
-    /// Starts following `model`; views are recomputed until the model's sender goes away.
+    /// Starts following `model`; views are updated until the model's sender goes away.
     pub fn spawn(model: watch::Receiver<Arc<Model>>) -> Arc<Self> {
+        let engine = ViewEngine::new(model.borrow().clone());
         let views = Arc::new(Self {
             model: model.clone(),
-            senders: Mutex::new(HashMap::new()),
+            engine: Mutex::new(engine),
         });
         let (trigger, mut debouncer) = Debouncer::new(DEBOUNCE);
         let mut changes = model;
@@ -62,29 +70,16 @@ impl MeshViews {
                 let Some(views) = weak.upgrade() else {
                     return;
                 };
-                views.recompute();
+                views.update();
             }
         });
         views
     }
 
-    fn recompute(&self) {
+    fn update(&self) {
         let model = self.model.borrow().clone();
-        let Ok(mut senders) = self.senders.lock() else {
-            return;
-        };
-        senders.retain(|_, tx| tx.receiver_count() > 0);
-        for (key, tx) in senders.iter() {
-            let mut next = compute(&model, key);
-            tx.send_if_modified(|current| {
-                next.share_unchanged(current);
-                if next.same_as(current) {
-                    false
-                } else {
-                    *current = Arc::new(std::mem::take(&mut next));
-                    true
-                }
-            });
+        if let Ok(mut engine) = self.engine.lock() {
+            engine.update(model);
         }
     }
 }
@@ -95,15 +90,10 @@ impl ViewSource for MeshViews {
         node: &NodeInfo,
         _auth: &NodeAuth,
     ) -> Result<watch::Receiver<Arc<View>>, tonic::Status> {
-        let key = (node.namespace.clone(), node.service.clone());
-        let mut senders = self
-            .senders
+        let mut engine = self
+            .engine
             .lock()
             .map_err(|_| tonic::Status::internal("view registry poisoned"))?;
-        let tx = senders.entry(key.clone()).or_insert_with(|| {
-            let model = self.model.borrow().clone();
-            watch::channel(Arc::new(compute(&model, &key))).0
-        });
-        Ok(tx.subscribe())
+        Ok(engine.subscribe(&node.namespace, &node.service))
     }
 }
