@@ -320,9 +320,7 @@ pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
                 node_id,
                 lease_ttl: args.lease_ttl.as_std(),
                 token: args.auth.resolve()?,
-                on_demand: args
-                    .on_demand
-                    .then(|| args.discovery_timeout.as_std()),
+                on_demand: args.on_demand.then(|| args.discovery_timeout.as_std()),
             }))
         }
     };

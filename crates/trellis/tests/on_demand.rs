@@ -79,8 +79,13 @@ async fn first_calls_discover_unknown_names_fail_fast_and_deletions_reach_the_pr
     );
     wait_ready(admin).await;
     // Nothing but its own: no other service, no endpoint of anyone.
-    assert!(services_held(admin).await.is_empty(), "{:?}", services_held(admin).await);
-    assert_eq!(workloads_held(&config_of(admin).await), 0);
+    assert!(
+        services_held(admin).await.is_empty(),
+        "{:?}",
+        services_held(admin).await
+    );
+    let config = config_of(admin).await;
+    assert_eq!(workloads_held(&config), 0, "{}", config["resources"]);
 
     let client = http1();
     // The first call discovers web and reaches it.
@@ -105,10 +110,17 @@ async fn first_calls_discover_unknown_names_fail_fast_and_deletions_reach_the_pr
         .args(["delete", "Service", "web"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while !services_held(admin).await.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "web still held after its deletion");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web still held after its deletion"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let a = get(&client, outbound, Some("web"), "/", &[]).await;
@@ -118,14 +130,29 @@ async fn first_calls_discover_unknown_names_fail_fast_and_deletions_reach_the_pr
     // the answer is the proxy's, not a discovery one), a new name times out with its reason.
     let a = get(&client, outbound, Some("other"), "/", &[]).await;
     assert_ne!(a.header("trellis-error"), Some("no-route"), "{}", a.body);
-    assert_ne!(a.header("trellis-error"), Some("discovery-timeout"), "{}", a.body);
+    assert_ne!(
+        a.header("trellis-error"),
+        Some("discovery-timeout"),
+        "{}",
+        a.body
+    );
     if let Some(p) = cp.take() {
         kill9(p);
     }
     let a = get(&client, outbound, Some("later"), "/", &[]).await;
     assert_eq!(a.status, 503, "{}", a.body);
-    assert_eq!(a.header("trellis-error"), Some("discovery-timeout"), "{}", a.body);
+    assert_eq!(
+        a.header("trellis-error"),
+        Some("discovery-timeout"),
+        "{}",
+        a.body
+    );
     let a = get(&client, outbound, Some("other"), "/", &[]).await;
-    assert_ne!(a.header("trellis-error"), Some("discovery-timeout"), "{}", a.body);
+    assert_ne!(
+        a.header("trellis-error"),
+        Some("discovery-timeout"),
+        "{}",
+        a.body
+    );
     assert!(services_held(admin).await.contains(&"other".to_string()));
 }

@@ -199,8 +199,19 @@ struct ViewState {
     tx: watch::Sender<Arc<View>>,
 }
 
+/// The view of an on-demand proxy: only the services it named (that it may call), closed over
+/// route backends and mirrors, plus its own. Small by design, so it is simply recomputed from
+/// the index on each update, in proportion to its size rather than the mesh's.
+struct ScopedView {
+    node: NodeInfo,
+    scope: BTreeSet<SvcKey>,
+    tx: watch::Sender<Arc<View>>,
+}
+
 /// The views of every subscribed (namespace, service), kept incrementally.
 pub struct ViewEngine {
+    /// On-demand proxies' views, one per stream.
+    scoped: Vec<ScopedView>,
     model: Arc<Model>,
     index: MeshIndex,
     encoded: Encoded,
@@ -261,10 +272,13 @@ impl Ctx<'_> {
 
     /// Every existing service but `denied`, closed over route backends and mirrors.
     fn reach(&self, denied: &BTreeSet<SvcKey>) -> BTreeSet<SvcKey> {
+        self.reach_from(services_of(self.model).filter(|s| !denied.contains(s)))
+    }
+
+    /// `seeds`, closed over route backends and mirrors.
+    fn reach_from(&self, seeds: impl Iterator<Item = SvcKey>) -> BTreeSet<SvcKey> {
         let mut out = BTreeSet::new();
-        let mut queue: VecDeque<SvcKey> = services_of(self.model)
-            .filter(|s| !denied.contains(s))
-            .collect();
+        let mut queue: VecDeque<SvcKey> = seeds.collect();
         while let Some(key) = queue.pop_front() {
             if out.contains(&key) {
                 continue;
@@ -400,7 +414,66 @@ impl ViewEngine {
             groups: Groups::default(),
             views: HashMap::new(),
             reach: HashMap::new(),
+            scoped: Vec::new(),
         }
+    }
+
+    /// A receiver of the view of an on-demand proxy of `namespace/service` that named the
+    /// services in `scope`, kept up to date by [`ViewEngine::update`] while a receiver lives.
+    pub fn subscribe_scoped(
+        &mut self,
+        namespace: &str,
+        service: &str,
+        scope: BTreeSet<SvcKey>,
+    ) -> watch::Receiver<Arc<View>> {
+        let node = NodeInfo {
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+        };
+        let view = self.scoped_view(&node, &scope);
+        let (tx, rx) = watch::channel(Arc::new(view));
+        self.scoped.push(ScopedView { node, scope, tx });
+        rx
+    }
+
+    /// What an on-demand proxy holds: the named services it may call (see [`crate::view`]),
+    /// closed over routes, and its own.
+    fn scoped_view(&mut self, node: &NodeInfo, scope: &BTreeSet<SvcKey>) -> View {
+        let ctx = Ctx {
+            model: &self.model,
+            index: &self.index,
+        };
+        let own = (node.namespace.clone(), node.service.clone());
+        let principal = ctx.principal(node, &self.trust_domain);
+        let seeds = scope
+            .iter()
+            .filter(|s| !ctx.is_denied(s, node, &principal))
+            .filter(|s| index::service(ctx.model, s).is_some())
+            .cloned()
+            .chain(std::iter::once(own.clone()));
+        let services = ctx.reach_from(seeds);
+        let group = ctx.group(&services, &mut self.encoded);
+        let own = ctx.own(&own, &mut self.encoded);
+        assemble(&self.global, Some(&group), &own)
+    }
+
+    /// Brings every on-demand view to the model in force.
+    fn update_scoped(&mut self) {
+        self.scoped.retain(|v| v.tx.receiver_count() > 0);
+        let scoped = std::mem::take(&mut self.scoped);
+        for v in &scoped {
+            let mut next = self.scoped_view(&v.node, &v.scope);
+            v.tx.send_if_modified(|current| {
+                next.share_unchanged(current);
+                if next.same_as(current) {
+                    false
+                } else {
+                    *current = Arc::new(std::mem::take(&mut next));
+                    true
+                }
+            });
+        }
+        self.scoped = scoped;
     }
 
     /// The model the views are at.
@@ -460,6 +533,14 @@ impl ViewEngine {
 
     /// Brings every view to `model`, touching only what changed since the last model.
     pub fn update(&mut self, model: Arc<Model>) {
+        let changed = !Arc::ptr_eq(&self.model, &model);
+        self.update_views(model);
+        if changed {
+            self.update_scoped();
+        }
+    }
+
+    fn update_views(&mut self, model: Arc<Model>) {
         self.forget_unsubscribed();
         let previous = std::mem::replace(&mut self.model, model);
         let model = self.model.clone();

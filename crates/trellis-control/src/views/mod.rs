@@ -15,7 +15,7 @@ use crate::view::{self, NodeInfo as ViewNode};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
-use trellis_xds::server::{NodeAuth, View, ViewSource};
+use trellis_xds::server::{NodeAuth, Scope, View, ViewSource};
 use trellis_xds::{Debouncer, NodeInfo};
 
 /// Coalescing window for bursts of changes.
@@ -95,5 +95,24 @@ impl ViewSource for MeshViews {
             .lock()
             .map_err(|_| tonic::Status::internal("view registry poisoned"))?;
         Ok(engine.subscribe(&node.namespace, &node.service))
+    }
+
+    fn subscribe_scoped(
+        &self,
+        node: &NodeInfo,
+        _auth: &NodeAuth,
+        scope: &Scope,
+    ) -> Result<watch::Receiver<Arc<View>>, tonic::Status> {
+        // xDS names are `namespace/name`; a name of any other shape names no service.
+        let scope = scope
+            .iter()
+            .filter_map(|n| n.split_once('/'))
+            .map(|(ns, name)| (ns.to_string(), name.to_string()))
+            .collect();
+        let mut engine = self
+            .engine
+            .lock()
+            .map_err(|_| tonic::Status::internal("view registry poisoned"))?;
+        Ok(engine.subscribe_scoped(&node.namespace, &node.service, scope))
     }
 }

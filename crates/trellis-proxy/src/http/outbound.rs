@@ -9,8 +9,8 @@ use super::upgrade::forward_upgrade;
 use super::{record, Outcome};
 use crate::body::{self, Body};
 use crate::config::{host_service, Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
-use crate::ondemand;
 use crate::error::{ProxyError, Reason, Shape};
+use crate::ondemand;
 use crate::state::ProxyState;
 use crate::upstream::{pick, Wire};
 use http::{Request, Response, Version};
@@ -224,11 +224,11 @@ fn resolve(
             });
     }
     let host = destination(req).ok_or_else(|| {
-            ProxyError::new(
-                Reason::BadRequest,
-                "the request names no destination (no Host header or :authority)",
-            )
-        })?;
+        ProxyError::new(
+            Reason::BadRequest,
+            "the request names no destination (no Host header or :authority)",
+        )
+    })?;
     snapshot
         .resolve_host(&host, &state.identity.namespace)
         .map(|(s, p)| (s.clone(), p))

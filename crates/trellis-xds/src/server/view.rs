@@ -289,6 +289,15 @@ impl<T: ViewSource> ViewSource for Arc<T> {
     ) -> Result<watch::Receiver<Arc<View>>, Status> {
         (**self).subscribe(node, auth)
     }
+
+    fn subscribe_scoped(
+        &self,
+        node: &NodeInfo,
+        auth: &NodeAuth,
+        scope: &Scope,
+    ) -> Result<watch::Receiver<Arc<View>>, Status> {
+        (**self).subscribe_scoped(node, auth, scope)
+    }
 }
 
 /// The digest of a set of `(name, version)` pairs: 16 hex digits. It is the sum of each pair's
