@@ -562,12 +562,8 @@ impl ViewEngine {
         let mut grouped: Vec<&Change<'_>> = Vec::new();
         let mut workloads: BTreeSet<ResourceKey> = moved;
         for c in &changes {
-            match c.after {
-                Some(s) => {
-                    self.encoded.get(c.key, s);
-                }
-                None => self.encoded.forget(c.key),
-            }
+            // Encoded again when a view needs it (kinds no view holds are never encoded).
+            self.encoded.forget(c.key);
             let resources = c.before.iter().chain(c.after.iter()).map(|s| &s.resource);
             for r in resources {
                 let attached = index::attached_to(r);
