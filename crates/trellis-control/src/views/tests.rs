@@ -2,10 +2,11 @@
 //! update each subscribed view must equal [`super::compute`] on the same model.
 use super::*;
 use crate::store::{ResourceKey, Stored, WatchEvent};
+use index::SvcKey;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use trellis_api::Resource;
 
 const NAMESPACES: [&str; 2] = ["default", "other"];
@@ -289,4 +290,65 @@ spec: {address: 10.0.0.2, port: 80}
         b.borrow().get(&workloads).expect("workloads"),
     ));
     assert_eq!(summary(&after), summary(&compute(&model, "default", "a")));
+}
+
+/// The reference view of an on-demand proxy of `ns/svc` that named `scope`.
+fn compute_scoped(model: &Model, ns: &str, svc: &str, scope: &BTreeSet<SvcKey>) -> View {
+    let node = ViewNode {
+        namespace: ns.to_string(),
+        service: svc.to_string(),
+    };
+    let stored = view::view_scoped(model, &node, scope);
+    View::from_resources(stored.iter().map(|s| &s.resource))
+}
+
+#[test]
+fn scoped_views_equal_their_reference_after_every_change() {
+    let scopes: Vec<((&str, &str), Vec<(&str, &str)>)> = vec![
+        (("default", "a"), vec![]),
+        (("default", "a"), vec![("default", "b")]),
+        (
+            ("other", "c"),
+            vec![("default", "b"), ("other", "d"), ("default", "ghost")],
+        ),
+        (("default", "ghost"), vec![("other", "a"), ("default", "e")]),
+    ];
+    for seed in 0..24u64 {
+        let mut rng = StdRng::seed_from_u64(1000 + seed);
+        let mut model = Model::default();
+        let mut revision = 1;
+        for _ in 0..20 {
+            for e in random_revision(&mut rng, &model, revision) {
+                model.apply(e);
+            }
+            revision += 1;
+        }
+        let mut engine = ViewEngine::new(Arc::new(model.clone()));
+        let views: Vec<_> = scopes
+            .iter()
+            .map(|((ns, svc), named)| {
+                let scope: BTreeSet<SvcKey> = named
+                    .iter()
+                    .map(|(n, s)| (n.to_string(), s.to_string()))
+                    .collect();
+                let rx = engine.subscribe_scoped(ns, svc, scope.clone());
+                ((*ns, *svc), scope, rx)
+            })
+            .collect();
+        for step in 0..80 {
+            for e in random_revision(&mut rng, &model, revision) {
+                model.apply(e);
+            }
+            revision += 1;
+            engine.update(Arc::new(model.clone()));
+            for ((ns, svc), scope, rx) in &views {
+                let want = summary(&compute_scoped(&model, ns, svc, scope));
+                let got = summary(&rx.borrow());
+                assert_eq!(
+                    got, want,
+                    "seed {seed}, step {step}: scoped view of {ns}/{svc}"
+                );
+            }
+        }
+    }
 }
