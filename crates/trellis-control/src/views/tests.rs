@@ -304,7 +304,9 @@ fn compute_scoped(model: &Model, ns: &str, svc: &str, scope: &BTreeSet<SvcKey>) 
 
 #[test]
 fn scoped_views_equal_their_reference_after_every_change() {
-    let scopes: Vec<((&str, &str), Vec<(&str, &str)>)> = vec![
+    // (proxy, the services it named)
+    type Named<'a> = ((&'a str, &'a str), Vec<(&'a str, &'a str)>);
+    let scopes: Vec<Named<'_>> = vec![
         (("default", "a"), vec![]),
         (("default", "a"), vec![("default", "b")]),
         (
