@@ -273,7 +273,7 @@ async fn bench(bin: &Path, n: usize, rounds: usize, downs: &[Duration]) -> Resul
         c.token = Some(TOKEN.into());
         let m = marks.clone();
         let client = AdsClient::spawn(c, move |u| {
-            if let Some(r) = round_of(&u.resources.resources) {
+            if let Some(r) = round_of(&u.resources.to_set().resources) {
                 if m[i].round.swap(r, Ordering::AcqRel) != r {
                     m[i].applied.store(since(epoch), Ordering::Release);
                 }

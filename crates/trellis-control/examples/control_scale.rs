@@ -82,7 +82,7 @@ async fn bench(n: usize, rounds: usize) -> Result<(), String> {
         };
         let current = current.clone();
         let client = AdsClient::spawn(c, move |u| {
-            if let Some(r) = round_of(&u.resources.resources) {
+            if let Some(r) = round_of(&u.resources.to_set().resources) {
                 current[i].store(r, Ordering::Release);
             }
             Ok(())

@@ -1,9 +1,14 @@
 //! The control plane's in-memory copy of the mesh: every resource with its version, kept in step
 //! with the store by list-then-watch. Each replica follows the store on its own, so every
 //! replica sees every change (made through any replica) in revision order.
+//!
+//! The items sit in a persistent map: publishing a revision copies only the paths to what it
+//! changed, so a change costs in proportion to itself, not to the mesh, and two published
+//! models can be compared in time that follows their difference ([`Model::changes_since`]).
 use crate::store::{Listing, ResourceKey, Revision, Store, StoreError, Stored, WatchEvent};
 use futures_util::{FutureExt, StreamExt};
-use std::collections::BTreeMap;
+use imbl::ordmap::DiffItem;
+use imbl::OrdMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +18,7 @@ use trellis_api::{MeshConfigSpec, Resource, ResourceSet};
 /// A consistent picture of the store at one revision.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Model {
-    pub items: BTreeMap<ResourceKey, Stored>,
+    pub items: OrdMap<ResourceKey, Stored>,
     pub revision: Revision,
 }
 
@@ -32,11 +37,39 @@ impl Model {
             WatchEvent::Put(stored) => {
                 let key = stored.key();
                 let changed = self.items.get(&key) != Some(&stored);
-                self.items.insert(key, stored);
+                if changed {
+                    self.items.insert(key, stored);
+                }
                 changed
             }
             WatchEvent::Delete { key, .. } => self.items.remove(&key).is_some(),
         }
+    }
+
+    /// What differs from `earlier`, key by key, as (before, after). Subtrees the two models
+    /// share are skipped, so following the store costs in proportion to the changes.
+    pub fn changes_since<'a>(&'a self, earlier: &'a Model) -> Vec<Change<'a>> {
+        earlier
+            .items
+            .diff(&self.items)
+            .map(|d| match d {
+                DiffItem::Add(k, new) => Change {
+                    key: k,
+                    before: None,
+                    after: Some(new),
+                },
+                DiffItem::Update { old, new } => Change {
+                    key: new.0,
+                    before: Some(old.1),
+                    after: Some(new.1),
+                },
+                DiffItem::Remove(k, old) => Change {
+                    key: k,
+                    before: Some(old),
+                    after: None,
+                },
+            })
+            .collect()
     }
 
     pub fn resources(&self) -> impl Iterator<Item = &Resource> {
@@ -59,6 +92,14 @@ impl Model {
             resources: self.resources().cloned().collect(),
         }
     }
+}
+
+/// One resource that differs between two models.
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    pub key: &'a ResourceKey,
+    pub before: Option<&'a Stored>,
+    pub after: Option<&'a Stored>,
 }
 
 /// Follows `store` for as long as a receiver lives: lists, then watches from the listed

@@ -32,6 +32,25 @@ impl NodeInfo {
 
 /// The resources `node` should hold, in key order.
 pub fn view<'m>(model: &'m Model, node: &NodeInfo) -> Vec<&'m Stored> {
+    view_of(model, node, None)
+}
+
+/// What an on-demand `node` that named the services in `scope` should hold: the named services
+/// it may call, closed over route backends and mirrors, plus its own — the reference for the
+/// incremental engine's scoped views.
+pub fn view_scoped<'m>(
+    model: &'m Model,
+    node: &NodeInfo,
+    scope: &BTreeSet<(String, String)>,
+) -> Vec<&'m Stored> {
+    view_of(model, node, Some(scope))
+}
+
+fn view_of<'m>(
+    model: &'m Model,
+    node: &NodeInfo,
+    scope: Option<&BTreeSet<(String, String)>>,
+) -> Vec<&'m Stored> {
     let trust_domain = model
         .resources()
         .find_map(|r| match r {
@@ -40,7 +59,7 @@ pub fn view<'m>(model: &'m Model, node: &NodeInfo) -> Vec<&'m Stored> {
         })
         .unwrap_or_else(|| "cluster.local".into());
     let principal = node.principal(&trust_domain);
-    let mut services = reachable_services(model, node, &principal);
+    let mut services = reachable_services(model, node, &principal, scope);
     services.insert((node.namespace.clone(), node.service.clone()));
     let selected: Vec<&Service> = model
         .resources()
@@ -98,11 +117,13 @@ impl Wanted<'_> {
     }
 }
 
-/// Services this node may call, closed over route backends and mirrors.
+/// Services this node may call (of `scope`, when it names some), closed over route backends
+/// and mirrors; its own is added by the caller.
 fn reachable_services(
     model: &Model,
     node: &NodeInfo,
     principal: &str,
+    scope: Option<&BTreeSet<(String, String)>>,
 ) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     let mut queue: VecDeque<(String, String)> = model
@@ -111,8 +132,13 @@ fn reachable_services(
             Resource::Service(s) => Some((s.metadata.namespace.clone(), s.metadata.name.clone())),
             _ => None,
         })
+        .filter(|key| scope.is_none_or(|s| s.contains(key)))
         .filter(|(ns, name)| may_call(model, ns, name, node, principal))
         .collect();
+    if scope.is_some() {
+        // Routes of the own service count too (the engine seeds reach with it).
+        queue.push_back((node.namespace.clone(), node.service.clone()));
+    }
     while let Some(key) = queue.pop_front() {
         if !out.insert(key.clone()) {
             continue;

@@ -2,19 +2,20 @@
 //! (for the DNS answerer), and addresses to services (for captured connections: a VIP, or an
 //! endpoint's own address).
 //!
-//! Built from a snapshot's resources and cached per snapshot ([`DirectoryCache`]), so a query or
-//! a captured connection costs a map lookup, never a walk over the config, and never a lock:
-//! the cache is an `ArcSwap` keyed by the snapshot it was built from.
+//! Part of each snapshot, and built with it: a query or a captured connection costs a map
+//! lookup, never a walk over the config, and never a lock. An update moves it along instead of
+//! rebuilding it: the names and VIPs are rebuilt only when a Service or ServiceAddress changed,
+//! and the endpoint maps (persistent) change only for the services the update touched.
 //!
 //! Names follow Kubernetes' service names: `svc.ns.svc.<dnsDomain>` and `svc.ns` for any
 //! namespace, a bare `svc` for the proxy's own namespace (a pod's search path makes the same
 //! names work there). Matching ignores ASCII case and a trailing dot.
 use crate::config::Snapshot;
-use arc_swap::ArcSwapOption;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Weak};
-use trellis_api::ResourceSet;
+use std::sync::Arc;
+use trellis_api::Workload;
+use trellis_xds::Resources;
 
 /// `(namespace, service)`.
 pub type ServiceKey = (String, String);
@@ -28,28 +29,49 @@ pub enum NameAnswer {
     Unknown,
 }
 
+/// Names and VIPs of the services that have both a Service and a ServiceAddress.
 #[derive(Debug, Default)]
-pub struct Directory {
+struct Names {
     /// Lowercase names without a trailing dot.
     names: HashMap<String, (ServiceKey, Ipv4Addr)>,
     vips: HashMap<Ipv4Addr, ServiceKey>,
+}
+
+/// The services that claim an address; the first in key order answers.
+type Claims = imbl::OrdSet<ServiceKey>;
+
+#[derive(Debug, Default, Clone)]
+pub struct Directory {
+    names: Arc<Names>,
     /// Endpoint addresses; the port-less entry is used when the port does not match any.
-    endpoints: HashMap<SocketAddr, ServiceKey>,
-    endpoint_ips: HashMap<IpAddr, ServiceKey>,
+    endpoints: imbl::HashMap<SocketAddr, Claims>,
+    endpoint_ips: imbl::HashMap<IpAddr, Claims>,
 }
 
 impl Directory {
-    /// The directory of `resources` for a proxy in `local_namespace`.
-    pub fn build(resources: &ResourceSet, local_namespace: &str) -> Self {
-        let domain = resources.mesh_config().dns_domain.to_ascii_lowercase();
-        let services: HashMap<ServiceKey, &trellis_api::Service> = resources
-            .services()
-            .map(|s| ((s.metadata.namespace.clone(), s.metadata.name.clone()), s))
-            .collect();
-        let mut d = Directory::default();
+    /// The directory of the snapshot in force (empty when there is none yet).
+    pub fn of(snapshot: Option<&Arc<Snapshot>>) -> Arc<Directory> {
+        snapshot.map(|s| s.directory.clone()).unwrap_or_default()
+    }
+
+    /// Rebuilds the names and VIPs (after a Service, ServiceAddress or MeshConfig change).
+    pub(crate) fn rename(
+        &mut self,
+        resources: &Resources,
+        dns_domain: &str,
+        local_namespace: &str,
+    ) {
+        let domain = dns_domain.to_ascii_lowercase();
+        let mut d = Names::default();
         for a in resources.service_addresses() {
             let key = (a.metadata.namespace.clone(), a.metadata.name.clone());
-            let (Some(vip), true) = (a.spec.ip(), services.contains_key(&key)) else {
+            let has_service = resources
+                .get(
+                    trellis_xds::resource::SERVICE,
+                    &format!("{}/{}", key.0, key.1),
+                )
+                .is_some();
+            let (Some(vip), true) = (a.spec.ip(), has_service) else {
                 continue;
             };
             let (ns, svc) = (&key.0, &key.1);
@@ -66,31 +88,55 @@ impl Directory {
             }
             d.vips.insert(vip, key);
         }
-        // Endpoints in key order, so an address shared by two services maps to the same one on
-        // every rebuild.
-        let mut keys: Vec<&ServiceKey> = services.keys().collect();
-        keys.sort();
-        for key in keys {
-            let svc = services[key];
-            for w in resources.workloads() {
-                if !svc.selects(w) {
-                    continue;
-                }
-                let Ok(ip) = w.spec.address.parse::<IpAddr>() else {
-                    continue;
-                };
-                d.endpoints
-                    .entry(SocketAddr::new(ip, w.spec.port))
-                    .or_insert_with(|| key.clone());
-                if let Some(app) = w.spec.app_port {
-                    d.endpoints
-                        .entry(SocketAddr::new(ip, app))
-                        .or_insert_with(|| key.clone());
-                }
-                d.endpoint_ips.entry(ip).or_insert_with(|| key.clone());
+        self.names = Arc::new(d);
+    }
+
+    /// The addresses of a service's workloads, with and without the port.
+    fn addresses<'a>(
+        workloads: impl Iterator<Item = &'a Workload>,
+    ) -> (Vec<SocketAddr>, Vec<IpAddr>) {
+        let (mut addrs, mut ips) = (Vec::new(), Vec::new());
+        for w in workloads {
+            let Ok(ip) = w.spec.address.parse::<IpAddr>() else {
+                continue;
+            };
+            addrs.push(SocketAddr::new(ip, w.spec.port));
+            if let Some(app) = w.spec.app_port {
+                addrs.push(SocketAddr::new(ip, app));
             }
+            ips.push(ip);
         }
-        d
+        (addrs, ips)
+    }
+
+    /// Takes a service's claims on its workloads' addresses back.
+    pub(crate) fn remove_service<'a>(
+        &mut self,
+        key: &ServiceKey,
+        workloads: impl Iterator<Item = &'a Workload>,
+    ) {
+        let (addrs, ips) = Self::addresses(workloads);
+        for a in addrs {
+            unclaim(&mut self.endpoints, &a, key);
+        }
+        for ip in ips {
+            unclaim(&mut self.endpoint_ips, &ip, key);
+        }
+    }
+
+    /// Lets a service claim its workloads' addresses.
+    pub(crate) fn add_service<'a>(
+        &mut self,
+        key: &ServiceKey,
+        workloads: impl Iterator<Item = &'a Workload>,
+    ) {
+        let (addrs, ips) = Self::addresses(workloads);
+        for a in addrs {
+            self.endpoints.entry(a).or_default().insert(key.clone());
+        }
+        for ip in ips {
+            self.endpoint_ips.entry(ip).or_default().insert(key.clone());
+        }
     }
 
     /// What `name` (as asked: any case, maybe a trailing dot) means.
@@ -99,7 +145,7 @@ impl Directory {
         if name.len() > 253 {
             return NameAnswer::Unknown;
         }
-        match self.names.get(&name.to_ascii_lowercase()) {
+        match self.names.names.get(&name.to_ascii_lowercase()) {
             Some((key, vip)) => NameAnswer::Service {
                 key: key.clone(),
                 vip: *vip,
@@ -110,50 +156,63 @@ impl Directory {
 
     /// The service whose VIP is `ip`.
     pub fn service_of_vip(&self, ip: Ipv4Addr) -> Option<&ServiceKey> {
-        self.vips.get(&ip)
+        self.names.vips.get(&ip)
     }
 
-    /// The service an endpoint address belongs to: by address and port, else by address.
+    /// The service an endpoint address belongs to: by address and port, else by address; the
+    /// first in key order when several services have it.
     pub fn service_of_endpoint(&self, addr: SocketAddr) -> Option<&ServiceKey> {
         self.endpoints
             .get(&addr)
             .or_else(|| self.endpoint_ips.get(&addr.ip()))
+            .and_then(|c| c.get_min())
+    }
+
+    /// Everything it answers, sorted (for tests comparing two directories).
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .names
+            .names
+            .iter()
+            .map(|(n, v)| format!("name {n} {v:?}"))
+            .chain(
+                self.names
+                    .vips
+                    .iter()
+                    .map(|(v, k)| format!("vip {v} {k:?}")),
+            )
+            .chain(
+                self.endpoints
+                    .iter()
+                    .map(|(a, c)| format!("endpoint {a} {:?}", c.get_min())),
+            )
+            .chain(
+                self.endpoint_ips
+                    .iter()
+                    .map(|(a, c)| format!("ip {a} {:?}", c.get_min())),
+            )
+            .collect();
+        out.sort();
+        out
     }
 
     /// How many names it answers (for logs and tests).
     pub fn name_count(&self) -> usize {
-        self.names.len()
+        self.names.names.len()
     }
 }
 
-/// The directory of the snapshot in force, rebuilt only when the snapshot changes.
-pub struct DirectoryCache {
-    local_namespace: String,
-    current: ArcSwapOption<(Weak<Snapshot>, Arc<Directory>)>,
-}
-
-impl DirectoryCache {
-    pub fn new(local_namespace: &str) -> Self {
-        Self {
-            local_namespace: local_namespace.to_string(),
-            current: ArcSwapOption::empty(),
+fn unclaim<K: std::hash::Hash + Eq + Clone>(
+    map: &mut imbl::HashMap<K, Claims>,
+    at: &K,
+    key: &ServiceKey,
+) {
+    if let Some(c) = map.get_mut(at) {
+        c.remove(key);
+        if c.is_empty() {
+            map.remove(at);
         }
-    }
-
-    /// The directory of `snapshot` (empty when there is none yet).
-    pub fn get(&self, snapshot: Option<&Arc<Snapshot>>) -> Arc<Directory> {
-        let Some(snapshot) = snapshot else {
-            return Arc::new(Directory::default());
-        };
-        if let Some(cached) = self.current.load().as_ref() {
-            if Weak::ptr_eq(&cached.0, &Arc::downgrade(snapshot)) {
-                return cached.1.clone();
-            }
-        }
-        let built = Arc::new(Directory::build(&snapshot.resources, &self.local_namespace));
-        self.current
-            .store(Some(Arc::new((Arc::downgrade(snapshot), built.clone()))));
-        built
     }
 }
 
@@ -205,7 +264,13 @@ spec: {address: 10.1.0.5, port: 15006, appPort: 9080}
 
     fn dir() -> Directory {
         let set = trellis_api::parse_documents("t.yaml", MESH).unwrap();
-        Directory::build(&set, "shop")
+        let local = crate::settings::LocalIdentity {
+            service: "web".into(),
+            namespace: "shop".into(),
+            zone: None,
+        };
+        let snapshot = Snapshot::build(1, "t".into(), set, None, &local).unwrap();
+        (*snapshot.directory).clone()
     }
 
     fn svc(ns: &str, name: &str) -> ServiceKey {

@@ -13,7 +13,7 @@
 //! it has a header, nothing otherwise), hold more than [`DnsOptions::max_in_flight`] queries at
 //! once (beyond that, UDP queries are dropped, as a busy resolver does, and TCP connections
 //! wait), or wait on an upstream past its timeout (SERVFAIL then).
-use crate::directory::{DirectoryCache, NameAnswer};
+use crate::directory::{Directory, NameAnswer};
 use crate::drain::Drain;
 use crate::state::ProxyState;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
@@ -145,7 +145,6 @@ impl DnsServer {
     /// Serves until drain starts.
     pub async fn run(self, state: Arc<ProxyState>, drain: Drain) {
         let ctx = Arc::new(Ctx {
-            names: DirectoryCache::new(&state.identity.namespace),
             state,
             limit: Arc::new(Semaphore::new(self.opts.max_in_flight.max(1))),
             opts: self.opts,
@@ -162,7 +161,6 @@ impl DnsServer {
 
 struct Ctx {
     state: Arc<ProxyState>,
-    names: DirectoryCache,
     limit: Arc<Semaphore>,
     opts: DnsOptions,
 }
@@ -269,7 +267,7 @@ enum Decision {
 
 impl Ctx {
     async fn answer(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
-        let dir = self.names.get(self.state.snapshot.load_full().as_ref());
+        let dir = Directory::of(self.state.snapshot.load_full().as_ref());
         match decide(query, |name| dir.lookup(name)) {
             Decision::Reply(r) => Some(r),
             Decision::Drop => None,

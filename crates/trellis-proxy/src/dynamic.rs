@@ -58,6 +58,11 @@ pub fn start(c: &ControlSource, state: &Arc<ProxyState>) -> Result<Control, Star
     let st = state.clone();
     let mut config = ClientConfig::new(uris, node);
     config.token = c.token.clone();
+    if let Some(timeout) = c.on_demand {
+        let on_demand = crate::ondemand::OnDemand::new(timeout);
+        config.discovery = Some(on_demand.discovery.clone());
+        state.set_on_demand(on_demand);
+    }
     let client = AdsClient::spawn(config, move |u| apply(&st, u))
         .map_err(|e| StartError::Control(e.to_string()))?;
     state.set_control_status(client.watch_status());
@@ -94,14 +99,7 @@ pub fn start(c: &ControlSource, state: &Arc<ProxyState>) -> Result<Control, Star
 /// Compiles an update into a snapshot and installs it; an error is NACKed by the client.
 fn apply(state: &ProxyState, update: Update) -> Result<(), String> {
     let previous = state.snapshot.load_full();
-    let version = previous.as_ref().map_or(1, |s| s.version + 1);
-    let built = Snapshot::build(
-        version,
-        format!("xds:{}", update.endpoint),
-        update.resources,
-        previous.as_deref(),
-        &state.identity,
-    );
+    let built = compile(previous.as_deref(), update, &state.identity);
     let (result, outcome) = match built {
         Ok(snapshot) => {
             state.install(snapshot);
@@ -120,4 +118,24 @@ fn apply(state: &ProxyState, update: Update) -> Result<(), String> {
         .get_or_create(&ResultLabels { result: outcome })
         .inc();
     result
+}
+
+/// The snapshot an update makes: built from the previous one (only what changed is compiled
+/// again), or whole when there is none yet.
+pub fn compile(
+    previous: Option<&Snapshot>,
+    update: Update,
+    local: &crate::settings::LocalIdentity,
+) -> Result<Snapshot, crate::config::BuildError> {
+    let source = format!("xds:{}", update.endpoint);
+    match previous {
+        Some(p) => p.update(
+            p.version + 1,
+            source,
+            update.resources,
+            &update.changes,
+            local,
+        ),
+        None => Snapshot::build(1, source, update.resources, None, local),
+    }
 }

@@ -33,6 +33,8 @@ pub enum Reason {
     Unauthenticated,
     /// An HTTP upgrade (or CONNECT) the destination port does not permit.
     UpgradeRefused,
+    /// On-demand discovery got no answer from the control plane in time.
+    DiscoveryTimeout,
 }
 
 impl Reason {
@@ -51,6 +53,7 @@ impl Reason {
             Reason::Denied => "denied",
             Reason::Unauthenticated => "unauthenticated",
             Reason::UpgradeRefused => "upgrade-refused",
+            Reason::DiscoveryTimeout => "discovery-timeout",
         }
     }
 
@@ -62,6 +65,7 @@ impl Reason {
             | Reason::RetriesExhausted
             | Reason::NotReady
             | Reason::PoolOverflow
+            | Reason::DiscoveryTimeout
             | Reason::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
             Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -84,6 +88,7 @@ impl Reason {
             | Reason::UpstreamReset
             | Reason::RetriesExhausted
             | Reason::NotReady
+            | Reason::DiscoveryTimeout
             | Reason::PoolOverflow => Code::Unavailable,
             Reason::Timeout => Code::DeadlineExceeded,
             Reason::FaultInjected => Code::from_http(self.status()),
@@ -204,7 +209,7 @@ mod tests {
     use crate::grpc::Code;
     use http_body_util::BodyExt;
 
-    const ALL: [Reason; 13] = [
+    const ALL: [Reason; 14] = [
         Reason::NoRoute,
         Reason::NoHealthyEndpoints,
         Reason::ConnectFailed,
@@ -218,6 +223,7 @@ mod tests {
         Reason::Denied,
         Reason::Unauthenticated,
         Reason::UpgradeRefused,
+        Reason::DiscoveryTimeout,
     ];
 
     /// The table in docs/architecture.md, row by row.
@@ -240,6 +246,7 @@ mod tests {
                 ("denied", Code::PermissionDenied),
                 ("unauthenticated", Code::Unauthenticated),
                 ("upgrade-refused", Code::PermissionDenied),
+                ("discovery-timeout", Code::Unavailable),
             ]
         );
     }

@@ -25,6 +25,7 @@ pub mod http;
 pub mod idle;
 pub mod listener;
 pub mod metrics;
+pub mod ondemand;
 pub mod registration;
 pub mod resilience;
 pub mod retry;
@@ -78,6 +79,9 @@ pub struct ControlSource {
     pub lease_ttl: Duration,
     /// The join token the control plane requires on its API and xDS stream.
     pub token: Option<String>,
+    /// Discover services on demand, a first call waiting at most this long (see [`ondemand`]);
+    /// `None` takes every service this proxy may call ahead of time.
+    pub on_demand: Option<Duration>,
 }
 
 /// Mesh mTLS certificate files for a proxy on a static config (`--tls-cert`, `--tls-key`,
@@ -216,7 +220,7 @@ pub async fn run(
             let first = source::load(path, 1, None, &opts.identity)?;
             if let Some(files) = &opts.tls_files {
                 // Peers must be of this mesh's trust domain, not merely chain to a trusted root.
-                let trust_domain = first.resources.mesh_config().trust_domain;
+                let trust_domain = first.mesh.trust_domain.clone();
                 let tls = tls::MeshTls::from_files(files, &trust_domain)?;
                 state.set_tls(Arc::new(tls));
             }
@@ -252,6 +256,13 @@ pub async fn run(
             service: up.service.clone(),
             port: up.port,
         };
+        // A port bound to one service is a call declared ahead: discover it now (its protocol
+        // decides how the port's connections are served).
+        if let Some(on_demand) = state.on_demand() {
+            on_demand
+                .discovery
+                .want(&format!("{}/{}", fixed.namespace, fixed.service));
+        }
         listeners.push((
             l,
             Role::Outbound {

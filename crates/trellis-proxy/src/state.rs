@@ -28,6 +28,8 @@ pub struct ProxyState {
     /// Mesh mTLS, once a certificate is in hand (at start for files, after the CA answered for
     /// the control plane); set once, then rotated underneath.
     tls: OnceLock<Arc<MeshTls>>,
+    /// On-demand discovery, when this proxy discovers services as they are called.
+    on_demand: OnceLock<crate::ondemand::OnDemand>,
     /// Whether readiness waits for [`ProxyState::tls`] (a control plane's CA will provide it).
     tls_expected: std::sync::atomic::AtomicBool,
     /// Inbound denials are logged at most about once a second: a hostile caller decides how
@@ -51,6 +53,7 @@ impl ProxyState {
             health: Mutex::new(None),
             control: Mutex::new(None),
             tls: OnceLock::new(),
+            on_demand: OnceLock::new(),
             tls_expected: std::sync::atomic::AtomicBool::new(false),
             denial_log: trellis_net::LogThrottle::per_second(),
             peer_log: trellis_net::LogThrottle::per_second(),
@@ -64,6 +67,16 @@ impl ProxyState {
             tls: self.tls(),
             connect_timeout: self.settings.connect_timeout,
         }
+    }
+
+    /// Turns on-demand discovery on (once, when the xDS client starts).
+    pub fn set_on_demand(&self, on_demand: crate::ondemand::OnDemand) {
+        let _ = self.on_demand.set(on_demand);
+    }
+
+    /// On-demand discovery, when this proxy discovers services as they are called.
+    pub fn on_demand(&self) -> Option<&crate::ondemand::OnDemand> {
+        self.on_demand.get()
     }
 
     /// Mesh mTLS, when this proxy has a certificate.
@@ -100,10 +113,8 @@ impl ProxyState {
     }
 
     fn apply_trust_bundle(&self, snapshot: &Snapshot) {
-        if let (Some(tls), Some(bundle)) =
-            (self.tls.get(), snapshot.resources.trust_bundles().next())
-        {
-            tls.update_bundle(&bundle.spec.roots_pem());
+        if let (Some(tls), Some(roots)) = (self.tls.get(), &snapshot.trust_roots) {
+            tls.update_bundle(roots);
         }
     }
 
@@ -111,7 +122,11 @@ impl ProxyState {
     pub fn install(&self, snapshot: Snapshot) {
         self.metrics.config_version.set(snapshot.version as i64);
         let check = self.health_check_config(&snapshot);
-        self.apply_trust_bundle(&snapshot);
+        // The bundle is parsed again only when it changed (most updates are endpoints).
+        let previous = self.snapshot.load();
+        if previous.as_ref().map(|p| &p.trust_roots) != Some(&snapshot.trust_roots) {
+            self.apply_trust_bundle(&snapshot);
+        }
         self.snapshot.store(Some(Arc::new(snapshot)));
         self.apply_health_check(check);
     }
@@ -119,15 +134,7 @@ impl ProxyState {
     /// The active health check the own service's DestinationPolicy asks for.
     fn health_check_config(&self, snapshot: &Snapshot) -> Option<CheckConfig> {
         self.app?;
-        snapshot
-            .resources
-            .destination_policies()
-            .find(|p| {
-                p.metadata.namespace == self.identity.namespace
-                    && p.spec.service == self.identity.service
-            })
-            .and_then(|p| p.spec.health_check.as_ref())
-            .map(CheckConfig::from_config)
+        snapshot.health_check.as_ref().map(CheckConfig::from_config)
     }
 
     /// Starts, restarts or stops the checker when its config changed. Dropping the old

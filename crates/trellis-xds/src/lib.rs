@@ -11,10 +11,11 @@
 //!   computes, pushes only differences, remembers per stream what was sent, acknowledged and
 //!   rejected ([`server::Registry`]), and is bounded everywhere (queues, message sizes, types
 //!   and names per stream, time to the first request).
-//! - [`client`]: the proxy's side. [`client::AdsClient`] hands the proxy complete resource sets
-//!   and ACKs or NACKs what the proxy says; it keeps the last good config while the control plane
-//!   is away, reconnects with jittered backoff, fails over between replicas and resyncs by
-//!   stating what it holds.
+//! - [`client`]: the proxy's side. [`client::AdsClient`] hands the proxy the complete resource
+//!   set after each change (shared and persistent: cheap to clone, nothing decoded twice) with
+//!   the names that changed, and ACKs or NACKs what the proxy says; it keeps the last good
+//!   config while the control plane is away, reconnects with jittered backoff, fails over
+//!   between replicas and resyncs by stating what it holds.
 //! - [`debounce`]: coalesces bursts of store changes without delaying a lone change.
 //!
 //! # Why vendored protos compiled by `protox`
@@ -49,7 +50,10 @@ pub mod pb;
 pub mod resource;
 pub mod server;
 
-pub use client::{AdsClient, Backoff, ClientConfig, ClientStatus, TypeChange, Update};
+pub use client::{
+    AdsClient, Backoff, ClientConfig, ClientStatus, Discovery, Feed, Resolution, Resources,
+    TypeChange, Update,
+};
 pub use debounce::{DebounceTrigger, Debouncer};
 pub use node::NodeInfo;
 pub use resource::{decode, encode, resource_name, type_url, DecodeError, TYPE_URLS};

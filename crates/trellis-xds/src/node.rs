@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 pub const MAX_NAME_BYTES: usize = 256;
 /// Most metadata entries kept from a node.
 pub const MAX_METADATA_ENTRIES: usize = 64;
+/// Node metadata key saying how the node discovers services, and its on-demand value.
+pub const DISCOVERY_KEY: &str = "discovery";
+pub const DISCOVERY_ON_DEMAND: &str = "on-demand";
 
 /// The identity a proxy claims for itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +54,18 @@ impl NodeInfo {
     }
 
     /// The `Node` message a Trellis proxy sends.
+    /// Says the node discovers services on demand (see [`NodeInfo::on_demand`]).
+    pub fn set_on_demand(&mut self) {
+        self.metadata
+            .insert(DISCOVERY_KEY.into(), DISCOVERY_ON_DEMAND.into());
+    }
+
+    /// Whether the node discovers services on demand: it starts with its own config only and
+    /// names each Service it wants in its delta Service subscription.
+    pub fn on_demand(&self) -> bool {
+        self.metadata.get(DISCOVERY_KEY).map(String::as_str) == Some(DISCOVERY_ON_DEMAND)
+    }
+
     pub fn to_node(&self) -> Node {
         let string = |s: &str| Value {
             kind: Some(Kind::StringValue(s.to_string())),

@@ -64,6 +64,14 @@ fn timeout_of(u: &Update) -> String {
         .unwrap_or_default()
 }
 
+/// How many of `b`'s resources are the very ones `a` held (shared, not decoded again).
+fn shared(a: &Update, b: &Update) -> usize {
+    b.resources
+        .iter()
+        .filter(|r| a.resources.iter().any(|x| Arc::ptr_eq(x, r)))
+        .count()
+}
+
 async fn ready(client: &AdsClient) {
     tokio::time::timeout(WAIT, client.ready())
         .await
@@ -81,7 +89,7 @@ async fn first_sync_is_one_complete_update_in_both_modes() {
         ready(&client).await;
         assert_eq!(count(&updates), 1, "{mode:?}: one update with every type");
         let u = last(&updates);
-        assert_eq!(u.resources.resources.len(), resources.len());
+        assert_eq!(u.resources.len(), resources.len());
         assert_eq!(u.changes.len(), trellis_xds::TYPE_URLS.len());
         let status = client.status();
         assert_eq!(status.mode, mode);
@@ -105,6 +113,7 @@ async fn first_sync_is_one_complete_update_in_both_modes() {
         })
         .await;
         // A change is one update naming only what changed.
+        let first = last(&updates);
         views.set(view(&mesh("3s", 2)));
         wait_until("the change is applied", || count(&updates) == 2).await;
         let u = last(&updates);
@@ -112,6 +121,15 @@ async fn first_sync_is_one_complete_update_in_both_modes() {
         assert_eq!(u.changes.len(), 1);
         assert_eq!(u.changes[0].type_url, ROUTE);
         assert_eq!(u.changes[0].updated, ["default/reviews"]);
+        // Every other resource is the one already held (in SotW too, where the whole type is
+        // resent): shared, not decoded again.
+        assert_eq!(shared(&first, &u), u.resources.len() - 1, "{mode:?}");
+        // A workload more: in SotW every workload is resent; only the new one is decoded.
+        views.set(view(&mesh("3s", 3)));
+        wait_until("the workload is applied", || count(&updates) == 3).await;
+        let (before, u) = (u, last(&updates));
+        assert_eq!(u.resources.len(), before.resources.len() + 1);
+        assert_eq!(shared(&before, &u), before.resources.len(), "{mode:?}");
         client.shutdown();
         wait_until("the stream is gone", || server.registry.is_empty()).await;
         views.set(view(&resources));

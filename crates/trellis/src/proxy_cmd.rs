@@ -27,6 +27,15 @@ pub struct ProxyArgs {
     /// Lease TTL asked for when registering with the control plane.
     #[arg(long, default_value = "10s")]
     pub lease_ttl: trellis_api::Duration,
+    /// Discover services on demand: hold config only for the services the app calls, each
+    /// fetched from the control plane the first time it is called (default: every service this
+    /// proxy may call, pushed ahead of time).
+    #[arg(long, requires = "control")]
+    pub on_demand: bool,
+    /// How long a first call to a service waits for on-demand discovery before it is answered
+    /// `503 trellis-error: discovery-timeout`.
+    #[arg(long, default_value = "5s")]
+    pub discovery_timeout: trellis_api::Duration,
     /// The service this sidecar stands beside.
     #[arg(long)]
     pub service: String,
@@ -311,6 +320,7 @@ pub fn options(args: ProxyArgs) -> anyhow::Result<ProxyOptions> {
                 node_id,
                 lease_ttl: args.lease_ttl.as_std(),
                 token: args.auth.resolve()?,
+                on_demand: args.on_demand.then(|| args.discovery_timeout.as_std()),
             }))
         }
     };

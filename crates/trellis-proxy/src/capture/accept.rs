@@ -12,7 +12,7 @@
 //! A connection that was not redirected (someone connected to this port directly) has no
 //! original destination other than this listener itself, and is closed.
 use crate::config::Snapshot;
-use crate::directory::{Directory, DirectoryCache};
+use crate::directory::Directory;
 use crate::drain::Drain;
 use crate::http::outbound::FixedTarget;
 use crate::listener::Role;
@@ -66,7 +66,6 @@ pub fn classify(dst: SocketAddrV4, dir: &Directory, snap: Option<&Snapshot>) -> 
 /// Accepts captured connections until drain starts.
 pub async fn run(listener: TcpListener, state: Arc<ProxyState>, drain: Drain) {
     let own = listener.local_addr().ok();
-    let names = Arc::new(DirectoryCache::new(&state.identity.namespace));
     let mut acceptor = trellis_net::Acceptor::new(listener, "captured");
     loop {
         let (stream, peer) = tokio::select! {
@@ -75,9 +74,9 @@ pub async fn run(listener: TcpListener, state: Arc<ProxyState>, drain: Drain) {
         };
         let _ = stream.set_nodelay(true);
         let guard = drain.track();
-        let (state, drain, names) = (state.clone(), drain.clone(), names.clone());
+        let (state, drain) = (state.clone(), drain.clone());
         tokio::spawn(async move {
-            connection(stream, peer, own, &state, &drain, &names).await;
+            connection(stream, peer, own, &state, &drain).await;
             drop(guard);
         });
     }
@@ -89,7 +88,6 @@ async fn connection(
     own: Option<SocketAddr>,
     state: &Arc<ProxyState>,
     drain: &Drain,
-    names: &DirectoryCache,
 ) {
     let dst = match crate::sockopt::original_dst(&stream) {
         Ok(d) if Some(SocketAddr::V4(d)) != own => d,
@@ -103,7 +101,7 @@ async fn connection(
         }
     };
     let snap = state.snapshot.load_full();
-    let dir = names.get(snap.as_ref());
+    let dir = Directory::of(snap.as_ref());
     match classify(dst, &dir, snap.as_deref()) {
         Destination::Service {
             namespace,
@@ -166,8 +164,8 @@ spec: {service: ratings, address: 10.1.0.5, port: 15006, appPort: 9080}
             namespace: "default".into(),
             zone: None,
         };
-        let dir = Directory::build(&set, "default");
         let snap = Snapshot::build(1, "t".into(), set, None, &local).unwrap();
+        let dir = (*snap.directory).clone();
         let c = |s: &str| classify(s.parse().unwrap(), &dir, Some(&snap));
         let svc = |port| Destination::Service {
             namespace: "default".into(),

@@ -1,93 +1,183 @@
-//! Compiles a validated [`ResourceSet`]'s services into [`ServiceTarget`]s: endpoints (with the
-//! live state carried from the previous snapshot), endpoint groups and their balancers, routing
-//! rules ([`super::rule`]), and the DestinationPolicy's timeouts, limits, outlier detection,
-//! locality and TLS mode.
+//! Compiles services into [`ServiceTarget`]s: endpoints (with the live state carried from the
+//! previous snapshot), endpoint groups and their balancers, routing rules ([`super::rule`]), and
+//! the DestinationPolicy's timeouts, limits, outlier detection, locality and TLS mode.
+//!
+//! A build compiles a list of services — every one for a full build, those an update touched for
+//! an incremental one — in the same order with the same code, reading each service's inputs
+//! through the [`Index`] (its workloads, Routes and policy), never by walking the mesh.
+use super::index::{key_of, Index};
 use super::rule;
-use super::{BuildError, EndpointGroup, ServiceTarget, Services};
+use super::{BuildError, EndpointGroup, ServiceKey, ServiceTarget, Services};
 use crate::balance::{Balancer, Endpoint, EndpointLoad};
 use crate::resilience::{LimitState, Limits, Locality, OutlierPolicy, OutlierState};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use trellis_api::mesh::MtlsMode;
 use trellis_api::policy::{DestinationPolicySpec, LoadBalancer};
 use trellis_api::service::{Service, WorkloadHealth};
-use trellis_api::{ResourceSet, Route};
+use trellis_api::{Resource, Workload};
 use trellis_identity::SpiffeId;
+use trellis_xds::resource::{DESTINATION_POLICY, ROUTE, SERVICE, WORKLOAD};
+use trellis_xds::Resources;
 
 /// Live state that outlives a snapshot: per-endpoint load and passive health (by address) and
 /// per-service limit counters. Each snapshot takes over the previous one's, so balancing,
-/// ejections, back-offs and requests in flight survive a reload.
-#[derive(Debug, Default)]
+/// ejections, back-offs and requests in flight survive a reload. Persistent maps: a snapshot
+/// that changed one service copies a path, not the mesh.
+#[derive(Debug, Default, Clone)]
 pub struct Carried {
-    pub loads: HashMap<SocketAddr, Arc<EndpointLoad>>,
-    pub outliers: HashMap<SocketAddr, Arc<OutlierState>>,
-    pub limit_states: HashMap<(String, String), Arc<LimitState>>,
+    /// Every endpoint address some service of the snapshot has.
+    pub endpoints: imbl::HashMap<SocketAddr, Live>,
+    pub limit_states: imbl::HashMap<ServiceKey, Arc<LimitState>>,
 }
 
-/// Every service of `resources`, by namespace and name, and the live state they use, taken over
-/// from `previous` where it has it.
-pub(super) fn services(
-    resources: &ResourceSet,
-    previous: Option<&Carried>,
-    zone: Option<&str>,
-    mesh_mtls: MtlsMode,
-) -> Result<(Services, Carried), BuildError> {
-    let policies: HashMap<(String, String), &DestinationPolicySpec> = resources
-        .destination_policies()
-        .map(|p| {
-            (
-                (p.metadata.namespace.clone(), p.spec.service.clone()),
-                &p.spec,
-            )
-        })
-        .collect();
-    let mut carried = Carried::default();
-    let mut services = HashMap::new();
-    for svc in resources.services() {
-        let key = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
-        let policy = policies.get(&key).copied();
-        let target = service(
-            svc,
-            resources,
-            policy,
-            previous,
-            &mut carried,
-            zone,
-            mesh_mtls,
-        )?;
-        services.insert(key, Arc::new(target));
+/// One endpoint address's live state, and how many services have it.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub load: Arc<EndpointLoad>,
+    pub outlier: Arc<OutlierState>,
+    services: u32,
+}
+
+/// Hands out each address's live state during one build: the previous snapshot's where it had
+/// the address, else one fresh state per address, shared by every service that has it.
+struct LiveStates<'a> {
+    previous: Option<&'a Carried>,
+    fresh: HashMap<SocketAddr, (Arc<EndpointLoad>, Arc<OutlierState>)>,
+}
+
+impl LiveStates<'_> {
+    fn get(&mut self, addr: SocketAddr) -> (Arc<EndpointLoad>, Arc<OutlierState>) {
+        if let Some(l) = self.previous.and_then(|p| p.endpoints.get(&addr)) {
+            return (l.load.clone(), l.outlier.clone());
+        }
+        self.fresh
+            .entry(addr)
+            .or_insert_with(|| (Arc::new(EndpointLoad::new()), Arc::new(OutlierState::new())))
+            .clone()
     }
-    Ok((services, carried))
+}
+
+/// What every service of one build reads.
+pub(super) struct Inputs<'a> {
+    pub resources: &'a Resources,
+    pub index: &'a Index,
+    pub zone: Option<&'a str>,
+    pub mesh_mtls: MtlsMode,
+}
+
+/// Recompiles the services named in `affected` (xDS names; a name without a Service is removed)
+/// into `services`, and moves `carried` along. `previous` lends live state; for a full build
+/// `services` and `carried` start empty, for an incremental one as the previous snapshot's.
+pub(super) fn recompile(
+    affected: &BTreeSet<String>,
+    inputs: &Inputs<'_>,
+    previous: Option<&Carried>,
+    services: &mut Services,
+    carried: &mut Carried,
+) -> Result<(), BuildError> {
+    let mut live = LiveStates {
+        previous,
+        fresh: HashMap::new(),
+    };
+    // (old target, new target) of each affected service, compiled before anything moves.
+    let mut compiled = Vec::with_capacity(affected.len());
+    for name in affected {
+        let key = key_of(name);
+        let old = services.get(&key).cloned();
+        let new = match inputs.resources.get(SERVICE, name).map(|r| &**r) {
+            Some(Resource::Service(svc)) => {
+                let limit = previous.and_then(|p| p.limit_states.get(&key));
+                Some(Arc::new(service(svc, inputs, &mut live, limit)?))
+            }
+            _ => None,
+        };
+        compiled.push((key, old, new));
+    }
+    for (key, old, new) in compiled {
+        let before = addresses(old.as_deref());
+        let after = addresses(new.as_deref());
+        for addr in after.difference(&before) {
+            match carried.endpoints.get_mut(addr) {
+                Some(l) => l.services += 1,
+                None => {
+                    let (load, outlier) = live.get(*addr);
+                    let l = Live {
+                        load,
+                        outlier,
+                        services: 1,
+                    };
+                    carried.endpoints.insert(*addr, l);
+                }
+            }
+        }
+        for addr in before.difference(&after) {
+            if let Some(l) = carried.endpoints.get_mut(addr) {
+                l.services = l.services.saturating_sub(1);
+                if l.services == 0 {
+                    carried.endpoints.remove(addr);
+                }
+            }
+        }
+        match new {
+            Some(t) => {
+                carried
+                    .limit_states
+                    .insert(key.clone(), t.limit_state.clone());
+                services.insert(key, t);
+            }
+            None => {
+                carried.limit_states.remove(&key);
+                services.remove(&key);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The distinct endpoint addresses of a service.
+fn addresses(target: Option<&ServiceTarget>) -> BTreeSet<SocketAddr> {
+    target
+        .and_then(|t| t.groups.get(&None))
+        .map(|g| g.endpoints.iter().map(|e| e.addr).collect())
+        .unwrap_or_default()
+}
+
+/// The DestinationPolicy of a service: the last by name when several name it.
+fn policy_of<'a>(inputs: &Inputs<'a>, key: &ServiceKey) -> Option<&'a DestinationPolicySpec> {
+    let name = inputs.index.policies.of_service(key).last()?;
+    match inputs.resources.get(DESTINATION_POLICY, name).map(|r| &**r) {
+        Some(Resource::DestinationPolicy(p)) => Some(&p.spec),
+        _ => None,
+    }
 }
 
 /// One service as callers see it.
 fn service(
     svc: &Service,
-    resources: &ResourceSet,
-    policy: Option<&DestinationPolicySpec>,
-    previous: Option<&Carried>,
-    carried: &mut Carried,
-    zone: Option<&str>,
-    mesh_mtls: MtlsMode,
+    inputs: &Inputs<'_>,
+    live: &mut LiveStates<'_>,
+    previous_limit: Option<&Arc<LimitState>>,
 ) -> Result<ServiceTarget, BuildError> {
-    let endpoints = endpoints_of(svc, resources, previous, carried)?;
+    let key = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
+    let policy = policy_of(inputs, &key);
+    let endpoints = endpoints_of(&key, inputs, live)?;
     let pool = policy.and_then(|p| p.connection_pool.as_ref());
     let limits = Limits::from_config(pool);
-    let key = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
-    let limit_state = match previous.and_then(|p| p.limit_states.get(&key)) {
+    let limit_state = match previous_limit {
         Some(s) => {
             s.resize(&limits);
             s.clone()
         }
         None => LimitState::new(&limits),
     };
-    carried.limit_states.insert(key, limit_state.clone());
+    let zone = inputs.zone;
     Ok(ServiceTarget {
         name: svc.metadata.name.clone(),
         namespace: svc.metadata.namespace.clone(),
         ports: svc.spec.ports.clone(),
-        rules: rules_of(svc, resources)?,
+        rules: rules_of(svc, &key, inputs)?,
         groups: groups_of(&endpoints, policy),
         connect_timeout: pool.and_then(|c| c.connect_timeout).map(|d| d.as_std()),
         outlier: policy
@@ -98,7 +188,7 @@ fn service(
         locality: zone
             .map(|z| Locality::new(z.to_string(), policy.and_then(|p| p.locality.as_ref()))),
         mtls: trellis_identity::tls::outbound_uses_tls(
-            mesh_mtls,
+            inputs.mesh_mtls,
             policy
                 .and_then(|p| p.tls.as_ref())
                 .map(|t| t.mode)
@@ -108,14 +198,18 @@ fn service(
 }
 
 /// The rules of every Route for `svc`, Routes in name order, or the default rule when none.
-fn rules_of(svc: &Service, resources: &ResourceSet) -> Result<Vec<super::Rule>, BuildError> {
-    let mut routes: Vec<&Route> = resources
-        .routes()
-        .filter(|r| {
-            r.metadata.namespace == svc.metadata.namespace && r.spec.service == svc.metadata.name
-        })
-        .collect();
-    routes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+fn rules_of(
+    svc: &Service,
+    key: &ServiceKey,
+    inputs: &Inputs<'_>,
+) -> Result<Vec<super::Rule>, BuildError> {
+    // In one namespace, so xDS name order is name order.
+    let routes = inputs.index.routes.of_service(key).filter_map(|name| {
+        match inputs.resources.get(ROUTE, name).map(|r| &**r) {
+            Some(Resource::Route(r)) => Some(r),
+            _ => None,
+        }
+    });
     let mut rules = Vec::new();
     for route in routes {
         for (i, r) in route.spec.rules.iter().enumerate() {
@@ -128,15 +222,22 @@ fn rules_of(svc: &Service, resources: &ResourceSet) -> Result<Vec<super::Rule>, 
     Ok(rules)
 }
 
+/// The service's healthy workloads as endpoints, by address (workloads in name order first).
 fn endpoints_of(
-    svc: &Service,
-    resources: &ResourceSet,
-    previous: Option<&Carried>,
-    carried: &mut Carried,
+    key: &ServiceKey,
+    inputs: &Inputs<'_>,
+    live: &mut LiveStates<'_>,
 ) -> Result<Vec<Endpoint>, BuildError> {
     let mut out = Vec::new();
-    for w in resources.workloads() {
-        if !svc.selects(w) || w.spec.health == WorkloadHealth::Unhealthy {
+    let workloads = inputs.index.members(key).filter_map(|name| {
+        match inputs.resources.get(WORKLOAD, name).map(|r| &**r) {
+            Some(Resource::Workload(w)) => Some(w),
+            _ => None,
+        }
+    });
+    for w in workloads {
+        let w: &Workload = w;
+        if w.spec.health == WorkloadHealth::Unhealthy {
             continue;
         }
         let ip: IpAddr = w.spec.address.parse().map_err(|_| BuildError {
@@ -145,24 +246,7 @@ fn endpoints_of(
             message: format!("{:?} is not an IP address", w.spec.address),
         })?;
         let addr = SocketAddr::new(ip, w.spec.port);
-        let outlier = carried
-            .outliers
-            .entry(addr)
-            .or_insert_with(|| {
-                previous
-                    .and_then(|p| p.outliers.get(&addr).cloned())
-                    .unwrap_or_else(|| Arc::new(OutlierState::new()))
-            })
-            .clone();
-        let load = carried
-            .loads
-            .entry(addr)
-            .or_insert_with(|| {
-                previous
-                    .and_then(|p| p.loads.get(&addr).cloned())
-                    .unwrap_or_else(|| Arc::new(EndpointLoad::new()))
-            })
-            .clone();
+        let (load, outlier) = live.get(addr);
         let mut labels: BTreeMap<String, String> = w.metadata.labels.clone();
         if let Some(zone) = &w.spec.zone {
             labels.entry("zone".into()).or_insert_with(|| zone.clone());

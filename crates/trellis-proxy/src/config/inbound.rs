@@ -8,8 +8,8 @@ use std::sync::Arc;
 use trellis_api::mesh::MtlsMode;
 use trellis_api::security::JwtRule;
 use trellis_api::service::Protocol;
-use trellis_api::ResourceSet;
 use trellis_identity::{Authorizer, JwtValidator};
+use trellis_xds::Resources;
 
 pub struct InboundPolicy {
     /// The mode of the service's (first) port: its own override, else the mesh's.
@@ -43,7 +43,7 @@ impl std::fmt::Debug for InboundPolicy {
 
 impl InboundPolicy {
     pub fn build(
-        resources: &ResourceSet,
+        resources: &Resources,
         local: &LocalIdentity,
         mesh_mtls: MtlsMode,
         previous: Option<&InboundPolicy>,

@@ -2,19 +2,24 @@
 //! compiled, header names parsed, endpoint sets and balancers built), swapped atomically.
 //!
 //! Building a snapshot is the only place config is interpreted; it either succeeds whole or
-//! fails with a [`BuildError`] and the previous snapshot stays in force.
+//! fails with a [`BuildError`] and the previous snapshot stays in force. A snapshot built from
+//! the previous one and an update recompiles only the services the update touched
+//! ([`index`] finds them) and shares everything else with its predecessor.
 mod build;
 mod inbound;
+#[cfg(test)]
+mod incremental_tests;
+mod index;
 mod matcher;
 mod modifier;
 mod rule;
 mod snapshot;
 
-pub use build::Carried;
+pub use build::{Carried, Live};
 pub use inbound::InboundPolicy;
 pub use matcher::{PathMatcher, RouteMatcher, ValueMatcher};
 pub use modifier::HeaderModifier;
-pub use snapshot::Snapshot;
+pub use snapshot::{host_service, Snapshot};
 
 use crate::balance::{Balancer, Endpoint};
 use crate::resilience::{LimitState, Limits, Locality, OutlierPolicy};
@@ -33,8 +38,11 @@ pub struct BuildError {
     pub message: String,
 }
 
-/// Every service of a snapshot, by namespace and name.
-pub type Services = HashMap<(String, String), Arc<ServiceTarget>>;
+/// `(namespace, name)` of a service.
+pub type ServiceKey = (String, String);
+
+/// Every service of a snapshot, by namespace and name (persistent: an update copies a path).
+pub type Services = imbl::HashMap<ServiceKey, Arc<ServiceTarget>>;
 
 /// A service as callers see it: ports, ordered routing rules and endpoint groups by subset.
 #[derive(Debug)]

@@ -8,8 +8,9 @@ use super::headers::{
 use super::upgrade::forward_upgrade;
 use super::{record, Outcome};
 use crate::body::{self, Body};
-use crate::config::{Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
+use crate::config::{host_service, Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
 use crate::error::{ProxyError, Reason, Shape};
+use crate::ondemand;
 use crate::state::ProxyState;
 use crate::upstream::{pick, Wire};
 use http::{Request, Response, Version};
@@ -49,7 +50,7 @@ async fn route(
     req: Request<Incoming>,
     shape: Shape,
 ) -> Outcome {
-    let Some(snapshot) = state.snapshot.load_full() else {
+    let Some(mut snapshot) = state.snapshot.load_full() else {
         return Outcome::error(
             ProxyError::new(Reason::NotReady, "the proxy has no config yet"),
             shape,
@@ -59,7 +60,18 @@ async fn route(
     };
     let (svc, port) = match resolve(state, &snapshot, fixed, &req) {
         Ok(found) => found,
-        Err(e) => return Outcome::error(e, shape, "", ""),
+        // Not in the config: on a proxy that discovers on demand, perhaps not yet.
+        Err(e) => match discover(state, fixed, &req).await {
+            Ok(Some(discovered)) => {
+                snapshot = discovered;
+                match resolve(state, &snapshot, fixed, &req) {
+                    Ok(found) => found,
+                    Err(e) => return Outcome::error(e, shape, "", ""),
+                }
+            }
+            Ok(None) => return Outcome::error(e, shape, "", ""),
+            Err(timeout) => return Outcome::error(timeout, shape, "", ""),
+        },
     };
     let service = svc.name.clone();
     let Some((rule, matched)) = svc
@@ -156,6 +168,43 @@ async fn routed(
     forward(&target, req.map(body::boxed)).await
 }
 
+/// On a proxy that discovers on demand, the config after discovering the service the request
+/// names; `Ok(None)` when there is nothing to discover (or no such service).
+async fn discover(
+    state: &ProxyState,
+    fixed: Option<&FixedTarget>,
+    req: &Request<Incoming>,
+) -> Result<Option<Arc<Snapshot>>, ProxyError> {
+    if state.on_demand().is_none() {
+        return Ok(None);
+    }
+    let host;
+    let (ns, name) = match fixed {
+        Some(f) => (f.namespace.as_str(), f.service.as_str()),
+        None => {
+            host = destination(req).unwrap_or_default();
+            match host_service(&host, &state.identity.namespace) {
+                Some((ns, name, _)) => (ns, name),
+                None => return Ok(None),
+            }
+        }
+    };
+    ondemand::discover(state, ns, name).await
+}
+
+/// The request's `:authority`, or its `Host` header.
+fn destination(req: &Request<Incoming>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+}
+
 /// Finds the destination service: fixed by the listener, or from `:authority` / `Host`.
 fn resolve(
     state: &ProxyState,
@@ -174,22 +223,12 @@ fn resolve(
                 )
             });
     }
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .ok_or_else(|| {
-            ProxyError::new(
-                Reason::BadRequest,
-                "the request names no destination (no Host header or :authority)",
-            )
-        })?;
+    let host = destination(req).ok_or_else(|| {
+        ProxyError::new(
+            Reason::BadRequest,
+            "the request names no destination (no Host header or :authority)",
+        )
+    })?;
     snapshot
         .resolve_host(&host, &state.identity.namespace)
         .map(|(s, p)| (s.clone(), p))

@@ -7,12 +7,16 @@
 //! subscribed type is staged, and `apply` sees them all at once: the proxy's first snapshot is
 //! complete, never "services but no routes yet". If that first set is rejected, the staged
 //! responses stay, and each later response retries the set with its type replaced.
+//!
+//! Every type is a persistent map of shared resources ([`TypeResources`]): a candidate is the
+//! cache's map with a few entries replaced (the rest shared), and the set handed to `apply` is a
+//! handful of map roots, so the cost of an update follows the update, not the mesh.
+use super::resources::{Resources, TypeResources};
 use super::{ClientNack, ClientStatus, TypeChange, Update};
 use crate::server::registry::now_ms;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::watch;
-use trellis_api::{Resource, ResourceSet};
 
 pub(crate) type ApplyFn = dyn Fn(Update) -> Result<(), String> + Send + Sync;
 
@@ -22,13 +26,7 @@ pub(crate) struct TypeCache {
     /// The type's version (SotW `version_info`, delta `system_version_info`).
     pub version: String,
     /// By resource name.
-    pub resources: BTreeMap<String, Cached>,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Cached {
-    pub version: String,
-    pub resource: Resource,
+    pub resources: TypeResources,
 }
 
 /// A decoded response: what the type would become.
@@ -116,13 +114,14 @@ impl Applier {
             .map(|c| {
                 c.resources
                     .iter()
-                    .map(|(n, r)| (n.clone(), r.version.clone()))
+                    .map(|(n, r)| (n.clone(), r.version.to_string()))
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    /// What a delta response applies to: the staged state during the first sync, else the cache.
+    /// What a response applies to: the staged state during the first sync, else the cache
+    /// (a cheap clone: the maps are persistent).
     pub fn base(&self, type_url: &str) -> TypeCache {
         if let Some(s) = self.staged.get(type_url) {
             return s.candidate.state.clone();
@@ -243,16 +242,16 @@ impl Applier {
         changes: Vec<TypeChange>,
         endpoint: &str,
     ) -> Result<(), String> {
-        let mut resources = Vec::new();
+        let mut resources = Resources::default();
         let mut versions = BTreeMap::new();
         for t in &self.types {
             if let Some(c) = lookup(t) {
-                resources.extend(c.resources.values().map(|r| r.resource.clone()));
+                resources.set_type(t, c.resources.clone());
                 versions.insert(t.clone(), c.version.clone());
             }
         }
         let update = Update {
-            resources: ResourceSet { resources },
+            resources,
             versions,
             changes,
             endpoint: endpoint.to_string(),

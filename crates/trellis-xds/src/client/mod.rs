@@ -1,6 +1,6 @@
 //! The proxy's end of xDS: [`AdsClient`] keeps one ADS stream open to one of several
-//! control-plane replicas and hands every accepted change to the proxy as a complete
-//! [`ResourceSet`].
+//! control-plane replicas and hands every accepted change to the proxy as the complete set of
+//! [`Resources`] (shared, cheap to clone) plus what changed.
 //!
 //! The proxy must keep serving whatever happens to the control plane, so the client's rules are:
 //! the proxy's config changes only through `apply`, and only to a set `apply` accepted (a
@@ -10,7 +10,12 @@
 //! failure; on reconnect the client says what it holds (delta: every resource's version; SotW:
 //! each type's version), so the server sends only what changed meanwhile.
 mod cache;
+mod discovery;
+mod resources;
 mod session;
+
+pub use discovery::{Discovery, Resolution};
+pub use resources::{Held, Resources, TypeResources};
 
 use crate::node::NodeInfo;
 use crate::server::registry::Mode;
@@ -22,7 +27,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Uri;
-use trellis_api::ResourceSet;
 
 /// Where and how to connect.
 #[derive(Clone)]
@@ -43,6 +47,9 @@ pub struct ClientConfig {
     pub keepalive_timeout: Duration,
     /// Largest message accepted or sent (default 16 MiB).
     pub max_message_bytes: usize,
+    /// On-demand discovery (delta only): name Services as they are called instead of
+    /// subscribing to every Service this proxy may call. `None` (default) subscribes to all.
+    pub discovery: Option<Discovery>,
 }
 
 impl ClientConfig {
@@ -59,6 +66,7 @@ impl ClientConfig {
             keepalive_interval: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(10),
             max_message_bytes: 16 * 1024 * 1024,
+            discovery: None,
         }
     }
 }
@@ -106,11 +114,11 @@ impl Backoff {
     }
 }
 
-/// What the proxy is asked to apply: the complete resource set after the change.
+/// What the proxy is asked to apply: the complete resource set after the change, and the change.
 #[derive(Debug, Clone)]
 pub struct Update {
-    /// Every resource the proxy should hold, kinds in [`crate::TYPE_URLS`] order, then by name.
-    pub resources: ResourceSet,
+    /// Every resource the proxy should hold (shared with the client's cache: no copy).
+    pub resources: Resources,
     /// Type URL → version, as they will be once this update is accepted.
     pub versions: BTreeMap<String, String>,
     /// What changed, per type (several types on the first update).
@@ -173,6 +181,8 @@ pub enum ClientError {
     InvalidToken,
     #[error("the xDS client stopped")]
     Stopped,
+    #[error("on-demand discovery needs the delta protocol (named subscriptions)")]
+    OnDemandNeedsDelta,
 }
 
 /// A running client; dropping it stops the stream (the proxy keeps its config).
@@ -186,10 +196,22 @@ impl AdsClient {
     /// Starts the client on the current tokio runtime. `apply` gets each complete config that
     /// changed; `Ok` means it is in force (ACK), `Err(text)` means it was refused (NACK with that
     /// text; the previous config stays).
-    pub fn spawn<F>(config: ClientConfig, apply: F) -> Result<AdsClient, ClientError>
+    pub fn spawn<F>(mut config: ClientConfig, apply: F) -> Result<AdsClient, ClientError>
     where
         F: Fn(Update) -> Result<(), String> + Send + Sync + 'static,
     {
+        if let Some(discovery) = &config.discovery {
+            if config.mode != Mode::Delta {
+                return Err(ClientError::OnDemandNeedsDelta);
+            }
+            // The node's own service is always named: its inbound side needs its ports, and a
+            // first Service request naming nothing would be a wildcard.
+            config.node.set_on_demand();
+            discovery.want(&format!(
+                "{}/{}",
+                config.node.namespace, config.node.service
+            ));
+        }
         if config.endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
@@ -254,6 +276,73 @@ impl AdsClient {
 impl Drop for AdsClient {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The client's cache without a stream: responses are handed in as a session hands them in
+/// (decoded, judged, applied through `apply`), so what a proxy does with each update can be
+/// measured and tested without a control plane.
+pub struct Feed {
+    applier: cache::Applier,
+    endpoint: String,
+}
+
+impl Feed {
+    pub fn new<F>(type_urls: Vec<String>, apply: F) -> Feed
+    where
+        F: Fn(Update) -> Result<(), String> + Send + Sync + 'static,
+    {
+        let status = ClientStatus {
+            mode: Mode::Delta,
+            endpoint: None,
+            connected_since_unix_ms: None,
+            ready: false,
+            versions: BTreeMap::new(),
+            resources: 0,
+            updates_applied: 0,
+            last_applied_unix_ms: None,
+            connects: 0,
+            last_error: None,
+            last_nack: None,
+        };
+        let (status, _) = watch::channel(status);
+        Feed {
+            applier: cache::Applier::new(type_urls, Arc::new(apply), status),
+            endpoint: "feed".into(),
+        }
+    }
+
+    /// A delta response; `Err` is the NACK's text.
+    pub fn delta(
+        &mut self,
+        response: crate::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse,
+    ) -> Result<(), String> {
+        let (t, nonce, candidate) = session::delta_candidate(response, &self.applier);
+        self.judge(t, nonce, candidate)
+    }
+
+    /// A state-of-the-world response; `Err` is the NACK's text.
+    pub fn sotw(
+        &mut self,
+        response: crate::pb::envoy::service::discovery::v3::DiscoveryResponse,
+    ) -> Result<(), String> {
+        let (t, nonce, candidate) = session::sotw_candidate(response, &self.applier);
+        self.judge(t, nonce, candidate)
+    }
+
+    fn judge(
+        &mut self,
+        t: String,
+        nonce: String,
+        candidate: Result<cache::Candidate, String>,
+    ) -> Result<(), String> {
+        let verdicts = self.applier.receive(t, nonce, candidate, &self.endpoint);
+        for v in verdicts {
+            if let cache::Verdict::Nack { error, .. } = v {
+                return Err(error);
+            }
+        }
+        Ok(())
     }
 }
 

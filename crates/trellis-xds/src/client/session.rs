@@ -4,8 +4,9 @@
 //!
 //! A session ends when the stream does; it never retries by itself (the caller owns backoff
 //! and failover) and never touches the cache except through the applier.
-use super::cache::{Applier, Cached, Candidate, TypeCache, Verdict};
-use super::{ClientConfig, TypeChange};
+use super::cache::{Applier, Candidate, TypeCache, Verdict};
+use super::resources::Held;
+use super::{ClientConfig, Discovery, TypeChange};
 use crate::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use crate::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -13,9 +14,10 @@ use crate::pb::envoy::service::discovery::v3::{
 use crate::pb::google::rpc::Status as RpcStatus;
 use crate::server::registry::now_ms;
 use crate::server::Mode;
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status, Streaming};
@@ -61,12 +63,21 @@ pub(crate) async fn run(uri: &Uri, cfg: &ClientConfig, applier: &mut Applier) ->
                 open,
                 sotw_candidate,
                 sotw_reply,
+                None,
             )
             .await
         }
         Mode::Delta => {
-            let initial = initial_delta(cfg, applier);
             let open = |mut c: Client, r| async move { c.delta_aggregated_resources(r).await };
+            // Watch for new names before reading the current ones, so none is missed.
+            let on_demand = cfg.discovery.as_ref().map(|discovery| OnDemand {
+                discovery,
+                asked: discovery.asked(),
+                named: discovery.wanted(),
+                subscribe: delta_subscribe,
+                services: delta_services,
+            });
+            let initial = initial_delta(cfg, applier, on_demand.as_ref().map(|o| &o.named));
             drive(
                 &endpoint,
                 cfg,
@@ -76,6 +87,7 @@ pub(crate) async fn run(uri: &Uri, cfg: &ClientConfig, applier: &mut Applier) ->
                 open,
                 delta_candidate,
                 delta_reply,
+                on_demand,
             )
             .await
         }
@@ -100,6 +112,23 @@ fn end(received: bool, error: String) -> SessionEnd {
     SessionEnd { received, error }
 }
 
+/// The Service names a response carries, and the names it removes.
+type Named = (Vec<String>, Vec<String>);
+
+/// What a session of an on-demand client does besides answering: send the names the proxy
+/// asks for, and report what Service responses said about them.
+struct OnDemand<'a, Req, Resp> {
+    discovery: &'a Discovery,
+    /// Changes of the wanted names.
+    asked: watch::Receiver<u64>,
+    /// The names this session subscribed to so far.
+    named: BTreeSet<String>,
+    /// A request subscribing to more Services.
+    subscribe: fn(Vec<String>) -> Req,
+    /// For a Service response: the names it carries and the names it removes.
+    services: fn(&Resp) -> Option<Named>,
+}
+
 /// Opens the stream with `initial` requests queued, then answers responses until it ends.
 #[allow(clippy::too_many_arguments)]
 async fn drive<Req, Resp, Open, Fut>(
@@ -111,6 +140,7 @@ async fn drive<Req, Resp, Open, Fut>(
     open: Open,
     candidate: fn(Resp, &Applier) -> Decoded,
     reply: fn(Verdict) -> Req,
+    on_demand: Option<OnDemand<'_, Req, Resp>>,
 ) -> SessionEnd
 where
     Req: Send + 'static,
@@ -148,20 +178,71 @@ where
     });
     tracing::info!(endpoint, "connected to the control plane");
     let mut received = false;
+    let mut on_demand = on_demand;
     loop {
-        let response = match inbound.message().await {
-            Ok(Some(r)) => r,
-            Ok(None) => return end(received, format!("{endpoint} closed the stream")),
-            Err(status) => return end(received, format!("stream to {endpoint} failed: {status}")),
+        let more = async {
+            match on_demand.as_mut() {
+                Some(o) => o.asked.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let response = tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(r)) => r,
+                Ok(None) => return end(received, format!("{endpoint} closed the stream")),
+                Err(status) => {
+                    return end(received, format!("stream to {endpoint} failed: {status}"))
+                }
+            },
+            alive = more => {
+                let Some(o) = on_demand.as_mut().filter(|_| alive) else {
+                    on_demand = None;
+                    continue;
+                };
+                let new: Vec<String> =
+                    o.discovery.wanted().difference(&o.named).cloned().collect();
+                if !new.is_empty() {
+                    o.named.extend(new.iter().cloned());
+                    if tx.send((o.subscribe)(new)).await.is_err() {
+                        return end(received, format!("stream to {endpoint} closed"));
+                    }
+                }
+                continue;
+            }
         };
         received = true;
+        let services = on_demand.as_ref().and_then(|o| (o.services)(&response));
+        if let (Some(o), Some((present, removed))) = (&on_demand, &services) {
+            o.discovery.record(present, removed);
+        }
         let (type_url, nonce, result) = candidate(response, applier);
-        for verdict in applier.receive(type_url, nonce, result, endpoint) {
+        let verdicts = applier.receive(type_url, nonce, result, endpoint);
+        if let (Some(o), Some(_)) = (&on_demand, &services) {
+            o.discovery.answered();
+        }
+        for verdict in verdicts {
             if tx.send(reply(verdict)).await.is_err() {
                 return end(received, format!("stream to {endpoint} closed"));
             }
         }
     }
+}
+
+fn delta_subscribe(names: Vec<String>) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: crate::resource::SERVICE.to_string(),
+        resource_names_subscribe: names,
+        ..Default::default()
+    }
+}
+
+fn delta_services(r: &DeltaDiscoveryResponse) -> Option<Named> {
+    (r.type_url == crate::resource::SERVICE).then(|| {
+        (
+            r.resources.iter().map(|x| x.name.clone()).collect(),
+            r.removed_resources.clone(),
+        )
+    })
 }
 
 fn initial_sotw(cfg: &ClientConfig, applier: &Applier) -> Vec<DiscoveryRequest> {
@@ -178,7 +259,11 @@ fn initial_sotw(cfg: &ClientConfig, applier: &Applier) -> Vec<DiscoveryRequest> 
         .collect()
 }
 
-fn initial_delta(cfg: &ClientConfig, applier: &Applier) -> Vec<DeltaDiscoveryRequest> {
+fn initial_delta(
+    cfg: &ClientConfig,
+    applier: &Applier,
+    named: Option<&BTreeSet<String>>,
+) -> Vec<DeltaDiscoveryRequest> {
     applier
         .types()
         .iter()
@@ -187,6 +272,11 @@ fn initial_delta(cfg: &ClientConfig, applier: &Applier) -> Vec<DeltaDiscoveryReq
             node: (i == 0).then(|| cfg.node.to_node()),
             type_url: t.clone(),
             initial_resource_versions: applier.resource_versions(t),
+            // An on-demand client names its Services (never an empty list: that is a wildcard).
+            resource_names_subscribe: match named {
+                Some(names) if t == crate::resource::SERVICE => names.iter().cloned().collect(),
+                _ => Vec::new(),
+            },
             ..Default::default()
         })
         .collect()
@@ -270,50 +360,64 @@ impl Problems {
     }
 }
 
-fn sotw_candidate(r: DiscoveryResponse, applier: &Applier) -> Decoded {
+/// A state-of-the-world response: every resource of the type. A resource whose version (a digest
+/// of its bytes) the proxy already holds is taken from the cache as it is, not decoded again.
+pub(super) fn sotw_candidate(r: DiscoveryResponse, applier: &Applier) -> Decoded {
     let t = r.type_url;
     if !applier.subscribes(&t) {
         let e = format!("not subscribed to {t}");
         return (t, r.nonce, Err(e));
     }
-    let mut problems = Problems::default();
-    let mut resources = BTreeMap::new();
-    for any in &r.resources {
-        if any.type_url != t {
-            problems.push(format!("a {t} response holds a {} resource", any.type_url));
-            continue;
-        }
-        match crate::decode(any) {
-            Ok(resource) => {
-                let name = crate::resource_name(&resource);
-                let version = crate::server::VersionedResource::new(any.clone()).version;
-                if resources
-                    .insert(name.clone(), Cached { version, resource })
-                    .is_some()
-                {
-                    problems.push(format!("{t}: resource {name:?} appears twice"));
-                }
-            }
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
     let previous = applier.base(&t).resources;
+    let held: HashMap<&str, (&String, &Held)> = previous
+        .iter()
+        .map(|(name, h)| (&*h.version, (name, h)))
+        .collect();
+    let mut problems = Problems::default();
+    let mut resources = previous.clone();
+    let mut seen = BTreeSet::new();
     let mut change = TypeChange {
         type_url: t.clone(),
         version: r.version_info.clone(),
         updated: Vec::new(),
         removed: Vec::new(),
     };
-    for (name, c) in &resources {
-        if previous.get(name).map(|p| &p.version) != Some(&c.version) {
-            change.updated.push(name.clone());
+    for any in &r.resources {
+        if any.type_url != t {
+            problems.push(format!("a {t} response holds a {} resource", any.type_url));
+            continue;
+        }
+        let version = crate::server::VersionedResource::new(any.clone()).version;
+        let (name, fresh) = match held.get(version.as_str()) {
+            Some((name, _)) => ((*name).clone(), None),
+            None => match crate::decode(any) {
+                Ok(resource) => (crate::resource_name(&resource), Some(resource)),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    continue;
+                }
+            },
+        };
+        if !seen.insert(name.clone()) {
+            problems.push(format!("{t}: resource {name:?} appears twice"));
+            continue;
+        }
+        if let Some(resource) = fresh {
+            let h = Held {
+                version: Arc::from(version),
+                resource: Arc::new(resource),
+            };
+            resources.insert(name.clone(), h);
+            change.updated.push(name);
         }
     }
-    change.removed = previous
-        .keys()
-        .filter(|n| !resources.contains_key(*n))
-        .cloned()
-        .collect();
+    for name in previous.keys() {
+        if !seen.contains(name) {
+            resources.remove(name);
+            change.removed.push(name.clone());
+        }
+    }
+    change.updated.sort();
     let state = TypeCache {
         version: r.version_info,
         resources,
@@ -325,7 +429,7 @@ fn sotw_candidate(r: DiscoveryResponse, applier: &Applier) -> Decoded {
     )
 }
 
-fn delta_candidate(r: DeltaDiscoveryResponse, applier: &Applier) -> Decoded {
+pub(super) fn delta_candidate(r: DeltaDiscoveryResponse, applier: &Applier) -> Decoded {
     let t = r.type_url;
     if !applier.subscribes(&t) {
         let e = format!("not subscribed to {t}");
@@ -340,7 +444,7 @@ fn delta_candidate(r: DeltaDiscoveryResponse, applier: &Applier) -> Decoded {
         removed: Vec::new(),
     };
     for res in r.resources {
-        if state.resources.get(&res.name).map(|c| &c.version) == Some(&res.version) {
+        if state.resources.get(&res.name).map(|c| &*c.version) == Some(res.version.as_str()) {
             continue;
         }
         let Some(any) = res.resource else {
@@ -353,9 +457,9 @@ fn delta_candidate(r: DeltaDiscoveryResponse, applier: &Applier) -> Decoded {
         }
         match crate::resource::decode_named(&any, Some(&res.name)) {
             Ok(resource) => {
-                let cached = Cached {
-                    version: res.version,
-                    resource,
+                let cached = Held {
+                    version: Arc::from(res.version),
+                    resource: Arc::new(resource),
                 };
                 state.resources.insert(res.name.clone(), cached);
                 change.updated.push(res.name);

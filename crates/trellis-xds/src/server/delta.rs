@@ -7,14 +7,23 @@
 //! held, so it is not re-sent until it changes; the proxy meanwhile keeps its last good copy.
 //! The first request of each type is always answered, possibly with nothing, so a new proxy
 //! learns that it is in sync.
+//!
+//! On-demand discovery rides on named subscriptions: a proxy that names the Services it wants
+//! (instead of a wildcard) is told about a name that does not exist — or that it may not see —
+//! by finding it in `removed_resources` once, as Envoy's on-demand CDS expects, so its first call
+//! to an unknown service fails at once instead of waiting out a timeout. Such a stream gets the
+//! Service type last in each burst: a proxy treats a service as known when its Service arrives,
+//! so its endpoints, routes and policies are already in place for the first call.
 use super::registry::{Mode, NodeHandle};
-use super::stream::{check_names, resources_of, Nonces, Protocol, Subscription, Types};
+use super::stream::{
+    check_names, resources_of, Nonces, Protocol, ServiceScope, Subscription, Types,
+};
 use super::view::{TypeResources, View};
 use crate::pb::envoy::config::core::v3::{ControlPlane, Node};
 use crate::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use tonic::Status;
 
@@ -38,6 +47,8 @@ struct TypeState {
     must_answer: bool,
     /// `(nonce, system version)` of responses not yet acknowledged, oldest first.
     in_flight: VecDeque<(String, String)>,
+    /// Subscribed names already reported as absent (so each is reported once, not per push).
+    reported_absent: BTreeSet<String>,
 }
 
 impl Protocol for Delta {
@@ -115,6 +126,7 @@ impl Protocol for Delta {
             }
             let sub = &st.sub;
             st.held.retain(|n, _| sub.wants(n));
+            st.reported_absent.retain(|n| sub.wants(n));
             st.dirty = true;
         }
         if new && !st.sub.wildcard {
@@ -138,9 +150,27 @@ impl Protocol for Delta {
         self.types.iter().any(|(_, st)| st.dirty)
     }
 
+    fn service_scope(&self) -> ServiceScope {
+        match self
+            .types
+            .iter()
+            .find(|(t, _)| t.as_str() == crate::resource::SERVICE)
+        {
+            None => ServiceScope::NotYet,
+            Some((_, st)) if st.sub.wildcard => ServiceScope::All,
+            Some((_, st)) => ServiceScope::Named(st.sub.names.clone()),
+        }
+    }
+
     fn next_response(&mut self, view: &View) -> Option<DeltaDiscoveryResponse> {
+        // A stream that names its Services gets them after everything they depend on.
+        let services_last = matches!(self.service_scope(), ServiceScope::Named(_))
+            && self
+                .types
+                .iter()
+                .any(|(t, st)| st.dirty && t.as_str() != crate::resource::SERVICE);
         for (type_url, st) in self.types.iter_mut() {
-            if !st.dirty {
+            if !st.dirty || (services_last && type_url.as_str() == crate::resource::SERVICE) {
                 continue;
             }
             st.dirty = false;
@@ -164,6 +194,24 @@ impl Protocol for Delta {
                 .filter(|n| res.get(n).is_none())
                 .cloned()
                 .collect();
+            // Named but not there: said once, so the proxy need not wait to find out.
+            let absent: Vec<String> = if st.sub.wildcard {
+                Vec::new()
+            } else {
+                st.sub
+                    .names
+                    .iter()
+                    .filter(|n| {
+                        res.get(n).is_none()
+                            && !st.held.contains_key(*n)
+                            && !st.reported_absent.contains(*n)
+                    })
+                    .cloned()
+                    .collect()
+            };
+            st.reported_absent.retain(|n| res.get(n).is_none());
+            st.reported_absent.extend(absent.iter().cloned());
+            removed.extend(absent);
             removed.sort();
             if resources.is_empty() && removed.is_empty() && !st.must_answer {
                 continue;

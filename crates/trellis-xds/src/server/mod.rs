@@ -15,7 +15,7 @@ mod view;
 
 pub use registry::{Mode, Nack, NodeStatus, Registry, TypeStatus};
 pub use stream::{MAX_NAMES_PER_TYPE, MAX_TYPES_PER_STREAM};
-pub use view::{NodeAuth, SharedViews, TypeResources, VersionedResource, View, ViewSource};
+pub use view::{NodeAuth, Scope, SharedViews, TypeResources, VersionedResource, View, ViewSource};
 
 use crate::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,

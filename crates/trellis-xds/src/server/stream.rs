@@ -8,7 +8,7 @@
 //! The stream must never block on the proxy while reading its requests, so ACKs and
 //! subscription changes are processed even when the outgoing queue is full.
 use super::registry::{Mode, NodeHandle};
-use super::view::{digest, TypeResources, VersionedResource, View};
+use super::view::{digest, NodeAuth, Scope, TypeResources, VersionedResource, View};
 use super::Shared;
 use crate::node::NodeInfo;
 use crate::pb::envoy::config::core::v3::{ControlPlane, Node};
@@ -40,6 +40,21 @@ pub(crate) trait Protocol: Sized + Send + 'static {
     fn wants_to_send(&self) -> bool;
     /// The next response, built from `view`; `None` when nothing actually differs.
     fn next_response(&mut self, view: &View) -> Option<Self::Response>;
+    /// Which Services the stream subscribed to.
+    fn service_scope(&self) -> ServiceScope {
+        ServiceScope::NotYet
+    }
+}
+
+/// A stream's Service subscription, as an on-demand node's view follows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ServiceScope {
+    /// No Service request yet.
+    NotYet,
+    /// A wildcard: every Service the node may call.
+    All,
+    /// These names only.
+    Named(Scope),
 }
 
 pub(crate) type ResponseStream<R> = ReceiverStream<Result<R, Status>>;
@@ -72,7 +87,14 @@ where
                 return finish(&tx, Status::invalid_argument(e.to_string())).await;
             }
         };
-        let views = match shared.source.subscribe(&node, &auth) {
+        // An on-demand node starts with nothing but its own; what it names comes later.
+        let on_demand = P::MODE == Mode::Delta && node.on_demand();
+        let subscribed = if on_demand {
+            shared.source.subscribe_scoped(&node, &auth, &Scope::new())
+        } else {
+            shared.source.subscribe(&node, &auth)
+        };
+        let views = match subscribed {
             Ok(views) => views,
             Err(status) => {
                 tracing::warn!(node = %node.id, %status, "control plane refused the node");
@@ -82,12 +104,17 @@ where
         tracing::debug!(node = %node.id, service = %node.service, mode = ?P::MODE, "xDS stream opened");
         let handle = shared
             .registry
-            .register(node, P::MODE, auth.principal, peer);
+            .register(node.clone(), P::MODE, auth.principal.clone(), peer);
         let control_plane = (!shared.config.control_plane_id.is_empty()).then(|| ControlPlane {
             identifier: shared.config.control_plane_id.clone(),
         });
         let proto = P::new(handle, control_plane);
-        run(shared, proto, first, inbound, views, tx).await;
+        let scoped = on_demand.then(|| Scoped {
+            node,
+            auth,
+            scope: Some(Scope::new()),
+        });
+        run(shared, proto, first, inbound, views, scoped, tx).await;
     });
     Ok(Response::new(ReceiverStream::new(rx)))
 }
@@ -118,12 +145,48 @@ async fn first_request<P: Protocol>(
     }
 }
 
+/// An on-demand node's stream: who it is, and the scope its current view was computed for.
+struct Scoped {
+    node: NodeInfo,
+    auth: NodeAuth,
+    scope: Option<Scope>,
+}
+
+type Views = tokio::sync::watch::Receiver<Arc<View>>;
+
+impl Scoped {
+    /// After a request: a new view when the Services the stream names changed.
+    fn rescope<P: Protocol>(
+        &mut self,
+        shared: &Shared,
+        proto: &P,
+    ) -> Result<Option<Views>, Status> {
+        let scope = match proto.service_scope() {
+            ServiceScope::NotYet => return Ok(None),
+            ServiceScope::All => None,
+            ServiceScope::Named(names) => Some(names),
+        };
+        if scope == self.scope {
+            return Ok(None);
+        }
+        let views = match &scope {
+            Some(s) => shared.source.subscribe_scoped(&self.node, &self.auth, s)?,
+            // A wildcard Service subscription: the node asked for everything after all.
+            None => shared.source.subscribe(&self.node, &self.auth)?,
+        };
+        self.scope = scope;
+        Ok(Some(views))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run<P: Protocol>(
     shared: Arc<Shared>,
     mut proto: P,
     first: P::Request,
     mut inbound: Streaming<P::Request>,
-    mut views: tokio::sync::watch::Receiver<Arc<View>>,
+    mut views: Views,
+    mut scoped: Option<Scoped>,
     tx: Tx<P::Response>,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
@@ -135,6 +198,23 @@ async fn run<P: Protocol>(
     if let Err(status) = proto.on_request(first, &view) {
         return finish(&tx, status).await;
     }
+    // Swaps in a new view when an on-demand stream's named Services changed.
+    macro_rules! rescope {
+        () => {
+            if let Some(s) = scoped.as_mut() {
+                match s.rescope(&shared, &proto) {
+                    Ok(Some(next)) => {
+                        views = next;
+                        view = views.borrow_and_update().clone();
+                        proto.on_view(&view);
+                    }
+                    Ok(None) => {}
+                    Err(status) => return finish(&tx, status).await,
+                }
+            }
+        };
+    }
+    rescope!();
     loop {
         tokio::select! {
             biased;
@@ -148,6 +228,7 @@ async fn run<P: Protocol>(
                         tracing::warn!(%status, "closing xDS stream: bad request");
                         return finish(&tx, status).await;
                     }
+                    rescope!();
                 }
                 Ok(None) => return,
                 Err(status) if gone(&status) => {
@@ -218,12 +299,13 @@ impl Subscription {
         res: &'a TypeResources,
     ) -> Box<dyn Iterator<Item = (&'a String, &'a VersionedResource)> + 'a> {
         if self.wildcard {
-            Box::new(res.resources().iter())
+            Box::new(res.resources().iter().map(|(n, r)| (n, &**r)))
         } else {
             Box::new(
                 self.names
                     .iter()
-                    .filter_map(|n| res.resources().get_key_value(n)),
+                    .filter_map(|n| res.resources().get_key_value(n))
+                    .map(|(n, r)| (n, &**r)),
             )
         }
     }

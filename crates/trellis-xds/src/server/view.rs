@@ -11,6 +11,7 @@
 //! MeshConfig or the same Services share one copy, and a stream skips a type whose `Arc` did not
 //! change without comparing a single resource.
 use crate::node::NodeInfo;
+use imbl::OrdMap;
 use prost_types::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -42,16 +43,23 @@ impl VersionedResource {
 
 /// The resources of one type for one node, by resource name, and a digest of their
 /// `(name, version)` pairs: the type's state-of-the-world version.
+///
+/// The map is persistent and the digest is a sum of per-entry digests, so a copy that differs
+/// in one resource costs one insert or remove, not a rebuild: the control plane patches the
+/// types of a view when one resource changes instead of recomputing all of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TypeResources {
-    resources: BTreeMap<String, VersionedResource>,
+    resources: OrdMap<String, Arc<VersionedResource>>,
+    sum: u64,
     version: String,
 }
 
 impl TypeResources {
     pub fn new(resources: BTreeMap<String, VersionedResource>) -> Self {
-        let version = digest(resources.iter());
-        TypeResources { resources, version }
+        resources
+            .into_iter()
+            .map(|(name, r)| (name, Arc::new(r)))
+            .collect()
     }
 
     /// The version of the whole set (changes when any resource is added, changed or removed).
@@ -59,12 +67,12 @@ impl TypeResources {
         &self.version
     }
 
-    pub fn resources(&self) -> &BTreeMap<String, VersionedResource> {
+    pub fn resources(&self) -> &OrdMap<String, Arc<VersionedResource>> {
         &self.resources
     }
 
     pub fn get(&self, name: &str) -> Option<&VersionedResource> {
-        self.resources.get(name)
+        self.resources.get(name).map(|r| &**r)
     }
 
     pub fn len(&self) -> usize {
@@ -73,6 +81,34 @@ impl TypeResources {
 
     pub fn is_empty(&self) -> bool {
         self.resources.is_empty()
+    }
+
+    /// Adds or replaces one resource; returns whether anything changed.
+    pub fn insert(&mut self, name: String, resource: Arc<VersionedResource>) -> bool {
+        if let Some(old) = self.resources.get(&name) {
+            if Arc::ptr_eq(old, &resource) || old.version == resource.version {
+                return false;
+            }
+        }
+        let added = entry_digest(&name, &resource.version);
+        if let Some(old) = self.resources.insert(name.clone(), resource) {
+            self.sum = self.sum.wrapping_sub(entry_digest(&name, &old.version));
+        }
+        self.sum = self.sum.wrapping_add(added);
+        self.version = hex(self.sum);
+        true
+    }
+
+    /// Removes one resource; returns whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        match self.resources.remove(name) {
+            Some(old) => {
+                self.sum = self.sum.wrapping_sub(entry_digest(name, &old.version));
+                self.version = hex(self.sum);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -84,7 +120,19 @@ impl Default for TypeResources {
 
 impl FromIterator<(String, VersionedResource)> for TypeResources {
     fn from_iter<I: IntoIterator<Item = (String, VersionedResource)>>(iter: I) -> Self {
-        TypeResources::new(iter.into_iter().collect())
+        iter.into_iter().map(|(n, r)| (n, Arc::new(r))).collect()
+    }
+}
+
+impl FromIterator<(String, Arc<VersionedResource>)> for TypeResources {
+    fn from_iter<I: IntoIterator<Item = (String, Arc<VersionedResource>)>>(iter: I) -> Self {
+        let resources: OrdMap<String, Arc<VersionedResource>> = iter.into_iter().collect();
+        let sum = sum_of(resources.iter().map(|(n, r)| (n, &**r)));
+        TypeResources {
+            resources,
+            sum,
+            version: hex(sum),
+        }
     }
 }
 
@@ -181,7 +229,27 @@ pub trait ViewSource: Send + Sync + 'static {
         node: &NodeInfo,
         auth: &NodeAuth,
     ) -> Result<watch::Receiver<Arc<View>>, Status>;
+
+    /// The view of a node that discovers services on demand: only the services named in
+    /// `scope` (`namespace/name`, as the node subscribed to them) and what they depend on,
+    /// plus what is the node's own. Called again whenever the node's subscription changes; the
+    /// receiver it returns replaces the previous one.
+    ///
+    /// The default ignores the scope (the node gets its whole view and the server filters the
+    /// Service type by name); a source that keeps per-service state should narrow the view.
+    fn subscribe_scoped(
+        &self,
+        node: &NodeInfo,
+        auth: &NodeAuth,
+        scope: &Scope,
+    ) -> Result<watch::Receiver<Arc<View>>, Status> {
+        let _ = scope;
+        self.subscribe(node, auth)
+    }
 }
+
+/// The services an on-demand node subscribed to, by xDS resource name (`namespace/name`).
+pub type Scope = std::collections::BTreeSet<String>;
 
 /// Every node gets the same view: for tests, benchmarks and single-service setups.
 #[derive(Debug)]
@@ -221,20 +289,41 @@ impl<T: ViewSource> ViewSource for Arc<T> {
     ) -> Result<watch::Receiver<Arc<View>>, Status> {
         (**self).subscribe(node, auth)
     }
+
+    fn subscribe_scoped(
+        &self,
+        node: &NodeInfo,
+        auth: &NodeAuth,
+        scope: &Scope,
+    ) -> Result<watch::Receiver<Arc<View>>, Status> {
+        (**self).subscribe_scoped(node, auth, scope)
+    }
 }
 
-/// The digest of `(name, version)` pairs in name order: 16 hex digits.
+/// The digest of a set of `(name, version)` pairs: 16 hex digits. It is the sum of each pair's
+/// digest, so it does not depend on order and follows one insert or removal in O(1).
 pub(crate) fn digest<'a>(
     entries: impl Iterator<Item = (&'a String, &'a VersionedResource)>,
 ) -> String {
+    hex(sum_of(entries))
+}
+
+fn sum_of<'a>(entries: impl Iterator<Item = (&'a String, &'a VersionedResource)>) -> u64 {
+    entries.fold(0u64, |sum, (name, r)| {
+        sum.wrapping_add(entry_digest(name, &r.version))
+    })
+}
+
+fn entry_digest(name: &str, version: &str) -> u64 {
     let mut h = Fnv::new();
-    for (name, r) in entries {
-        h.write(name.as_bytes());
-        h.write(&[0]);
-        h.write(r.version.as_bytes());
-        h.write(&[0]);
-    }
-    h.hex()
+    h.write(name.as_bytes());
+    h.write(&[0]);
+    h.write(version.as_bytes());
+    h.0
+}
+
+fn hex(sum: u64) -> String {
+    format!("{sum:016x}")
 }
 
 /// FNV-1a, 64 bit: stable across Rust releases and replicas (std's hasher promises neither).

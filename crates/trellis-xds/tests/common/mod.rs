@@ -15,7 +15,7 @@ use trellis_xds::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use trellis_xds::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use trellis_xds::server::{AdsServer, Registry, ServerConfig, SharedViews, View};
+use trellis_xds::server::{AdsServer, Registry, ServerConfig, SharedViews, View, ViewSource};
 use trellis_xds::NodeInfo;
 
 /// The bound on every wait in these tests.
@@ -98,7 +98,7 @@ impl TestServer {
         TestServer::start_with(views, ServerConfig::default(), "127.0.0.1:0")
     }
 
-    pub fn start_with(views: Arc<SharedViews>, config: ServerConfig, addr: &str) -> TestServer {
+    pub fn start_with(views: impl ViewSource, config: ServerConfig, addr: &str) -> TestServer {
         let listener = std::net::TcpListener::bind(addr).expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
