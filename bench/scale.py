@@ -233,6 +233,8 @@ def trellis_run(args, procs: Procs, n: int, work: Path) -> dict:
           f"control plane {out['control_rss_mb']} MB "
           f"(peak {out['control_peak_rss_mb']} MB)", flush=True)
 
+    out.update(on_demand_run(args, procs, control, token, work))
+
     admin = free_port()
     start = time.monotonic()
     proc = procs.start([args.trellis, "proxy", "--control", control, "--token", token,
@@ -240,7 +242,6 @@ def trellis_run(args, procs: Procs, n: int, work: Path) -> dict:
                         "--outbound", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{admin}"],
                        work / "sidecar.log")
     sidecar = Sidecar(proc, admin)
-    out["on_demand_10_rss_mb"] = None  # on-demand discovery is not in the proxy yet
     if wait_for(sidecar.ready, READY_BUDGET_S, 0.01) is None:
         log = (work / "sidecar.log").read_text(errors="replace")
         timeouts = log.count("did not answer within")
@@ -346,6 +347,40 @@ def trellis_run(args, procs: Procs, n: int, work: Path) -> dict:
           flush=True)
     procs.stop(proc)
     procs.stop(cp)
+    return out
+
+
+def on_demand_run(args, procs: Procs, control: str, token: str, work: Path) -> dict:
+    """A sidecar with on-demand discovery (`--on-demand`) that calls 10 services (svc-1 ..
+    svc-10; their endpoints do not answer, any answer but a discovery one will do): its time to
+    ready, and its RSS after the calls."""
+    out: dict = {}
+    admin, outbound = free_port(), free_port()
+    start = time.monotonic()
+    proc = procs.start([args.trellis, "proxy", "--control", control, "--token", token,
+                        "--node-id", "bench-on-demand", "--service", "caller",
+                        "--outbound", f"127.0.0.1:{outbound}", "--admin", f"127.0.0.1:{admin}",
+                        "--on-demand", "--discovery-timeout", "10s"],
+                       work / "on-demand.log")
+    sidecar = Sidecar(proc, admin)
+    if wait_for(sidecar.ready, READY_BUDGET_S, 0.01) is None:
+        out["on_demand_notes"] = "the on-demand sidecar was not ready"
+        procs.stop(proc)
+        return out
+    out["on_demand_ready_s"] = round(time.monotonic() - start, 2)
+    out["on_demand_idle_rss_mb"] = round(rss_mb(proc.pid), 1)
+    reasons = []
+    for s in range(1, 11):
+        status, _ = http("GET", f"http://127.0.0.1:{outbound}/",
+                         headers={"Host": f"svc-{s}"}, timeout=30)
+        reasons.append(status)
+    time.sleep(2)
+    out["on_demand_10_rss_mb"] = round(rss_mb(proc.pid), 1)
+    out["on_demand_answers"] = reasons
+    print(f"  on-demand sidecar ready in {out['on_demand_ready_s']} s "
+          f"({out['on_demand_idle_rss_mb']} MB); after calling 10 services "
+          f"{out['on_demand_10_rss_mb']} MB (answers {reasons})", flush=True)
+    procs.stop(proc)
     return out
 
 
@@ -535,6 +570,8 @@ def write_md(path: Path, meta: dict, rows: list[dict]) -> None:
         row("control plane peak RSS, MB", "control_peak_rss_mb"),
         row("sidecar: time to ready, s", "sidecar_ready_s"),
         row("sidecar RSS, full view, MB", "sidecar_rss_mb"),
+        row("on-demand sidecar: time to ready, s", "on_demand_ready_s"),
+        row("on-demand sidecar RSS before any call, MB", "on_demand_idle_rss_mb"),
         row("sidecar RSS, on demand after calling 10 services, MB", "on_demand_10_rss_mb"),
         row("single-endpoint changes made", "changes"),
         row("sidecar CPU per change, p50, ms", "sidecar_cpu_per_change_ms_p50"),

@@ -13,7 +13,7 @@
 //! it has a header, nothing otherwise), hold more than [`DnsOptions::max_in_flight`] queries at
 //! once (beyond that, UDP queries are dropped, as a busy resolver does, and TCP connections
 //! wait), or wait on an upstream past its timeout (SERVFAIL then).
-use crate::directory::{Directory, NameAnswer};
+use crate::config::{Directory, NameAnswer};
 use crate::drain::Drain;
 use crate::state::ProxyState;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};

@@ -14,7 +14,6 @@ pub mod config;
 pub mod conn;
 pub mod control_api;
 pub mod detect;
-pub mod directory;
 pub mod dns;
 pub mod drain;
 pub mod dynamic;

@@ -12,7 +12,7 @@
 //! way.
 use crate::config::Snapshot;
 use crate::error::{ProxyError, Reason};
-use crate::state::ProxyState;
+use arc_swap::ArcSwapOption;
 use std::sync::Arc;
 use std::time::Duration;
 use trellis_xds::{Discovery, Resolution};
@@ -34,21 +34,18 @@ impl OnDemand {
     }
 }
 
-/// The config to serve `namespace/name` from: on a proxy that discovers on demand and lacks the
-/// service, the config after discovering it. `Ok(None)` means there is no such service (the
-/// caller answers as it always did); `Err` means the control plane did not answer in time.
+/// The config to serve `namespace/name` from, after discovering it: `config` is the proxy's
+/// config in force (which the discovery updates). `Ok(None)` means there is no such service
+/// (the caller answers as it always did); `Err` means the control plane did not answer in time.
 pub async fn discover(
-    state: &ProxyState,
+    on_demand: &OnDemand,
+    config: &ArcSwapOption<Snapshot>,
     namespace: &str,
     name: &str,
 ) -> Result<Option<Arc<Snapshot>>, ProxyError> {
-    let Some(on_demand) = state.on_demand() else {
-        return Ok(None);
-    };
     let key = format!("{namespace}/{name}");
     let known = || {
-        state
-            .snapshot
+        config
             .load()
             .as_ref()
             .is_some_and(|s| s.service(namespace, name).is_some())
@@ -58,7 +55,7 @@ pub async fn discover(
         .resolve(&key, on_demand.timeout, known)
         .await
     {
-        Resolution::Found => Ok(state.snapshot.load_full()),
+        Resolution::Found => Ok(config.load_full()),
         Resolution::Absent => Ok(None),
         Resolution::TimedOut => Err(ProxyError::new(
             Reason::DiscoveryTimeout,

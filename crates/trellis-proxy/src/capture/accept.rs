@@ -11,8 +11,8 @@
 //!
 //! A connection that was not redirected (someone connected to this port directly) has no
 //! original destination other than this listener itself, and is closed.
+use crate::config::Directory;
 use crate::config::Snapshot;
-use crate::directory::Directory;
 use crate::drain::Drain;
 use crate::http::outbound::FixedTarget;
 use crate::listener::Role;

@@ -6,6 +6,7 @@
 //! the previous one and an update recompiles only the services the update touched
 //! ([`index`] finds them) and shares everything else with its predecessor.
 mod build;
+mod directory;
 mod inbound;
 #[cfg(test)]
 mod incremental_tests;
@@ -16,6 +17,7 @@ mod rule;
 mod snapshot;
 
 pub use build::{Carried, Live};
+pub use directory::{Directory, NameAnswer};
 pub use inbound::InboundPolicy;
 pub use matcher::{PathMatcher, RouteMatcher, ValueMatcher};
 pub use modifier::HeaderModifier;

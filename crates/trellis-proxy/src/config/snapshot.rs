@@ -7,10 +7,10 @@
 //! every other `Arc<ServiceTarget>` is the previous snapshot's. Both ways run the same code in the
 //! same order, so they give the same snapshot and the same [`BuildError`].
 use super::build::{self, Carried, Inputs};
+use super::directory::Directory;
 use super::inbound::InboundPolicy;
 use super::index::{key_of, Changed, Index};
 use super::{BuildError, ServiceKey, ServiceTarget, Services};
-use crate::directory::Directory;
 use crate::settings::LocalIdentity;
 use std::sync::Arc;
 use trellis_api::mesh::MeshConfigSpec;

@@ -175,9 +175,9 @@ async fn discover(
     fixed: Option<&FixedTarget>,
     req: &Request<Incoming>,
 ) -> Result<Option<Arc<Snapshot>>, ProxyError> {
-    if state.on_demand().is_none() {
+    let Some(on_demand) = state.on_demand() else {
         return Ok(None);
-    }
+    };
     let host;
     let (ns, name) = match fixed {
         Some(f) => (f.namespace.as_str(), f.service.as_str()),
@@ -189,7 +189,7 @@ async fn discover(
             }
         }
     };
-    ondemand::discover(state, ns, name).await
+    ondemand::discover(on_demand, &state.snapshot, ns, name).await
 }
 
 /// The request's `:authority`, or its `Host` header.

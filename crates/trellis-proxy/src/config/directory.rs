@@ -10,7 +10,7 @@
 //! Names follow Kubernetes' service names: `svc.ns.svc.<dnsDomain>` and `svc.ns` for any
 //! namespace, a bare `svc` for the proxy's own namespace (a pod's search path makes the same
 //! names work there). Matching ignores ASCII case and a trailing dot.
-use crate::config::Snapshot;
+use super::Snapshot;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
