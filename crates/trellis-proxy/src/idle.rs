@@ -103,7 +103,8 @@ impl Activity {
     ///
     /// It sleeps to the earliest moment the connection could be due and looks again then: with
     /// a request in flight that is `idle` from now at the soonest (a request ending later only
-    /// moves the moment further), so it never closes early and never sleeps past a due time.
+    /// moves the moment further); before the first request, `first` from the start or `idle`
+    /// from now, whichever is sooner. So it never closes early and never sleeps past a due time.
     pub async fn expired(&self, idle: Duration, first: Duration) {
         loop {
             let wake = {
@@ -115,7 +116,10 @@ impl Activity {
                     s.retired = true;
                     return;
                 } else {
-                    s.due(idle, first)
+                    // Before the first request the deadline is `first` from the start, but a
+                    // request finishing meanwhile moves it to `idle` after that, which may be
+                    // sooner: look again by then.
+                    s.due(idle, first).min(now + idle)
                 }
             };
             sleep_until(wake).await;
@@ -157,6 +161,20 @@ mod tests {
         drop(a.start());
         assert!(!expires_within(&a, IDLE - Duration::from_secs(1)).await);
         assert!(expires_within(&a, Duration::from_secs(2)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_idle_timeout_applies_after_a_first_request_under_a_long_first_timeout() {
+        let a = Activity::new();
+        let short = Duration::from_secs(1);
+        let waiting = {
+            let a = a.clone();
+            tokio::spawn(async move { a.expired(short, FIRST).await })
+        };
+        tokio::task::yield_now().await;
+        drop(a.start());
+        let expired = tokio::time::timeout(Duration::from_secs(3), waiting).await;
+        assert!(expired.is_ok(), "still open well past the idle timeout");
     }
 
     #[tokio::test(start_paused = true)]

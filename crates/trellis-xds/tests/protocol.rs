@@ -409,3 +409,36 @@ async fn bad_requests_end_only_their_stream_with_a_clear_status() {
     // The good stream is untouched and still served.
     assert_eq!(server.registry.node("good").len(), 1);
 }
+
+#[tokio::test]
+async fn delta_splits_a_type_too_big_for_one_response() {
+    use prost::Message;
+    let views = Arc::new(SharedViews::new(view(&mesh("2s", 20_000))));
+    let server = TestServer::start(views);
+    let mut d = RawDelta::open(server.uri()).await.expect("open");
+    d.send(DeltaDiscoveryRequest {
+        node: Some(node("p-big").to_node()),
+        ..delta(WORKLOAD)
+    })
+    .await;
+    let mut names = std::collections::BTreeSet::new();
+    let mut responses = 0;
+    while names.len() < 20_000 {
+        let r = d.recv().await;
+        assert!(
+            r.encoded_len() < 2 * 1024 * 1024,
+            "a response of {} bytes",
+            r.encoded_len()
+        );
+        responses += 1;
+        for n in delta_names(&r) {
+            assert!(names.insert(n.clone()), "{n} sent twice");
+        }
+        d.send(delta_ack(&r)).await;
+    }
+    assert!(
+        responses >= 2,
+        "20 000 workloads in {responses} response(s)"
+    );
+    d.expect_silence(QUIET).await;
+}

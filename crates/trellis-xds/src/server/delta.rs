@@ -29,6 +29,10 @@ use tonic::Status;
 
 /// Responses remembered per type for matching ACKs; older ones count as superseded.
 const MAX_IN_FLIGHT: usize = 16;
+/// Resource bytes per response: a type bigger than this (the Workloads of a 10 000-service
+/// mesh are tens of MB) goes out in several responses, each well under any peer's message
+/// limit, instead of one the peer must refuse.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
 pub(crate) struct Delta {
     node: NodeHandle,
@@ -176,10 +180,23 @@ impl Protocol for Delta {
             st.dirty = false;
             let res = resources_of(view, type_url);
             st.seen = Some(res.clone());
+            // A response holds at most about MAX_RESPONSE_BYTES of resources (always at least
+            // one); the rest of the type goes in the next response.
+            let mut budget = MAX_RESPONSE_BYTES;
+            let mut more = false;
             let resources: Vec<Resource> = st
                 .sub
                 .select(&res)
                 .filter(|(name, r)| st.held.get(*name) != Some(&r.version))
+                .take_while(|(name, r)| {
+                    let size = r.any.value.len() + name.len() + r.version.len() + 32;
+                    if size > budget && budget < MAX_RESPONSE_BYTES {
+                        more = true;
+                        return false;
+                    }
+                    budget = budget.saturating_sub(size);
+                    true
+                })
                 .map(|(name, r)| Resource {
                     version: r.version.clone(),
                     resource: Some(r.any.clone()),
@@ -217,6 +234,7 @@ impl Protocol for Delta {
                 continue;
             }
             st.must_answer = false;
+            st.dirty = more;
             for r in &resources {
                 st.held.insert(r.name.clone(), r.version.clone());
             }
