@@ -377,9 +377,16 @@ def on_demand_run(args, procs: Procs, control: str, token: str, work: Path) -> d
     time.sleep(2)
     out["on_demand_10_rss_mb"] = round(rss_mb(proc.pid), 1)
     out["on_demand_answers"] = reasons
+    # What it holds: its own service (when in the mesh) and the ten it called.
+    status, body = http("GET", f"http://127.0.0.1:{admin}/config", timeout=30)
+    held = json.loads(body).get("resources") or [] if status == 200 else []
+    out["on_demand_services_held"] = sum(1 for r in held if r.get("kind") == "Service")
+    out["on_demand_workloads_held"] = sum(1 for r in held if r.get("kind") == "Workload")
     print(f"  on-demand sidecar ready in {out['on_demand_ready_s']} s "
           f"({out['on_demand_idle_rss_mb']} MB); after calling 10 services "
-          f"{out['on_demand_10_rss_mb']} MB (answers {reasons})", flush=True)
+          f"{out['on_demand_10_rss_mb']} MB, holding {out['on_demand_services_held']} services "
+          f"and {out['on_demand_workloads_held']} endpoints (answers {reasons}: the endpoints' "
+          "addresses are not served here)", flush=True)
     procs.stop(proc)
     return out
 
@@ -573,6 +580,7 @@ def write_md(path: Path, meta: dict, rows: list[dict]) -> None:
         row("on-demand sidecar: time to ready, s", "on_demand_ready_s"),
         row("on-demand sidecar RSS before any call, MB", "on_demand_idle_rss_mb"),
         row("sidecar RSS, on demand after calling 10 services, MB", "on_demand_10_rss_mb"),
+        row("... services / endpoints it then holds", "on_demand_services_held"),
         row("single-endpoint changes made", "changes"),
         row("sidecar CPU per change, p50, ms", "sidecar_cpu_per_change_ms_p50"),
         row("sidecar CPU per change, p99, ms", "sidecar_cpu_per_change_ms_p99"),

@@ -15,7 +15,7 @@
 //! a store that cannot be read is reported instead of being papered over.
 use crate::model::Model;
 use crate::store::{LeaseId, Store, StoreError};
-use crate::views;
+use crate::views::{self, MeshViews};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -53,6 +53,8 @@ pub struct MeshStatus {
     store: Arc<dyn Store>,
     registry: Registry,
     model: watch::Receiver<Arc<Model>>,
+    /// The views the xDS server serves, to judge proxies against.
+    views: std::sync::OnceLock<Arc<MeshViews>>,
 }
 
 fn now_ms() -> u64 {
@@ -67,6 +69,11 @@ fn segment(id: &str) -> String {
 }
 
 impl MeshStatus {
+    /// Judges proxies against the views the server serves (instead of computing them).
+    pub fn set_views(&self, views: Arc<MeshViews>) {
+        let _ = self.views.set(views);
+    }
+
     pub fn new(
         api: String,
         store: Arc<dyn Store>,
@@ -86,6 +93,7 @@ impl MeshStatus {
             store,
             registry,
             model,
+            views: std::sync::OnceLock::new(),
         })
     }
 
@@ -219,7 +227,7 @@ impl MeshStatus {
                 }
             }
         }
-        judge(&model, &mut proxies);
+        judge(&model, self.views.get().map(|v| &**v), &mut proxies);
         json!({
             "revision": model.revision,
             "replica": self.id,
@@ -281,17 +289,31 @@ fn replica_json(r: &ReplicaRecord, this: bool, up: bool) -> Value {
 }
 
 /// Sets each proxy's `inSync`: every type it subscribed to acknowledged at the version its view
-/// has in `model` now.
-fn judge(model: &Model, proxies: &mut [Value]) {
+/// has in `model` now (from the view engine when there is one). A proxy that discovers on
+/// demand holds a view only it has: it is in sync when it acknowledged all that was sent.
+fn judge(model: &Model, views: Option<&MeshViews>, proxies: &mut [Value]) {
     let mut expected: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
     for p in proxies.iter_mut() {
+        if p["node"]["metadata"][trellis_xds::node::DISCOVERY_KEY]
+            == trellis_xds::node::DISCOVERY_ON_DEMAND
+        {
+            let in_sync = p["types"].as_object().is_some_and(|types| {
+                !types.is_empty()
+                    && types.values().all(|t| {
+                        t["sent_version"].is_string() && t["sent_version"] == t["acked_version"]
+                    })
+            });
+            p["inSync"] = json!(in_sync);
+            continue;
+        }
         let key = (
             p["namespace"].as_str().unwrap_or_default().to_string(),
             p["service"].as_str().unwrap_or_default().to_string(),
         );
-        let versions = expected
-            .entry(key.clone())
-            .or_insert_with(|| views::expected_versions(model, &key.0, &key.1));
+        let versions = expected.entry(key.clone()).or_insert_with(|| match views {
+            Some(v) => v.expected_versions(&key.0, &key.1),
+            None => views::expected_versions(model, &key.0, &key.1),
+        });
         let types = p["types"].as_object();
         let in_sync = types.is_some_and(|types| {
             !types.is_empty()

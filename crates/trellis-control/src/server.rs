@@ -153,7 +153,7 @@ pub async fn run(
         auth: Some(auth::xds_hook(ca.token().clone())),
         ..ServerConfig::default()
     };
-    let ads = AdsServer::new(views, config);
+    let ads = AdsServer::new(views.clone(), config);
     let listener = trellis_net::bind(opts.listen)
         .await
         .map_err(|error| ControlError::Bind {
@@ -167,6 +167,7 @@ pub async fn run(
         ads.registry(),
         model.clone(),
     );
+    status.set_views(views);
     let _publisher = status.spawn_publisher().map(AbortOnDrop);
     let _compaction = crate::compaction::spawn(store.clone()).map(AbortOnDrop);
     let state = Arc::new(ApiState {

@@ -76,6 +76,27 @@ impl MeshViews {
         views
     }
 
+    /// The version of each type proxies of `namespace/service` (on the whole view) should hold
+    /// now, from the engine: the view of connected proxies as it is, any other computed through
+    /// the engine's caches — never from scratch, which costs the mesh squared.
+    pub fn expected_versions(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> std::collections::BTreeMap<String, String> {
+        let Ok(mut engine) = self.engine.lock() else {
+            return Default::default();
+        };
+        let view = match engine.current(namespace, service) {
+            Some(v) => v,
+            // Dropped at once: the next update forgets it.
+            None => engine.subscribe(namespace, service).borrow().clone(),
+        };
+        view.types()
+            .map(|(url, r)| (url.clone(), r.version().to_string()))
+            .collect()
+    }
+
     fn update(&self) {
         let model = self.model.borrow().clone();
         if let Ok(mut engine) = self.engine.lock() {
