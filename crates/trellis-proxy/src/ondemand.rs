@@ -57,6 +57,10 @@ pub async fn discover(
     {
         Resolution::Found => Ok(config.load_full()),
         Resolution::Absent => Ok(None),
+        Resolution::Full => {
+            tracing::warn!(service = %key, "on-demand discovery: the subscription is full; not discovering");
+            Ok(None)
+        }
         Resolution::TimedOut => Err(ProxyError::new(
             Reason::DiscoveryTimeout,
             format!(

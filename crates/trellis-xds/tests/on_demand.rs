@@ -305,6 +305,26 @@ async fn a_real_client_resolves_names_learns_absent_ones_and_sees_deletions() {
     assert_eq!(absent, trellis_xds::Resolution::Absent);
     assert!(!has_service(&latest, "ratings"), "never named, never sent");
 
+    // An app calling made-up names does not grow the subscription: each is answered absent and
+    // dropped again, and the stream keeps working.
+    for i in 0..50 {
+        let name = format!("default/made-up-{i}");
+        let r = discovery.resolve(&name, WAIT, || false).await;
+        assert_eq!(r, trellis_xds::Resolution::Absent, "{name}");
+    }
+    wait_until("made-up names dropped", || {
+        discovery.wanted().iter().all(|n| !n.contains("made-up"))
+    })
+    .await;
+    assert!(
+        discovery.wanted().contains("default/productpage"),
+        "its own stays named"
+    );
+    let found = discovery
+        .resolve("default/ratings", WAIT, || has_service(&latest, "ratings"))
+        .await;
+    assert_eq!(found, trellis_xds::Resolution::Found);
+
     // Deleting the subscribed service (and its workloads) takes it away from the proxy.
     let without: Vec<Resource> = mesh("2s", 0)
         .into_iter()

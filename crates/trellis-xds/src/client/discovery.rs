@@ -8,11 +8,20 @@
 //! name with the Service — after its endpoints, routes and policies, so the first call finds
 //! them in place — or, when the Service does not exist or this proxy may not call it, with the
 //! name in `removed_resources`, so the caller learns at once instead of waiting out a timeout.
-//! Names stay subscribed for the proxy's life and are named again on every reconnect.
+//! Names of existing services stay subscribed for the proxy's life and are named again on every
+//! reconnect; a name the control plane says it does not have is dropped from the subscription
+//! again (remembered as absent), so an app calling random host names cannot grow it, and the
+//! subscription never holds more than [`MAX_WANTED`] names (the server refuses a stream naming
+//! more than 10 000).
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Most names one client subscribes to at once.
+pub const MAX_WANTED: usize = 8192;
+/// Most names remembered as absent (forgotten all at once when full).
+const MAX_ABSENT: usize = 4096;
 
 /// What became of a name the proxy asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +32,8 @@ pub enum Resolution {
     Absent,
     /// No answer in time (the control plane is away or slow).
     TimedOut,
+    /// The subscription already names [`MAX_WANTED`] services.
+    Full,
 }
 
 #[derive(Debug, Default)]
@@ -31,6 +42,9 @@ struct Names {
     wanted: BTreeSet<String>,
     /// Names the control plane said it does not have (until they appear).
     absent: BTreeSet<String>,
+    /// Names that stay subscribed even when absent (the node's own service: a Service
+    /// subscription naming nothing would be a wildcard on the next connect).
+    pinned: BTreeSet<String>,
 }
 
 /// The Services a client names, shared between the proxy and the client.
@@ -62,12 +76,27 @@ impl Discovery {
         self.names.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Subscribes to a Service (`namespace/name`); nothing happens if it already is.
-    pub fn want(&self, name: &str) {
-        let added = self.lock().wanted.insert(name.to_string());
-        if added {
-            self.asked.send_modify(|n| *n += 1);
+    /// Subscribes to a Service (`namespace/name`), forgetting that it was absent (it may exist
+    /// by now); `false` when the subscription is full.
+    pub fn want(&self, name: &str) -> bool {
+        let mut names = self.lock();
+        if names.wanted.contains(name) {
+            return true;
         }
+        if names.wanted.len() >= MAX_WANTED {
+            return false;
+        }
+        names.absent.remove(name);
+        names.wanted.insert(name.to_string());
+        drop(names);
+        self.asked.send_modify(|n| *n += 1);
+        true
+    }
+
+    /// Subscribes to a name for good, present or not.
+    pub fn pin(&self, name: &str) {
+        self.lock().pinned.insert(name.to_string());
+        self.want(name);
     }
 
     /// Every subscribed name.
@@ -92,7 +121,9 @@ impl Discovery {
             return Resolution::Found;
         }
         let mut answered = self.answered.subscribe();
-        self.want(name);
+        if !self.want(name) {
+            return Resolution::Full;
+        }
         let wait = async {
             loop {
                 if known() {
@@ -117,15 +148,25 @@ impl Discovery {
     }
 
     /// The session's side: a Service response named these as present and these as removed.
+    /// A removed name leaves the subscription (the session unsubscribes it).
     pub(crate) fn record(&self, present: &[String], removed: &[String]) {
         let mut names = self.lock();
         for n in present {
             names.absent.remove(n);
         }
+        let mut dropped = false;
         for n in removed {
-            if names.wanted.contains(n) {
+            if !names.pinned.contains(n) && names.wanted.remove(n) {
+                dropped = true;
+                if names.absent.len() >= MAX_ABSENT {
+                    names.absent.clear();
+                }
                 names.absent.insert(n.clone());
             }
+        }
+        drop(names);
+        if dropped {
+            self.asked.send_modify(|n| *n += 1);
         }
     }
 
@@ -176,8 +217,25 @@ mod tests {
             .resolve("shop/later", Duration::from_secs(5), || false)
             .await;
         assert_eq!(silent, Resolution::TimedOut);
-        // A name that appears later is no longer absent.
-        d.record(&["shop/nope".to_string()], &[]);
+        // An absent name leaves the subscription; asking again forgets it was absent.
+        assert!(!d.wanted().contains("shop/nope"));
+        assert!(d.want("shop/nope"));
         assert!(!d.is_absent("shop/nope"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_subscription_is_bounded() {
+        let d = Discovery::new();
+        for i in 0..MAX_WANTED {
+            assert!(d.want(&format!("ns/s{i}")));
+        }
+        assert!(!d.want("ns/one-more"));
+        let r = d
+            .resolve("ns/one-more", Duration::from_secs(1), || false)
+            .await;
+        assert_eq!(r, Resolution::Full);
+        // Names found absent make room again.
+        d.record(&[], &["ns/s0".to_string()]);
+        assert!(d.want("ns/one-more"));
     }
 }

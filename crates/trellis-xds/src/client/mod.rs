@@ -207,7 +207,7 @@ impl AdsClient {
             // The node's own service is always named: its inbound side needs its ports, and a
             // first Service request naming nothing would be a wildcard.
             config.node.set_on_demand();
-            discovery.want(&format!(
+            discovery.pin(&format!(
                 "{}/{}",
                 config.node.namespace, config.node.service
             ));

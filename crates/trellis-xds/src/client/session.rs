@@ -123,8 +123,8 @@ struct OnDemand<'a, Req, Resp> {
     asked: watch::Receiver<u64>,
     /// The names this session subscribed to so far.
     named: BTreeSet<String>,
-    /// A request subscribing to more Services.
-    subscribe: fn(Vec<String>) -> Req,
+    /// A request subscribing to more Services and unsubscribing from some.
+    subscribe: fn(Vec<String>, Vec<String>) -> Req,
     /// For a Service response: the names it carries and the names it removes.
     services: fn(&Resp) -> Option<Named>,
 }
@@ -199,11 +199,12 @@ where
                     on_demand = None;
                     continue;
                 };
-                let new: Vec<String> =
-                    o.discovery.wanted().difference(&o.named).cloned().collect();
-                if !new.is_empty() {
-                    o.named.extend(new.iter().cloned());
-                    if tx.send((o.subscribe)(new)).await.is_err() {
+                let wanted = o.discovery.wanted();
+                let new: Vec<String> = wanted.difference(&o.named).cloned().collect();
+                let gone: Vec<String> = o.named.difference(&wanted).cloned().collect();
+                if !new.is_empty() || !gone.is_empty() {
+                    o.named = wanted;
+                    if tx.send((o.subscribe)(new, gone)).await.is_err() {
                         return end(received, format!("stream to {endpoint} closed"));
                     }
                 }
@@ -228,10 +229,11 @@ where
     }
 }
 
-fn delta_subscribe(names: Vec<String>) -> DeltaDiscoveryRequest {
+fn delta_subscribe(names: Vec<String>, gone: Vec<String>) -> DeltaDiscoveryRequest {
     DeltaDiscoveryRequest {
         type_url: crate::resource::SERVICE.to_string(),
         resource_names_subscribe: names,
+        resource_names_unsubscribe: gone,
         ..Default::default()
     }
 }
