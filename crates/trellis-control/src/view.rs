@@ -192,7 +192,9 @@ fn may_call(model: &Model, ns: &str, service: &str, node: &NodeInfo, principal: 
     })
 }
 
-fn source_may_match(from: &AuthzSource, node: &NodeInfo, principal: &str) -> bool {
+/// Whether a rule's `from` could match this node (the one rule, for the reference and the
+/// engine alike).
+pub(crate) fn source_may_match(from: &AuthzSource, node: &NodeInfo, principal: &str) -> bool {
     let principal_ok = from.principals.is_empty()
         || from.principals.iter().any(|p| match p.strip_suffix('*') {
             Some(prefix) => principal.starts_with(prefix),

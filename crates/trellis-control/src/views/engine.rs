@@ -18,11 +18,11 @@
 use super::index::{self, MeshIndex, SvcKey};
 use crate::model::{Change, Model};
 use crate::store::{ResourceKey, Revision, Stored};
-use crate::view::NodeInfo;
+use crate::view::{source_may_match, NodeInfo};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, LazyLock};
 use tokio::sync::watch;
-use trellis_api::security::{AuthzAction, AuthzSource};
+use trellis_api::security::AuthzAction;
 use trellis_api::Resource;
 use trellis_xds::server::{TypeResources, VersionedResource, View};
 
@@ -354,16 +354,6 @@ impl Ctx<'_> {
             )
         })
     }
-}
-
-fn source_may_match(from: &AuthzSource, node: &NodeInfo, principal: &str) -> bool {
-    let principal_ok = from.principals.is_empty()
-        || from.principals.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => principal.starts_with(prefix),
-            None => p == principal,
-        });
-    let namespace_ok = from.namespaces.is_empty() || from.namespaces.contains(&node.namespace);
-    principal_ok && namespace_ok
 }
 
 /// Every stored Service, by (namespace, name).

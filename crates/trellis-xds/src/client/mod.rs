@@ -157,6 +157,25 @@ pub struct ClientStatus {
     pub last_nack: Option<ClientNack>,
 }
 
+impl ClientStatus {
+    /// A client that has not connected yet.
+    fn new(mode: Mode) -> Self {
+        ClientStatus {
+            mode,
+            endpoint: None,
+            connected_since_unix_ms: None,
+            ready: false,
+            versions: BTreeMap::new(),
+            resources: 0,
+            updates_applied: 0,
+            last_applied_unix_ms: None,
+            connects: 0,
+            last_error: None,
+            last_nack: None,
+        }
+    }
+}
+
 /// A config this proxy refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClientNack {
@@ -226,19 +245,7 @@ impl AdsClient {
                 format!("Bearer {token}").parse();
             header.map_err(|_| ClientError::InvalidToken)?;
         }
-        let status = ClientStatus {
-            mode: config.mode,
-            endpoint: None,
-            connected_since_unix_ms: None,
-            ready: false,
-            versions: BTreeMap::new(),
-            resources: 0,
-            updates_applied: 0,
-            last_applied_unix_ms: None,
-            connects: 0,
-            last_error: None,
-            last_nack: None,
-        };
+        let status = ClientStatus::new(config.mode);
         let (status_tx, status_rx) = watch::channel(status);
         let applier = cache::Applier::new(config.type_urls.clone(), Arc::new(apply), status_tx);
         let task = tokio::spawn(run(config, applier));
@@ -292,19 +299,7 @@ impl Feed {
     where
         F: Fn(Update) -> Result<(), String> + Send + Sync + 'static,
     {
-        let status = ClientStatus {
-            mode: Mode::Delta,
-            endpoint: None,
-            connected_since_unix_ms: None,
-            ready: false,
-            versions: BTreeMap::new(),
-            resources: 0,
-            updates_applied: 0,
-            last_applied_unix_ms: None,
-            connects: 0,
-            last_error: None,
-            last_nack: None,
-        };
+        let status = ClientStatus::new(Mode::Delta);
         let (status, _) = watch::channel(status);
         Feed {
             applier: cache::Applier::new(type_urls, Arc::new(apply), status),
