@@ -180,21 +180,26 @@ fn may_call(model: &Model, ns: &str, service: &str, node: &NodeInfo, principal: 
     if policies.is_empty() {
         return true;
     }
-    policies.iter().any(|p| {
-        p.spec.effective_default_action() == AuthzAction::Allow
-            || p.spec.rules.iter().any(|rule| {
-                rule.action == AuthzAction::Allow
-                    && rule
-                        .from
-                        .as_ref()
-                        .is_none_or(|f| source_may_match(f, node, principal))
-            })
-    })
+    policies
+        .iter()
+        .any(|p| policy_may_allow(p, node, principal))
 }
 
-/// Whether a rule's `from` could match this node (the one rule, for the reference and the
-/// engine alike).
-pub(crate) fn source_may_match(from: &AuthzSource, node: &NodeInfo, principal: &str) -> bool {
+/// Whether one AuthorizationPolicy could allow this caller: it allows by default, or one of its
+/// allow rules could match it (the one rule, for the reference and the engine alike).
+pub(crate) fn policy_may_allow(p: &AuthorizationPolicy, node: &NodeInfo, principal: &str) -> bool {
+    p.spec.effective_default_action() == AuthzAction::Allow
+        || p.spec.rules.iter().any(|rule| {
+            rule.action == AuthzAction::Allow
+                && rule
+                    .from
+                    .as_ref()
+                    .is_none_or(|f| source_may_match(f, node, principal))
+        })
+}
+
+/// Whether a rule's `from` could match this node.
+fn source_may_match(from: &AuthzSource, node: &NodeInfo, principal: &str) -> bool {
     let principal_ok = from.principals.is_empty()
         || from.principals.iter().any(|p| match p.strip_suffix('*') {
             Some(prefix) => principal.starts_with(prefix),

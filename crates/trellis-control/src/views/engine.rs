@@ -18,11 +18,10 @@
 use super::index::{self, MeshIndex, SvcKey};
 use crate::model::{Change, Model};
 use crate::store::{ResourceKey, Revision, Stored};
-use crate::view::{source_may_match, NodeInfo};
+use crate::view::{policy_may_allow, NodeInfo};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, LazyLock};
 use tokio::sync::watch;
-use trellis_api::security::AuthzAction;
 use trellis_api::Resource;
 use trellis_xds::server::{TypeResources, VersionedResource, View};
 
@@ -253,21 +252,12 @@ impl Ctx<'_> {
         if policies.is_empty() {
             return true;
         }
-        policies.iter().any(|k| {
-            let Some(Resource::AuthorizationPolicy(p)) =
-                self.model.items.get(k).map(|s| &s.resource)
-            else {
-                return false;
-            };
-            p.spec.effective_default_action() == AuthzAction::Allow
-                || p.spec.rules.iter().any(|rule| {
-                    rule.action == AuthzAction::Allow
-                        && rule
-                            .from
-                            .as_ref()
-                            .is_none_or(|f| source_may_match(f, node, principal))
-                })
-        })
+        policies
+            .iter()
+            .any(|k| match self.model.items.get(k).map(|s| &s.resource) {
+                Some(Resource::AuthorizationPolicy(p)) => policy_may_allow(p, node, principal),
+                _ => false,
+            })
     }
 
     /// Every existing service but `denied`, closed over route backends and mirrors.
@@ -452,16 +442,7 @@ impl ViewEngine {
         self.scoped.retain(|v| v.tx.receiver_count() > 0);
         let scoped = std::mem::take(&mut self.scoped);
         for v in &scoped {
-            let mut next = self.scoped_view(&v.node, &v.scope);
-            v.tx.send_if_modified(|current| {
-                next.share_unchanged(current);
-                if next.same_as(current) {
-                    false
-                } else {
-                    *current = Arc::new(std::mem::take(&mut next));
-                    true
-                }
-            });
+            publish(&v.tx, self.scoped_view(&v.node, &v.scope));
         }
         self.scoped = scoped;
     }
@@ -708,16 +689,7 @@ impl ViewEngine {
                 continue;
             };
             if moved {
-                let mut next = assemble(&self.global, Some(&group.types), &v.own);
-                v.tx.send_if_modified(|current| {
-                    next.share_unchanged(current);
-                    if next.same_as(current) {
-                        false
-                    } else {
-                        *current = Arc::new(std::mem::take(&mut next));
-                        true
-                    }
-                });
+                publish(&v.tx, assemble(&self.global, Some(&group.types), &v.own));
                 continue;
             }
             let shape = [
@@ -756,6 +728,20 @@ impl ViewEngine {
     pub fn groups(&self) -> usize {
         self.groups.by_id.len()
     }
+}
+
+/// Publishes a recomputed view unless it holds what the current one does, sharing the types
+/// that did not change so streams skip them by pointer.
+fn publish(tx: &watch::Sender<Arc<View>>, mut next: View) {
+    tx.send_if_modified(|current| {
+        next.share_unchanged(current);
+        if next.same_as(current) {
+            false
+        } else {
+            *current = Arc::new(std::mem::take(&mut next));
+            true
+        }
+    });
 }
 
 /// `reachable` plus `own`, as the key of a group: the group's own `Arc` when there is one.
