@@ -86,6 +86,12 @@ bash scripts/module-circles.sh
 log "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# Every test's scratch files (etcd data directories, certificates, logs) go under one directory
+# that is removed when the run ends, pass or fail, so repeated runs never fill the disk.
+scratch="$(mktemp -d "${TMPDIR:-/tmp}/trellis-tests.XXXXXX")"
+trap 'rm -rf "$scratch"' EXIT
+export TMPDIR="$scratch"
+
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
