@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A/B two Trellis builds on the sidecar pair, interleaved round by round, so an optimization
+"""A/B two Trellis builds on the sidecar pair (or `--topology trellis-1hop`), interleaved round by round, so an optimization
 can be judged on this noisy machine:
 
     python3 bench/ab.py --a target/release/trellis --b /tmp/other/trellis [--rounds 5] [--secs 10]
@@ -19,10 +19,10 @@ from pathlib import Path
 import harness as h
 
 
-def measure(tools: h.Tools, work: Path, port: int, secs: int) -> dict:
+def measure(tools: h.Tools, work: Path, port: int, secs: int, topology: str) -> dict:
     s = h.Settings(secs=secs, rate=1000, conns=64, wrk_threads=2, max_tool="wrk", h2_secs=0,
                    h2_streams=0, warmup_secs=1, settle=0.3)
-    res = h.measure_h1("trellis-pair", tools, work, port, s)
+    res = h.measure_h1(topology, tools, work, port, s)
     px = res["proxies"].values()
     return {"max_rps": res["max"]["rps"], "p50": res["fixed"]["p50"],
             "p99": res["fixed"]["p99"],
@@ -42,6 +42,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--secs", type=int, default=10)
     ap.add_argument("--nice", type=int, default=0)
+    ap.add_argument("--topology", default="trellis-pair",
+                    choices=["trellis-pair", "trellis-1hop", "trellis-pair-mtls"])
     a = ap.parse_args()
     if a.nice:
         os.setpriority(os.PRIO_PROCESS, 0, a.nice)
@@ -55,7 +57,7 @@ def main() -> int:
     try:
         for r in range(a.rounds):
             for label in (("A", "B") if r % 2 == 0 else ("B", "A")):
-                m = measure(builds[label], work, port, a.secs)
+                m = measure(builds[label], work, port, a.secs, a.topology)
                 results[label].append(m)
                 print(f"round {r + 1} {label}: " + " ".join(f"{k}={v:.3f}" for k, v in m.items()),
                       flush=True)

@@ -90,12 +90,15 @@ def main() -> int:
                     help="fixed (1000 req/s, where the CPU target is) and/or max (wrk)")
     ap.add_argument("--no-syscalls", action="store_true", help="skip the strace comparison")
     ap.add_argument("--out", default=str(h.BENCH_DIR / "profile.md"))
+    ap.add_argument("--topology", default="trellis-pair",
+                    choices=["trellis-pair", "trellis-1hop", "trellis-pair-mtls"])
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="trellis-prof-"))
     tools = h.find_tools(a.trellis, work)
     nginx, port, _ = h.start_nginx(tools, work)
     try:
-        perf = {kind: perf_pair(tools, work, port, a.secs, kind) for kind in a.load.split(",")}
+        perf = {kind: perf_pair(tools, work, port, a.secs, kind, a.topology)
+                for kind in a.load.split(",")}
         syscalls = {}
         if not a.no_syscalls and shutil.which("strace"):
             for name in ("trellis-pair", "envoy-pair"):
@@ -108,10 +111,11 @@ def main() -> int:
     return 0
 
 
-def perf_pair(tools: h.Tools, work: Path, port: int, secs: int, kind: str) -> tuple:
-    """perf record on both proxies of the Trellis pair while it is loaded."""
+def perf_pair(tools: h.Tools, work: Path, port: int, secs: int, kind: str,
+              topology: str) -> tuple:
+    """perf record on every proxy of `topology` (the Trellis pair by default) while loaded."""
     data = work / "perf.data"
-    topo = h.build_topology("trellis-pair", tools, work, port, h2=False)
+    topo = h.build_topology(topology, tools, work, port, h2=False)
     try:
         h.check_ok(topo.url)
         h.wrk_max(tools, topo.url, 1, 1, 16)  # warm-up
@@ -129,13 +133,14 @@ def perf_pair(tools: h.Tools, work: Path, port: int, secs: int, kind: str) -> tu
 
 def write(path: Path, a, perf: dict, syscalls: dict) -> None:
     out = ["## Profile", "",
-           f"`python3 bench/profile.py --trellis target/release/trellis --secs {a.secs}`: "
-           "`perf record -e cpu-clock -F 1999` on both proxies of the Trellis pair (self time, "
-           "both proxies together), then syscall counts of both pairs.", ""]
+           f"`python3 bench/profile.py --trellis target/release/trellis --secs {a.secs} "
+           f"--topology {a.topology}`: `perf record -e cpu-clock -F 1999` on the proxies of "
+           f"{a.topology} (self time, all its proxies together), then syscall counts of both "
+           "pairs.", ""]
     for kind, (load, by_dso, by_sym) in perf.items():
         desc = (f"wrk -t2 -c64 -d{a.secs}s at max ({load['rps']:.0f} req/s)" if kind == "max"
                 else f"oha -q 1000 -c 64 -z {a.secs}s ({load['rps']:.0f} req/s)")
-        out += [f"### Trellis pair under {desc}", "",
+        out += [f"### {a.topology} under {desc}", "",
                 "By object: " + ", ".join(f"{s} {p:.1f}%" for p, s in by_dso[:6]), "",
                 f"Top {TOP} symbols:", "", "| % | symbol |", "|---|---|",
                 *[f"| {p:.1f} | `{demangle_short(s)}` |" for p, s in by_sym[:TOP]], ""]

@@ -13,11 +13,15 @@
 //! it has a header, nothing otherwise), hold more than [`DnsOptions::max_in_flight`] queries at
 //! once (beyond that, UDP queries are dropped, as a busy resolver does, and TCP connections
 //! wait), or wait on an upstream past its timeout (SERVFAIL then).
-use crate::config::{Directory, NameAnswer};
+mod names;
+
+use crate::config::{Directory, NameAnswer, Snapshot};
 use crate::drain::Drain;
+use crate::ondemand;
 use crate::state::ProxyState;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{rdata::A, RData, Record, RecordType};
+use names::{mesh_name, NegativeCache};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -148,6 +152,7 @@ impl DnsServer {
             state,
             limit: Arc::new(Semaphore::new(self.opts.max_in_flight.max(1))),
             opts: self.opts,
+            not_services: NegativeCache::new(Duration::from_secs(MESH_TTL.into())),
         });
         tracing::info!(listen = %ctx.opts.listen, upstreams = ?ctx.opts.upstreams, "DNS answerer listening");
         let udp = Arc::new(self.udp);
@@ -163,6 +168,8 @@ struct Ctx {
     state: Arc<ProxyState>,
     limit: Arc<Semaphore>,
     opts: DnsOptions,
+    /// Names discovery said are no service, so asking again soon costs no round trip.
+    not_services: NegativeCache,
 }
 
 async fn serve_udp(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
@@ -267,11 +274,52 @@ enum Decision {
 
 impl Ctx {
     async fn answer(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
-        let dir = Directory::of(self.state.snapshot.load_full().as_ref());
+        let snapshot = self.state.snapshot.load_full();
+        let dir = Directory::of(snapshot.as_ref());
         match decide(query, |name| dir.lookup(name)) {
             Decision::Reply(r) => Some(r),
             Decision::Drop => None,
-            Decision::Relay => Some(self.relay(query, transport).await),
+            Decision::Relay => match self.discovered(query, snapshot.as_deref()).await {
+                Some(reply) => Some(reply),
+                None => Some(self.relay(query, transport).await),
+            },
+        }
+    }
+
+    /// On a proxy that discovers on demand, a mesh name it does not hold yet may be a service
+    /// it has not called: looking the name up is the app's first call, so it is discovered
+    /// (bounded by `--discovery-timeout`) and answered from the config that follows. `None`
+    /// when the name is not a mesh name, not a service, or discovery did not answer: then the
+    /// host's resolver is asked, as for any other name.
+    async fn discovered(&self, query: &[u8], snapshot: Option<&Snapshot>) -> Option<Vec<u8>> {
+        let on_demand = self.state.on_demand()?;
+        let snapshot = snapshot?;
+        let name = single_question(query)?;
+        let (namespace, service) = mesh_name(
+            &name,
+            &snapshot.mesh.dns_domain,
+            &self.state.identity.namespace,
+        )?;
+        if self.not_services.recent(&name) {
+            return None;
+        }
+        // A resolver gives up after a few seconds: wait no longer than a relayed query may.
+        let wait = on_demand.timeout.min(self.opts.timeout);
+        let config = &self.state.snapshot;
+        match ondemand::discover_within(on_demand, config, &namespace, &service, wait).await {
+            Ok(Some(config)) => {
+                let dir = Directory::of(Some(&config));
+                match decide(query, |n| dir.lookup(n)) {
+                    Decision::Reply(r) => Some(r),
+                    _ => None,
+                }
+            }
+            // No such service, or no answer in time (the control plane may be gone): the host's
+            // resolver decides, and the name is not asked about again for a while.
+            Ok(None) | Err(_) => {
+                self.not_services.remember(&name);
+                None
+            }
         }
     }
 
@@ -339,6 +387,15 @@ async fn relay_tcp(query: &[u8], upstream: SocketAddr, mark: Option<u32>) -> io:
             "upstream closed before answering",
         )
     })
+}
+
+/// The name a query asks about, when it is a well-formed query with exactly one question.
+fn single_question(query: &[u8]) -> Option<String> {
+    let msg = Message::from_vec(query).ok()?;
+    match msg.queries.as_slice() {
+        [q] if msg.metadata.message_type == MessageType::Query => Some(q.name().to_ascii()),
+        _ => None,
+    }
 }
 
 /// Decides one query from its bytes; `lookup` says what a name means to the mesh.

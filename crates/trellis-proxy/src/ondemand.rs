@@ -43,6 +43,17 @@ pub async fn discover(
     namespace: &str,
     name: &str,
 ) -> Result<Option<Arc<Snapshot>>, ProxyError> {
+    discover_within(on_demand, config, namespace, name, on_demand.timeout).await
+}
+
+/// [`discover`], waiting at most `timeout` (the DNS answerer waits less than a request may).
+pub async fn discover_within(
+    on_demand: &OnDemand,
+    config: &ArcSwapOption<Snapshot>,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Option<Arc<Snapshot>>, ProxyError> {
     let key = format!("{namespace}/{name}");
     let known = || {
         config
@@ -52,7 +63,7 @@ pub async fn discover(
     };
     match on_demand
         .discovery
-        .resolve(&key, on_demand.timeout, known)
+        .resolve(&key, timeout, known)
         .await
     {
         Resolution::Found => Ok(config.load_full()),
@@ -64,8 +75,7 @@ pub async fn discover(
         Resolution::TimedOut => Err(ProxyError::new(
             Reason::DiscoveryTimeout,
             format!(
-                "the control plane did not answer for service {key} within {:?} (on-demand discovery)",
-                on_demand.timeout
+                "the control plane did not answer for service {key} within {timeout:?} (on-demand discovery)"
             ),
         )),
     }

@@ -80,11 +80,15 @@ async fn forward_inner<U: Upstream>(
     // reading it here to make it replayable would answer for the app. Such a request is sent
     // once, streaming (no retry, no mirror).
     let continues = body::expects_continue(&req);
+    let empty = http_body::Body::is_end_stream(req.body());
     let (parts, body) = req.into_parts();
-    let length = content_length(&parts.headers);
     let prepared = if continues {
         Prepared::Streaming(body)
+    } else if empty {
+        // Nothing to read (most GETs, and every implicit retry): replay an empty body.
+        Prepared::Replayable(Replayable::empty())
     } else {
+        let length = content_length(&parts.headers);
         prepare(body, limit, length).await.map_err(|e| {
             ProxyError::new(Reason::BadRequest, format!("reading the request body: {e}"))
         })?
@@ -101,7 +105,7 @@ async fn forward_inner<U: Upstream>(
         }
         Prepared::Replayable(replay) => {
             mirror(t, &parts, &replay);
-            retry_loop(t, policy, attempts, &parts, &replay, deadline).await
+            retry_loop(t, policy, attempts, parts, &replay, deadline).await
         }
     }
 }
@@ -110,7 +114,7 @@ async fn retry_loop<U: Upstream>(
     t: &Target<'_, U>,
     policy: Option<Arc<RetryPolicy>>,
     attempts: u32,
-    parts: &Parts,
+    parts: Parts,
     replay: &Replayable,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Response<Body>, ProxyError> {
@@ -119,17 +123,20 @@ async fn retry_loop<U: Upstream>(
         .map(|p| p.backoff.clone())
         .unwrap_or_default();
     let mut avoid = None;
+    let mut parts = Some(parts);
     for n in 1..=attempts {
         let backend = choose_backend(t.rule)?;
-        let picked = pick(
-            t.snapshot,
-            backend,
-            Some(&parts.headers),
-            t.peer.ip(),
-            avoid,
-        )?;
-        let req = Request::from_parts(clone_parts(parts), replay.body());
+        let Some(head) = parts.as_ref() else { break };
+        let picked = pick(t.snapshot, backend, Some(&head.headers), t.peer.ip(), avoid)?;
         let last = n == attempts;
+        // The last try takes the request head itself; earlier ones send a copy.
+        let head = if last {
+            parts.take()
+        } else {
+            parts.as_ref().map(clone_parts)
+        };
+        let Some(head) = head else { break };
+        let req = Request::from_parts(head, replay.body());
         // The last try gets whatever remains of the request timeout.
         let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
         let limit = policy.as_ref().and_then(|p| p.try_timeout(n, remaining));

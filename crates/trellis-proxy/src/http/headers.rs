@@ -4,6 +4,9 @@ use crate::error::{ProxyError, Reason};
 use http::header::{self, HeaderMap, HeaderName};
 use trellis_api::service::{permits_upgrade, DEFAULT_UPGRADES};
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
@@ -142,8 +145,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
     // `te: trailers` is how gRPC clients say they accept trailers; anything else is hop-by-hop.
     let te_trailers = headers
         .get(header::TE)

@@ -26,6 +26,14 @@ pub struct Replayable {
 }
 
 impl Replayable {
+    /// A body with nothing in it.
+    pub fn empty() -> Self {
+        Self {
+            data: Bytes::new(),
+            trailers: None,
+        }
+    }
+
     pub fn body(&self) -> Body {
         if self.trailers.is_none() {
             return body::full(self.data.clone());

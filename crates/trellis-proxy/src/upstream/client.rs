@@ -57,8 +57,9 @@ type H2Sender = hyper::client::conn::http2::SendRequest<Body>;
 type PoolKey = (Duration, Option<Arc<SpiffeId>>);
 
 pub struct Upstreams {
-    /// Pooled HTTP/1 clients, one per [`PoolKey`] in use.
-    h1: Mutex<HashMap<PoolKey, Client<PeerConnector, Body>>>,
+    /// Pooled HTTP/1 clients, one per [`PoolKey`] in use: a handful (connect timeouts and peer
+    /// identities in use), so a scan beats hashing the identity on every request.
+    h1: Mutex<Vec<(PoolKey, Client<PeerConnector, Body>)>>,
     /// One multiplexed connection per endpoint, plaintext and mTLS apart.
     h2: Mutex<HashMap<(SocketAddr, bool), H2Conn>>,
     /// How long a connection stays open with no request (`--upstream-idle-timeout`).
@@ -129,7 +130,7 @@ impl Upstreams {
     /// Connections idle for `idle_timeout` (`--upstream-idle-timeout`) are closed.
     pub fn new(idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
-            h1: Mutex::new(HashMap::new()),
+            h1: Mutex::new(Vec::new()),
             h2: Mutex::new(HashMap::new()),
             idle_timeout,
         })
@@ -150,12 +151,25 @@ impl Upstreams {
     }
 
     fn h1(&self, dial: &Dial) -> Client<PeerConnector, Body> {
-        let key = (dial.timeout, dial.tls.as_ref().map(|t| t.identity.clone()));
+        let identity = dial.tls.as_ref().map(|t| &t.identity);
+        let same = |(timeout, id): &PoolKey| {
+            *timeout == dial.timeout
+                && match (id, identity) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                    _ => false,
+                }
+        };
         let client = || h1_client(dial.timeout, self.idle_timeout, dial.tls.clone());
-        match self.h1.lock() {
-            Ok(mut map) => map.entry(key).or_insert_with(client).clone(),
-            Err(_) => client(),
+        let Ok(mut pools) = self.h1.lock() else {
+            return client();
+        };
+        if let Some((_, c)) = pools.iter().find(|(key, _)| same(key)) {
+            return c.clone();
         }
+        let c = client();
+        pools.push(((dial.timeout, identity.cloned()), c.clone()));
+        c
     }
 
     async fn send_h1(
