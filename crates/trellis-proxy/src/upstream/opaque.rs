@@ -8,15 +8,20 @@
 //! service's connect timeout and peer mTLS ([`super::connect`]), and the result reported
 //! ([`super::feedback`]): a failed connect costs the endpoint its failure penalty and counts
 //! toward failure accrual or outlier detection; an established one teaches the balancer its
-//! connect latency (the only answer an opaque endpoint gives) and clears its record. There is
-//! no retry: bytes may already be on their way from the caller.
+//! connect latency (the only answer an opaque endpoint gives) and clears its record.
+//!
+//! A connect that fails is tried once more on another endpoint (as Envoy's TCP proxy does with
+//! `max_connect_attempts`): nothing has reached any endpoint yet — the caller's bytes wait in
+//! this proxy — so a killed instance costs a TCP caller nothing while the balancer learns.
+//! Once connected there is no retry: bytes may be on their way.
 use super::connect::{self, Dial};
 use super::feedback::{self, Ended};
-use super::pick::pick_in;
-use super::{overflow, Context};
+use super::pick::{pick_in, Picked};
+use super::{overflow, AttemptError, Context};
 use crate::config::Snapshot;
 use crate::error::{ProxyError, Reason};
 use crate::resilience::Outcome;
+use crate::retry::Failure;
 use crate::tls::io::PeerIo;
 use crate::tls::Alpn;
 use std::net::SocketAddr;
@@ -42,24 +47,41 @@ pub async fn to_service(
             format!("upstream service {service} is not in the mesh config"),
         )
     })?;
-    let picked = pick_in(svc, &None, None, peer.ip(), None)?;
-    let dial = picked.dial(ctx);
+    let first = pick_in(svc, &None, None, peer.ip(), None)?;
+    let timeout = first.dial(ctx).timeout;
     let permit = svc
         .limit_state
-        .admit_connection(&svc.limits, dial.timeout)
+        .admit_connection(&svc.limits, timeout)
         .await
         .map_err(|o| overflow(svc, o))?;
+    let io = match try_connect(ctx, &first).await {
+        Err(e) if e.failure == Failure::ConnectFailed => {
+            // Another endpoint, if there is one the pick allows; else the first failure stands.
+            match pick_in(svc, &None, None, peer.ip(), Some(first.endpoint().addr)) {
+                Ok(next) if next.endpoint().addr != first.endpoint().addr => {
+                    try_connect(ctx, &next).await?
+                }
+                _ => return Err(e.into()),
+            }
+        }
+        other => other?,
+    };
+    Ok(Opened {
+        io,
+        _permit: Some(permit),
+    })
+}
+
+/// One connect to the endpoint `picked`, reported to the balancer and passive health.
+async fn try_connect(ctx: &Context<'_>, picked: &Picked) -> Result<PeerIo, AttemptError> {
     let mut in_flight = picked.start();
-    let result = connect::connect(&dial, Alpn::Opaque).await;
+    let result = connect::connect(&picked.dial(ctx), Alpn::Opaque).await;
     let ended = match &result {
         Ok(_) => Ended::Answered(Outcome::Success),
         Err(e) => Ended::Failed(e.failure),
     };
-    feedback::record(ctx.metrics, &picked, &mut in_flight, ended);
-    Ok(Opened {
-        io: result?,
-        _permit: Some(permit),
-    })
+    feedback::record(ctx.metrics, picked, &mut in_flight, ended);
+    result
 }
 
 /// A plaintext connection to an address that is no service's endpoint (the local app on the
@@ -141,20 +163,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_connect_costs_the_endpoint_for_opaque_tcp_too() {
-        // The default balancer: the failure penalty steers every later connection away.
+    async fn a_refused_connect_is_tried_on_the_other_endpoint() {
+        // The default balancer: the refusal is retried on the live endpoint (no caller sees
+        // it), and the failure penalty steers every later connection away from the dead one.
         let (snap, _, _) = live_and_dead(None).await;
         let refused = refused_of(30, &snap, &Metrics::new()).await;
-        assert!(refused <= 1, "{refused} of 30 refused");
+        assert_eq!(refused, 0, "{refused} of 30 refused");
+    }
+
+    #[tokio::test]
+    async fn with_only_a_dead_endpoint_the_caller_gets_the_connect_failure() {
+        let text = format!(
+            "apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {{name: db}}\nspec:\n  ports: [{{port: 5432, protocol: tcp}}]\n---\napiVersion: trellis.dev/v1\nkind: Workload\nmetadata: {{name: dead}}\nspec: {{service: db, address: 127.0.0.1, port: {}}}\n",
+            dead_port().await
+        );
+        let resources = trellis_api::parse_documents("test", &text).expect("parses");
+        let local = LocalIdentity {
+            service: "client".into(),
+            namespace: "default".into(),
+            zone: None,
+        };
+        let snap = Snapshot::build(1, "test".into(), resources, None, &local).expect("builds");
+        assert_eq!(refused_of(3, &snap, &Metrics::new()).await, 3);
+    }
+
+    /// A loopback port nobody listens on.
+    async fn dead_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .await
+            .and_then(|l| l.local_addr())
+            .expect("bind")
+            .port()
     }
 
     #[tokio::test]
     async fn failure_accrual_backs_off_a_dead_endpoint_for_opaque_tcp_too() {
-        // Round robin alternates; failure accrual takes the dead endpoint out after five
-        // refusals in a row (for at least 0.5 s: far longer than these connects take).
+        // Round robin alternates; every refusal is retried on the live endpoint, and failure
+        // accrual takes the dead endpoint out after five refusals in a row (for at least 0.5 s:
+        // far longer than these connects take).
         let (snap, _, dead) = live_and_dead(Some("loadBalancer: {algorithm: RoundRobin}")).await;
         let metrics = Metrics::new();
-        assert_eq!(refused_of(30, &snap, &metrics).await, 5);
+        assert_eq!(refused_of(30, &snap, &metrics).await, 0);
         let svc = snap.service("default", "db").expect("db");
         let ep = svc.groups[&None]
             .endpoints
