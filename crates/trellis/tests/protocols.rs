@@ -212,3 +212,43 @@ async fn server_first_protocol_is_not_stalled() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).ends_with("late"));
 }
+
+/// A WebSocket caller and an instance that died (its address refuses connections): a refused
+/// upgrade counts toward failure accrual as any refused request does. Round robin alternates
+/// regardless of cost, so without that report every other handshake would fail; with it, five
+/// refusals in a row back the dead endpoint off.
+#[tokio::test]
+async fn refused_websocket_upgrades_back_a_dead_endpoint_off() {
+    let dir = tempdir("ws-dead");
+    let config = dir.join("mesh.yaml");
+    let ports = Ports::free();
+    let dead = free_addr();
+    let text = format!(
+        "{}{}{}---\napiVersion: trellis.dev/v1\nkind: DestinationPolicy\nmetadata: {{name: echo}}\nspec: {{service: echo, loadBalancer: {{algorithm: RoundRobin}}}}\n",
+        service("echo", "http"),
+        workload("echo-dead", "echo", "v1", dead),
+        workload("echo-0", "echo", "v1", ports.inbound)
+    );
+    write_config(&config, &text);
+    let instance = start_instance(&dir, &config, "echo", "echo-0", &[], ports);
+    let caller = start_caller(&dir, &config, &["echo"]);
+    wait_ready(instance.admin).await;
+    wait_ready(caller.admin).await;
+    wait_listening(instance.app_addr).await;
+
+    let mut refused = 0;
+    for _ in 0..20 {
+        let stream = TcpStream::connect(caller.outbound).await.unwrap();
+        match tokio_tungstenite::client_async("ws://echo/ws", stream).await {
+            Ok((mut ws, rsp)) => {
+                assert_eq!(rsp.status(), 101);
+                ws.close(None).await.unwrap();
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        (1..=5).contains(&refused),
+        "{refused} of 20 handshakes went to the dead endpoint"
+    );
+}

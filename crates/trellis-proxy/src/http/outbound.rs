@@ -11,8 +11,10 @@ use crate::body::{self, Body};
 use crate::config::{host_service, Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
 use crate::error::{ProxyError, Reason, Shape};
 use crate::ondemand;
+use crate::resilience;
+use crate::retry::Failure;
 use crate::state::ProxyState;
-use crate::upstream::{pick, Wire};
+use crate::upstream::{feedback, pick, Ended, Wire};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -161,9 +163,21 @@ async fn routed(
         let backend = rule
             .backend(0)
             .ok_or_else(|| ProxyError::new(Reason::NoHealthyEndpoints, "route has no backend"))?;
-        // The same pick as any request: ejection, zone preference and hashing apply.
+        // The same pick as any request: ejection, zone preference and hashing apply; and the
+        // same report, so a dead endpoint costs WebSocket callers what it costs any other.
         let picked = pick(snapshot, backend, Some(req.headers()), peer.ip(), None)?;
-        return forward_upgrade(&state.upstreams, picked.dial(&target.ctx), req).await;
+        let mut in_flight = picked.start();
+        let result = forward_upgrade(&state.upstreams, picked.dial(&target.ctx), req).await;
+        let ended = match &result {
+            Ok(rsp) => Ended::Answered(resilience::Outcome::of_response(
+                rsp.status(),
+                rsp.headers(),
+            )),
+            Err(e) if e.reason == Reason::ConnectFailed => Ended::Failed(Failure::ConnectFailed),
+            Err(_) => Ended::Failed(Failure::Reset),
+        };
+        feedback::record(target.ctx.metrics, &picked, &mut in_flight, ended);
+        return result;
     }
     forward(&target, req.map(body::boxed)).await
 }
