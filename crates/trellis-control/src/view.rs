@@ -212,28 +212,7 @@ fn source_may_match(from: &AuthzSource, node: &NodeInfo, principal: &str) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ResourceKey, Stored};
-
-    fn model(yaml: &str) -> Model {
-        let set = trellis_api::parse_documents("test.yaml", yaml).expect("valid test config");
-        let items = set
-            .resources
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let s = Stored {
-                    resource: r,
-                    version: i as u64 + 1,
-                    lease: None,
-                };
-                (ResourceKey::of(&s.resource), s)
-            })
-            .collect();
-        Model {
-            items,
-            revision: 100,
-        }
-    }
+    use crate::test_support::model;
 
     fn names(v: &[&Stored]) -> Vec<String> {
         v.iter().map(|s| s.key().to_string()).collect()
