@@ -32,4 +32,4 @@ pub use parse::{parse_documents, parse_documents_with_limits, Resource, Resource
 pub use policy::DestinationPolicy;
 pub use route::Route;
 pub use security::{AuthorizationPolicy, RequestAuthentication};
-pub use service::{Service, Workload};
+pub use service::{EgressError, EgressTarget, Service, Workload};

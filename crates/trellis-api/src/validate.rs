@@ -17,6 +17,7 @@ mod security;
 mod service;
 mod set;
 
+pub(crate) use checks::dns_label_problem;
 pub use checks::{is_dns_label, is_header_name, is_http_method, is_http_token};
 
 /// Most tries a retry policy may ask for, the first included.

@@ -80,8 +80,22 @@ fn service() {
         (&[("spec.ports[1].name", "http")], "spec.ports[1].name", "\"http\" is used twice"),
         (&[("spec.ports[1].name", "GRPC")], "spec.ports[1].name", "lowercase"),
         (&[("spec.selector", "{\"\": x}")], "spec.selector", "keys must not be empty"),
+        (&[("spec.egress", "[ratings, \"\"]")], "spec.egress[1]", "must not be empty"),
+        (&[("spec.egress", "[a/b/c]")], "spec.egress[0]", "\"a/b/c\" has more than one '/'"),
+        (&[("spec.egress", "[\"*/ratings\"]")], "spec.egress[0]", "'*' may only be the whole name"),
+        (&[("spec.egress", "[\"shop/rat*\"]")], "spec.egress[0]", "'*' may only be the whole name"),
+        (&[("spec.egress", "[\"*\"]")], "spec.egress[0]", "`NAMESPACE/*`"),
+        (&[("spec.egress", "[Ratings]")], "spec.egress[0]", "the service name \"Ratings\" contains 'R'"),
+        (&[("spec.egress", "[shop/ratings, Shop/ratings]")], "spec.egress[1]", "the namespace \"Shop\""),
+        (&[("spec.egress", "{ratings: 1}")], "spec.egress", "expected a sequence"),
     ];
     run("Service", "reviews", cases);
+    ok("Service", "reviews", &[("spec.egress", "[]")]);
+    ok(
+        "Service",
+        "reviews",
+        &[("spec.egress", "[ratings, other/ratings, \"payments/*\"]")],
+    );
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //!   replicas), with resource versions, optimistic concurrency, leases for self-registered
 //!   workloads, and a watch that lets every replica follow every change in order.
 //! - [`model`]: each replica's in-memory copy of the store, kept by list-then-watch.
-//! - [`view`]: what each proxy is sent (only what it may call, plus its own inbound policy).
+//! - [`view`]: what each proxy is sent (only what it may call, plus its own inbound policy);
+//!   [`egress`]: the narrower scope of a Service that lists what its proxies call.
 //! - [`api`]: the HTTP JSON API for the CLI and for sidecar registration; [`ca_api`]: its
 //!   certificate and CA routes.
 //! - [`ca`]: the mesh certificate authority, kept in the store and followed by every replica.
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod ca;
 pub mod ca_api;
 pub mod compaction;
+pub mod egress;
 pub mod mesh_status;
 pub mod model;
 pub mod registry;

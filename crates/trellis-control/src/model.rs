@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use trellis_api::{MeshConfigSpec, Resource, ResourceSet};
+use trellis_api::{MeshConfigSpec, Resource, ResourceSet, Service};
 
 /// A consistent picture of the store at one revision.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -74,6 +74,31 @@ impl Model {
 
     pub fn resources(&self) -> impl Iterator<Item = &Resource> {
         self.items.values().map(|s| &s.resource)
+    }
+
+    /// The Service stored as `namespace/name`, if there is one.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        match self
+            .items
+            .get(&ResourceKey::new("Service", namespace, name))
+        {
+            Some(Stored {
+                resource: Resource::Service(s),
+                ..
+            }) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Every stored Service of `namespace`, in name order; costs what it yields, not the mesh.
+    pub fn services_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Service> {
+        self.items
+            .range(ResourceKey::new("Service", namespace, "")..)
+            .take_while(move |(k, _)| k.kind == "Service" && k.namespace == namespace)
+            .filter_map(|(_, s)| match &s.resource {
+                Resource::Service(s) => Some(s),
+                _ => None,
+            })
     }
 
     /// The mesh-wide settings: the MeshConfig's spec, or defaults when there is none.

@@ -1,4 +1,5 @@
-//! Helpers shared by the unit tests of the CA and the API: a temporary embedded store.
+//! Helpers shared by the unit tests: a temporary embedded store (the CA and the API), and
+//! resources and models parsed from YAML (the views).
 use crate::store::{EmbeddedOptions, EmbeddedStore, Store};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,4 +38,26 @@ pub fn resource(yaml: &str) -> trellis_api::Resource {
     trellis_api::parse_documents("fixture", yaml)
         .map(|s| s.resources[0].clone())
         .expect("fixture parses")
+}
+
+/// A model holding the resources of `yaml`, each at its own version.
+pub fn model(yaml: &str) -> crate::model::Model {
+    let set = trellis_api::parse_documents("test.yaml", yaml).expect("valid test config");
+    let items = set
+        .resources
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let s = crate::store::Stored {
+                resource: r,
+                version: i as u64 + 1,
+                lease: None,
+            };
+            (crate::store::ResourceKey::of(&s.resource), s)
+        })
+        .collect();
+    crate::model::Model {
+        items,
+        revision: 100,
+    }
 }

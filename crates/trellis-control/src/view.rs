@@ -7,6 +7,11 @@
 //! this caller (deny by default, and no allow rule whose `from` matches its identity or
 //! namespace) is left out. Anything a rule could allow stays in: the inbound side still decides
 //! each request, so this filter may over-include but never wrongly excludes.
+//!
+//! A Service that lists what its proxies call (`spec.egress`, see [`crate::egress`]) narrows
+//! this to the services of that list; an on-demand proxy gets only those it named, and of a
+//! scoped service only those in its scope.
+use crate::egress::Egress;
 use crate::model::Model;
 use crate::store::Stored;
 use std::collections::{BTreeSet, VecDeque};
@@ -117,27 +122,37 @@ impl Wanted<'_> {
     }
 }
 
-/// Services this node may call (of `scope`, when it names some), closed over route backends
-/// and mirrors; its own is added by the caller.
+/// Services this node may call (of its Service's egress scope, when it declares one, and of
+/// `scope`, when it names some), closed over route backends and mirrors; its own is added by
+/// the caller.
 fn reachable_services(
     model: &Model,
     node: &NodeInfo,
     principal: &str,
     scope: Option<&BTreeSet<(String, String)>>,
 ) -> BTreeSet<(String, String)> {
+    let own = (node.namespace.clone(), node.service.clone());
+    let candidates: Vec<(String, String)> = match Egress::of(model, &own) {
+        Some(egress) => egress.services(model).collect(),
+        None => model
+            .resources()
+            .filter_map(|r| match r {
+                Resource::Service(s) => {
+                    Some((s.metadata.namespace.clone(), s.metadata.name.clone()))
+                }
+                _ => None,
+            })
+            .collect(),
+    };
     let mut out = BTreeSet::new();
-    let mut queue: VecDeque<(String, String)> = model
-        .resources()
-        .filter_map(|r| match r {
-            Resource::Service(s) => Some((s.metadata.namespace.clone(), s.metadata.name.clone())),
-            _ => None,
-        })
+    let mut queue: VecDeque<(String, String)> = candidates
+        .into_iter()
         .filter(|key| scope.is_none_or(|s| s.contains(key)))
         .filter(|(ns, name)| may_call(model, ns, name, node, principal))
         .collect();
     if scope.is_some() {
         // Routes of the own service count too (the engine seeds reach with it).
-        queue.push_back((node.namespace.clone(), node.service.clone()));
+        queue.push_back(own);
     }
     while let Some(key) = queue.pop_front() {
         if !out.insert(key.clone()) {
@@ -212,28 +227,7 @@ fn source_may_match(from: &AuthzSource, node: &NodeInfo, principal: &str) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ResourceKey, Stored};
-
-    fn model(yaml: &str) -> Model {
-        let set = trellis_api::parse_documents("test.yaml", yaml).expect("valid test config");
-        let items = set
-            .resources
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let s = Stored {
-                    resource: r,
-                    version: i as u64 + 1,
-                    lease: None,
-                };
-                (ResourceKey::of(&s.resource), s)
-            })
-            .collect();
-        Model {
-            items,
-            revision: 100,
-        }
-    }
+    use crate::test_support::model;
 
     fn names(v: &[&Stored]) -> Vec<String> {
         v.iter().map(|s| s.key().to_string()).collect()

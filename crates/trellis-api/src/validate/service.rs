@@ -3,7 +3,7 @@ use super::checks::{
     dns_label_problem, has_space_or_control, labels, service_ref_problem, zone_problem, Problems,
 };
 use crate::meta::ObjectMeta;
-use crate::service::{ServiceSpec, WorkloadSpec};
+use crate::service::{EgressTarget, ServiceSpec, WorkloadSpec};
 use std::collections::HashMap;
 
 pub(super) fn service(p: &mut Problems, spec: &ServiceSpec) {
@@ -65,6 +65,16 @@ pub(super) fn service(p: &mut Problems, spec: &ServiceSpec) {
         }
     }
     labels(p, "spec.selector", &spec.selector);
+    egress(p, spec.egress.as_deref().unwrap_or_default());
+}
+
+/// Every entry must read as an [`EgressTarget`]; the problem names the entry.
+fn egress(p: &mut Problems, entries: &[String]) {
+    for (i, entry) in entries.iter().enumerate() {
+        if let Err(e) = entry.parse::<EgressTarget>() {
+            p.add(format!("spec.egress[{i}]"), e.to_string());
+        }
+    }
 }
 
 pub(super) fn workload(p: &mut Problems, meta: &ObjectMeta, spec: &WorkloadSpec) {

@@ -15,7 +15,15 @@
 //! to another group when it changed); a MeshConfig that changes the trust domain recomputes
 //! every reach. Each resource is encoded and hashed once per stored version and the copy is
 //! shared by every view that holds it. [`super::compute`] is the reference this must equal.
+//!
+//! What a proxy reaches follows from a [`ReachKey`]: the services it may not call and, when its
+//! Service lists what it calls (`spec.egress`), that scope. The scope is kept as patterns and
+//! expanded when reach is computed, so `NAMESPACE/*` follows the namespace's services: only
+//! Service changes move them, and those recompute reach anyway. The scope itself is read again
+//! only when the proxy's own Service changes, so an endpoint change still recomputes no reach.
+//! Proxies with equal keys share one computed reach.
 use super::index::{self, MeshIndex, SvcKey};
+use crate::egress::Egress;
 use crate::model::{Change, Model};
 use crate::store::{ResourceKey, Revision, Stored};
 use crate::view::{policy_may_allow, NodeInfo};
@@ -185,11 +193,20 @@ impl Groups {
     }
 }
 
+/// What a proxy's reach follows from; proxies with equal keys reach the same services.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ReachKey {
+    /// Existing services whose AuthorizationPolicies can never allow this proxy; it may call
+    /// every other existing service (of its scope). Usually small, and the same for many
+    /// proxies.
+    denied: BTreeSet<SvcKey>,
+    /// The egress scope its Service declares, if any (see [`crate::egress`]).
+    egress: Option<Arc<Egress>>,
+}
+
 struct ViewState {
     node: NodeInfo,
-    /// Existing services whose AuthorizationPolicies can never allow this proxy; it may call
-    /// every other existing service. Usually small, and the same for many proxies.
-    denied: BTreeSet<SvcKey>,
+    reach: ReachKey,
     /// The services it may call closed over route backends and mirrors, plus its own: the key
     /// of its group (the same `Arc` as the group's).
     services: Arc<BTreeSet<SvcKey>>,
@@ -218,8 +235,8 @@ pub struct ViewEngine {
     global: [Arc<TypeResources>; 2],
     groups: Groups,
     views: HashMap<SvcKey, ViewState>,
-    /// What proxies denied the same services reach, valid until a change touches reach.
-    reach: HashMap<BTreeSet<SvcKey>, Arc<BTreeSet<SvcKey>>>,
+    /// What proxies with the same [`ReachKey`] reach, valid until a change touches reach.
+    reach: HashMap<ReachKey, Arc<BTreeSet<SvcKey>>>,
 }
 
 /// What the model in force says; shared by the steps of an update.
@@ -260,9 +277,45 @@ impl Ctx<'_> {
             })
     }
 
-    /// Every existing service but `denied`, closed over route backends and mirrors.
-    fn reach(&self, denied: &BTreeSet<SvcKey>) -> BTreeSet<SvcKey> {
-        self.reach_from(services_of(self.model).filter(|s| !denied.contains(s)))
+    /// Every existing service of the key's egress scope (of the mesh, without one) but the
+    /// denied, closed over route backends and mirrors.
+    fn reach(&self, key: &ReachKey) -> BTreeSet<SvcKey> {
+        let allowed = |s: &SvcKey| !key.denied.contains(s);
+        match &key.egress {
+            Some(egress) => self.reach_from(egress.services(self.model).filter(allowed)),
+            None => self.reach_from(services_of(self.model).filter(allowed)),
+        }
+    }
+
+    /// Brings `reach`, the key of `node`'s view (of `own`), up to date with changes to the
+    /// Services and AuthorizationPolicies of `callees`: each one's denial, and the egress scope
+    /// when `own` is among them.
+    fn follow(
+        &self,
+        reach: &mut ReachKey,
+        own: &SvcKey,
+        node: &NodeInfo,
+        principal: &str,
+        callees: &BTreeSet<SvcKey>,
+    ) {
+        for svc in callees {
+            if self.is_denied(svc, node, principal) {
+                reach.denied.insert(svc.clone());
+            } else {
+                reach.denied.remove(svc);
+            }
+        }
+        if callees.contains(own) {
+            reach.egress = Egress::of(self.model, own).map(Arc::new);
+        }
+    }
+
+    /// The reach key of `node`, from scratch.
+    fn reach_key(&self, node: &NodeInfo, own: &SvcKey, principal: &str) -> ReachKey {
+        ReachKey {
+            denied: self.denied(node, principal),
+            egress: Egress::of(self.model, own).map(Arc::new),
+        }
     }
 
     /// `seeds`, closed over route backends and mirrors.
@@ -416,8 +469,9 @@ impl ViewEngine {
         rx
     }
 
-    /// What an on-demand proxy holds: the named services it may call (see [`crate::view`]),
-    /// closed over routes, and its own.
+    /// What an on-demand proxy holds: the named services it may call (see [`crate::view`]) and
+    /// that are in its egress scope, if its Service declares one, closed over routes, and its
+    /// own.
     fn scoped_view(&mut self, node: &NodeInfo, scope: &BTreeSet<SvcKey>) -> View {
         let ctx = Ctx {
             model: &self.model,
@@ -425,8 +479,10 @@ impl ViewEngine {
         };
         let own = (node.namespace.clone(), node.service.clone());
         let principal = ctx.principal(node, &self.trust_domain);
+        let egress = Egress::of(ctx.model, &own);
         let seeds = scope
             .iter()
+            .filter(|s| egress.as_ref().is_none_or(|e| e.contains(s)))
             .filter(|s| !ctx.is_denied(s, node, &principal))
             .filter(|s| index::service(ctx.model, s).is_some())
             .cloned()
@@ -468,11 +524,11 @@ impl ViewEngine {
             index: &self.index,
         };
         let principal = ctx.principal(&node, &self.trust_domain);
-        let denied = ctx.denied(&node, &principal);
+        let reach = ctx.reach_key(&node, &key, &principal);
         let reachable = self
             .reach
-            .entry(denied.clone())
-            .or_insert_with(|| Arc::new(ctx.reach(&denied)))
+            .entry(reach.clone())
+            .or_insert_with(|| Arc::new(ctx.reach(&reach)))
             .clone();
         let services = with_own(reachable, &key, &self.groups);
         let own = ctx.own(&key, &mut self.encoded);
@@ -486,7 +542,7 @@ impl ViewEngine {
             key,
             ViewState {
                 node,
-                denied,
+                reach,
                 services,
                 group,
                 own,
@@ -586,20 +642,14 @@ impl ViewEngine {
             }
             let principal = ctx.principal(&v.node, &self.trust_domain);
             if reach_all {
-                v.denied = ctx.denied(&v.node, &principal);
+                v.reach = ctx.reach_key(&v.node, key, &principal);
             } else {
-                for svc in &callees {
-                    if ctx.is_denied(svc, &v.node, &principal) {
-                        v.denied.insert(svc.clone());
-                    } else {
-                        v.denied.remove(svc);
-                    }
-                }
+                ctx.follow(&mut v.reach, key, &v.node, &principal, &callees);
             }
             let reachable = self
                 .reach
-                .entry(v.denied.clone())
-                .or_insert_with(|| Arc::new(ctx.reach(&v.denied)))
+                .entry(v.reach.clone())
+                .or_insert_with(|| Arc::new(ctx.reach(&v.reach)))
                 .clone();
             let memo = (
                 Arc::as_ptr(&v.services) as usize,

@@ -64,13 +64,7 @@ pub fn service_key(ns: &str, name: &str) -> ResourceKey {
 
 /// The Service stored under (namespace, name), if there is one.
 pub fn service<'m>(model: &'m Model, key: &SvcKey) -> Option<&'m Service> {
-    match model.items.get(&service_key(&key.0, &key.1)) {
-        Some(s) => match &s.resource {
-            Resource::Service(s) => Some(s),
-            _ => None,
-        },
-        None => None,
-    }
+    model.service(&key.0, &key.1)
 }
 
 /// The (namespace, service) a resource attaches to, for the kinds that attach to one.

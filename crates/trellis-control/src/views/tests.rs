@@ -1,5 +1,6 @@
 //! The incremental views against the reference: random change sequences, and after every
-//! update each subscribed view must equal [`super::compute`] on the same model.
+//! update each subscribed view must equal [`super::compute`] on the same model. Services come
+//! with and without egress scopes (`spec.egress`), which change as Services are put again.
 use super::*;
 use crate::store::{ResourceKey, Stored, WatchEvent};
 use index::SvcKey;
@@ -14,6 +15,30 @@ const NAMESPACES: [&str; 2] = ["default", "other"];
 const SERVICES: [&str; 5] = ["a", "b", "c", "d", "e"];
 const TARGETS: [&str; 6] = ["a", "b", "c", "d", "e", "ghost"];
 const DOMAINS: [&str; 2] = ["cluster.local", "example.org"];
+/// Egress entries beyond the bare names of `TARGETS`: other namespaces, whole namespaces, and
+/// names that never exist.
+const EGRESS: [&str; 6] = [
+    "other/a",
+    "default/c",
+    "other/ghost",
+    "default/*",
+    "other/*",
+    "nowhere/*",
+];
+
+/// `egress: [...], ` (sometimes empty), or nothing, for a generated Service.
+fn random_egress(rng: &mut StdRng) -> String {
+    if rng.random_bool(0.5) {
+        return String::new();
+    }
+    let entries: Vec<String> = (0..rng.random_range(0..4))
+        .map(|_| match rng.random_bool(0.5) {
+            true => pick(rng, &TARGETS).to_string(),
+            false => format!("'{}'", pick(rng, &EGRESS)),
+        })
+        .collect();
+    format!("egress: [{}], ", entries.join(", "))
+}
 
 fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
     from.choose(rng).copied().unwrap_or_default()
@@ -31,7 +56,8 @@ fn random_resource(rng: &mut StdRng) -> Resource {
             2 => format!("selector: {{app: {svc}}}, "),
             _ => format!("selector: {{app: {svc}, tier: back}}, "),
         };
-        format!("kind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{{selector}ports: [{{port: {}}}]}}\n", rng.random_range(80..83))
+        let egress = random_egress(rng);
+        format!("kind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{{selector}{egress}ports: [{{port: {}}}]}}\n", rng.random_range(80..83))
     } else if kind < 45 {
         let name = format!("w{}", rng.random_range(0..12));
         let mut labels = Vec::new();
@@ -353,4 +379,164 @@ fn scoped_views_equal_their_reference_after_every_change() {
             }
         }
     }
+}
+
+/// Puts every resource of `yaml` into `model` at `version`.
+fn put(model: &mut Model, yaml: &str, version: u64) {
+    let set = trellis_api::parse_documents("t.yaml", yaml).expect("valid");
+    for resource in set.resources {
+        model.apply(WatchEvent::Put(Stored {
+            resource,
+            version,
+            lease: None,
+        }));
+    }
+}
+
+/// The Services a view holds, as `namespace/name`.
+fn held(view: &View) -> Vec<String> {
+    view.get(&trellis_xds::type_url("Service"))
+        .map(|t| t.resources().keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn service(name: &str, egress: &str) -> String {
+    format!(
+        "apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{selector: {{app: {name}}}, ports: [{{port: 80}}]{egress}}}\n"
+    )
+}
+
+fn workload(name: &str, app: &str, address: &str) -> String {
+    format!(
+        "apiVersion: trellis.dev/v1\nkind: Workload\nmetadata: {{name: {name}, labels: {{app: {app}}}}}\nspec: {{address: {address}, port: 80}}\n"
+    )
+}
+
+/// a lists only b; b routes to d. With c and d in the mesh, a's proxies get a, b and d.
+fn scoped_mesh() -> Model {
+    let mut model = Model::default();
+    let mesh = [
+        service("a", ", egress: [b]"),
+        service("b", ""),
+        service("c", ""),
+        service("d", ""),
+        workload("b-0", "b", "10.0.0.2"),
+        workload("c-0", "c", "10.0.0.3"),
+        workload("d-0", "d", "10.0.0.4"),
+        "apiVersion: trellis.dev/v1\nkind: Route\nmetadata: {name: b}\nspec: {service: b, rules: [{backends: [{service: d}]}]}\n".to_string(),
+    ];
+    put(&mut model, &mesh.join("---\n"), 1);
+    model
+}
+
+/// Brings `engine` to `model`; a's view must hold `want`, and equal the reference.
+#[track_caller]
+fn check(
+    engine: &mut ViewEngine,
+    model: &Model,
+    a: &mut watch::Receiver<Arc<View>>,
+    want: &[&str],
+) {
+    engine.update(Arc::new(model.clone()));
+    let view = a.borrow_and_update().clone();
+    assert_eq!(held(&view), want);
+    assert_eq!(summary(&view), summary(&compute(model, "default", "a")));
+}
+
+#[test]
+fn egress_scopes_a_view_to_its_list_closed_over_routes() {
+    let mut model = scoped_mesh();
+    let mut engine = ViewEngine::new(Arc::new(model.clone()));
+    let mut a = engine.subscribe("default", "a");
+    let b = engine.subscribe("default", "b");
+    check(
+        &mut engine,
+        &model,
+        &mut a,
+        &["default/a", "default/b", "default/d"],
+    );
+    assert_eq!(held(&b.borrow()).len(), 4, "b declares nothing: everything");
+
+    // An endpoint outside the scope moves: a's view does not; one inside: only its workloads.
+    put(&mut model, &workload("c-0", "c", "10.0.0.30"), 2);
+    engine.update(Arc::new(model.clone()));
+    assert!(!a.has_changed().unwrap_or(true), "c is not a's business");
+    let before = a.borrow_and_update().clone();
+    put(&mut model, &workload("d-0", "d", "10.0.0.40"), 3);
+    check(
+        &mut engine,
+        &model,
+        &mut a,
+        &["default/a", "default/b", "default/d"],
+    );
+    let workloads = trellis_xds::type_url("Workload");
+    for (url, t) in a.borrow().types() {
+        let old = before.get(url).expect("every type is present");
+        assert_eq!(Arc::ptr_eq(t, old), *url != workloads, "{url}");
+    }
+
+    // No list: everything again; back to the list: b, and d through b's route.
+    put(&mut model, &service("a", ""), 4);
+    check(
+        &mut engine,
+        &model,
+        &mut a,
+        &["default/a", "default/b", "default/c", "default/d"],
+    );
+    put(&mut model, &service("a", ", egress: [b]"), 5);
+    check(
+        &mut engine,
+        &model,
+        &mut a,
+        &["default/a", "default/b", "default/d"],
+    );
+
+    // b's policies can never allow a: b goes, and d with it, reached only through b's route.
+    let deny = "apiVersion: trellis.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: b}\nspec: {service: b, defaultAction: Deny, rules: [{action: Allow, from: {principals: ['spiffe://cluster.local/ns/default/sa/admin']}}]}\n";
+    put(&mut model, deny, 6);
+    check(&mut engine, &model, &mut a, &["default/a"]);
+
+    // `default/*` follows the namespace: every service a may call, those created later too.
+    put(&mut model, &service("a", ", egress: ['default/*']"), 7);
+    check(
+        &mut engine,
+        &model,
+        &mut a,
+        &["default/a", "default/c", "default/d"],
+    );
+    put(&mut model, &service("e", ""), 8);
+    check(
+        &mut engine,
+        &model,
+        &mut a,
+        &["default/a", "default/c", "default/d", "default/e"],
+    );
+
+    // An empty list: its own service only.
+    put(&mut model, &service("a", ", egress: []"), 9);
+    check(&mut engine, &model, &mut a, &["default/a"]);
+}
+
+#[test]
+fn an_on_demand_proxy_gets_only_named_services_in_its_egress_scope() {
+    let model = scoped_mesh();
+    let mut engine = ViewEngine::new(Arc::new(model.clone()));
+    let scope: BTreeSet<SvcKey> = [("default", "b"), ("default", "c")]
+        .iter()
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect();
+    let a = engine.subscribe_scoped("default", "a", scope.clone());
+    let view = a.borrow().clone();
+    assert_eq!(
+        held(&view),
+        ["default/a", "default/b", "default/d"],
+        "c was named but is outside a's egress"
+    );
+    assert_eq!(
+        summary(&view),
+        summary(&compute_scoped(&model, "default", "a", &scope))
+    );
+    // A proxy of a service with no list gets what it named.
+    let b = engine.subscribe_scoped("default", "b", scope);
+    assert_eq!(held(&b.borrow()), ["default/b", "default/c", "default/d"]);
 }
