@@ -19,8 +19,8 @@ For each mesh size N (services with 10 endpoints each, the mesh bench/control-pl
   moved into place: Envoy's CPU over a fixed window after the move, less its idle CPU over the
   same time. (Not every cluster is on file EDS: each watched file costs Envoy an inotify
   instance, and the system allows 128.)
-* a row for a sidecar with on-demand discovery after calling 10 services, "n/a" until the proxy
-  has it.
+* a sidecar with on-demand discovery after calling 10 services, and a sidecar of a Service that
+  lists 10 callees in `spec.egress` (explicit scoping): time to ready and RSS.
 
 Every loop is bounded in count and time (a bounded loop says how many changes it made); every
 process started is stopped by its PID. Writes bench/scale.json and bench/scale.md.
@@ -234,6 +234,7 @@ def trellis_run(args, procs: Procs, n: int, work: Path) -> dict:
           f"(peak {out['control_peak_rss_mb']} MB)", flush=True)
 
     out.update(on_demand_run(args, procs, control, token, work))
+    out.update(scoped_run(args, procs, control, data / "join-token", token, work))
 
     admin = free_port()
     start = time.monotonic()
@@ -387,6 +388,46 @@ def on_demand_run(args, procs: Procs, control: str, token: str, work: Path) -> d
           f"{out['on_demand_10_rss_mb']} MB, holding {out['on_demand_services_held']} services "
           f"and {out['on_demand_workloads_held']} endpoints (answers {reasons}: the endpoints' "
           "addresses are not served here)", flush=True)
+    procs.stop(proc)
+    return out
+
+
+def scoped_run(args, procs: Procs, control: str, token_file: Path, token: str,
+               work: Path) -> dict:
+    """A sidecar of a Service that lists its callees (`spec.egress: [svc-1 .. svc-10]`, explicit
+    scoping): its time to ready and RSS with that view, which is all it ever holds."""
+    out: dict = {}
+    scoped = work / "scoped.yaml"
+    callees = ", ".join(f"svc-{s}" for s in range(1, 11))
+    scoped.write_text("apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {name: scoped}\n"
+                      f"spec: {{ports: [{{port: 80, protocol: http}}], egress: [{callees}]}}\n")
+    applied = subprocess.run([args.trellis, "apply", "--control", control, "--token-file",
+                              str(token_file), "-f", str(scoped)],
+                             capture_output=True, text=True, timeout=120)
+    if applied.returncode != 0:
+        out["scoped_notes"] = f"apply failed: {applied.stderr[-500:]}"
+        return out
+    admin = free_port()
+    start = time.monotonic()
+    proc = procs.start([args.trellis, "proxy", "--control", control, "--token", token,
+                        "--node-id", "bench-scoped", "--service", "scoped",
+                        "--outbound", f"127.0.0.1:{free_port()}", "--admin",
+                        f"127.0.0.1:{admin}"], work / "scoped.log")
+    sidecar = Sidecar(proc, admin)
+    if wait_for(sidecar.ready, READY_BUDGET_S, 0.01) is None:
+        out["scoped_notes"] = "the scoped sidecar was not ready"
+        procs.stop(proc)
+        return out
+    out["scoped_ready_s"] = round(time.monotonic() - start, 2)
+    time.sleep(2)
+    out["scoped_rss_mb"] = round(rss_mb(proc.pid), 1)
+    status, body = http("GET", f"http://127.0.0.1:{admin}/config", timeout=30)
+    held = json.loads(body).get("resources") or [] if status == 200 else []
+    out["scoped_services_held"] = sum(1 for r in held if r.get("kind") == "Service")
+    out["scoped_workloads_held"] = sum(1 for r in held if r.get("kind") == "Workload")
+    print(f"  scoped sidecar (egress: 10 services) ready in {out['scoped_ready_s']} s, "
+          f"{out['scoped_rss_mb']} MB, holding {out['scoped_services_held']} services and "
+          f"{out['scoped_workloads_held']} endpoints", flush=True)
     procs.stop(proc)
     return out
 
@@ -581,6 +622,9 @@ def write_md(path: Path, meta: dict, rows: list[dict]) -> None:
         row("on-demand sidecar RSS before any call, MB", "on_demand_idle_rss_mb"),
         row("sidecar RSS, on demand after calling 10 services, MB", "on_demand_10_rss_mb"),
         row("... services / endpoints it then holds", "on_demand_services_held"),
+        row("scoped sidecar (spec.egress: 10 services): time to ready, s", "scoped_ready_s"),
+        row("scoped sidecar RSS, MB", "scoped_rss_mb"),
+        row("... services / endpoints it holds", "scoped_services_held"),
         row("single-endpoint changes made", "changes"),
         row("sidecar CPU per change, p50, ms", "sidecar_cpu_per_change_ms_p50"),
         row("sidecar CPU per change, p99, ms", "sidecar_cpu_per_change_ms_p99"),
