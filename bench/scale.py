@@ -377,6 +377,11 @@ def on_demand_run(args, procs: Procs, control: str, token: str, work: Path) -> d
         reasons.append(status)
     time.sleep(2)
     out["on_demand_10_rss_mb"] = round(rss_mb(proc.pid), 1)
+    # Of which: pages of the binary and libraries (shared with every process mapping them) and
+    # the process's own memory.
+    out["on_demand_10_file_mb"] = round(rss_mb(proc.pid, "RssFile"), 1)
+    out["on_demand_10_anon_mb"] = round(rss_mb(proc.pid, "RssAnon"), 1)
+    out["on_demand_10_split"] = f"{out['on_demand_10_file_mb']} / {out['on_demand_10_anon_mb']}"
     out["on_demand_answers"] = reasons
     # What it holds: its own service (when in the mesh) and the ten it called.
     status, body = http("GET", f"http://127.0.0.1:{admin}/config", timeout=30)
@@ -621,6 +626,8 @@ def write_md(path: Path, meta: dict, rows: list[dict]) -> None:
         row("on-demand sidecar: time to ready, s", "on_demand_ready_s"),
         row("on-demand sidecar RSS before any call, MB", "on_demand_idle_rss_mb"),
         row("sidecar RSS, on demand after calling 10 services, MB", "on_demand_10_rss_mb"),
+        row("... of which file-backed (binary, libraries) / anonymous, MB",
+            "on_demand_10_split"),
         row("... services / endpoints it then holds", "on_demand_services_held"),
         row("scoped sidecar (spec.egress: 10 services): time to ready, s", "scoped_ready_s"),
         row("scoped sidecar RSS, MB", "scoped_rss_mb"),
