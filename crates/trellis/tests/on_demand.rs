@@ -51,6 +51,28 @@ fn workloads_held(config: &serde_json::Value) -> usize {
         .map_or(0, |a| a.iter().filter(|r| r["kind"] == "Workload").count())
 }
 
+/// A sidecar of `caller` on the control plane at `url` that discovers on demand (2 s wait).
+fn on_demand_caller(
+    dir: &std::path::Path,
+    url: &str,
+    outbound: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    extra: &[String],
+) -> Proc {
+    let mut args = vec![
+        "proxy".into(),
+        format!("--control={url}"),
+        "--node-id=caller".into(),
+        "--service=caller".into(),
+        format!("--outbound={outbound}"),
+        format!("--admin={admin}"),
+        "--on-demand".into(),
+        "--discovery-timeout=2s".into(),
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(dir, "caller", &args)
+}
+
 #[tokio::test]
 async fn first_calls_discover_unknown_names_fail_fast_and_deletions_reach_the_proxy() {
     let dir = tempdir("on-demand");
@@ -63,20 +85,7 @@ async fn first_calls_discover_unknown_names_fail_fast_and_deletions_reach_the_pr
     wait_ready(web.2).await;
 
     let (outbound, admin) = (free_addr(), free_addr());
-    let _caller = Proc::spawn(
-        &dir,
-        "caller",
-        &[
-            "proxy".into(),
-            format!("--control={url}"),
-            "--node-id=caller".into(),
-            "--service=caller".into(),
-            format!("--outbound={outbound}"),
-            format!("--admin={admin}"),
-            "--on-demand".into(),
-            "--discovery-timeout=2s".into(),
-        ],
-    );
+    let _caller = on_demand_caller(&dir, &url, outbound, admin, &[]);
     wait_ready(admin).await;
     // Nothing but its own: no other service, no endpoint of anyone.
     assert!(
@@ -241,21 +250,12 @@ async fn on_demand_sidecars_discover_the_services_their_apps_look_up() {
     let (resolver, relayed) = host_resolver().await;
 
     let (dns, admin) = (free_addr(), free_addr());
-    let _caller = Proc::spawn(
+    let _caller = on_demand_caller(
         &dir,
-        "caller",
-        &[
-            "proxy".into(),
-            format!("--control={url}"),
-            "--node-id=caller".into(),
-            "--service=caller".into(),
-            format!("--outbound={}", free_addr()),
-            format!("--admin={admin}"),
-            format!("--dns={dns}"),
-            format!("--dns-upstream={resolver}"),
-            "--on-demand".into(),
-            "--discovery-timeout=2s".into(),
-        ],
+        &url,
+        free_addr(),
+        admin,
+        &[format!("--dns={dns}"), format!("--dns-upstream={resolver}")],
     );
     wait_ready(admin).await;
     assert!(services_held(admin).await.is_empty());

@@ -131,14 +131,18 @@ mod tests {
                 "---\napiVersion: trellis.dev/v1\nkind: DestinationPolicy\nmetadata: {{name: db}}\nspec: {{service: db, {spec}}}\n"
             ));
         }
-        let resources = trellis_api::parse_documents("test", &text).expect("parses");
+        (snapshot_of(&text), live_addr, dead_addr)
+    }
+
+    /// The snapshot a caller (`client`) builds from the manifest `text`.
+    fn snapshot_of(text: &str) -> Snapshot {
+        let resources = trellis_api::parse_documents("test", text).expect("parses");
         let local = LocalIdentity {
             service: "client".into(),
             namespace: "default".into(),
             zone: None,
         };
-        let snap = Snapshot::build(1, "test".into(), resources, None, &local).expect("builds");
-        (snap, live_addr, dead_addr)
+        Snapshot::build(1, "test".into(), resources, None, &local).expect("builds")
     }
 
     /// Opens `n` connections to `db`; how many were refused.
@@ -177,14 +181,7 @@ mod tests {
             "apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {{name: db}}\nspec:\n  ports: [{{port: 5432, protocol: tcp}}]\n---\napiVersion: trellis.dev/v1\nkind: Workload\nmetadata: {{name: dead}}\nspec: {{service: db, address: 127.0.0.1, port: {}}}\n",
             dead_port().await
         );
-        let resources = trellis_api::parse_documents("test", &text).expect("parses");
-        let local = LocalIdentity {
-            service: "client".into(),
-            namespace: "default".into(),
-            zone: None,
-        };
-        let snap = Snapshot::build(1, "test".into(), resources, None, &local).expect("builds");
-        assert_eq!(refused_of(3, &snap, &Metrics::new()).await, 3);
+        assert_eq!(refused_of(3, &snapshot_of(&text), &Metrics::new()).await, 3);
     }
 
     /// A loopback port nobody listens on.
