@@ -56,6 +56,16 @@ if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1; the
   "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y iproute2 iptables
 fi
 
+# The metrics-format test (crates/trellis/tests/metrics_formats.rs) checks what /metrics serves
+# with `promtool check metrics`, from Debian's prometheus package.
+if ! command -v promtool >/dev/null 2>&1; then
+  log "installing prometheus (promtool, for the metrics-format test)"
+  as_root=()
+  if [ "$(id -u)" -ne 0 ]; then as_root=(sudo); fi
+  "${as_root[@]}" apt-get update
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+fi
+
 # The gRPC error tests (crates/trellis/tests/grpc_errors.rs) call through the sidecars with
 # Python's grpcio, a gRPC client nobody here wrote. pip where there is one (a venv-less Debian
 # python refuses plain installs: PEP 668, hence the fallback), else Debian's own package.

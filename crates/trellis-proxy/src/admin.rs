@@ -9,6 +9,7 @@
 //! with 403 and the reason; `curl -X POST http://127.0.0.1:15000/shutdown` works.
 use crate::body::{self, Body};
 use crate::drain::Drain;
+use crate::metrics::exposition::Format;
 use crate::resilience::health::Health;
 use crate::state::ProxyState;
 use http::{header, Method, Request, Response, StatusCode};
@@ -81,12 +82,15 @@ fn handle(
             }
         }
         (&Method::GET, "/metrics") => {
-            let mut rsp = text(StatusCode::OK, state.metrics.encode());
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(accept);
+            let mut rsp = text(StatusCode::OK, state.metrics.encode_as(format));
             rsp.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+                header::HeaderValue::from_static(format.content_type()),
             );
             rsp
         }

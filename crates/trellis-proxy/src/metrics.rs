@@ -11,6 +11,8 @@
 //! a gRPC request is counted when its status is known, which for a streamed answer is when the
 //! trailers go by. Watching for them wraps the body of gRPC answers only: everything else is
 //! counted when its headers are sent, with no wrapper. `docs/observability.md` has the PromQL.
+pub mod exposition;
+
 use crate::body::{self, Body};
 use crate::grpc::{self, Ending};
 use http::Response;
@@ -266,7 +268,16 @@ impl Metrics {
         })
     }
 
-    /// Text exposition format (OpenMetrics flavour that Prometheus scrapes).
+    /// The text exposition in `format` (see [`exposition`]).
+    pub fn encode_as(&self, format: exposition::Format) -> String {
+        let openmetrics = self.encode();
+        match format {
+            exposition::Format::OpenMetrics => openmetrics,
+            exposition::Format::Classic => exposition::to_classic(&openmetrics),
+        }
+    }
+
+    /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
