@@ -348,7 +348,34 @@ async fn start_all(
     for admin in admins {
         wait_ready(admin, children, work).await?;
     }
-    wait_registered(control, token, args.admin, instances.len()).await
+    wait_registered(control, token, args.admin, instances.len()).await?;
+    // A port taken by another program between choosing it and binding it makes a sidecar exit,
+    // while whoever holds the port may answer in its place: the banner only once every process
+    // is still running and the entry listener takes connections.
+    all_running(children, work)?;
+    tokio::net::TcpStream::connect(args.outbound)
+        .await
+        .with_context(|| {
+            format!(
+                "the entry sidecar's outbound listener {} does not take connections; see the logs in {}",
+                args.outbound,
+                work.display()
+            )
+        })?;
+    Ok(())
+}
+
+/// An error naming the first mesh process that has exited.
+fn all_running(children: &mut [Child], work: &Path) -> anyhow::Result<()> {
+    for c in children.iter_mut() {
+        if let Ok(Some(status)) = c.try_wait() {
+            bail!(
+                "a mesh process exited early ({status}); see the logs in {}",
+                work.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Waits (bounded: 20 s) until every instance has registered and the entry sidecar holds all
@@ -397,14 +424,7 @@ async fn wait_ready(admin: SocketAddr, children: &mut [Child], work: &Path) -> a
         if ready(admin).await {
             return Ok(());
         }
-        for c in children.iter_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                bail!(
-                    "a mesh process exited early ({status}); see the logs in {}",
-                    work.display()
-                );
-            }
-        }
+        all_running(children, work)?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!(

@@ -34,6 +34,19 @@ impl Drop for Up {
 }
 
 fn up(example: &str) -> Up {
+    // Ports are chosen free and bound later by the mesh's processes; another test can take one
+    // in between, and then `trellis up` exits before its banner. Such a start is tried again
+    // with other ports (bounded).
+    for _ in 0..3 {
+        if let Some(up) = try_up(example) {
+            return up;
+        }
+    }
+    panic!("trellis up exited before it was ready, three times; see the logs above");
+}
+
+/// One start of `trellis up`; `None` when it exited before its banner.
+fn try_up(example: &str) -> Option<Up> {
     let dir = tempdir("up");
     let (outbound, admin) = (free_addr(), free_addr());
     let path = format!("{}/../../examples/{example}", env!("CARGO_MANIFEST_DIR"));
@@ -62,24 +75,39 @@ fn up(example: &str) -> Up {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut banner = Vec::new();
     loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| {
-                let err = std::fs::read_to_string(dir.join("up.stderr.log")).unwrap_or_default();
-                panic!("trellis up never became ready: {banner:?}\nstderr: {err}")
-            });
-        let done = line.contains("trellis up: ready");
-        banner.push(line);
-        if done {
-            break;
+        let err = || std::fs::read_to_string(dir.join("up.stderr.log")).unwrap_or_default();
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                let done = line.contains("trellis up: ready");
+                banner.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = child.wait();
+                eprintln!(
+                    "trellis up exited before it was ready: {banner:?}\nstderr: {}",
+                    err()
+                );
+                return None;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "trellis up never became ready: {banner:?}\nstderr: {}",
+                    err()
+                )
+            }
         }
     }
-    Up {
+    Some(Up {
         child,
         outbound,
         admin,
         _dir: dir,
-    }
+    })
 }
 
 #[tokio::test]
