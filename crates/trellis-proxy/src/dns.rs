@@ -268,7 +268,9 @@ enum Transport {
 #[derive(Debug, PartialEq, Eq)]
 enum Decision {
     Reply(Vec<u8>),
-    Relay,
+    /// To the host's resolver; with the query's one name, which is no mesh name this config
+    /// answers for (an on-demand sidecar may discover it first).
+    Relay(Option<String>),
     Drop,
 }
 
@@ -279,10 +281,16 @@ impl Ctx {
         match decide(query, |name| dir.lookup(name)) {
             Decision::Reply(r) => Some(r),
             Decision::Drop => None,
-            Decision::Relay => match self.discovered(query, snapshot.as_deref()).await {
-                Some(reply) => Some(reply),
-                None => Some(self.relay(query, transport).await),
-            },
+            Decision::Relay(name) => {
+                let discovered = match (name, snapshot.as_deref()) {
+                    (Some(name), Some(snapshot)) => self.discovered(query, &name, snapshot).await,
+                    _ => None,
+                };
+                match discovered {
+                    Some(reply) => Some(reply),
+                    None => Some(self.relay(query, transport).await),
+                }
+            }
         }
     }
 
@@ -291,16 +299,14 @@ impl Ctx {
     /// (bounded by `--discovery-timeout`) and answered from the config that follows. `None`
     /// when the name is not a mesh name, not a service, or discovery did not answer: then the
     /// host's resolver is asked, as for any other name.
-    async fn discovered(&self, query: &[u8], snapshot: Option<&Snapshot>) -> Option<Vec<u8>> {
+    async fn discovered(&self, query: &[u8], name: &str, snapshot: &Snapshot) -> Option<Vec<u8>> {
         let on_demand = self.state.on_demand()?;
-        let snapshot = snapshot?;
-        let name = single_question(query)?;
         let (namespace, service) = mesh_name(
-            &name,
+            name,
             &snapshot.mesh.dns_domain,
             &self.state.identity.namespace,
         )?;
-        if self.not_services.recent(&name) {
+        if self.not_services.recent(name) {
             return None;
         }
         // A resolver gives up after a few seconds: wait no longer than a relayed query may.
@@ -317,7 +323,7 @@ impl Ctx {
             // No such service, or no answer in time (the control plane may be gone): the host's
             // resolver decides, and the name is not asked about again for a while.
             Ok(None) | Err(_) => {
-                self.not_services.remember(&name);
+                self.not_services.remember(name);
                 None
             }
         }
@@ -389,15 +395,6 @@ async fn relay_tcp(query: &[u8], upstream: SocketAddr, mark: Option<u32>) -> io:
     })
 }
 
-/// The name a query asks about, when it is a well-formed query with exactly one question.
-fn single_question(query: &[u8]) -> Option<String> {
-    let msg = Message::from_vec(query).ok()?;
-    match msg.queries.as_slice() {
-        [q] if msg.metadata.message_type == MessageType::Query => Some(q.name().to_ascii()),
-        _ => None,
-    }
-}
-
 /// Decides one query from its bytes; `lookup` says what a name means to the mesh.
 fn decide(query: &[u8], lookup: impl Fn(&str) -> NameAnswer) -> Decision {
     let msg = match Message::from_vec(query) {
@@ -415,11 +412,11 @@ fn decide(query: &[u8], lookup: impl Fn(&str) -> NameAnswer) -> Decision {
     }
     let [q] = msg.queries.as_slice() else {
         // Several questions in one message: no resolver sends it; let the upstream decide.
-        return Decision::Relay;
+        return Decision::Relay(None);
     };
     let name = q.name().to_ascii();
     let NameAnswer::Service { vip, .. } = lookup(&name) else {
-        return Decision::Relay;
+        return Decision::Relay(Some(name));
     };
     let mut reply = Message::response(msg.metadata.id, OpCode::Query);
     reply.metadata.authoritative = true;

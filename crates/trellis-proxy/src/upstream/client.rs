@@ -152,14 +152,8 @@ impl Upstreams {
 
     fn h1(&self, dial: &Dial) -> Client<PeerConnector, Body> {
         let identity = dial.tls.as_ref().map(|t| &t.identity);
-        let same = |(timeout, id): &PoolKey| {
-            *timeout == dial.timeout
-                && match (id, identity) {
-                    (None, None) => true,
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-                    _ => false,
-                }
-        };
+        // `Arc`'s `==` compares the pointers before the values.
+        let same = |(timeout, id): &PoolKey| *timeout == dial.timeout && id.as_ref() == identity;
         let client = || h1_client(dial.timeout, self.idle_timeout, dial.tls.clone());
         let Ok(mut pools) = self.h1.lock() else {
             return client();
