@@ -12,20 +12,8 @@ const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,appl
 
 #[tokio::test]
 async fn scrapers_get_the_format_they_ask_for_and_promtool_finds_nothing_wrong() {
-    let dir = tempdir("metrics-formats");
-    let config = dir.join("mesh.yaml");
-    let ports = Ports::free();
-    let text = format!(
-        "{}{}",
-        service("echo", "http"),
-        workload("echo-0", "echo", "v1", ports.inbound)
-    );
-    write_config(&config, &text);
-    let instance = start_instance(&dir, &config, "echo", "echo-0", &[], ports);
-    let caller = start_caller(&dir, &config, &["echo"]);
-    wait_ready(instance.admin).await;
-    wait_ready(caller.admin).await;
-    wait_listening(instance.app_addr).await;
+    let p = echo_pair("metrics-formats", "http", "", &[]).await;
+    let (caller, instance) = (&p.caller, &p.instance);
     let client = http1();
     // Traffic, so counters and histograms have samples (and one proxy answer: no route).
     for _ in 0..5 {

@@ -8,42 +8,12 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-struct Pair {
-    _dir: PathBuf,
-    _instance: Instance,
-    caller: Caller,
-}
-
-/// One `echo` instance (HTTP or TCP) and a caller with a Host port and a per-upstream port.
-async fn pair(tag: &str, protocol: &str, app_args: &[&str]) -> Pair {
-    let dir = tempdir(tag);
-    let config = dir.join("mesh.yaml");
-    let ports = Ports::free();
-    let text = format!(
-        "{}{}",
-        service("echo", protocol),
-        workload("echo-0", "echo", "v1", ports.inbound)
-    );
-    write_config(&config, &text);
-    let instance = start_instance(&dir, &config, "echo", "echo-0", app_args, ports);
-    let caller = start_caller(&dir, &config, &["echo"]);
-    wait_ready(instance.admin).await;
-    wait_ready(caller.admin).await;
-    wait_listening(instance.app_addr).await;
-    Pair {
-        _dir: dir,
-        _instance: instance,
-        caller,
-    }
-}
-
 #[tokio::test]
 async fn http1_by_host_and_by_upstream_port_with_keepalive() {
-    let p = pair("h1", "http", &["--version=v7"]).await;
+    let p = echo_pair("h1", "http", "", &["--version=v7"]).await;
     let client = http1();
     for _ in 0..3 {
         let a = get(&client, p.caller.outbound, Some("echo"), "/hello?x=1", &[]).await;
@@ -61,7 +31,7 @@ async fn http1_by_host_and_by_upstream_port_with_keepalive() {
 
 #[tokio::test]
 async fn http1_chunked_body_streams_through() {
-    let p = pair("chunked", "http", &[]).await;
+    let p = echo_pair("chunked", "http", "", &[]).await;
     let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = (0..50)
         .map(|i| Ok(Frame::data(Bytes::from(format!("chunk-{i};")))))
         .collect();
@@ -81,7 +51,7 @@ async fn http1_chunked_body_streams_through() {
 
 #[tokio::test]
 async fn expect_100_continue_is_honoured() {
-    let p = pair("expect", "http", &[]).await;
+    let p = echo_pair("expect", "http", "", &[]).await;
     let mut s = TcpStream::connect(p.caller.outbound).await.unwrap();
     s.write_all(
         b"POST /echo HTTP/1.1\r\nHost: echo\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
@@ -111,7 +81,7 @@ async fn expect_100_continue_is_honoured() {
 
 #[tokio::test]
 async fn http2_prior_knowledge() {
-    let p = pair("h2", "http2", &[]).await;
+    let p = echo_pair("h2", "http2", "", &[]).await;
     let req = http::Request::get("http://echo/h2path")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -137,7 +107,7 @@ async fn http2_prior_knowledge() {
 /// trailer, through both sidecars.
 #[tokio::test]
 async fn grpc_trailers_pass_through() {
-    let p = pair("grpc", "grpc", &[]).await;
+    let p = echo_pair("grpc", "grpc", "", &[]).await;
     let stream = TcpStream::connect(p.caller.upstreams[0]).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -162,7 +132,7 @@ async fn grpc_trailers_pass_through() {
 
 #[tokio::test]
 async fn websocket_upgrade_echoes() {
-    let p = pair("ws", "http", &[]).await;
+    let p = echo_pair("ws", "http", "", &[]).await;
     let stream = TcpStream::connect(p.caller.outbound).await.unwrap();
     let (mut ws, rsp) = tokio_tungstenite::client_async("ws://echo/ws", stream)
         .await
@@ -179,7 +149,7 @@ async fn websocket_upgrade_echoes() {
 
 #[tokio::test]
 async fn opaque_tcp_through_upstream_port() {
-    let p = pair("tcp", "tcp", &["--mode=tcp", "--version=v3"]).await;
+    let p = echo_pair("tcp", "tcp", "", &["--mode=tcp", "--version=v3"]).await;
     let mut s = TcpStream::connect(p.caller.upstreams[0]).await.unwrap();
     s.write_all(b"\x00\x01binary\xffdata").await.unwrap();
     let want = b"echo/v3: \x00\x01binary\xffdata";
@@ -200,7 +170,7 @@ async fn opaque_tcp_through_upstream_port() {
 /// timeout (server-first protocols are not stalled forever).
 #[tokio::test]
 async fn server_first_protocol_is_not_stalled() {
-    let p = pair("srvfirst", "detect", &["--mode=tcp", "--version=v1"]).await;
+    let p = echo_pair("srvfirst", "detect", "", &["--mode=tcp", "--version=v1"]).await;
     let mut s = TcpStream::connect(p.caller.upstreams[0]).await.unwrap();
     // Say nothing for longer than the 300 ms detect timeout, then talk.
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
@@ -219,22 +189,13 @@ async fn server_first_protocol_is_not_stalled() {
 /// refusals in a row back the dead endpoint off.
 #[tokio::test]
 async fn refused_websocket_upgrades_back_a_dead_endpoint_off() {
-    let dir = tempdir("ws-dead");
-    let config = dir.join("mesh.yaml");
-    let ports = Ports::free();
     let dead = free_addr();
-    let text = format!(
-        "{}{}{}---\napiVersion: trellis.dev/v1\nkind: DestinationPolicy\nmetadata: {{name: echo}}\nspec: {{service: echo, loadBalancer: {{algorithm: RoundRobin}}}}\n",
-        service("echo", "http"),
-        workload("echo-dead", "echo", "v1", dead),
-        workload("echo-0", "echo", "v1", ports.inbound)
+    let extra = format!(
+        "{}---\napiVersion: trellis.dev/v1\nkind: DestinationPolicy\nmetadata: {{name: echo}}\nspec: {{service: echo, loadBalancer: {{algorithm: RoundRobin}}}}\n",
+        workload("echo-dead", "echo", "v1", dead)
     );
-    write_config(&config, &text);
-    let instance = start_instance(&dir, &config, "echo", "echo-0", &[], ports);
-    let caller = start_caller(&dir, &config, &["echo"]);
-    wait_ready(instance.admin).await;
-    wait_ready(caller.admin).await;
-    wait_listening(instance.app_addr).await;
+    let p = echo_pair("ws-dead", "http", &extra, &[]).await;
+    let caller = &p.caller;
 
     let mut refused = 0;
     for _ in 0..20 {

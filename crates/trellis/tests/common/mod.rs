@@ -302,6 +302,37 @@ pub fn workload(name: &str, service: &str, version: &str, addr: SocketAddr) -> S
     )
 }
 
+/// An `echo` instance (Workload `echo-0` with its sidecar, port declared `protocol`) and a
+/// caller with a Host port and a per-upstream port to it, from one static manifest; `extra`
+/// (more Workloads, a DestinationPolicy) goes between the Service and `echo-0`.
+pub struct EchoPair {
+    pub dir: PathBuf,
+    pub instance: Instance,
+    pub caller: Caller,
+}
+
+pub async fn echo_pair(tag: &str, protocol: &str, extra: &str, app_args: &[&str]) -> EchoPair {
+    let dir = tempdir(tag);
+    let config = dir.join("mesh.yaml");
+    let ports = Ports::free();
+    let text = format!(
+        "{}{extra}{}",
+        service("echo", protocol),
+        workload("echo-0", "echo", "v1", ports.inbound)
+    );
+    write_config(&config, &text);
+    let instance = start_instance(&dir, &config, "echo", "echo-0", app_args, ports);
+    let caller = start_caller(&dir, &config, &["echo"]);
+    wait_ready(instance.admin).await;
+    wait_ready(caller.admin).await;
+    wait_listening(instance.app_addr).await;
+    EchoPair {
+        dir,
+        instance,
+        caller,
+    }
+}
+
 /// A Service document.
 pub fn service(name: &str, protocol: &str) -> String {
     format!(
