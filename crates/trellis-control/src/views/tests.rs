@@ -180,6 +180,14 @@ fn random_revision(rng: &mut StdRng, model: &Model, revision: u64) -> Vec<WatchE
         .collect()
 }
 
+/// Applies one [`random_revision`] to `model` and moves `revision` on.
+fn apply_random_revision(rng: &mut StdRng, model: &mut Model, revision: &mut u64) {
+    for e in random_revision(rng, model, *revision) {
+        model.apply(e);
+    }
+    *revision += 1;
+}
+
 /// A subscribed view: whose, and its receiver.
 type Subscribed<'a> = ((&'a str, &'a str), watch::Receiver<Arc<View>>);
 
@@ -224,10 +232,7 @@ fn incremental_views_equal_views_computed_from_scratch() {
         let mut revision = 1;
         // Start from a populated mesh, as after a listing.
         for _ in 0..20 {
-            for e in random_revision(&mut rng, &model, revision) {
-                model.apply(e);
-            }
-            revision += 1;
+            apply_random_revision(&mut rng, &mut model, &mut revision);
         }
         let mut engine = ViewEngine::new(Arc::new(model.clone()));
         let mut views: Vec<_> = nodes
@@ -236,10 +241,7 @@ fn incremental_views_equal_views_computed_from_scratch() {
             .collect();
         assert_views_match(&model, &views, &format!("seed {seed}, subscribed"));
         for step in 0..120 {
-            for e in random_revision(&mut rng, &model, revision) {
-                model.apply(e);
-            }
-            revision += 1;
+            apply_random_revision(&mut rng, &mut model, &mut revision);
             // Sometimes several revisions reach the engine at once, as when debounced.
             if rng.random_bool(0.3) {
                 continue;
@@ -274,36 +276,17 @@ kind: Workload
 metadata: {name: b-0, labels: {app: b}}
 spec: {address: 10.0.0.2, port: 80}
 ";
-    let mut model = Model::default();
-    for (i, r) in trellis_api::parse_documents("t.yaml", yaml)
-        .expect("valid")
-        .resources
-        .into_iter()
-        .enumerate()
-    {
-        model.apply(WatchEvent::Put(Stored {
-            resource: r,
-            version: i as u64 + 1,
-            lease: None,
-        }));
-    }
+    let mut model = crate::test_support::model(yaml);
     let mut engine = ViewEngine::new(Arc::new(model.clone()));
     let a = engine.subscribe("default", "a");
     let b = engine.subscribe("default", "b");
     assert_eq!(engine.groups(), 1, "both may call both: one shared group");
     let before = a.borrow().clone();
-    let moved = trellis_api::parse_documents(
-        "t.yaml",
+    put(
+        &mut model,
         "apiVersion: trellis.dev/v1\nkind: Workload\nmetadata: {name: b-0, labels: {app: b}}\nspec: {address: 10.0.0.3, port: 80}\n",
-    )
-    .expect("valid")
-    .resources
-    .remove(0);
-    model.apply(WatchEvent::Put(Stored {
-        resource: moved,
-        version: 10,
-        lease: None,
-    }));
+        10,
+    );
     engine.update(Arc::new(model.clone()));
     let after = a.borrow().clone();
     let workloads = trellis_xds::type_url("Workload");
@@ -346,10 +329,7 @@ fn scoped_views_equal_their_reference_after_every_change() {
         let mut model = Model::default();
         let mut revision = 1;
         for _ in 0..20 {
-            for e in random_revision(&mut rng, &model, revision) {
-                model.apply(e);
-            }
-            revision += 1;
+            apply_random_revision(&mut rng, &mut model, &mut revision);
         }
         let mut engine = ViewEngine::new(Arc::new(model.clone()));
         let views: Vec<_> = scopes
@@ -364,10 +344,7 @@ fn scoped_views_equal_their_reference_after_every_change() {
             })
             .collect();
         for step in 0..80 {
-            for e in random_revision(&mut rng, &model, revision) {
-                model.apply(e);
-            }
-            revision += 1;
+            apply_random_revision(&mut rng, &mut model, &mut revision);
             engine.update(Arc::new(model.clone()));
             for ((ns, svc), scope, rx) in &views {
                 let want = summary(&compute_scoped(&model, ns, svc, scope));
