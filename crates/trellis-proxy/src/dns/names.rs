@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use trellis_api::validate::is_dns_label;
 
 /// Names remembered at most; past it the oldest half is forgotten.
 const NEGATIVE_CAPACITY: usize = 1024;
@@ -16,7 +17,7 @@ pub fn mesh_name(name: &str, domain: &str, local_namespace: &str) -> Option<(Str
     let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     let labels: Vec<&str> = name.split('.').collect();
-    if !labels.iter().all(|l| is_label(l)) {
+    if !labels.iter().all(|l| is_dns_label(l)) {
         return None;
     }
     let (svc, ns) = match labels.as_slice() {
@@ -26,16 +27,6 @@ pub fn mesh_name(name: &str, domain: &str, local_namespace: &str) -> Option<(Str
         _ => return None,
     };
     Some((ns.to_string(), svc.to_string()))
-}
-
-/// An RFC 1123 label: 1–63 of `a-z0-9-`, not starting or ending with `-`.
-fn is_label(l: &str) -> bool {
-    !l.is_empty()
-        && l.len() <= 63
-        && !l.starts_with('-')
-        && !l.ends_with('-')
-        && l.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Names recently found not to be services (or not answered for), each for `ttl`.
