@@ -5,8 +5,8 @@ For each mesh size N (services with 10 endpoints each, the mesh bench/control-pl
 
 * a release `trellis control` (embedded store) takes the whole mesh in one `trellis apply`
   (split into chunks by the CLI when it is past one transaction): apply time, control-plane RSS;
-* one real `trellis proxy --control` sidecar of svc-0 (no AuthorizationPolicy, so it may call
-  every service) holds the full view: time to ready, RSS;
+* one real sidecar of svc-0 (`trellis-proxy --control`, the sidecar-only binary; no
+  AuthorizationPolicy, so it may call every service) holds the full view: time to ready, RSS;
 * single-endpoint changes (a Workload of svc-1 moves to another port), one at a time: the
   sidecar's CPU per change (from /proc/PID/task/*/schedstat, nanoseconds, before the apply and
   once the control plane reports the sidecar acknowledged the new version and the sidecar's
@@ -179,6 +179,13 @@ class Sidecar:
         return http("GET", f"http://127.0.0.1:{self.admin}/ready", timeout=5)[0] == 200
 
 
+def sidecar_command(args) -> list[str]:
+    """The command that starts a sidecar: the sidecar-only `trellis-proxy` binary beside
+    --trellis (what a host runs beside each app), else `trellis proxy`."""
+    slim = Path(args.trellis).with_name("trellis-proxy")
+    return [str(slim)] if slim.exists() else [args.trellis, "proxy"]
+
+
 def trellis_run(args, procs: Procs, n: int, work: Path) -> dict:
     out: dict = {"services": n, "endpoints": n * PER_SERVICE}
     port = free_port()
@@ -238,7 +245,7 @@ def trellis_run(args, procs: Procs, n: int, work: Path) -> dict:
 
     admin = free_port()
     start = time.monotonic()
-    proc = procs.start([args.trellis, "proxy", "--control", control, "--token", token,
+    proc = procs.start([*sidecar_command(args), "--control", control, "--token", token,
                         "--node-id", "bench-svc-0", "--service", "svc-0",
                         "--outbound", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{admin}"],
                        work / "sidecar.log")
@@ -358,7 +365,7 @@ def on_demand_run(args, procs: Procs, control: str, token: str, work: Path) -> d
     out: dict = {}
     admin, outbound = free_port(), free_port()
     start = time.monotonic()
-    proc = procs.start([args.trellis, "proxy", "--control", control, "--token", token,
+    proc = procs.start([*sidecar_command(args), "--control", control, "--token", token,
                         "--node-id", "bench-on-demand", "--service", "caller",
                         "--outbound", f"127.0.0.1:{outbound}", "--admin", f"127.0.0.1:{admin}",
                         "--on-demand", "--discovery-timeout", "10s"],
@@ -414,7 +421,7 @@ def scoped_run(args, procs: Procs, control: str, token_file: Path, token: str,
         return out
     admin = free_port()
     start = time.monotonic()
-    proc = procs.start([args.trellis, "proxy", "--control", control, "--token", token,
+    proc = procs.start([*sidecar_command(args), "--control", control, "--token", token,
                         "--node-id", "bench-scoped", "--service", "scoped",
                         "--outbound", f"127.0.0.1:{free_port()}", "--admin",
                         f"127.0.0.1:{admin}"], work / "scoped.log")
@@ -601,7 +608,7 @@ def write_md(path: Path, meta: dict, rows: list[dict]) -> None:
         "times suffer when others use the machine)", "",
         f"Command: `{meta['command']}`. One `trellis control` (embedded store, release build) "
         "holding N services with 10 Workloads each, applied with one `trellis apply`; one "
-        "real `trellis proxy --control` sidecar of svc-0 (no AuthorizationPolicy: it may call "
+        "real sidecar of svc-0 (`trellis-proxy --control`, the sidecar-only binary; no AuthorizationPolicy: it may call "
         "every service, so it holds the full view). A change is one Workload of svc-1 moved to "
         "a new port (`POST /api/v1/apply`); its CPU is the sidecar's CPU time (all threads, "
         "schedstat) from before the apply until the control plane reports it acknowledged the "
@@ -684,6 +691,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="trellis-scale-"))
     # A copy, so a rebuild during the run cannot swap the binary under it.
     shutil.copy2(args.trellis, work / "trellis")
+    slim = Path(args.trellis).with_name("trellis-proxy")
+    if slim.exists():
+        shutil.copy2(slim, work / "trellis-proxy")
     args.trellis = str(work / "trellis")
     procs = Procs()
     rows = []

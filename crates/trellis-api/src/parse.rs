@@ -22,14 +22,14 @@ use serde_yaml_ng::Value;
 pub use crate::limits::MAX_SOURCE_BYTES;
 
 /// Every kind Trellis knows.
-// Not boxed: other crates match on these variants, and a set holds few resources.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
     Service(Service),
     Workload(Workload),
     Route(Route),
-    DestinationPolicy(DestinationPolicy),
+    /// Boxed: the largest kind by far, it would size every resource held (a sidecar holds
+    /// thousands of Workloads) to itself.
+    DestinationPolicy(Box<DestinationPolicy>),
     AuthorizationPolicy(AuthorizationPolicy),
     RequestAuthentication(RequestAuthentication),
     MeshConfig(MeshConfig),
@@ -165,7 +165,11 @@ macro_rules! accessor {
     ($fn:ident, $variant:ident, $ty:ty) => {
         pub fn $fn(&self) -> impl Iterator<Item = &$ty> + '_ {
             self.resources.iter().filter_map(|r| match r {
-                Resource::$variant(x) => Some(x),
+                Resource::$variant(x) => {
+                    // Coerces a boxed kind to the kind.
+                    let x: &$ty = x;
+                    Some(x)
+                }
                 _ => None,
             })
         }
@@ -398,7 +402,7 @@ fn parse_one(file: &str, document: usize, value: Value) -> Result<Resource, Box<
         "Service" => typed(value).map(Resource::Service),
         "Workload" => typed(value).map(Resource::Workload),
         "Route" => typed(value).map(Resource::Route),
-        "DestinationPolicy" => typed(value).map(Resource::DestinationPolicy),
+        "DestinationPolicy" => typed(value).map(|p| Resource::DestinationPolicy(Box::new(p))),
         "AuthorizationPolicy" => typed(value).map(Resource::AuthorizationPolicy),
         "RequestAuthentication" => typed(value).map(Resource::RequestAuthentication),
         "MeshConfig" => typed(value).map(Resource::MeshConfig),
@@ -412,4 +416,16 @@ fn parse_one(file: &str, document: usize, value: Value) -> Result<Resource, Box<
         let path = if path == "." { String::new() } else { path };
         err(Some(kind), name, &path, e.into_inner().to_string())
     })
+}
+
+#[cfg(test)]
+mod resource_size {
+    /// A sidecar holds one `Resource` per Workload of every service it may call, so the enum's
+    /// size (its largest unboxed kind) is paid tens of thousands of times: a kind that grows
+    /// past this belongs in a box, as DestinationPolicy is.
+    #[test]
+    fn a_resource_is_no_bigger_than_its_common_kinds() {
+        let size = std::mem::size_of::<super::Resource>();
+        assert!(size <= 256, "Resource is {size} bytes");
+    }
 }

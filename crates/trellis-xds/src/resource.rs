@@ -188,10 +188,13 @@ pub fn decode_named(any: &Any, wire_name: Option<&str>) -> Result<Resource, Deco
     // Every kind is its metadata plus a spec read from the envelope's JSON.
     macro_rules! typed {
         ($kind:ident) => {
-            Resource::$kind($kind {
-                metadata,
-                spec: spec(s).map_err(invalid)?,
-            })
+            Resource::$kind(
+                $kind {
+                    metadata,
+                    spec: spec(s).map_err(invalid)?,
+                }
+                .into(),
+            )
         };
     }
     let resource = match expected {

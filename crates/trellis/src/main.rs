@@ -2,16 +2,9 @@
 //! service (`demo-app`), a whole mesh on one machine (`up`), and config checking (`validate`).
 #![forbid(unsafe_code)]
 
-mod ca_cmd;
-mod control_cmd;
-mod ctl;
-mod demo_app;
-mod orphan;
-mod proxy_cmd;
-mod up;
-
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+use trellis::{ca_cmd, control_cmd, ctl, demo_app, proxy_cmd, up};
 
 #[derive(Parser, Debug)]
 #[command(name = "trellis", version, about = "Trellis service mesh")]
@@ -63,48 +56,13 @@ enum Command {
     },
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Libraries' warnings about what a peer did (h2 writes one per rapid-reset connection and
-    // per unsolicited PING ack) are written at most about once a second each.
-    let format =
-        trellis_net::liblog::ThrottleLibraryWarnings::new(tracing_subscriber::fmt::format());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .event_format(format)
-        .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
-    orphan::exit_with_parent_if_asked();
-    // Every connection is a descriptor; many systems start processes at a soft limit of 1024
-    // while allowing far more. Connection caps are fitted under whatever limit is in force.
-    trellis_net::fdlimit::raise();
     let workers = match &cli.command {
         Command::Proxy(args) => args.workers,
         _ => 0,
     };
-    let mut builder = match workers {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        0 => tokio::runtime::Builder::new_multi_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    };
-    let runtime = match builder.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    trellis::process::run(&cli.log, workers, async move {
         match cli.command {
             Command::Proxy(args) => proxy_cmd::run(*args).await,
             Command::InterceptRemove { iptables } => {
@@ -122,12 +80,5 @@ fn main() -> ExitCode {
             Command::Check(args) => ctl::check(args).await,
             Command::Ca(args) => ca_cmd::run(args).await,
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

@@ -51,7 +51,8 @@ fn workloads_held(config: &serde_json::Value) -> usize {
         .map_or(0, |a| a.iter().filter(|r| r["kind"] == "Workload").count())
 }
 
-/// A sidecar of `caller` on the control plane at `url` that discovers on demand (2 s wait).
+/// A sidecar of `caller` on the control plane at `url` that discovers on demand (2 s wait): the
+/// sidecar-only binary, as the scale benchmark measures it.
 fn on_demand_caller(
     dir: &std::path::Path,
     url: &str,
@@ -60,7 +61,6 @@ fn on_demand_caller(
     extra: &[String],
 ) -> Proc {
     let mut args = vec![
-        "proxy".into(),
         format!("--control={url}"),
         "--node-id=caller".into(),
         "--service=caller".into(),
@@ -70,7 +70,7 @@ fn on_demand_caller(
         "--discovery-timeout=2s".into(),
     ];
     args.extend_from_slice(extra);
-    Proc::spawn(dir, "caller", &args)
+    Proc::spawn_program(dir, "caller", PROXY_BIN, &args)
 }
 
 #[tokio::test]

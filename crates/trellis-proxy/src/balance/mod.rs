@@ -15,6 +15,7 @@
 //! ejection, health checks and circuit breakers compose without rebuilding the balancer. It must
 //! never panic, whatever the endpoint set, weights or hash key.
 mod hash;
+mod labels;
 mod load;
 mod maglev;
 mod ring;
@@ -24,11 +25,11 @@ mod weighted;
 mod tests;
 
 pub use hash::hash_key;
+pub use labels::Labels;
 pub use load::{EndpointLoad, InFlight, DEFAULT_DECAY, DEFAULT_RTT, FAILURE_PENALTY};
 
 use maglev::Maglev;
 use ring::Ring;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub struct Endpoint {
     /// Relative share of traffic for the weighted algorithms; 0 counts as 1.
     pub weight: u32,
     pub zone: Option<String>,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// Live load, shared across config snapshots.
     pub load: Arc<EndpointLoad>,
     /// Passive health (consecutive failures, ejection), shared across config snapshots.
@@ -59,7 +60,7 @@ impl Endpoint {
             addr,
             weight: 1,
             zone: None,
-            labels: BTreeMap::new(),
+            labels: Labels::default(),
             load: Arc::new(EndpointLoad::new()),
             outlier: Arc::new(crate::resilience::OutlierState::new()),
             identity: None,

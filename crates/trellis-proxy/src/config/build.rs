@@ -10,7 +10,7 @@ use super::rule;
 use super::{BuildError, EndpointGroup, ServiceKey, ServiceTarget, Services};
 use crate::balance::{Balancer, Endpoint, EndpointLoad};
 use crate::resilience::{LimitState, Limits, Locality, OutlierPolicy, OutlierState};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use trellis_api::mesh::MtlsMode;
@@ -247,10 +247,11 @@ fn endpoints_of(
         })?;
         let addr = SocketAddr::new(ip, w.spec.port);
         let (load, outlier) = live.get(addr);
-        let mut labels: BTreeMap<String, String> = w.metadata.labels.clone();
-        if let Some(zone) = &w.spec.zone {
-            labels.entry("zone".into()).or_insert_with(|| zone.clone());
-        }
+        // The workload's own `zone` label, if any, wins over its zone.
+        let labels = (w.metadata.labels.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(w.spec.zone.as_deref().map(|z| ("zone", z)))
+            .collect();
         let identity = match &w.spec.identity {
             None => None,
             Some(id) => Some(Arc::new(SpiffeId::parse(id).map_err(|e| BuildError {
@@ -299,7 +300,7 @@ fn groups_of(
                 subset
                     .labels
                     .iter()
-                    .all(|(k, v)| e.labels.get(k) == Some(v))
+                    .all(|(k, v)| e.labels.get(k) == Some(v.as_str()))
             })
             .cloned()
             .collect();

@@ -32,7 +32,11 @@ macro_rules! accessor {
     ($fn:ident, $variant:ident, $ty:ty, $url:expr) => {
         pub fn $fn(&self) -> impl Iterator<Item = &$ty> + '_ {
             self.of_type($url).filter_map(|r| match r {
-                Resource::$variant(x) => Some(x),
+                Resource::$variant(x) => {
+                    // Coerces a boxed kind to the kind.
+                    let x: &$ty = x;
+                    Some(x)
+                }
                 _ => None,
             })
         }

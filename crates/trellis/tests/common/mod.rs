@@ -15,6 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_trellis");
+/// The sidecar-only binary; it takes `trellis proxy`'s flags without the `proxy` verb.
+pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_trellis-proxy");
 
 /// The join token every process a test starts shares: the control plane requires it, and the
 /// CLI and proxies present it (all read `TRELLIS_TOKEN`).
@@ -49,10 +51,15 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
+        Self::spawn_program(dir, name, BIN, args)
+    }
+
+    /// Like [`Proc::spawn`], of another of the package's binaries.
+    pub fn spawn_program(dir: &Path, name: &str, program: &str, args: &[String]) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(BIN)
+        let child = Command::new(program)
             .args(args)
             .env("TRELLIS_LOG", "info")
             .env("TRELLIS_TOKEN", TOKEN)
