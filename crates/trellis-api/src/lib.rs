@@ -6,6 +6,7 @@
 //! It must never panic on any input: every problem is a [`ConfigError`].
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod address;
 pub mod ca;
 pub mod duration;

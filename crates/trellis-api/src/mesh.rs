@@ -1,5 +1,6 @@
 //! `MeshConfig` (mesh-wide settings: trust domain, mTLS mode, certificates, telemetry) and
 //! `Deployment` (what `trellis up` starts on one machine: a service's local instances).
+use crate::access_log::AccessLogConfig;
 use crate::duration::Duration;
 use crate::meta::ObjectMeta;
 use serde::{Deserialize, Serialize};
@@ -89,8 +90,9 @@ pub enum MtlsMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Telemetry {
-    #[serde(default = "yes")]
-    pub access_log: bool,
+    /// Off unless asked for (see [`crate::access_log`]).
+    #[serde(default, deserialize_with = "crate::access_log::deserialize")]
+    pub access_log: AccessLogConfig,
     #[serde(default = "yes")]
     pub prometheus: bool,
     /// Share of requests traced, 0.0..=100.0.
@@ -101,7 +103,7 @@ pub struct Telemetry {
 impl Default for Telemetry {
     fn default() -> Self {
         Self {
-            access_log: true,
+            access_log: AccessLogConfig::default(),
             prometheus: true,
             tracing_sample_percent: 0.0,
         }

@@ -27,12 +27,12 @@ pub enum Resource {
     Service(Service),
     Workload(Workload),
     Route(Route),
-    /// Boxed: the largest kind by far, it would size every resource held (a sidecar holds
-    /// thousands of Workloads) to itself.
+    /// Boxed, as MeshConfig: large kinds would size every resource held (a sidecar holds
+    /// thousands of Workloads) to themselves.
     DestinationPolicy(Box<DestinationPolicy>),
     AuthorizationPolicy(AuthorizationPolicy),
     RequestAuthentication(RequestAuthentication),
-    MeshConfig(MeshConfig),
+    MeshConfig(Box<MeshConfig>),
     Deployment(Deployment),
     TrustBundle(TrustBundle),
     CertificateAuthority(CertificateAuthority),
@@ -405,7 +405,7 @@ fn parse_one(file: &str, document: usize, value: Value) -> Result<Resource, Box<
         "DestinationPolicy" => typed(value).map(|p| Resource::DestinationPolicy(Box::new(p))),
         "AuthorizationPolicy" => typed(value).map(Resource::AuthorizationPolicy),
         "RequestAuthentication" => typed(value).map(Resource::RequestAuthentication),
-        "MeshConfig" => typed(value).map(Resource::MeshConfig),
+        "MeshConfig" => typed(value).map(|m| Resource::MeshConfig(Box::new(m))),
         "TrustBundle" => typed(value).map(Resource::TrustBundle),
         "Deployment" => typed(value).map(Resource::Deployment),
         "ServiceAddress" => typed(value).map(Resource::ServiceAddress),

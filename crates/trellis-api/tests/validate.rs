@@ -413,8 +413,21 @@ fn mesh_config() {
         (&[("spec.dnsDomain", "\"\"")], "spec.dnsDomain", "1 to 253 characters"),
         (&[("spec.dnsDomain", "Cluster.local")], "spec.dnsDomain", "label \"Cluster\" is not a DNS label"),
         (&[("spec.dnsDomain", "cluster..local")], "spec.dnsDomain", "label \"\" is not"),
+        (&[("spec.telemetry.accessLog", "{enabled: true, output: logs/a.log}")], "spec.telemetry.accessLog.output", "\"stdout\" or an absolute file path (got \"logs/a.log\")"),
+        (&[("spec.telemetry.accessLog", "{enabled: true, samplePercent: 101}")], "spec.telemetry.accessLog.samplePercent", "between 0 and 100"),
+        (&[("spec.telemetry.accessLog", "{enabled: true, fields: [time, status, time]}")], "spec.telemetry.accessLog.fields[2]", "time is listed twice"),
+        (&[("spec.telemetry.accessLog", "{enabled: true, fields: [latency]}")], "spec.telemetry.accessLog.fields[0]", "unknown variant `latency`"),
+        (&[("spec.telemetry.accessLog", "sometimes")], "spec.telemetry.accessLog", "true, false, or {enabled"),
     ];
     run("MeshConfig", "mesh", cases);
+    ok(
+        "MeshConfig",
+        "mesh",
+        &[(
+            "spec.telemetry.accessLog",
+            "{enabled: true, samplePercent: 0.5, fields: [traceId, status], output: /var/log/trellis.log}",
+        )],
+    );
     ok(
         "MeshConfig",
         "mesh",

@@ -126,6 +126,8 @@ pub struct ProxyError {
     pub detail: String,
     /// The gRPC status for a gRPC caller when it is not the reason's (an injected gRPC fault).
     pub grpc: Option<grpc::Code>,
+    /// Tries made upstream before the proxy gave up, when it tried (for the access log).
+    pub attempts: Option<u32>,
 }
 
 impl ProxyError {
@@ -135,6 +137,7 @@ impl ProxyError {
             status: reason.status(),
             detail: detail.into(),
             grpc: None,
+            attempts: None,
         }
     }
 
@@ -193,6 +196,9 @@ impl ProxyError {
         rsp.headers_mut()
             .insert(ERROR_HEADER, HeaderValue::from_static(self.reason.as_str()));
         rsp.extensions_mut().insert(self.reason);
+        if let Some(n) = self.attempts {
+            rsp.extensions_mut().insert(crate::access_log::Attempts(n));
+        }
         rsp
     }
 }

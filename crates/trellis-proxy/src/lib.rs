@@ -6,6 +6,7 @@
 //! exits once connections are gone or the drain timeout passes.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod body;

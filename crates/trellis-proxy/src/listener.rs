@@ -350,12 +350,41 @@ async fn dispatch<I>(
                     return;
                 }
             }
-            serve_tcp(io, conn.peer, role, state, service).await
+            serve_tcp(io, conn, role, state, service).await
         }
     }
 }
 
-async fn serve_tcp<I>(io: I, peer: SocketAddr, role: &Role, state: &Arc<ProxyState>, service: &str)
+async fn serve_tcp<I>(io: I, conn: &Conn, role: &Role, state: &Arc<ProxyState>, service: &str)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = (std::time::SystemTime::now(), std::time::Instant::now());
+    let (bytes, reason) = forward_tcp(io, conn.peer, role, state, service).await;
+    if let Some(snap) = state.snapshot.load().as_ref() {
+        crate::access_log::tcp_connection(
+            &state.access_log,
+            &snap.mesh.telemetry.access_log,
+            role.direction(),
+            started,
+            conn.peer,
+            conn.peer_id.clone(),
+            service,
+            bytes,
+            reason,
+        );
+    }
+}
+
+/// Opens the upstream and splices; the bytes moved (received, sent) and, when the connection
+/// went nowhere, why.
+async fn forward_tcp<I>(
+    io: I,
+    peer: SocketAddr,
+    role: &Role,
+    state: &Arc<ProxyState>,
+    service: &str,
+) -> ((u64, u64), &'static str)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -364,32 +393,37 @@ where
         Role::Inbound { app } => opaque::to_address(&ctx, *app).await,
         Role::Outbound { fixed: Some(f) } => {
             let Some(snap) = state.snapshot.load_full() else {
-                return;
+                return ((0, 0), Reason::NotReady.as_str());
             };
             opaque::to_service(&ctx, &snap, &f.namespace, &f.service, peer).await
         }
         Role::Outbound { fixed: None } => {
             tracing::debug!(%peer, "opaque TCP on the Host-routed port has no destination; closing");
-            return;
+            return ((0, 0), Reason::NoRoute.as_str());
         }
     };
     match opened {
         Ok(mut upstream) => {
-            splice(
+            let bytes = splice(
                 &state.metrics,
                 role.direction(),
                 service,
                 io,
                 &mut upstream.io,
             )
-            .await
+            .await;
+            (bytes, "")
         }
-        Err(e) if e.reason == Reason::ConnectFailed => {
-            if let Some(suppressed) = state.peer_log.allow() {
-                tracing::warn!(%peer, error = %e.detail, suppressed, "tcp upstream connect failed");
+        Err(e) => {
+            if e.reason == Reason::ConnectFailed {
+                if let Some(suppressed) = state.peer_log.allow() {
+                    tracing::warn!(%peer, error = %e.detail, suppressed, "tcp upstream connect failed");
+                }
+            } else {
+                tracing::debug!(%peer, error = %e, "tcp connection not forwarded");
             }
+            ((0, 0), e.reason.as_str())
         }
-        Err(e) => tracing::debug!(%peer, error = %e, "tcp connection not forwarded"),
     }
 }
 

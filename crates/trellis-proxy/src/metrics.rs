@@ -100,6 +100,8 @@ pub struct Metrics {
     pub inbound_tls: Family<ResultLabels, Counter>,
     pub authz: Family<AuthzLabels, Counter>,
     pub config_version: Gauge,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
 }
 
 /// An authorization decision: allowed or denied, and the policy (or `default`) that decided.
@@ -127,6 +129,12 @@ impl Metrics {
         let inbound_tls = Family::<ResultLabels, Counter>::default();
         let authz = Family::<AuthzLabels, Counter>::default();
         let config_version = Gauge::default();
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped_lines",
+            "Access-log lines dropped because the writer fell behind (a full queue)",
+            access_log_dropped.clone(),
+        );
         registry.register(
             "inbound_tls_connections",
             "Inbound connections by mTLS outcome (ok, handshake-failed, handshake-timeout, plaintext-refused, no-certificate)",
@@ -207,6 +215,7 @@ impl Metrics {
             inbound_tls,
             authz,
             config_version,
+            access_log_dropped,
         })
     }
 

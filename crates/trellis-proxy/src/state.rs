@@ -15,6 +15,7 @@ pub struct ProxyState {
     pub snapshot: ArcSwapOption<Snapshot>,
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<Metrics>,
+    pub access_log: Arc<crate::access_log::AccessLog>,
     pub identity: LocalIdentity,
     pub settings: Settings,
     /// The last config change that was rejected, and why (shown on `/config`).
@@ -42,10 +43,14 @@ pub struct ProxyState {
 
 impl ProxyState {
     pub fn new(identity: LocalIdentity, settings: Settings, app: Option<SocketAddr>) -> Arc<Self> {
+        let metrics = Metrics::new();
         Arc::new(Self {
             snapshot: ArcSwapOption::empty(),
             upstreams: Upstreams::new(settings.upstream_idle_timeout),
-            metrics: Metrics::new(),
+            metrics: metrics.clone(),
+            access_log: Arc::new(crate::access_log::AccessLog::new(
+                metrics.access_log_dropped.clone(),
+            )),
             identity,
             settings,
             last_error: Mutex::new(None),

@@ -3,14 +3,16 @@
 use crate::metrics::{BytesLabels, Metrics};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Copies until both sides close; records bytes as seen from the downstream side.
+/// Copies until both sides close; records bytes as seen from the downstream side and returns
+/// them (received, sent); a stream that ended in an error reports none.
 pub async fn splice<D, U>(
     metrics: &Metrics,
     direction: &'static str,
     service: &str,
     mut downstream: D,
     mut upstream: U,
-) where
+) -> (u64, u64)
+where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
@@ -28,7 +30,11 @@ pub async fn splice<D, U>(
             };
             count("received", received);
             count("sent", sent);
+            (received, sent)
         }
-        Err(e) => tracing::debug!(error = %e, "tcp stream ended with an error"),
+        Err(e) => {
+            tracing::debug!(error = %e, "tcp stream ended with an error");
+            (0, 0)
+        }
     }
 }

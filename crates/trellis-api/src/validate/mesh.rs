@@ -22,8 +22,28 @@ pub(super) fn mesh_config(p: &mut Problems, spec: &MeshConfigSpec) {
         "spec.telemetry.tracingSamplePercent",
         spec.telemetry.tracing_sample_percent,
     );
+    access_log(p, &spec.telemetry.access_log);
     service_address_range(p, &spec.service_address_range);
     dns_domain(p, &spec.dns_domain);
+}
+
+fn access_log(p: &mut Problems, log: &crate::access_log::AccessLogConfig) {
+    p.percent("spec.telemetry.accessLog.samplePercent", log.sample_percent);
+    let output = &log.output;
+    if output != crate::access_log::STDOUT && !output.starts_with('/') {
+        p.add(
+            "spec.telemetry.accessLog.output",
+            format!("must be \"stdout\" or an absolute file path (got {output:?})"),
+        );
+    }
+    for (i, f) in log.fields.iter().enumerate() {
+        if log.fields[..i].contains(f) {
+            p.add(
+                format!("spec.telemetry.accessLog.fields[{i}]"),
+                format!("{} is listed twice", f.key()),
+            );
+        }
+    }
 }
 
 fn service_address_range(p: &mut Problems, text: &str) {

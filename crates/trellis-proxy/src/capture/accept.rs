@@ -123,7 +123,7 @@ async fn connection(
             match opaque::to_address(&ctx, to).await {
                 Ok(mut upstream) => {
                     let (metrics, io) = (&state.metrics, &mut upstream.io);
-                    crate::tcp::splice(metrics, "outbound", "passthrough", stream, io).await
+                    crate::tcp::splice(metrics, "outbound", "passthrough", stream, io).await;
                 }
                 Err(e) => tracing::debug!(%peer, %to, error = %e, "passthrough connect failed"),
             }

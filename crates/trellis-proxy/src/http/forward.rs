@@ -5,6 +5,7 @@
 use super::headers::strip_hop_by_hop;
 use super::mirror::mirror;
 use super::replay::{clone_parts, prepare, Prepared, Replayable};
+use crate::access_log::Attempts;
 use crate::body::{self, Body};
 use crate::config::{BackendRef, Rule, Snapshot};
 use crate::error::{ProxyError, Reason};
@@ -69,9 +70,8 @@ async fn forward_inner<U: Upstream>(
     if attempts == 1 && t.rule.mirror.is_none() {
         let backend = choose_backend(t.rule)?;
         let picked = pick(t.snapshot, backend, Some(req.headers()), t.peer.ip(), None)?;
-        return attempt(t, &picked, req, None, false)
-            .await
-            .map_err(|e| failure_error(e, 1));
+        let result = attempt(t, &picked, req, None, false).await;
+        return counted(t, result, 1).map_err(|e| failure_error(e, 1));
     }
     let limit = policy
         .as_ref()
@@ -99,9 +99,8 @@ async fn forward_inner<U: Upstream>(
             let picked = pick(t.snapshot, backend, Some(&parts.headers), t.peer.ip(), None)?;
             let req = Request::from_parts(parts, body);
             let limit = policy.as_ref().and_then(|p| p.per_try_timeout);
-            attempt(t, &picked, req, limit, false)
-                .await
-                .map_err(|e| failure_error(e, 1))
+            let result = attempt(t, &picked, req, limit, false).await;
+            counted(t, result, 1).map_err(|e| failure_error(e, 1))
         }
         Prepared::Replayable(replay) => {
             mirror(t, &parts, &replay);
@@ -148,17 +147,33 @@ async fn retry_loop<U: Upstream>(
         };
         let implicit = policy.as_ref().is_some_and(|p| p.implicit);
         if !retry || last {
-            return result.map_err(|e| retry_failure_error(e, n, implicit));
+            return counted(t, result, n).map_err(|e| retry_failure_error(e, n, implicit));
         }
         if !t.rule.budget.try_withdraw() {
             count_retry(t, "budget-exhausted");
-            return result.map_err(|e| retry_failure_error(e, n, implicit));
+            return counted(t, result, n).map_err(|e| retry_failure_error(e, n, implicit));
         }
         count_retry(t, "attempted");
         avoid = Some(picked.endpoint().addr);
         tokio::time::sleep(backoff_delay(&backoff, n)).await;
     }
     Err(ProxyError::new(Reason::RetriesExhausted, "no attempt made"))
+}
+
+/// Puts the number of tries on an answer whose access-log line will want it (only then: an
+/// extension costs an allocation).
+fn counted<U>(
+    t: &Target<'_, U>,
+    result: Result<Response<Body>, TryFailure>,
+    tries: u32,
+) -> Result<Response<Body>, TryFailure> {
+    if !t.snapshot.mesh.telemetry.access_log.enabled {
+        return result;
+    }
+    result.map(|mut rsp| {
+        rsp.extensions_mut().insert(Attempts(tries));
+        rsp
+    })
 }
 
 fn backoff_delay(b: &Backoff, retry_number: u32) -> Duration {
@@ -240,6 +255,7 @@ fn retry_failure_error(e: TryFailure, attempts: u32, implicit: bool) -> ProxyErr
         return failure_error(e, attempts);
     }
     let mut error = failure_error(e, 1);
+    error.attempts = Some(attempts);
     error.detail = format!(
         "{attempts} tries (an implicit retry); last: {}",
         error.detail
@@ -252,13 +268,16 @@ fn failure_error(e: TryFailure, attempts: u32) -> ProxyError {
         TryFailure::Refused(p) => return p,
         TryFailure::Upstream(e) => e,
     };
-    if attempts == 1 {
-        return e.into();
-    }
-    ProxyError::new(
-        Reason::RetriesExhausted,
-        format!("{attempts} attempts; last: {:?}: {}", e.failure, e.detail),
-    )
+    let mut error = if attempts == 1 {
+        ProxyError::from(e)
+    } else {
+        ProxyError::new(
+            Reason::RetriesExhausted,
+            format!("{attempts} attempts; last: {:?}: {}", e.failure, e.detail),
+        )
+    };
+    error.attempts = Some(attempts);
+    error
 }
 
 fn choose_backend(rule: &Rule) -> Result<&BackendRef, ProxyError> {

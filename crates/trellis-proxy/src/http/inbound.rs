@@ -38,6 +38,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let shape = Shape::of(req.headers());
+    let line = super::begin(&state, "inbound", conn.peer, conn.peer_id.clone(), &mut req);
     let service = state.identity.service.clone();
     let result = match guard(&state, &conn, &mut req).await {
         Ok(snap) => to_app(&state, &snap, app, req).await,
@@ -65,7 +66,7 @@ pub async fn handle(
             Outcome::error(e, shape, &service, "")
         }
     };
-    Ok(record(&state.metrics, "inbound", outcome, start))
+    Ok(record(&state.metrics, "inbound", outcome, start, line))
 }
 
 /// Authentication then authorization; `Ok` is the config the request was admitted under, `Err`
@@ -173,7 +174,7 @@ async fn to_app(
     // The app hears the version its port declares, whatever the caller (or the peer's sidecar)
     // spoke: an `http` app may know only HTTP/1.1.
     let wire = Wire::for_port(snap.inbound.protocol, req.version());
-    let req = req.map(body::boxed);
+    let req = crate::access_log::counting(req.map(body::boxed));
     match state.upstreams.send(&dial, wire, req).await {
         Ok(mut rsp) => {
             strip_hop_by_hop(rsp.headers_mut(), false);

@@ -8,10 +8,15 @@ pub mod outbound;
 pub mod replay;
 pub mod upgrade;
 
+use crate::access_log::{ensure_request_id, RequestLine};
 use crate::body::Body;
 use crate::error::{ProxyError, Reason, Shape};
 use crate::metrics::Metrics;
-use http::Response;
+use crate::state::ProxyState;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What one request came to, for metrics and logs.
@@ -35,20 +40,59 @@ impl Outcome {
 }
 
 /// Counts the request and records its latency to response headers; a gRPC answer is counted
-/// when its `grpc-status` is known (see [`Metrics::record_request`]).
+/// when its `grpc-status` is known (see [`Metrics::record_request`]). A request with an
+/// access-log line gets it written when its response body ends.
 pub fn record(
     metrics: &std::sync::Arc<Metrics>,
     direction: &'static str,
     outcome: Outcome,
     start: Instant,
+    line: Option<RequestLine>,
 ) -> Response<Body> {
     let reason = outcome.reason.map(Reason::as_str).unwrap_or("");
-    metrics.record_request(
+    let Some(line) = line else {
+        return metrics.record_request(
+            direction,
+            outcome.service,
+            outcome.route,
+            reason,
+            outcome.response,
+            start,
+        );
+    };
+    let (service, route) = (outcome.service.clone(), outcome.route.clone());
+    let response = metrics.record_request(
         direction,
         outcome.service,
         outcome.route,
         reason,
         outcome.response,
         start,
+    );
+    line.finish(&service, &route, reason, response)
+}
+
+/// Gives the request an `x-request-id` when it has none, and takes its access-log line when
+/// the config in force asks for one.
+pub fn begin(
+    state: &ProxyState,
+    direction: &'static str,
+    peer: SocketAddr,
+    peer_identity: Option<Arc<str>>,
+    req: &mut Request<Incoming>,
+) -> Option<RequestLine> {
+    ensure_request_id(req.headers_mut());
+    let snap = state.snapshot.load();
+    let config = &snap.as_ref()?.mesh.telemetry.access_log;
+    if !config.enabled {
+        return None;
+    }
+    RequestLine::begin(
+        &state.access_log,
+        config,
+        direction,
+        peer,
+        peer_identity,
+        req,
     )
 }

@@ -7,6 +7,7 @@ use super::headers::{
 };
 use super::upgrade::forward_upgrade;
 use super::{record, Outcome};
+use crate::access_log::counting;
 use crate::body::{self, Body};
 use crate::config::{host_service, Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
 use crate::error::{ProxyError, Reason, Shape};
@@ -34,15 +35,16 @@ pub async fn handle(
     state: Arc<ProxyState>,
     fixed: Option<Arc<FixedTarget>>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let shape = Shape::of(req.headers());
+    let line = super::begin(&state, "outbound", peer, None, &mut req);
     let outcome = route(&state, fixed.as_deref(), peer, req, shape).await;
     if let Some(reason) = outcome.reason {
         tracing::debug!(service = %outcome.service, route = %outcome.route, reason = reason.as_str(), "proxy answered");
     }
-    Ok(record(&state.metrics, "outbound", outcome, start))
+    Ok(record(&state.metrics, "outbound", outcome, start, line))
 }
 
 async fn route(
@@ -179,7 +181,7 @@ async fn routed(
         feedback::record(target.ctx.metrics, &picked, &mut in_flight, ended);
         return result;
     }
-    forward(&target, req.map(body::boxed)).await
+    forward(&target, counting(req.map(body::boxed))).await
 }
 
 /// On a proxy that discovers on demand, the config after discovering the service the request

@@ -1,0 +1,655 @@
+//! Access logs: one JSON line per request and per TCP connection, when the MeshConfig's
+//! `telemetry.accessLog` asks for them (off by default; see `trellis_api::access_log`).
+//!
+//! A request never waits for its line. Lines go through a bounded queue to one writer thread,
+//! which writes standard output or appends to a file; when the queue is full (a slow disk, a
+//! pipe nobody reads) the line is dropped and counted (`trellis_access_log_dropped_lines`),
+//! the trade Envoy's and Linkerd's loggers make too. The thread starts with the first line, so
+//! a mesh that logs nothing pays nothing but one flag test per request.
+//!
+//! A request's line is written when its response body ends (or is abandoned), so it carries
+//! the bytes sent, the full duration and a `grpc-status` that came in the trailers.
+use crate::body::{Body, BoxError};
+use crate::grpc;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::{Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+use trellis_api::access_log::{AccessLogConfig, AccessLogField, STDOUT};
+
+/// Lines waiting for the writer at most; past this they are dropped.
+const QUEUE: usize = 8192;
+
+/// The process's access log: the queue to its writer and the count of lines dropped.
+pub struct AccessLog {
+    queue: OnceLock<SyncSender<Line>>,
+    dropped: Counter,
+}
+
+struct Line {
+    output: Arc<str>,
+    text: String,
+}
+
+impl AccessLog {
+    pub fn new(dropped: Counter) -> Self {
+        Self {
+            queue: OnceLock::new(),
+            dropped,
+        }
+    }
+
+    fn send(&self, output: Arc<str>, text: String) {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = sync_channel(QUEUE);
+            let spawned = std::thread::Builder::new()
+                .name("access-log".into())
+                .spawn(move || write_lines(rx));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the access-log writer: lines are dropped");
+            }
+            tx
+        });
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            queue.try_send(Line { output, text })
+        {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// The writer thread: appends each line to its output, flushing whenever the queue runs dry.
+fn write_lines(rx: Receiver<Line>) {
+    let mut files: Vec<(Arc<str>, Option<std::io::BufWriter<std::fs::File>>)> = Vec::new();
+    let mut stdout = std::io::BufWriter::new(std::io::stdout());
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(mut line) = next {
+            // One write of the whole line: the buffer then flushes only between lines, so
+            // sidecars appending to one file never interleave inside a line.
+            line.text.push('\n');
+            let written = if &*line.output == STDOUT {
+                stdout.write_all(line.text.as_bytes())
+            } else {
+                let slot = match files.iter().position(|(o, _)| *o == line.output) {
+                    Some(i) => i,
+                    None => {
+                        files.push((line.output.clone(), open(&line.output)));
+                        files.len() - 1
+                    }
+                };
+                match &mut files[slot].1 {
+                    Some(f) => f.write_all(line.text.as_bytes()),
+                    None => Ok(()),
+                }
+            };
+            if let Err(e) = written {
+                tracing::warn!(output = %line.output, error = %e, "cannot write the access log");
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = stdout.flush();
+        for (_, f) in files
+            .iter_mut()
+            .filter_map(|(o, f)| f.as_mut().map(|f| (o, f)))
+        {
+            let _ = f.flush();
+        }
+    }
+}
+
+fn open(path: &str) -> Option<std::io::BufWriter<std::fs::File>> {
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        Ok(f) => Some(std::io::BufWriter::new(f)),
+        Err(e) => {
+            tracing::warn!(path, error = %e, "cannot open the access log file: its lines are lost");
+            None
+        }
+    }
+}
+
+/// Whether this request or connection gets a line, by the config in force.
+fn chosen(config: &AccessLogConfig) -> bool {
+    config.enabled
+        && (config.sample_percent >= 100.0 || rand::random::<f64>() * 100.0 < config.sample_percent)
+}
+
+/// What a line says, gathered as the request goes.
+#[derive(Debug, Default)]
+struct Record {
+    kind: &'static str,
+    direction: &'static str,
+    trace_id: Option<String>,
+    request_id: Option<String>,
+    source: Option<SocketAddr>,
+    source_identity: Option<Arc<str>>,
+    destination: String,
+    route: String,
+    method: String,
+    path: String,
+    authority: Option<String>,
+    protocol: &'static str,
+    status: Option<u16>,
+    grpc_status: Option<&'static str>,
+    reason: &'static str,
+    bytes_received: u64,
+    bytes_sent: u64,
+    duration: Duration,
+    response_headers: Option<Duration>,
+    attempts: Option<u32>,
+}
+
+/// The access-log line of one request in progress: taken when the request arrives (if the
+/// config says it gets one), finished when its response body ends.
+pub struct RequestLine {
+    log: Arc<AccessLog>,
+    output: Arc<str>,
+    fields: Arc<[AccessLogField]>,
+    time: SystemTime,
+    start: Instant,
+    received: Arc<AtomicU64>,
+    record: Record,
+}
+
+/// Where a logged request's body bytes are counted (a request extension).
+#[derive(Debug, Clone)]
+struct RequestBytes(Arc<AtomicU64>);
+
+/// `req`, its body counted into its access-log line's `bytesReceived` when it has a line.
+pub fn counting(req: Request<Body>) -> Request<Body> {
+    match req.extensions().get::<RequestBytes>().cloned() {
+        None => req,
+        Some(RequestBytes(count)) => req.map(|inner| crate::body::boxed(Counted { inner, count })),
+    }
+}
+
+/// A fresh `x-request-id` for a request that has none: a random (version 4) UUID, as Envoy
+/// makes them, so a request is found in every log along its path.
+pub fn ensure_request_id(headers: &mut HeaderMap) {
+    if headers.contains_key(REQUEST_ID) {
+        return;
+    }
+    let v = (rand::random::<u128>() & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let hex = format!("{v:032x}");
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
+    if let Ok(value) = http::HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID, value);
+    }
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// How many tries a forwarded request took; put on the response by the forwarding core when a
+/// line will be written.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempts(pub u32);
+
+impl RequestLine {
+    /// A line for `req`, or `None` when the config logs nothing or the draw left it out. The
+    /// request is marked so that [`counting`] counts its body.
+    pub fn begin<B>(
+        log: &Arc<AccessLog>,
+        config: &AccessLogConfig,
+        direction: &'static str,
+        peer: SocketAddr,
+        peer_identity: Option<Arc<str>>,
+        req: &mut Request<B>,
+    ) -> Option<Self> {
+        if !chosen(config) {
+            return None;
+        }
+        let received = Arc::new(AtomicU64::new(0));
+        req.extensions_mut().insert(RequestBytes(received.clone()));
+        let h = req.headers();
+        let text = |name: &str| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let fields: Arc<[AccessLogField]> = if config.fields.is_empty() {
+            Arc::from(AccessLogField::ALL)
+        } else {
+            Arc::from(config.fields.as_slice())
+        };
+        Some(Self {
+            log: log.clone(),
+            output: Arc::from(config.output.as_str()),
+            fields,
+            time: SystemTime::now(),
+            start: Instant::now(),
+            received,
+            record: Record {
+                kind: "http",
+                direction,
+                trace_id: trace_id(h),
+                request_id: text(REQUEST_ID),
+                source: Some(peer),
+                source_identity: peer_identity,
+                method: req.method().as_str().to_string(),
+                path: req.uri().path().to_string(),
+                authority: req
+                    .uri()
+                    .authority()
+                    .map(|a| a.to_string())
+                    .or_else(|| text("host")),
+                protocol: protocol(req.version()),
+                ..Record::default()
+            },
+        })
+    }
+
+    /// Fills in what the proxy decided and wraps the response body; the line is written when
+    /// that body ends or is dropped.
+    pub fn finish(
+        mut self,
+        destination: &str,
+        route: &str,
+        reason: &'static str,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        let r = &mut self.record;
+        r.destination = destination.to_string();
+        r.route = route.to_string();
+        r.reason = reason;
+        r.status = Some(response.status().as_u16());
+        r.response_headers = Some(self.start.elapsed());
+        r.attempts = response.extensions().get::<Attempts>().map(|a| a.0);
+        if grpc::is_grpc(response.headers()) {
+            r.grpc_status = grpc::status_of(response.headers()).map(grpc::Code::as_str);
+        }
+        response.map(|body| {
+            crate::body::boxed(Logged {
+                inner: body,
+                line: Some(self),
+            })
+        })
+    }
+
+    fn write(mut self) {
+        self.record.bytes_received = self.received.load(Ordering::Relaxed);
+        self.record.duration = self.start.elapsed();
+        let text = render(&self.fields, self.time, &self.record);
+        self.log.send(self.output.clone(), text);
+    }
+}
+
+/// One line for an opaque TCP connection that ended.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_connection(
+    log: &Arc<AccessLog>,
+    config: &AccessLogConfig,
+    direction: &'static str,
+    started: (SystemTime, Instant),
+    peer: SocketAddr,
+    peer_identity: Option<Arc<str>>,
+    destination: &str,
+    bytes: (u64, u64),
+    reason: &'static str,
+) {
+    if !chosen(config) {
+        return;
+    }
+    let fields: Vec<AccessLogField> = if config.fields.is_empty() {
+        AccessLogField::ALL.to_vec()
+    } else {
+        config.fields.clone()
+    };
+    let record = Record {
+        kind: "tcp",
+        direction,
+        source: Some(peer),
+        source_identity: peer_identity,
+        destination: destination.to_string(),
+        reason,
+        bytes_received: bytes.0,
+        bytes_sent: bytes.1,
+        duration: started.1.elapsed(),
+        ..Record::default()
+    };
+    let text = render(&fields, started.0, &record);
+    log.send(Arc::from(config.output.as_str()), text);
+}
+
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The trace id a request carries: W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), else B3
+/// (`b3: <trace>-<span>[-...]` or `x-b3-traceid`). Only well-formed ids are taken.
+pub fn trace_id(h: &HeaderMap) -> Option<String> {
+    let hex = |s: &str, lens: &[usize]| {
+        lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    if let Some(tp) = header("traceparent") {
+        let mut parts = tp.trim().split('-');
+        if let (Some(_version), Some(id)) = (parts.next(), parts.next()) {
+            if hex(id, &[32]) && id.bytes().any(|b| b != b'0') {
+                return Some(id.to_ascii_lowercase());
+            }
+        }
+    }
+    let b3 = header("b3")
+        .and_then(|v| v.trim().split('-').next())
+        .or_else(|| header("x-b3-traceid").map(str::trim));
+    b3.filter(|id| hex(id, &[16, 32]))
+        .map(str::to_ascii_lowercase)
+}
+
+/// A line: the chosen fields, in order, as one JSON object.
+fn render(fields: &[AccessLogField], time: SystemTime, r: &Record) -> String {
+    use serde_json::Value;
+    let ms = |d: Duration| Value::from((d.as_secs_f64() * 1e6).round() / 1e3);
+    let opt = |v: Option<&str>| v.map_or(Value::Null, Value::from);
+    let mut out = String::with_capacity(512);
+    out.push('{');
+    for (i, f) in fields.iter().enumerate() {
+        let value = match f {
+            AccessLogField::Time => Value::from(rfc3339(time)),
+            AccessLogField::Kind => Value::from(r.kind),
+            AccessLogField::Direction => Value::from(r.direction),
+            AccessLogField::TraceId => opt(r.trace_id.as_deref()),
+            AccessLogField::RequestId => opt(r.request_id.as_deref()),
+            AccessLogField::Source => r.source.map_or(Value::Null, |s| s.to_string().into()),
+            AccessLogField::SourceIdentity => opt(r.source_identity.as_deref()),
+            AccessLogField::Destination => Value::from(r.destination.as_str()),
+            AccessLogField::Route => Value::from(r.route.as_str()),
+            AccessLogField::Method => Value::from(r.method.as_str()),
+            AccessLogField::Path => Value::from(r.path.as_str()),
+            AccessLogField::Authority => opt(r.authority.as_deref()),
+            AccessLogField::Protocol => Value::from(r.protocol),
+            AccessLogField::Status => r.status.map_or(Value::Null, Value::from),
+            AccessLogField::GrpcStatus => opt(r.grpc_status),
+            AccessLogField::Reason => Value::from(r.reason),
+            AccessLogField::BytesReceived => Value::from(r.bytes_received),
+            AccessLogField::BytesSent => Value::from(r.bytes_sent),
+            AccessLogField::DurationMs => ms(r.duration),
+            AccessLogField::ResponseHeadersMs => r.response_headers.map_or(Value::Null, ms),
+            AccessLogField::Attempts => r.attempts.map_or(Value::Null, Value::from),
+        };
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(f.key());
+        out.push_str("\":");
+        out.push_str(&value.to_string());
+    }
+    out.push('}');
+    out
+}
+
+/// RFC 3339 in UTC with milliseconds (`2026-12-02T08:00:00.123Z`).
+fn rfc3339(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that adds what passes to a counter.
+    struct Counted {
+        #[pin]
+        inner: Body,
+        count: Arc<AtomicU64>,
+    }
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that writes its request's line when it ends or is dropped.
+struct Logged {
+    inner: Body,
+    line: Option<RequestLine>,
+}
+
+impl Logged {
+    /// Writes the line, once.
+    fn end(&mut self) {
+        if let Some(line) = self.line.take() {
+            line.write();
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+impl http_body::Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let (data, status) = (
+                    frame.data_ref().map_or(0, |d| d.len() as u64),
+                    frame
+                        .trailers_ref()
+                        .and_then(grpc::status_of)
+                        .map(grpc::Code::as_str),
+                );
+                if let Some(line) = self.line.as_mut() {
+                    line.record.bytes_sent += data;
+                    if status.is_some() {
+                        line.record.grpc_status = status;
+                    }
+                }
+                if self.inner.is_end_stream() {
+                    self.end();
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.end(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn trace_ids_from_w3c_then_b3_only_when_well_formed() {
+        let w3c = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            trace_id(&headers(&[("traceparent", w3c)])).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        let b3 = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1";
+        assert_eq!(
+            trace_id(&headers(&[("b3", b3)])).as_deref(),
+            Some("80f198ee56343ba864fe8b2a57d3eff7")
+        );
+        assert_eq!(
+            trace_id(&headers(&[("x-b3-traceid", "463ac35c9f6413ad")])).as_deref(),
+            Some("463ac35c9f6413ad")
+        );
+        // Bad traceparent ids (all zeros, wrong length, not hex) fall through to B3 or nothing.
+        let zeros = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+        assert_eq!(trace_id(&headers(&[("traceparent", zeros)])), None);
+        assert_eq!(
+            trace_id(&headers(&[("traceparent", "00-abc-def-01")])),
+            None
+        );
+        assert_eq!(
+            trace_id(&headers(&[
+                ("traceparent", "garbage"),
+                ("x-b3-traceid", "463ac35c9f6413ad")
+            ]))
+            .as_deref(),
+            Some("463ac35c9f6413ad")
+        );
+        assert_eq!(trace_id(&headers(&[("b3", "zz-yy")])), None);
+        assert_eq!(trace_id(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_line_is_json_with_the_chosen_fields_in_order() {
+        let r = Record {
+            kind: "http",
+            direction: "outbound",
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            method: "GET".into(),
+            path: "/a \"quoted\" path".into(),
+            status: Some(200),
+            duration: Duration::from_micros(1500),
+            ..Record::default()
+        };
+        let fields = [
+            AccessLogField::Status,
+            AccessLogField::Path,
+            AccessLogField::TraceId,
+            AccessLogField::DurationMs,
+            AccessLogField::GrpcStatus,
+            AccessLogField::Time,
+        ];
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_662_400_123);
+        let line = render(&fields, t, &r);
+        let v: serde_json::Value = serde_json::from_str(&line).expect(&line);
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["path"], "/a \"quoted\" path");
+        assert_eq!(v["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["durationMs"], 1.5);
+        assert_eq!(v["grpcStatus"], serde_json::Value::Null);
+        assert_eq!(v["time"], "2025-12-02T08:00:00.123Z");
+        let keys: Vec<&str> = line
+            .split(&[',', '{'][..])
+            .filter_map(|p| p.strip_prefix('"').and_then(|p| p.split('"').next()))
+            .filter(|k| fields.iter().any(|f| f.key() == *k))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "status",
+                "path",
+                "traceId",
+                "durationMs",
+                "grpcStatus",
+                "time"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_request_id_is_made_only_when_missing_and_is_a_version_4_uuid() {
+        let mut h = HeaderMap::new();
+        ensure_request_id(&mut h);
+        let id = h[REQUEST_ID].to_str().unwrap().to_string();
+        let groups: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12],
+            "{id}"
+        );
+        assert!(groups[2].starts_with('4'), "version 4: {id}");
+        assert!(
+            matches!(&groups[3][..1], "8" | "9" | "a" | "b"),
+            "variant: {id}"
+        );
+        ensure_request_id(&mut h);
+        assert_eq!(h[REQUEST_ID], id.as_str(), "an id a request has is kept");
+        let mut other = HeaderMap::new();
+        ensure_request_id(&mut other);
+        assert_ne!(other[REQUEST_ID], id.as_str());
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let dropped = Counter::default();
+        let log = AccessLog::new(dropped.clone());
+        // A queue nobody drains: the writer is replaced by a receiver held here.
+        let (tx, rx) = sync_channel(2);
+        let _ = log.queue.set(tx);
+        for _ in 0..5 {
+            log.send(Arc::from("stdout"), "{}".into());
+        }
+        assert_eq!(dropped.get(), 3);
+        drop(rx);
+        log.send(Arc::from("stdout"), "{}".into());
+        assert_eq!(dropped.get(), 4, "a gone writer drops too");
+    }
+}
