@@ -182,16 +182,18 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
         return;
     }
     let v = (rand::random::<u128>() & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-    let hex = format!("{v:032x}");
-    let id = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    );
-    if let Ok(value) = http::HeaderValue::from_str(&id) {
+    // Written into a stack buffer: this runs for most requests, so no formatting machinery.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [b'-'; 36];
+    let mut nibble = 32;
+    for (i, slot) in id.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        nibble -= 1;
+        *slot = HEX[((v >> (nibble * 4)) & 0xf) as usize];
+    }
+    if let Ok(value) = http::HeaderValue::from_bytes(&id) {
         headers.insert(REQUEST_ID, value);
     }
 }

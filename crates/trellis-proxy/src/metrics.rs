@@ -27,6 +27,8 @@ use std::sync::Arc;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: &'static str,
+    /// Who called: see [`LatencyLabels::source`].
+    pub source: Arc<str>,
     pub service: String,
     pub route: String,
     pub code: u16,
@@ -40,9 +42,16 @@ pub struct RequestLabels {
     pub classification: &'static str,
 }
 
+/// One edge of the mesh as a sidecar sees it: who called (`source`) which service (`service`,
+/// the destination in both directions) through which route. Also the labels of the latency
+/// histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
     pub direction: &'static str,
+    /// The caller's SPIFFE identity: inbound, the one the peer proved over mTLS (empty when it
+    /// proved none: a plaintext caller); outbound, this sidecar's own (empty before it has a
+    /// certificate). Bounded by the mesh's identities, never by addresses.
+    pub source: Arc<str>,
     pub service: String,
     pub route: String,
 }
@@ -147,7 +156,7 @@ impl Metrics {
         );
         registry.register(
             "requests",
-            "HTTP requests by direction, service, route, status code, proxy error reason, gRPC status and classification",
+            "HTTP requests by direction, source identity, service, route, status code, proxy error reason, gRPC status and classification",
             requests.clone(),
         );
         registry.register(
@@ -225,24 +234,19 @@ impl Metrics {
     /// was.
     pub fn record_request(
         self: &Arc<Self>,
-        direction: &'static str,
-        service: String,
-        route: String,
+        edge: LatencyLabels,
         reason: &'static str,
         response: Response<Body>,
         start: std::time::Instant,
     ) -> Response<Body> {
-        let latency = LatencyLabels {
-            direction,
-            service,
-            route,
-        };
+        let latency = edge;
         self.latency
             .get_or_create(&latency)
             .observe(start.elapsed().as_secs_f64());
         let code = response.status().as_u16();
         let labels = |grpc_status: &'static str, failed: bool| RequestLabels {
-            direction,
+            direction: latency.direction,
+            source: latency.source.clone(),
             service: latency.service.clone(),
             route: latency.route.clone(),
             code,
@@ -329,6 +333,7 @@ mod tests {
         m.requests
             .get_or_create(&RequestLabels {
                 direction: "outbound",
+                source: Arc::from("spiffe://t/ns/default/sa/caller"),
                 service: "web".into(),
                 route: "r".into(),
                 code,
@@ -340,14 +345,13 @@ mod tests {
     }
 
     fn record(m: &Arc<Metrics>, rsp: Response<Body>) -> Response<Body> {
-        m.record_request(
-            "outbound",
-            "web".into(),
-            "r".into(),
-            "",
-            rsp,
-            std::time::Instant::now(),
-        )
+        let edge = LatencyLabels {
+            direction: "outbound",
+            source: Arc::from("spiffe://t/ns/default/sa/caller"),
+            service: "web".into(),
+            route: "r".into(),
+        };
+        m.record_request(edge, "", rsp, std::time::Instant::now())
     }
 
     fn grpc_response(body: Body, status_in_headers: Option<&'static str>) -> Response<Body> {

@@ -29,6 +29,11 @@ pub struct ProxyState {
     /// Mesh mTLS, once a certificate is in hand (at start for files, after the CA answered for
     /// the control plane); set once, then rotated underneath.
     tls: OnceLock<Arc<MeshTls>>,
+    /// This sidecar's SPIFFE identity as a metric label, once it has a certificate.
+    local_source: OnceLock<Arc<str>>,
+    /// The empty label of a caller that proved no identity (or of this sidecar before its
+    /// certificate): one shared value, not an allocation per request.
+    no_source: Arc<str>,
     /// On-demand discovery, when this proxy discovers services as they are called.
     on_demand: OnceLock<crate::ondemand::OnDemand>,
     /// Whether readiness waits for [`ProxyState::tls`] (a control plane's CA will provide it).
@@ -51,6 +56,7 @@ impl ProxyState {
             access_log: Arc::new(crate::access_log::AccessLog::new(
                 metrics.access_log_dropped.clone(),
             )),
+
             identity,
             settings,
             last_error: Mutex::new(None),
@@ -58,6 +64,8 @@ impl ProxyState {
             health: Mutex::new(None),
             control: Mutex::new(None),
             tls: OnceLock::new(),
+            local_source: OnceLock::new(),
+            no_source: Arc::from(""),
             on_demand: OnceLock::new(),
             tls_expected: std::sync::atomic::AtomicBool::new(false),
             denial_log: trellis_net::LogThrottle::per_second(),
@@ -91,12 +99,28 @@ impl ProxyState {
 
     /// Installs mesh mTLS (once) and applies the trust bundle of the config in force.
     pub fn set_tls(&self, tls: Arc<MeshTls>) {
+        if let Some(id) = tls.certs.identity() {
+            let _ = self.local_source.set(Arc::from(id.to_string()));
+        }
         if self.tls.set(tls).is_err() {
             tracing::warn!("mesh TLS was already set up; keeping the first");
         }
         if let Some(snap) = self.snapshot.load_full() {
             self.apply_trust_bundle(&snap);
         }
+    }
+
+    /// The `source` label of this sidecar's outbound requests: its own identity.
+    pub fn local_source(&self) -> Arc<str> {
+        self.local_source
+            .get()
+            .cloned()
+            .unwrap_or_else(|| self.no_source.clone())
+    }
+
+    /// The `source` label of a caller that proved no identity.
+    pub fn unknown_source(&self) -> Arc<str> {
+        self.no_source.clone()
     }
 
     /// Readiness waits for a workload certificate.

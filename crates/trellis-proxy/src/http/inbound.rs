@@ -66,7 +66,18 @@ pub async fn handle(
             Outcome::error(e, shape, &service, "")
         }
     };
-    Ok(record(&state.metrics, "inbound", outcome, start, line))
+    let source = conn
+        .peer_id
+        .clone()
+        .unwrap_or_else(|| state.unknown_source());
+    Ok(record(
+        &state.metrics,
+        "inbound",
+        source,
+        outcome,
+        start,
+        line,
+    ))
 }
 
 /// Authentication then authorization; `Ok` is the config the request was admitted under, `Err`

@@ -11,7 +11,7 @@ pub mod upgrade;
 use crate::access_log::{ensure_request_id, RequestLine};
 use crate::body::Body;
 use crate::error::{ProxyError, Reason, Shape};
-use crate::metrics::Metrics;
+use crate::metrics::{LatencyLabels, Metrics};
 use crate::state::ProxyState;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -45,30 +45,23 @@ impl Outcome {
 pub fn record(
     metrics: &std::sync::Arc<Metrics>,
     direction: &'static str,
+    source: Arc<str>,
     outcome: Outcome,
     start: Instant,
     line: Option<RequestLine>,
 ) -> Response<Body> {
     let reason = outcome.reason.map(Reason::as_str).unwrap_or("");
-    let Some(line) = line else {
-        return metrics.record_request(
-            direction,
-            outcome.service,
-            outcome.route,
-            reason,
-            outcome.response,
-            start,
-        );
-    };
-    let (service, route) = (outcome.service.clone(), outcome.route.clone());
-    let response = metrics.record_request(
+    let edge = LatencyLabels {
         direction,
-        outcome.service,
-        outcome.route,
-        reason,
-        outcome.response,
-        start,
-    );
+        source,
+        service: outcome.service,
+        route: outcome.route,
+    };
+    let Some(line) = line else {
+        return metrics.record_request(edge, reason, outcome.response, start);
+    };
+    let (service, route) = (edge.service.clone(), edge.route.clone());
+    let response = metrics.record_request(edge, reason, outcome.response, start);
     line.finish(&service, &route, reason, response)
 }
 

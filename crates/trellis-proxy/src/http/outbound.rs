@@ -44,7 +44,15 @@ pub async fn handle(
     if let Some(reason) = outcome.reason {
         tracing::debug!(service = %outcome.service, route = %outcome.route, reason = reason.as_str(), "proxy answered");
     }
-    Ok(record(&state.metrics, "outbound", outcome, start, line))
+    let source = state.local_source();
+    Ok(record(
+        &state.metrics,
+        "outbound",
+        source,
+        outcome,
+        start,
+        line,
+    ))
 }
 
 async fn route(
