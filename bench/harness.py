@@ -63,6 +63,11 @@ TEMPLATES = BENCH_DIR / "templates"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
+# Telemetry variants of trellis-pair (issue 14), run only when named in --topologies: tracing
+# with 1% and 100% of requests sampled (spans to an OTLP/gRPC receiver that discards them), and
+# access logs on (every request, to a file).
+TELEMETRY_TOPOLOGIES = ["trellis-pair-trace1", "trellis-pair-trace100", "trellis-pair-log"]
+
 TOPOLOGIES = ["direct", "trellis-1hop", "envoy-1hop", "trellis-pair", "envoy-pair",
               "trellis-pair-mtls", "envoy-pair-mtls"]
 # The mTLS pairs use ECDSA P-256 certificates (see `make_mtls_certs`); shared/BASELINE.md's
@@ -541,6 +546,30 @@ class Topology:
     name: str
     url: str
     proxies: list[Proxy]
+    # Processes the topology needs that are not measured (an OTLP receiver).
+    helpers: list = field(default_factory=list)
+
+
+RECEIVER = BENCH_DIR.parent / "crates" / "trellis" / "tests" / "otel" / "receiver.py"
+
+
+def telemetry_config(work: Path, name: str, port: int, protocol: str) -> tuple[Path, list]:
+    """trellis-pair's config plus a MeshConfig turning on the telemetry `name` measures; and
+    the OTLP receiver it sends spans to, when it traces."""
+    cfg = trellis_config(work, name, port, protocol)
+    helpers = []
+    if name.startswith("trellis-pair-trace"):
+        percent = name.removeprefix("trellis-pair-trace")
+        otlp = free_port()
+        helpers.append(spawn(["python3", str(RECEIVER), str(otlp), "-"],
+                             work / f"{name}.receiver.log"))
+        telemetry = f"{{tracingSamplePercent: {percent}, otlpEndpoint: 'http://127.0.0.1:{otlp}'}}"
+    else:
+        telemetry = f"{{accessLog: {{enabled: true, output: {work / (name + '.access.log')}}}}}"
+    with cfg.open("a") as f:
+        f.write("---\napiVersion: trellis.dev/v1\nkind: MeshConfig\nmetadata: {name: mesh}\n"
+                f"spec: {{telemetry: {telemetry}}}\n")
+    return cfg, helpers
 
 
 def build_topology(name: str, tools: Tools, work: Path, backend: int, h2: bool) -> Topology:
@@ -549,6 +578,7 @@ def build_topology(name: str, tools: Tools, work: Path, backend: int, h2: bool) 
     entry = free_port()
     url = f"http://127.0.0.1:{entry}/"
     proxies: list[Proxy] = []
+    helper_procs: list = []
     try:
         if name == "direct":
             return Topology(name, f"http://127.0.0.1:{backend}/", [])
@@ -564,6 +594,16 @@ def build_topology(name: str, tools: Tools, work: Path, backend: int, h2: bool) 
         elif name == "trellis-pair":
             inbound = free_port()
             cfg = trellis_config(work, name, inbound, proto)
+            proxies.append(start_trellis(tools, work, "trellis-b", [
+                "--config", str(cfg), "--service", "backend", "--outbound", "off",
+                "--inbound", f"127.0.0.1:{inbound}", "--app", f"127.0.0.1:{backend}"], free_port()))
+            proxies.append(start_trellis(tools, work, "trellis-a", [
+                "--config", str(cfg), "--service", "client", "--outbound", "off",
+                "--upstream", f"backend=127.0.0.1:{entry}"], free_port()))
+        elif name in TELEMETRY_TOPOLOGIES:
+            inbound = free_port()
+            cfg, helpers = telemetry_config(work, name, inbound, proto)
+            helper_procs.extend(helpers)
             proxies.append(start_trellis(tools, work, "trellis-b", [
                 "--config", str(cfg), "--service", "backend", "--outbound", "off",
                 "--inbound", f"127.0.0.1:{inbound}", "--app", f"127.0.0.1:{backend}"], free_port()))
@@ -601,16 +641,20 @@ def build_topology(name: str, tools: Tools, work: Path, backend: int, h2: bool) 
             check_mtls_server(mid, certs)
         else:
             raise ValueError(f"unknown topology {name}")
-        return Topology(name, url, proxies)
+        return Topology(name, url, proxies, helper_procs)
     except BaseException:
         for px in proxies:
             stop(px.proc)
+        for h in helper_procs:
+            stop(h)
         raise
 
 
 def teardown(topo: Topology) -> None:
     for px in reversed(topo.proxies):
         stop(px.proc)
+    for h in topo.helpers:
+        stop(h)
 
 
 # --------------------------------------------------------------------------------------------
@@ -979,7 +1023,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--max-tool", choices=["wrk", "oha"], default="wrk")
     ap.add_argument("--no-h2", action="store_true", help="skip the HTTP/2 (h2load) figures")
     ap.add_argument("--topologies", default=",".join(TOPOLOGIES),
-                    help="comma-separated, from: " + ",".join(TOPOLOGIES))
+                    help="comma-separated, from: " + ",".join(TOPOLOGIES + TELEMETRY_TOPOLOGIES))
     ap.add_argument("--wait-quiet", type=float, default=0,
                     help="wait up to this many seconds before each round for a quiet machine")
     ap.add_argument("--quiet-below", type=float, default=1.0,
@@ -998,9 +1042,10 @@ def parse_args() -> argparse.Namespace:
             a.rounds = 1
     if not a.report_only and not a.trellis:
         ap.error("--trellis is required (unless --report-only)")
-    unknown = [n for n in a.topologies.split(",") if n not in TOPOLOGIES]
+    known = TOPOLOGIES + TELEMETRY_TOPOLOGIES
+    unknown = [n for n in a.topologies.split(",") if n not in known]
     if unknown:
-        ap.error(f"unknown topologies {unknown}; known: {','.join(TOPOLOGIES)}")
+        ap.error(f"unknown topologies {unknown}; known: {','.join(known)}")
     return a
 
 

@@ -87,6 +87,15 @@ if ! python3 -c 'import grpc' >/dev/null 2>&1; then
   fi
 fi
 
+# The tracing test (crates/trellis/tests/tracing_otel.rs) runs apps instrumented with the
+# OpenTelemetry Python SDK and an OTLP/gRPC receiver built from its protocol package.
+if ! python3 -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.proto' >/dev/null 2>&1; then
+  log "installing the OpenTelemetry Python SDK and OTLP exporter (for the tracing test)"
+  python3 -m pip install --quiet opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc \
+    || python3 -m pip install --quiet --break-system-packages opentelemetry-sdk \
+      opentelemetry-exporter-otlp-proto-grpc
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

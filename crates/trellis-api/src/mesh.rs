@@ -95,9 +95,13 @@ pub struct Telemetry {
     pub access_log: AccessLogConfig,
     #[serde(default = "yes")]
     pub prometheus: bool,
-    /// Share of requests traced, 0.0..=100.0.
+    /// Share of requests that start a trace, 0.0..=100.0 (a caller's own decision is honoured).
     #[serde(default)]
     pub tracing_sample_percent: f64,
+    /// Where sidecars send spans: an OTLP/gRPC collector, `http://host:4317`. No tracing
+    /// without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for Telemetry {
@@ -106,6 +110,7 @@ impl Default for Telemetry {
             access_log: AccessLogConfig::default(),
             prometheus: true,
             tracing_sample_percent: 0.0,
+            otlp_endpoint: None,
         }
     }
 }

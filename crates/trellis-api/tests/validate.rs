@@ -418,6 +418,10 @@ fn mesh_config() {
         (&[("spec.telemetry.accessLog", "{enabled: true, fields: [time, status, time]}")], "spec.telemetry.accessLog.fields[2]", "time is listed twice"),
         (&[("spec.telemetry.accessLog", "{enabled: true, fields: [latency]}")], "spec.telemetry.accessLog.fields[0]", "unknown variant `latency`"),
         (&[("spec.telemetry.accessLog", "sometimes")], "spec.telemetry.accessLog", "true, false, or {enabled"),
+        (&[("spec.telemetry.otlpEndpoint", "collector:4317")], "spec.telemetry.otlpEndpoint", "http://HOST:PORT (TLS to the collector is not supported) (got \"collector:4317\")"),
+        (&[("spec.telemetry.otlpEndpoint", "https://collector:4317")], "spec.telemetry.otlpEndpoint", "TLS to the collector is not supported"),
+        (&[("spec.telemetry.otlpEndpoint", "http://collector")], "spec.telemetry.otlpEndpoint", "http://HOST:PORT"),
+        (&[("spec.telemetry.otlpEndpoint", "http://:4317")], "spec.telemetry.otlpEndpoint", "http://HOST:PORT"),
     ];
     run("MeshConfig", "mesh", cases);
     ok(
@@ -442,6 +446,10 @@ fn mesh_config() {
         &[
             ("spec.certificateLifetime", "1m"),
             ("spec.telemetry.tracingSamplePercent", "100"),
+            (
+                "spec.telemetry.otlpEndpoint",
+                "http://otel-collector.observability:4317",
+            ),
         ],
     );
     ok(

@@ -35,6 +35,7 @@ pub mod source;
 pub mod state;
 pub mod tcp;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 use crate::drain::Drain;

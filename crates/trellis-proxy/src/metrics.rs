@@ -111,6 +111,9 @@ pub struct Metrics {
     pub config_version: Gauge,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
+    /// Spans sent to the OTLP collector, and spans dropped (full queue, failed export).
+    pub spans_exported: Counter,
+    pub spans_dropped: Counter,
 }
 
 /// An authorization decision: allowed or denied, and the policy (or `default`) that decided.
@@ -139,6 +142,18 @@ impl Metrics {
         let authz = Family::<AuthzLabels, Counter>::default();
         let config_version = Gauge::default();
         let access_log_dropped = Counter::default();
+        let spans_exported = Counter::default();
+        let spans_dropped = Counter::default();
+        registry.register(
+            "trace_spans_exported",
+            "Spans the OTLP collector accepted",
+            spans_exported.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans dropped: the export queue was full, or the collector was down, slow or refused them",
+            spans_dropped.clone(),
+        );
         registry.register(
             "access_log_dropped_lines",
             "Access-log lines dropped because the writer fell behind (a full queue)",
@@ -225,6 +240,8 @@ impl Metrics {
             authz,
             config_version,
             access_log_dropped,
+            spans_exported,
+            spans_dropped,
         })
     }
 

@@ -16,6 +16,7 @@ pub struct ProxyState {
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<Metrics>,
     pub access_log: Arc<crate::access_log::AccessLog>,
+    pub tracer: Arc<crate::trace::Exporter>,
     pub identity: LocalIdentity,
     pub settings: Settings,
     /// The last config change that was rejected, and why (shown on `/config`).
@@ -56,7 +57,10 @@ impl ProxyState {
             access_log: Arc::new(crate::access_log::AccessLog::new(
                 metrics.access_log_dropped.clone(),
             )),
-
+            tracer: Arc::new(crate::trace::Exporter::new(
+                metrics.spans_exported.clone(),
+                metrics.spans_dropped.clone(),
+            )),
             identity,
             settings,
             last_error: Mutex::new(None),

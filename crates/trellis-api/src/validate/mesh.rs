@@ -23,8 +23,30 @@ pub(super) fn mesh_config(p: &mut Problems, spec: &MeshConfigSpec) {
         spec.telemetry.tracing_sample_percent,
     );
     access_log(p, &spec.telemetry.access_log);
+    if let Some(endpoint) = &spec.telemetry.otlp_endpoint {
+        otlp_endpoint(p, endpoint);
+    }
     service_address_range(p, &spec.service_address_range);
     dns_domain(p, &spec.dns_domain);
+}
+
+/// An OTLP/gRPC collector: `http://`, a host and a port. (Sidecars speak plaintext gRPC to it;
+/// a collector beside the sidecar or inside the host's network is the expected setup.)
+fn otlp_endpoint(p: &mut Problems, endpoint: &str) {
+    let ok = endpoint
+        .strip_prefix("http://")
+        .and_then(|rest| rest.trim_end_matches('/').rsplit_once(':'))
+        .is_some_and(|(host, port)| {
+            !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+    if !ok {
+        p.add(
+            "spec.telemetry.otlpEndpoint",
+            format!(
+                "must be an OTLP/gRPC collector as http://HOST:PORT (TLS to the collector is not supported) (got {endpoint:?})"
+            ),
+        );
+    }
 }
 
 fn access_log(p: &mut Problems, log: &crate::access_log::AccessLogConfig) {

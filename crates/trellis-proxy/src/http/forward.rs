@@ -31,6 +31,8 @@ pub struct Target<'a, U> {
     pub service: &'a str,
     pub wire: Wire,
     pub peer: SocketAddr,
+    /// The request's trace, when it is sampled: each attempt gets a CLIENT span.
+    pub trace: Option<&'a crate::trace::Traced>,
 }
 
 pub async fn forward<U: Upstream>(
@@ -224,6 +226,25 @@ async fn attempt<U: Upstream>(
         .admit(&svc.limits, retry, hold_connection, dial.timeout)
         .await
         .map_err(|o| TryFailure::Refused(upstream::overflow(svc, o)))?;
+    let mut req = req;
+    let span = t.trace.map(|traced| {
+        let method = req.method().clone();
+        let mut span = traced.start(
+            crate::trace::Kind::Client,
+            method.as_str(),
+            req.headers_mut(),
+        );
+        span.text("http.request.method", method.as_str());
+        span.text("url.path", req.uri().path());
+        span.text("server.address", t.service);
+        span.text("http.route", &t.rule.name);
+        span.text("network.peer.address", &dial.addr.to_string());
+        span.number("trellis.retry", i64::from(retry));
+        if let Some(id) = &picked.endpoint().identity {
+            span.text("trellis.peer.identity", &id.to_string());
+        }
+        span
+    });
     let mut in_flight = picked.start();
     let send = t.upstream.send(&dial, t.wire, req);
     let result = match limit {
@@ -243,6 +264,12 @@ async fn attempt<U: Upstream>(
         Err(e) => Ended::Failed(e.failure),
     };
     feedback::record(t.ctx.metrics, picked, &mut in_flight, ended);
+    if let Some(span) = span {
+        match &result {
+            Ok(rsp) => span.end(Some(rsp.status().as_u16()), None),
+            Err(e) => span.end(None, Some(e.reason().as_str())),
+        }
+    }
     let mut rsp = result?;
     strip_hop_by_hop(rsp.headers_mut(), false);
     Ok(rsp)

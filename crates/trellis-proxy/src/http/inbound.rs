@@ -39,6 +39,7 @@ pub async fn handle(
     let start = Instant::now();
     let shape = Shape::of(req.headers());
     let line = super::begin(&state, "inbound", conn.peer, conn.peer_id.clone(), &mut req);
+    let span = server_span(&state, &conn, &mut req);
     let service = state.identity.service.clone();
     let result = match guard(&state, &conn, &mut req).await {
         Ok(snap) => to_app(&state, &snap, app, req).await,
@@ -66,6 +67,12 @@ pub async fn handle(
             Outcome::error(e, shape, &service, "")
         }
     };
+    if let Some(span) = span {
+        span.end(
+            Some(outcome.response.status().as_u16()),
+            outcome.reason.map(Reason::as_str),
+        );
+    }
     let source = conn
         .peer_id
         .clone()
@@ -78,6 +85,41 @@ pub async fn handle(
         start,
         line,
     ))
+}
+
+/// The inbound SERVER span of a traced request (the app then sees it as its parent).
+fn server_span(
+    state: &ProxyState,
+    conn: &Conn,
+    req: &mut Request<Incoming>,
+) -> Option<crate::trace::OpenSpan> {
+    let snap = state.snapshot.load();
+    let telemetry = &snap.as_ref()?.mesh.telemetry;
+    telemetry.otlp_endpoint.as_ref()?;
+    let traced = crate::trace::decide(
+        telemetry,
+        &state.identity.service,
+        &state.tracer,
+        req.headers(),
+    )?;
+    let method = req.method().clone();
+    let mut span = traced.start(
+        crate::trace::Kind::Server,
+        method.as_str(),
+        req.headers_mut(),
+    );
+    span.text("http.request.method", method.as_str());
+    span.text("url.path", req.uri().path());
+    span.text("server.address", &state.identity.service);
+    span.text(
+        "network.protocol.version",
+        crate::trace::protocol_version(req.version()),
+    );
+    span.text("client.address", &conn.peer.ip().to_string());
+    if let Some(id) = &conn.peer_id {
+        span.text("trellis.peer.identity", id);
+    }
+    Some(span)
 }
 
 /// Authentication then authorization; `Ok` is the config the request was admitted under, `Err`

@@ -160,6 +160,19 @@ async fn routed(
     // destination port declares; the peer's inbound side does the same towards its app.
     let protocol = declared.map(|p| p.protocol).unwrap_or_default();
     let wire = Wire::for_port(protocol, req.version());
+    let traced = snapshot
+        .mesh
+        .telemetry
+        .otlp_endpoint
+        .as_ref()
+        .and_then(|_| {
+            crate::trace::decide(
+                &snapshot.mesh.telemetry,
+                &state.identity.service,
+                &state.tracer,
+                req.headers(),
+            )
+        });
     let target = Target {
         upstream: &state.upstreams,
         ctx: state.upstream_context(),
@@ -168,6 +181,7 @@ async fn routed(
         service: &svc.name,
         wire,
         peer,
+        trace: traced.as_ref(),
     };
     if upgrade {
         let backend = rule

@@ -152,6 +152,7 @@ async fn get(
         rule: &svc.rules[0],
         service: "web",
         wire: Wire::Http1,
+        trace: None,
         peer: PEER.parse().expect("peer"),
     };
     let req = Request::get("/").body(body::empty()).expect("request");

@@ -1,0 +1,280 @@
+//! Distributed tracing end to end with software nobody here wrote: apps instrumented with the
+//! OpenTelemetry Python SDK, an OTLP/gRPC receiver built from the OpenTelemetry protocol
+//! package, curl. A call app → sidecar → sidecar → app that the route retries once is one trace
+//! whose spans link up: the app's CLIENT span is the parent of the caller sidecar's CLIENT span
+//! per attempt (two), each the parent of the callee sidecar's SERVER span, each the parent of
+//! the callee app's SERVER span. A B3-only client keeps its trace (and its header style); a
+//! request nobody sampled leaves no span.
+mod common;
+
+use common::mesh::*;
+use common::*;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const RECEIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otel/receiver.py");
+const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otel/app.py");
+
+fn mesh(otlp: &str) -> String {
+    format!(
+        "apiVersion: trellis.dev/v1
+kind: Service
+metadata: {{name: b}}
+spec: {{ports: [{{port: 80, protocol: http}}]}}
+---
+apiVersion: trellis.dev/v1
+kind: Route
+metadata: {{name: b}}
+spec:
+  service: b
+  rules:
+    - name: all
+      retries: {{attempts: 2, retryOn: [5xx], backoff: {{baseInterval: 10ms, maxInterval: 10ms}}}}
+---
+apiVersion: trellis.dev/v1
+kind: MeshConfig
+metadata: {{name: mesh}}
+spec:
+  telemetry: {{tracingSamplePercent: 0, otlpEndpoint: \"{otlp}\"}}
+"
+    )
+}
+
+/// The spans received so far.
+fn spans(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The spans of `trace`, once there are `n` (bounded wait).
+async fn spans_of(out: &Path, trace: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found: Vec<Value> = spans(out)
+            .into_iter()
+            .filter(|s| s["trace_id"] == trace)
+            .collect();
+        if found.len() >= n || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for_workload(admin: SocketAddr, service: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let config = config_of(admin).await;
+        if config["resources"].as_array().is_some_and(|rs| {
+            rs.iter()
+                .any(|r| r["kind"] == "Workload" && r["spec"]["service"] == service)
+        }) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the sidecar at {admin} never learnt {service}'s endpoint");
+}
+
+fn of<'a>(spans: &'a [Value], service: &str, kind: &str) -> Vec<&'a Value> {
+    spans
+        .iter()
+        .filter(|s| s["service"] == service && s["kind"] == kind)
+        .collect()
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn one_trace_links_apps_and_sidecars_per_attempt_and_b3_keeps_its_trace() {
+    let dir = tempdir("tracing");
+    let out = dir.join("spans.jsonl");
+    let receiver_addr = free_addr();
+    let otlp = format!("http://{receiver_addr}");
+    let receiver = External::spawn(
+        &dir,
+        "receiver",
+        "python3",
+        &[
+            RECEIVER,
+            &receiver_addr.port().to_string(),
+            out.to_str().unwrap(),
+        ],
+    );
+    let cp_addr = free_addr();
+    let url = format!("http://{cp_addr}");
+    let _cp = control(&dir, "control", cp_addr, "embedded");
+    wait_api(cp_addr).await;
+    apply(&url, &dir, &mesh(&otlp));
+
+    // b: an instrumented app behind its sidecar.
+    let p = Ports::free();
+    let _app = External::spawn(
+        &dir,
+        "b-app",
+        "python3",
+        &[APP, "serve", &p.app.port().to_string(), "b-app", &otlp],
+    );
+    let _b = Proc::spawn(
+        &dir,
+        "b-0-proxy",
+        &[
+            "proxy".into(),
+            format!("--control={url}"),
+            "--node-id=b-0".into(),
+            "--service=b".into(),
+            "--outbound=off".into(),
+            format!("--inbound={}", p.inbound),
+            format!("--app={}", p.app),
+            format!("--admin={}", p.admin),
+            "--lease-ttl=2s".into(),
+        ],
+    );
+    // a: a caller sidecar for the instrumented client.
+    let (a_outbound, a_admin) = (free_addr(), free_addr());
+    let _a = Proc::spawn(
+        &dir,
+        "a-proxy",
+        &[
+            "proxy".into(),
+            format!("--control={url}"),
+            "--node-id=a".into(),
+            "--service=a".into(),
+            format!("--outbound={a_outbound}"),
+            format!("--admin={a_admin}"),
+        ],
+    );
+    wait_ready(p.admin).await;
+    wait_ready(a_admin).await;
+    wait_listening(p.app).await;
+    wait_for_workload(a_admin, "b").await;
+
+    // The instrumented client calls b through its sidecar; b fails the first try, the route
+    // retries, the second succeeds.
+    let called = std::process::Command::new("python3")
+        .args([
+            APP,
+            "call",
+            &format!("http://{a_outbound}/flaky"),
+            "b",
+            "a-app",
+            &otlp,
+        ])
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&called.stdout).to_string();
+    assert!(
+        called.status.success() && stdout.starts_with("200"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&called.stderr)
+    );
+    let answer: Value = serde_json::from_str(stdout.lines().nth(1).unwrap_or("")).expect(&stdout);
+    let traceparent = answer["headers"]["traceparent"].as_str().expect(&stdout);
+    let trace = traceparent.split('-').nth(1).unwrap().to_string();
+
+    let all = spans_of(&out, &trace, 7).await;
+    assert_eq!(
+        all.len(),
+        7,
+        "one trace of 7 spans: {all:#?}\nreceiver: {}",
+        receiver.log_text()
+    );
+    let root = of(&all, "a-app", "client");
+    assert_eq!(root.len(), 1, "{all:#?}");
+    assert_eq!(root[0]["parent"], "", "the client's span starts the trace");
+    let attempts = of(&all, "a", "client");
+    assert_eq!(attempts.len(), 2, "a CLIENT span per attempt: {all:#?}");
+    let mut retries: Vec<&str> = attempts
+        .iter()
+        .map(|s| s["attributes"]["trellis.retry"].as_str().unwrap_or("?"))
+        .collect();
+    retries.sort();
+    assert_eq!(retries, ["0", "1"], "{attempts:#?}");
+    let inbound = of(&all, "b", "server");
+    let apps = of(&all, "b-app", "server");
+    assert_eq!((inbound.len(), apps.len()), (2, 2), "{all:#?}");
+    for attempt in &attempts {
+        assert_eq!(attempt["parent"], root[0]["span_id"], "{attempt}");
+        assert_eq!(attempt["attributes"]["server.address"], "b");
+        assert_eq!(attempt["attributes"]["http.request.method"], "GET");
+        // The callee sidecar's span of this attempt, and the app's under it.
+        let server: Vec<_> = inbound
+            .iter()
+            .filter(|s| s["parent"] == attempt["span_id"])
+            .collect();
+        assert_eq!(server.len(), 1, "{attempt} -> {inbound:#?}");
+        assert_eq!(
+            server[0]["attributes"]["trellis.peer.identity"],
+            "spiffe://cluster.local/ns/default/sa/a"
+        );
+        let app: Vec<_> = apps
+            .iter()
+            .filter(|s| s["parent"] == server[0]["span_id"])
+            .collect();
+        assert_eq!(app.len(), 1, "{server:?} -> {apps:#?}");
+        let code = attempt["attributes"]["http.response.status_code"].clone();
+        assert_eq!(server[0]["attributes"]["http.response.status_code"], code);
+    }
+    let codes: Vec<String> = attempts
+        .iter()
+        .map(|s| s["attributes"]["http.response.status_code"].to_string())
+        .collect();
+    assert!(
+        codes.contains(&"\"503\"".to_string()) && codes.contains(&"\"200\"".to_string()),
+        "{codes:?}"
+    );
+
+    // A B3-only client: its trace id goes on, in B3, to the app.
+    let b3_trace = "80f198ee56343ba864fe8b2a57d3eff7";
+    let body = curl(&[
+        "-H",
+        "Host: b",
+        "-H",
+        &format!("b3: {b3_trace}-e457b5a2e4d86bd1-1"),
+        &format!("http://{a_outbound}/b3"),
+    ]);
+    let seen: Value = serde_json::from_str(&body).expect(&body);
+    let b3 = seen["headers"]["b3"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(b3.starts_with(b3_trace), "{body}");
+    assert!(seen["headers"]["traceparent"].is_null(), "{body}");
+    let sidecar_spans = spans_of(&out, b3_trace, 2).await;
+    let client = of(&sidecar_spans, "a", "client");
+    assert_eq!(client.len(), 1, "{sidecar_spans:#?}");
+    assert_eq!(client[0]["parent"], "e457b5a2e4d86bd1");
+    assert_eq!(
+        of(&sidecar_spans, "b", "server").len(),
+        1,
+        "{sidecar_spans:#?}"
+    );
+
+    // Nobody sampled this one (no context, 0%): no span, headers as they were.
+    let body = curl(&["-H", "Host: b", &format!("http://{a_outbound}/untraced")]);
+    let seen: Value = serde_json::from_str(&body).expect(&body);
+    assert!(seen["headers"]["traceparent"].is_null(), "{body}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !spans(&out)
+            .iter()
+            .any(|s| s["attributes"]["url.path"] == "/untraced"),
+        "an unsampled request made spans"
+    );
+}
