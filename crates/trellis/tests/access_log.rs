@@ -48,20 +48,6 @@ async fn lines_for(log: &Path, path: &str, n: usize) -> Vec<Value> {
     }
 }
 
-fn curl(args: &[&str]) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .output()
-        .expect("curl (installed by the test command)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn side<'a>(found: &'a [Value], direction: &str) -> &'a Value {
     found
         .iter()

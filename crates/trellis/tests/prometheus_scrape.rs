@@ -10,7 +10,6 @@ use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const MESH: &str = "apiVersion: trellis.dev/v1
@@ -22,61 +21,11 @@ spec: {ports: [{port: 80, protocol: http}]}
 const FRONTEND: &str = "spiffe://cluster.local/ns/default/sa/frontend";
 const BATCH: &str = "spiffe://cluster.local/ns/default/sa/batch";
 
-/// An outbound-only sidecar of `service`, steered by the control plane at `url`.
-fn caller_of(dir: &Path, url: &str, service: &str) -> Caller {
-    let (outbound, admin) = (free_addr(), free_addr());
-    Caller {
-        proc: Proc::spawn(
-            dir,
-            service,
-            &[
-                "proxy".into(),
-                format!("--control={url}"),
-                format!("--node-id={service}"),
-                format!("--service={service}"),
-                format!("--outbound={outbound}"),
-                format!("--admin={admin}"),
-            ],
-        ),
-        outbound,
-        admin,
-        upstreams: Vec::new(),
-    }
-}
-
-/// Waits until a caller's config holds a Workload of web (so no request is spent finding out).
-async fn wait_for_web(admin: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let config = config_of(admin).await;
-        let has = config["resources"].as_array().is_some_and(|rs| {
-            rs.iter()
-                .any(|r| r["kind"] == "Workload" && r["spec"]["service"] == "web")
-        });
-        if has {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the caller at {admin} never learnt web's endpoint");
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// An instant PromQL query: each result series as (its labels named in `by`, value).
 async fn query(prom: SocketAddr, promql: &str, by: &[&str]) -> BTreeMap<Vec<String>, f64> {
     let (status, body) = get_status(
         prom,
-        &format!("/api/v1/query?query={}", percent_encode(promql)),
+        &format!("/api/v1/query?query={}", trellis::ctl::encode(promql)),
     )
     .await
     .expect("Prometheus answers");
@@ -124,8 +73,8 @@ async fn promql_gives_each_edge_its_requests_and_success_rate() {
     for admin in [web_admin, frontend.admin, batch.admin] {
         wait_ready(admin).await;
     }
-    wait_for_web(frontend.admin).await;
-    wait_for_web(batch.admin).await;
+    wait_for_workload(frontend.admin, "web").await;
+    wait_for_workload(batch.admin, "web").await;
 
     let prom_addr = free_addr();
     let config = dir.join("prometheus.yml");

@@ -10,7 +10,6 @@ mod common;
 use common::mesh::*;
 use common::*;
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -66,40 +65,11 @@ async fn spans_of(out: &Path, trace: &str, n: usize) -> Vec<Value> {
     }
 }
 
-async fn wait_for_workload(admin: SocketAddr, service: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let config = config_of(admin).await;
-        if config["resources"].as_array().is_some_and(|rs| {
-            rs.iter()
-                .any(|r| r["kind"] == "Workload" && r["spec"]["service"] == service)
-        }) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the sidecar at {admin} never learnt {service}'s endpoint");
-}
-
 fn of<'a>(spans: &'a [Value], service: &str, kind: &str) -> Vec<&'a Value> {
     spans
         .iter()
         .filter(|s| s["service"] == service && s["kind"] == kind)
         .collect()
-}
-
-fn curl(args: &[&str]) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]
@@ -148,19 +118,8 @@ async fn one_trace_links_apps_and_sidecars_per_attempt_and_b3_keeps_its_trace() 
         ],
     );
     // a: a caller sidecar for the instrumented client.
-    let (a_outbound, a_admin) = (free_addr(), free_addr());
-    let _a = Proc::spawn(
-        &dir,
-        "a-proxy",
-        &[
-            "proxy".into(),
-            format!("--control={url}"),
-            "--node-id=a".into(),
-            "--service=a".into(),
-            format!("--outbound={a_outbound}"),
-            format!("--admin={a_admin}"),
-        ],
-    );
+    let a = caller_of(&dir, &url, "a");
+    let (a_outbound, a_admin) = (a.outbound, a.admin);
     wait_ready(p.admin).await;
     wait_ready(a_admin).await;
     wait_listening(p.app).await;

@@ -99,6 +99,46 @@ pub fn caller_named(dir: &Path, controls: &str, name: &str) -> Caller {
     }
 }
 
+/// An outbound-only sidecar of `service` (its node id too), steered by the control plane(s):
+/// a caller with its own identity, `spiffe://cluster.local/ns/default/sa/<service>`.
+pub fn caller_of(dir: &Path, controls: &str, service: &str) -> Caller {
+    let (outbound, admin) = (free_addr(), free_addr());
+    Caller {
+        proc: Proc::spawn(
+            dir,
+            service,
+            &[
+                "proxy".into(),
+                format!("--control={controls}"),
+                format!("--node-id={service}"),
+                format!("--service={service}"),
+                format!("--outbound={outbound}"),
+                format!("--admin={admin}"),
+            ],
+        ),
+        outbound,
+        admin,
+        upstreams: Vec::new(),
+    }
+}
+
+/// Waits (15 s at most) until the proxy at `admin` holds a Workload of `service`, so a test's
+/// first request to it is not spent finding out.
+pub async fn wait_for_workload(admin: SocketAddr, service: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let config = config_of(admin).await;
+        if config["resources"].as_array().is_some_and(|rs| {
+            rs.iter()
+                .any(|r| r["kind"] == "Workload" && r["spec"]["service"] == service)
+        }) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the proxy at {admin} never learnt an endpoint of {service}");
+}
+
 /// `n` control-plane replicas over one store, answering.
 pub struct Replicas {
     pub procs: Vec<Option<Proc>>,
