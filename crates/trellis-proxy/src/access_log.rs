@@ -66,6 +66,10 @@ impl AccessLog {
     }
 }
 
+/// How long the writer gathers lines after a write: the sender wakes no thread while the writer
+/// sleeps, so a busy sidecar pays one wake-up and one write per this interval, not per line.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The writer thread: appends each line to its output, flushing whenever the queue runs dry.
 fn write_lines(rx: Receiver<Line>) {
     let mut files: Vec<(Arc<str>, Option<std::io::BufWriter<std::fs::File>>)> = Vec::new();
@@ -103,6 +107,7 @@ fn write_lines(rx: Receiver<Line>) {
         {
             let _ = f.flush();
         }
+        std::thread::sleep(GATHER);
     }
 }
 
@@ -363,47 +368,89 @@ pub fn trace_id(h: &HeaderMap) -> Option<String> {
         .map(str::to_ascii_lowercase)
 }
 
-/// A line: the chosen fields, in order, as one JSON object.
+/// A line: the chosen fields, in order, as one JSON object, written straight into one string.
 fn render(fields: &[AccessLogField], time: SystemTime, r: &Record) -> String {
-    use serde_json::Value;
-    let ms = |d: Duration| Value::from((d.as_secs_f64() * 1e6).round() / 1e3);
-    let opt = |v: Option<&str>| v.map_or(Value::Null, Value::from);
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(512);
+    let ms = |out: &mut String, d: Duration| {
+        let _ = write!(out, "{}", (d.as_secs_f64() * 1e6).round() / 1e3);
+    };
     out.push('{');
     for (i, f) in fields.iter().enumerate() {
-        let value = match f {
-            AccessLogField::Time => Value::from(rfc3339(time)),
-            AccessLogField::Kind => Value::from(r.kind),
-            AccessLogField::Direction => Value::from(r.direction),
-            AccessLogField::TraceId => opt(r.trace_id.as_deref()),
-            AccessLogField::RequestId => opt(r.request_id.as_deref()),
-            AccessLogField::Source => r.source.map_or(Value::Null, |s| s.to_string().into()),
-            AccessLogField::SourceIdentity => opt(r.source_identity.as_deref()),
-            AccessLogField::Destination => Value::from(r.destination.as_str()),
-            AccessLogField::Route => Value::from(r.route.as_str()),
-            AccessLogField::Method => Value::from(r.method.as_str()),
-            AccessLogField::Path => Value::from(r.path.as_str()),
-            AccessLogField::Authority => opt(r.authority.as_deref()),
-            AccessLogField::Protocol => Value::from(r.protocol),
-            AccessLogField::Status => r.status.map_or(Value::Null, Value::from),
-            AccessLogField::GrpcStatus => opt(r.grpc_status),
-            AccessLogField::Reason => Value::from(r.reason),
-            AccessLogField::BytesReceived => Value::from(r.bytes_received),
-            AccessLogField::BytesSent => Value::from(r.bytes_sent),
-            AccessLogField::DurationMs => ms(r.duration),
-            AccessLogField::ResponseHeadersMs => r.response_headers.map_or(Value::Null, ms),
-            AccessLogField::Attempts => r.attempts.map_or(Value::Null, Value::from),
-        };
         if i > 0 {
             out.push(',');
         }
         out.push('"');
         out.push_str(f.key());
         out.push_str("\":");
-        out.push_str(&value.to_string());
+        match f {
+            AccessLogField::Time => json_str(&mut out, Some(&rfc3339(time))),
+            AccessLogField::Kind => json_str(&mut out, Some(r.kind)),
+            AccessLogField::Direction => json_str(&mut out, Some(r.direction)),
+            AccessLogField::TraceId => json_str(&mut out, r.trace_id.as_deref()),
+            AccessLogField::RequestId => json_str(&mut out, r.request_id.as_deref()),
+            AccessLogField::Source => match r.source {
+                Some(s) => {
+                    let _ = write!(out, "\"{s}\"");
+                }
+                None => out.push_str("null"),
+            },
+            AccessLogField::SourceIdentity => json_str(&mut out, r.source_identity.as_deref()),
+            AccessLogField::Destination => json_str(&mut out, Some(&r.destination)),
+            AccessLogField::Route => json_str(&mut out, Some(&r.route)),
+            AccessLogField::Method => json_str(&mut out, Some(&r.method)),
+            AccessLogField::Path => json_str(&mut out, Some(&r.path)),
+            AccessLogField::Authority => json_str(&mut out, r.authority.as_deref()),
+            AccessLogField::Protocol => json_str(&mut out, Some(r.protocol)),
+            AccessLogField::Status => json_num(&mut out, r.status.map(u64::from)),
+            AccessLogField::GrpcStatus => json_str(&mut out, r.grpc_status),
+            AccessLogField::Reason => json_str(&mut out, Some(r.reason)),
+            AccessLogField::BytesReceived => json_num(&mut out, Some(r.bytes_received)),
+            AccessLogField::BytesSent => json_num(&mut out, Some(r.bytes_sent)),
+            AccessLogField::DurationMs => ms(&mut out, r.duration),
+            AccessLogField::ResponseHeadersMs => match r.response_headers {
+                Some(d) => ms(&mut out, d),
+                None => out.push_str("null"),
+            },
+            AccessLogField::Attempts => json_num(&mut out, r.attempts.map(u64::from)),
+        }
     }
     out.push('}');
     out
+}
+
+fn json_num(out: &mut String, n: Option<u64>) {
+    use std::fmt::Write as _;
+    match n {
+        Some(n) => {
+            let _ = write!(out, "{n}");
+        }
+        None => out.push_str("null"),
+    }
+}
+
+/// A JSON string (RFC 8259 escaping: quote, backslash, control characters), or `null`.
+fn json_str(out: &mut String, s: Option<&str>) {
+    use std::fmt::Write as _;
+    let Some(s) = s else {
+        out.push_str("null");
+        return;
+    };
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// RFC 3339 in UTC with milliseconds (`2026-12-02T08:00:00.123Z`).
@@ -576,7 +623,7 @@ mod tests {
             direction: "outbound",
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
             method: "GET".into(),
-            path: "/a \"quoted\" path".into(),
+            path: "/a \"quoted\" \\ path\u{1}\tü".into(),
             status: Some(200),
             duration: Duration::from_micros(1500),
             ..Record::default()
@@ -593,7 +640,7 @@ mod tests {
         let line = render(&fields, t, &r);
         let v: serde_json::Value = serde_json::from_str(&line).expect(&line);
         assert_eq!(v["status"], 200);
-        assert_eq!(v["path"], "/a \"quoted\" path");
+        assert_eq!(v["path"], "/a \"quoted\" \\ path\u{1}\tü");
         assert_eq!(v["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(v["durationMs"], 1.5);
         assert_eq!(v["grpcStatus"], serde_json::Value::Null);
