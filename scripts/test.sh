@@ -105,6 +105,11 @@ bash scripts/module-circles.sh
 log "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The README's first command is `cargo run --release -- up ...`: with more than one binary in the
+# workspace, `cargo run` must still know which one to run.
+log "cargo run picks the trellis binary"
+cargo run --quiet -- --version
+
 # Every test's scratch files (etcd data directories, certificates, logs) go under one directory
 # that is removed when the run ends, pass or fail, so repeated runs never fill the disk.
 scratch="$(mktemp -d "${TMPDIR:-/tmp}/trellis-tests.XXXXXX")"
