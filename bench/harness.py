@@ -572,6 +572,24 @@ def telemetry_config(work: Path, name: str, port: int, protocol: str) -> tuple[P
     return cfg, helpers
 
 
+def start_trellis_pair(tools: Tools, work: Path, cfg: Path, inbound: int, backend: int,
+                       entry: int, b_extra: list[str] = (), a_extra: list[str] = ()) -> list[Proxy]:
+    """B (inbound on `inbound`, in front of the backend) first, then A (a port bound to
+    backend on `entry`), both from `cfg`."""
+    b = start_trellis(tools, work, "trellis-b", [
+        "--config", str(cfg), "--service", "backend", "--outbound", "off",
+        "--inbound", f"127.0.0.1:{inbound}", "--app", f"127.0.0.1:{backend}", *b_extra],
+        free_port())
+    try:
+        a = start_trellis(tools, work, "trellis-a", [
+            "--config", str(cfg), "--service", "client", "--outbound", "off",
+            "--upstream", f"backend=127.0.0.1:{entry}", *a_extra], free_port())
+    except BaseException:
+        stop(b.proc)
+        raise
+    return [b, a]
+
+
 def build_topology(name: str, tools: Tools, work: Path, backend: int, h2: bool) -> Topology:
     """Starts the proxies of topology `name` in front of `backend`; server side first."""
     proto = "http2" if h2 else "http"
@@ -594,22 +612,12 @@ def build_topology(name: str, tools: Tools, work: Path, backend: int, h2: bool) 
         elif name == "trellis-pair":
             inbound = free_port()
             cfg = trellis_config(work, name, inbound, proto)
-            proxies.append(start_trellis(tools, work, "trellis-b", [
-                "--config", str(cfg), "--service", "backend", "--outbound", "off",
-                "--inbound", f"127.0.0.1:{inbound}", "--app", f"127.0.0.1:{backend}"], free_port()))
-            proxies.append(start_trellis(tools, work, "trellis-a", [
-                "--config", str(cfg), "--service", "client", "--outbound", "off",
-                "--upstream", f"backend=127.0.0.1:{entry}"], free_port()))
+            proxies += start_trellis_pair(tools, work, cfg, inbound, backend, entry)
         elif name in TELEMETRY_TOPOLOGIES:
             inbound = free_port()
             cfg, helpers = telemetry_config(work, name, inbound, proto)
             helper_procs.extend(helpers)
-            proxies.append(start_trellis(tools, work, "trellis-b", [
-                "--config", str(cfg), "--service", "backend", "--outbound", "off",
-                "--inbound", f"127.0.0.1:{inbound}", "--app", f"127.0.0.1:{backend}"], free_port()))
-            proxies.append(start_trellis(tools, work, "trellis-a", [
-                "--config", str(cfg), "--service", "client", "--outbound", "off",
-                "--upstream", f"backend=127.0.0.1:{entry}"], free_port()))
+            proxies += start_trellis_pair(tools, work, cfg, inbound, backend, entry)
         elif name == "envoy-pair":
             mid, admin_b, admin_a = free_port(), free_port(), free_port()
             cfg_b = envoy_config(work, "envoy-b", mid, admin_b, backend, h2)
@@ -622,14 +630,9 @@ def build_topology(name: str, tools: Tools, work: Path, backend: int, h2: bool) 
             certs = mtls_certs(work)
             inbound = free_port()
             cfg = trellis_mtls_config(work, name, inbound, proto)
-            proxies.append(start_trellis(tools, work, "trellis-b", [
-                "--config", str(cfg), "--service", "backend", "--outbound", "off",
-                "--inbound", f"127.0.0.1:{inbound}", "--app", f"127.0.0.1:{backend}",
-                *certs.trellis_args("server")], free_port()))
-            proxies.append(start_trellis(tools, work, "trellis-a", [
-                "--config", str(cfg), "--service", "client", "--outbound", "off",
-                "--upstream", f"backend=127.0.0.1:{entry}",
-                *certs.trellis_args("client")], free_port()))
+            proxies += start_trellis_pair(tools, work, cfg, inbound, backend, entry,
+                                          certs.trellis_args("server"),
+                                          certs.trellis_args("client"))
             check_mtls_server(inbound, certs)
         elif name == "envoy-pair-mtls":
             certs = mtls_certs(work)
