@@ -1,8 +1,8 @@
 //! Finished spans leave the sidecar in OTLP/gRPC batches (the `opentelemetry-proto` crate's
 //! messages and client), to the collector the MeshConfig names.
 //!
-//! A request never waits for its span: spans go through a bounded queue to one export task,
-//! which sends a batch when it has 512 spans or after half a second. A full queue, a collector
+//! A request never waits for its span: spans go through a bounded queue to one export task on
+//! its own thread, which sends a batch when it has 512 spans or after half a second. A full queue, a collector
 //! that is down, slow (5 s per export at most) or refuses a batch: the spans are dropped and
 //! counted (`trellis_trace_spans_dropped_total`), never retried into a growing backlog.
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -43,12 +43,27 @@ impl Exporter {
         }
     }
 
-    /// Queues a span; called from a request's task, so the export task starts on the runtime
-    /// the first time.
+    /// Queues a span. The export runs on a thread of its own (with its own small runtime),
+    /// started with the first span: encoding and sending a batch never holds up the workers
+    /// that serve requests.
     pub fn send(&self, span: Finished) {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(run(rx, self.exported.clone(), self.dropped.clone()));
+            let (exported, dropped) = (self.exported.clone(), self.dropped.clone());
+            let started = std::thread::Builder::new()
+                .name("otlp-export".into())
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt.block_on(run(rx, exported, dropped)),
+                        Err(e) => tracing::warn!(error = %e, "no runtime for span export; spans are dropped"),
+                    }
+                });
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "cannot start the span exporter; spans are dropped");
+            }
             tx
         });
         if queue.try_send(span).is_err() {
