@@ -247,7 +247,7 @@ impl RequestLine {
             record: Record {
                 kind: "http",
                 direction,
-                trace_id: trace_id(h),
+                trace_id: crate::trace::context::trace_id_text(h),
                 request_id: text(REQUEST_ID),
                 source: Some(peer),
                 source_identity: peer_identity,
@@ -344,28 +344,6 @@ fn protocol(v: http::Version) -> &'static str {
         http::Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
     }
-}
-
-/// The trace id a request carries: W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), else B3
-/// (`b3: <trace>-<span>[-...]` or `x-b3-traceid`). Only well-formed ids are taken.
-pub fn trace_id(h: &HeaderMap) -> Option<String> {
-    let hex = |s: &str, lens: &[usize]| {
-        lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
-    };
-    let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
-    if let Some(tp) = header("traceparent") {
-        let mut parts = tp.trim().split('-');
-        if let (Some(_version), Some(id)) = (parts.next(), parts.next()) {
-            if hex(id, &[32]) && id.bytes().any(|b| b != b'0') {
-                return Some(id.to_ascii_lowercase());
-            }
-        }
-    }
-    let b3 = header("b3")
-        .and_then(|v| v.trim().split('-').next())
-        .or_else(|| header("x-b3-traceid").map(str::trim));
-    b3.filter(|id| hex(id, &[16, 32]))
-        .map(str::to_ascii_lowercase)
 }
 
 /// A line: the chosen fields, in order, as one JSON object, written straight into one string.
@@ -571,50 +549,6 @@ impl http_body::Body for Logged {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn trace_ids_from_w3c_then_b3_only_when_well_formed() {
-        let w3c = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
-        assert_eq!(
-            trace_id(&headers(&[("traceparent", w3c)])).as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        let b3 = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1";
-        assert_eq!(
-            trace_id(&headers(&[("b3", b3)])).as_deref(),
-            Some("80f198ee56343ba864fe8b2a57d3eff7")
-        );
-        assert_eq!(
-            trace_id(&headers(&[("x-b3-traceid", "463ac35c9f6413ad")])).as_deref(),
-            Some("463ac35c9f6413ad")
-        );
-        // Bad traceparent ids (all zeros, wrong length, not hex) fall through to B3 or nothing.
-        let zeros = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
-        assert_eq!(trace_id(&headers(&[("traceparent", zeros)])), None);
-        assert_eq!(
-            trace_id(&headers(&[("traceparent", "00-abc-def-01")])),
-            None
-        );
-        assert_eq!(
-            trace_id(&headers(&[
-                ("traceparent", "garbage"),
-                ("x-b3-traceid", "463ac35c9f6413ad")
-            ]))
-            .as_deref(),
-            Some("463ac35c9f6413ad")
-        );
-        assert_eq!(trace_id(&headers(&[("b3", "zz-yy")])), None);
-        assert_eq!(trace_id(&HeaderMap::new()), None);
-    }
 
     #[test]
     fn a_line_is_json_with_the_chosen_fields_in_order() {

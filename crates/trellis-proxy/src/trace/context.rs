@@ -74,6 +74,22 @@ pub fn extract(h: &HeaderMap) -> Option<Incoming> {
     w3c(h).or_else(|| b3_single(h)).or_else(|| b3_multi(h))
 }
 
+/// The trace id alone, in hex as logs show it: from `traceparent`, else `b3`, else
+/// `x-b3-traceid` (a 64-bit B3 id stays 16 digits). Looser than [`extract`], which also needs
+/// the caller's span to continue the trace: a log names the trace whatever else is missing.
+pub fn trace_id_text(h: &HeaderMap) -> Option<String> {
+    let w3c = header(h, TRACEPARENT)
+        .and_then(|tp| tp.split('-').nth(1))
+        .and_then(|id| trace_id(id, false));
+    let (id, short) = w3c.or_else(|| {
+        header(h, B3)
+            .and_then(|v| v.split('-').next())
+            .or_else(|| header(h, B3_TRACE))
+            .and_then(|id| trace_id(id, true))
+    })?;
+    Some(if short { hex(&id[8..]) } else { hex(&id) })
+}
+
 fn w3c(h: &HeaderMap) -> Option<Incoming> {
     let mut parts = header(h, TRACEPARENT)?.split('-');
     let (version, trace, parent, flags) =
@@ -284,5 +300,40 @@ mod tests {
             assert_eq!(extract(&headers(&[(name, value)])), None, "{name}: {value}");
         }
         assert_eq!(extract(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn trace_ids_from_w3c_then_b3_only_when_well_formed() {
+        let w3c = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            trace_id_text(&headers(&[("traceparent", w3c)])).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        let b3 = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1";
+        assert_eq!(
+            trace_id_text(&headers(&[("b3", b3)])).as_deref(),
+            Some("80f198ee56343ba864fe8b2a57d3eff7")
+        );
+        assert_eq!(
+            trace_id_text(&headers(&[("x-b3-traceid", "463ac35c9f6413ad")])).as_deref(),
+            Some("463ac35c9f6413ad")
+        );
+        // Bad traceparent ids (all zeros, wrong length, not hex) fall through to B3 or nothing.
+        let zeros = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+        assert_eq!(trace_id_text(&headers(&[("traceparent", zeros)])), None);
+        assert_eq!(
+            trace_id_text(&headers(&[("traceparent", "00-abc-def-01")])),
+            None
+        );
+        assert_eq!(
+            trace_id_text(&headers(&[
+                ("traceparent", "garbage"),
+                ("x-b3-traceid", "463ac35c9f6413ad")
+            ]))
+            .as_deref(),
+            Some("463ac35c9f6413ad")
+        );
+        assert_eq!(trace_id_text(&headers(&[("b3", "zz-yy")])), None);
+        assert_eq!(trace_id_text(&HeaderMap::new()), None);
     }
 }
