@@ -38,8 +38,20 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let shape = Shape::of(req.headers());
-    let line = super::begin(&state, "inbound", conn.peer, conn.peer_id.clone(), &mut req);
-    let span = server_span(&state, &conn, &mut req);
+    // One look at the config in force for both the log line and the span.
+    let (line, span) = {
+        let snap = state.snapshot.load();
+        let telemetry = snap.as_ref().map(|s| &s.mesh.telemetry);
+        let line = super::begin(
+            &state,
+            telemetry,
+            "inbound",
+            conn.peer,
+            conn.peer_id.clone(),
+            &mut req,
+        );
+        (line, server_span(&state, telemetry, &conn, &mut req))
+    };
     let service = state.identity.service.clone();
     let result = match guard(&state, &conn, &mut req).await {
         Ok(snap) => to_app(&state, &snap, app, req).await,
@@ -90,14 +102,12 @@ pub async fn handle(
 /// The inbound SERVER span of a traced request (the app then sees it as its parent).
 fn server_span(
     state: &ProxyState,
+    telemetry: Option<&trellis_api::mesh::Telemetry>,
     conn: &Conn,
     req: &mut Request<Incoming>,
 ) -> Option<crate::trace::OpenSpan> {
-    let snap = state.snapshot.load();
-    let telemetry = &snap.as_ref()?.mesh.telemetry;
-    telemetry.otlp_endpoint.as_ref()?;
     let traced = crate::trace::decide(
-        telemetry,
+        telemetry?,
         &state.identity.service,
         &state.tracer,
         req.headers(),

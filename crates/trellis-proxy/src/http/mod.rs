@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use trellis_api::mesh::Telemetry;
 
 /// What one request came to, for metrics and logs.
 pub struct Outcome {
@@ -66,20 +67,17 @@ pub fn record(
 }
 
 /// Gives the request an `x-request-id` when it has none, and takes its access-log line when
-/// the config in force asks for one.
+/// `telemetry` (the config in force) asks for one.
 pub fn begin(
     state: &ProxyState,
+    telemetry: Option<&Telemetry>,
     direction: &'static str,
     peer: SocketAddr,
     peer_identity: Option<Arc<str>>,
     req: &mut Request<Incoming>,
 ) -> Option<RequestLine> {
     ensure_request_id(req.headers_mut());
-    let snap = state.snapshot.load();
-    let config = &snap.as_ref()?.mesh.telemetry.access_log;
-    if !config.enabled {
-        return None;
-    }
+    let config = &telemetry?.access_log;
     RequestLine::begin(
         &state.access_log,
         config,

@@ -39,7 +39,11 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let shape = Shape::of(req.headers());
-    let line = super::begin(&state, "outbound", peer, None, &mut req);
+    let line = {
+        let snap = state.snapshot.load();
+        let telemetry = snap.as_ref().map(|s| &s.mesh.telemetry);
+        super::begin(&state, telemetry, "outbound", peer, None, &mut req)
+    };
     let outcome = route(&state, fixed.as_deref(), peer, req, shape).await;
     if let Some(reason) = outcome.reason {
         tracing::debug!(service = %outcome.service, route = %outcome.route, reason = reason.as_str(), "proxy answered");
@@ -160,19 +164,12 @@ async fn routed(
     // destination port declares; the peer's inbound side does the same towards its app.
     let protocol = declared.map(|p| p.protocol).unwrap_or_default();
     let wire = Wire::for_port(protocol, req.version());
-    let traced = snapshot
-        .mesh
-        .telemetry
-        .otlp_endpoint
-        .as_ref()
-        .and_then(|_| {
-            crate::trace::decide(
-                &snapshot.mesh.telemetry,
-                &state.identity.service,
-                &state.tracer,
-                req.headers(),
-            )
-        });
+    let traced = crate::trace::decide(
+        &snapshot.mesh.telemetry,
+        &state.identity.service,
+        &state.tracer,
+        req.headers(),
+    );
     let target = Target {
         upstream: &state.upstreams,
         ctx: state.upstream_context(),
