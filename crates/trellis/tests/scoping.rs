@@ -157,6 +157,19 @@ async fn a_sidecar_holds_and_reaches_only_what_its_service_lists() {
         assert_eq!(a.status, 404, "{}", a.body);
         assert_eq!(a.header("trellis-error"), Some("no-route"));
     }
+    // The same from curl over HTTP/2 (prior knowledge): another client, another protocol.
+    let head = curl(&[
+        "--http2-prior-knowledge",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Host: c",
+        &format!("http://{outbound}/"),
+    ]);
+    assert!(head.starts_with("HTTP/2 404"), "{head}");
+    assert!(head.contains("trellis-error: no-route"), "{head}");
     assert_eq!(
         c_requests.load(Ordering::SeqCst),
         0,
