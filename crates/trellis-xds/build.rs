@@ -3,6 +3,7 @@
 const PROTOS: &[&str] = &[
     "proto/envoy/service/discovery/v3/ads.proto",
     "proto/trellis/v1/resource.proto",
+    "proto/trellis/v1/telemetry.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod route;
 pub mod security;
 pub mod service;
+pub mod telemetry;
 pub mod validate;
 
 pub use address::{Ipv4Cidr, ServiceAddress, ServiceAddressSpec};

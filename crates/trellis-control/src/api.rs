@@ -122,6 +122,8 @@ pub struct ApiState {
     pub ca: Arc<MeshCa>,
     /// Documents one apply may commit at most, below the store's own cap (`None`: the store's).
     pub max_apply_documents: Option<usize>,
+    /// The proxies' telemetry streams to this replica (`trellis stat`, `tap`, `top`).
+    pub telemetry: Option<trellis_xds::telemetry::TelemetryHub>,
 }
 
 impl ApiState {
@@ -155,6 +157,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/workloads", post(register))
         .route("/api/v1/leases/{id}", post(keep_alive).delete(revoke))
         .route("/api/v1/proxies", get(proxies))
+        .route("/api/v1/stat", get(crate::live_api::stat))
+        .route("/api/v1/tap", get(crate::live_api::tap))
         .route("/api/v1/certificates", post(ca_api::issue))
         .route("/api/v1/ca", get(ca_api::show))
         .route("/api/v1/ca/roots", post(ca_api::add_root))
@@ -210,7 +214,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),

@@ -46,6 +46,7 @@ impl Api {
             .await
             .unwrap();
         let state = Arc::new(ApiState {
+            telemetry: None,
             store,
             model,
             lease_ttl: Duration::from_secs(10),

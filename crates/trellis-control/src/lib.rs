@@ -20,6 +20,7 @@ pub mod ca;
 pub mod ca_api;
 pub mod compaction;
 pub mod egress;
+pub mod live_api;
 pub mod mesh_status;
 pub mod model;
 pub mod registry;

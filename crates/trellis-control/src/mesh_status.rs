@@ -237,6 +237,27 @@ impl MeshStatus {
         })
     }
 
+    /// The other replicas whose heartbeat is fresh: (id, API address). Empty when the store is
+    /// not shared or cannot be read (then only this replica's proxies are reachable).
+    pub async fn live_peers(&self) -> Vec<(String, String)> {
+        if !self.store.shares_status() {
+            return Vec::new();
+        }
+        let Ok(Ok(entries)) = tokio::time::timeout(STORE_TIMEOUT, self.store.list_status()).await
+        else {
+            return Vec::new();
+        };
+        let now = now_ms();
+        entries
+            .iter()
+            .filter(|(path, _)| path.starts_with("replicas/"))
+            .filter_map(|(_, bytes)| serde_json::from_slice::<ReplicaRecord>(bytes).ok())
+            .filter(|r| r.id != self.id)
+            .filter(|r| now.saturating_sub(r.heartbeat_unix_ms) <= STALE.as_millis() as u64)
+            .map(|r| (r.id, r.api))
+            .collect()
+    }
+
     /// Adds the other replicas and the proxies of those that are up.
     fn merge(
         &self,

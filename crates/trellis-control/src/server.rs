@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use trellis_net::{ConnLimiter, ConnSlot, Ended, HttpServer};
 use trellis_xds::server::ServerConfig;
+use trellis_xds::telemetry::TelemetryHub;
 use trellis_xds::AdsServer;
 
 #[derive(Clone)]
@@ -154,6 +155,7 @@ pub async fn run(
         ..ServerConfig::default()
     };
     let ads = AdsServer::new(views.clone(), config);
+    let telemetry = TelemetryHub::new(Some(auth::xds_hook(ca.token().clone())));
     let listener = trellis_net::bind(opts.listen)
         .await
         .map_err(|error| ControlError::Bind {
@@ -177,6 +179,7 @@ pub async fn run(
         status: Some(status),
         ca,
         max_apply_documents: opts.max_apply_documents,
+        telemetry: Some(telemetry.clone()),
     });
     on_ready(addr);
     let api = api::router(state);
@@ -191,16 +194,18 @@ pub async fn run(
         );
     }
     let http = opts.connections.http.clone();
+    // xDS and the telemetry link share the gRPC side of the port.
+    let grpc = tonic::service::Routes::new(ads.service()).add_service(telemetry.service());
     trellis_net::serve(
         listener,
         "control",
         limiter,
         shutdown,
         |stream, peer, slot| {
-            let (api, ads, http) = (api.clone(), ads.clone(), http.clone());
+            let (api, grpc, http) = (api.clone(), grpc.clone(), http.clone());
             async move {
                 let _ = stream.set_nodelay(true);
-                let ended = serve_connection(stream, slot, api, ads, &http).await;
+                let ended = serve_connection(stream, slot, api, grpc, &http).await;
                 tracing::debug!(%peer, %ended, "control connection ended");
             }
         },
@@ -237,7 +242,7 @@ async fn serve_connection(
     stream: TcpStream,
     slot: ConnSlot,
     api: axum::Router,
-    ads: AdsServer,
+    grpc: tonic::service::Routes,
     http: &HttpServer,
 ) -> Ended {
     let h2 = match http.while_pending(&slot, is_http2(&stream)).await {
@@ -247,7 +252,7 @@ async fn serve_connection(
         None => return Ended::HeaderTimeout,
     };
     if h2 {
-        let svc = TowerToHyperService::new(ads.service());
+        let svc = TowerToHyperService::new(grpc);
         http.serve_http2(stream, svc, slot).await
     } else {
         let svc = TowerToHyperService::new(api);

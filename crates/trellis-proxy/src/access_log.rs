@@ -11,6 +11,7 @@
 //! the bytes sent, the full duration and a `grpc-status` that came in the trailers.
 use crate::body::{Body, BoxError};
 use crate::grpc;
+use crate::live::tap::{shown_headers, Headers, Taps};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body::{Frame, SizeHint};
@@ -24,6 +25,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 use trellis_api::access_log::{AccessLogConfig, AccessLogField, STDOUT};
+use trellis_api::telemetry::TapEvent;
 
 /// Lines waiting for the writer at most; past this they are dropped.
 const QUEUE: usize = 8192;
@@ -160,8 +162,10 @@ struct Record {
 /// config says it gets one), finished when its response body ends.
 pub struct RequestLine {
     log: Arc<AccessLog>,
-    output: Arc<str>,
-    fields: Arc<[AccessLogField]>,
+    /// Where the line goes and what it holds, when the access log chose this request.
+    logged: Option<(Arc<str>, Arc<[AccessLogField]>)>,
+    /// The open taps and the request's headers as they show them, when a tap may want it.
+    tapped: Option<(Arc<Taps>, Headers)>,
     time: SystemTime,
     start: Instant,
     received: Arc<AtomicU64>,
@@ -215,13 +219,25 @@ impl RequestLine {
     /// request is marked so that [`counting`] counts its body.
     pub fn begin<B>(
         log: &Arc<AccessLog>,
-        config: &AccessLogConfig,
+        config: Option<&AccessLogConfig>,
+        taps: &Arc<Taps>,
         direction: &'static str,
         peer: SocketAddr,
         peer_identity: Option<Arc<str>>,
         req: &mut Request<B>,
     ) -> Option<Self> {
-        if !chosen(config) {
+        let logged = config.filter(|c| chosen(c)).map(|config| {
+            let fields: Arc<[AccessLogField]> = if config.fields.is_empty() {
+                Arc::from(AccessLogField::ALL)
+            } else {
+                Arc::from(config.fields.as_slice())
+            };
+            (Arc::from(config.output.as_str()), fields)
+        });
+        let tapped = taps
+            .wants(req.method().as_str(), req.uri().path())
+            .then(|| (taps.clone(), shown_headers(req.headers())));
+        if logged.is_none() && tapped.is_none() {
             return None;
         }
         let received = Arc::new(AtomicU64::new(0));
@@ -232,15 +248,10 @@ impl RequestLine {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let fields: Arc<[AccessLogField]> = if config.fields.is_empty() {
-            Arc::from(AccessLogField::ALL)
-        } else {
-            Arc::from(config.fields.as_slice())
-        };
         Some(Self {
             log: log.clone(),
-            output: Arc::from(config.output.as_str()),
-            fields,
+            logged,
+            tapped,
             time: SystemTime::now(),
             start: Instant::now(),
             received,
@@ -294,8 +305,13 @@ impl RequestLine {
     fn write(mut self) {
         self.record.bytes_received = self.received.load(Ordering::Relaxed);
         self.record.duration = self.start.elapsed();
-        let text = render(&self.fields, self.time, &self.record);
-        self.log.send(self.output.clone(), text);
+        if let Some((output, fields)) = &self.logged {
+            let text = render(fields, self.time, &self.record);
+            self.log.send(output.clone(), text);
+        }
+        if let Some((taps, headers)) = self.tapped.take() {
+            taps.offer(tap_event(self.time, &self.record, headers));
+        }
     }
 }
 
@@ -444,6 +460,32 @@ fn rfc3339(t: SystemTime) -> String {
         t.second(),
         t.millisecond()
     )
+}
+
+/// A finished request as a tap shows it (the proxy and namespace are the tap's to fill in).
+fn tap_event(time: SystemTime, r: &Record, request_headers: Headers) -> TapEvent {
+    TapEvent {
+        time: rfc3339(time),
+        direction: r.direction.to_string(),
+        source: r.source_identity.as_deref().unwrap_or("").to_string(),
+        source_address: r.source.map(|a| a.to_string()).unwrap_or_default(),
+        destination: r.destination.clone(),
+        route: r.route.clone(),
+        method: r.method.clone(),
+        authority: r.authority.clone().unwrap_or_default(),
+        path: r.path.clone(),
+        status: r.status.unwrap_or(0),
+        grpc_status: r.grpc_status.map(str::to_string),
+        reason: r.reason.to_string(),
+        duration_ms: r.duration.as_secs_f64() * 1000.0,
+        bytes_received: r.bytes_received,
+        bytes_sent: r.bytes_sent,
+        attempts: r.attempts,
+        trace_id: r.trace_id.clone(),
+        request_id: r.request_id.clone(),
+        request_headers,
+        ..TapEvent::default()
+    }
 }
 
 pin_project_lite::pin_project! {

@@ -19,11 +19,16 @@ pub struct Control {
     keep_alive: Option<tokio::task::JoinHandle<()>>,
     /// Fetches and renews the workload certificate.
     issuer: Option<tokio::task::JoinHandle<()>>,
+    /// The telemetry link (`trellis stat`, `tap`, `top`) and the sampler of its history.
+    live: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl Drop for Control {
     fn drop(&mut self) {
         if let Some(t) = &self.issuer {
+            t.abort();
+        }
+        for t in &self.live {
             t.abort();
         }
     }
@@ -55,6 +60,7 @@ pub fn start(c: &ControlSource, state: &Arc<ProxyState>) -> Result<Control, Star
         state.identity.service.clone(),
         state.identity.namespace.clone(),
     );
+    let live = start_live(&uris, c, &node, state);
     let st = state.clone();
     let mut config = ClientConfig::new(uris, node);
     config.token = c.token.clone();
@@ -93,7 +99,33 @@ pub fn start(c: &ControlSource, state: &Arc<ProxyState>) -> Result<Control, Star
         registration,
         keep_alive,
         issuer,
+        live,
     })
+}
+
+/// Opens the telemetry link to the control plane and starts keeping the history it answers
+/// `trellis stat` from.
+fn start_live(
+    uris: &[http::Uri],
+    c: &ControlSource,
+    node: &NodeInfo,
+    state: &Arc<ProxyState>,
+) -> [tokio::task::JoinHandle<()>; 2] {
+    let history = crate::live::history::History::new(state.metrics.clone());
+    let sampler = history.spawn_sampler();
+    let live = crate::live::Live {
+        history,
+        taps: state.taps.clone(),
+        node_id: c.node_id.clone(),
+        namespace: state.identity.namespace.clone(),
+    };
+    let link = trellis_xds::telemetry::client::spawn(
+        uris.to_vec(),
+        c.token.clone(),
+        node.clone(),
+        Arc::new(live),
+    );
+    [sampler, link]
 }
 
 /// Compiles an update into a snapshot and installs it; an error is NACKed by the client.

@@ -24,6 +24,7 @@ pub mod grpc;
 pub mod http;
 pub mod idle;
 pub mod listener;
+pub mod live;
 pub mod metrics;
 pub mod ondemand;
 pub mod registration;

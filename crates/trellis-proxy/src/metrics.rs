@@ -20,7 +20,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
@@ -89,13 +89,16 @@ pub struct RetryLabels {
 }
 
 fn latency_histogram() -> Histogram {
-    // 100 µs .. ~6.5 s
-    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+    // 100 µs .. ~6.5 s: the bounds `trellis stat` merges buckets by.
+    Histogram::new(trellis_api::telemetry::latency_bounds())
 }
 
 /// All metric families of one proxy process.
 pub struct Metrics {
     registry: Registry,
+    /// Only the request count and latency families, which `trellis stat` samples
+    /// ([`crate::live::history`]): encoding them alone is cheap.
+    golden: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     pub conns_opened: Family<ConnLabels, Counter>,
@@ -109,6 +112,8 @@ pub struct Metrics {
     pub inbound_tls: Family<ResultLabels, Counter>,
     pub authz: Family<AuthzLabels, Counter>,
     pub config_version: Gauge,
+    /// Live taps (`trellis tap`, `trellis top`) open on this proxy.
+    pub taps_open: Gauge,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
     /// Spans sent to the OTLP collector, and spans dropped (full queue, failed export).
@@ -141,6 +146,12 @@ impl Metrics {
         let inbound_tls = Family::<ResultLabels, Counter>::default();
         let authz = Family::<AuthzLabels, Counter>::default();
         let config_version = Gauge::default();
+        let taps_open = Gauge::default();
+        registry.register(
+            "taps_open",
+            "Live taps (trellis tap, trellis top) open on this proxy",
+            taps_open.clone(),
+        );
         let access_log_dropped = Counter::default();
         let spans_exported = Counter::default();
         let spans_dropped = Counter::default();
@@ -224,8 +235,12 @@ impl Metrics {
             "Version of the config snapshot in use",
             config_version.clone(),
         );
+        let mut golden = Registry::with_prefix("trellis");
+        golden.register("requests", "", requests.clone());
+        golden.register("request_duration_seconds", "", latency.clone());
         Arc::new(Self {
             registry,
+            golden,
             requests,
             latency,
             conns_opened,
@@ -239,6 +254,7 @@ impl Metrics {
             inbound_tls,
             authz,
             config_version,
+            taps_open,
             access_log_dropped,
             spans_exported,
             spans_dropped,
@@ -305,6 +321,13 @@ impl Metrics {
             exposition::Format::OpenMetrics => openmetrics,
             exposition::Format::Classic => exposition::to_classic(&openmetrics),
         }
+    }
+
+    /// The OpenMetrics text of the request count and latency families only.
+    pub fn encode_golden(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.golden);
+        out
     }
 
     /// The OpenMetrics text exposition.

@@ -16,6 +16,8 @@ pub struct ProxyState {
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<Metrics>,
     pub access_log: Arc<crate::access_log::AccessLog>,
+    /// Live taps (`trellis tap`, `trellis top`) open on this proxy.
+    pub taps: Arc<crate::live::tap::Taps>,
     pub tracer: Arc<crate::trace::Exporter>,
     pub identity: LocalIdentity,
     pub settings: Settings,
@@ -57,6 +59,7 @@ impl ProxyState {
             access_log: Arc::new(crate::access_log::AccessLog::new(
                 metrics.access_log_dropped.clone(),
             )),
+            taps: Arc::new(crate::live::tap::Taps::new(metrics.taps_open.clone())),
             tracer: Arc::new(crate::trace::Exporter::new(
                 metrics.spans_exported.clone(),
                 metrics.spans_dropped.clone(),

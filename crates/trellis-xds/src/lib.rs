@@ -49,6 +49,7 @@ pub mod node;
 pub mod pb;
 pub mod resource;
 pub mod server;
+pub mod telemetry;
 
 pub use client::{
     AdsClient, Backoff, ClientConfig, ClientStatus, Discovery, Feed, Resolution, Resources,

@@ -46,6 +46,13 @@ enum Command {
     ProxyConfig(ctl::ProxyConfigArgs),
     /// Is the mesh healthy: control plane reachable, every proxy connected and in sync.
     Check(ctl::CheckArgs),
+    /// Golden numbers from the proxies: success rate, requests per second and latency
+    /// percentiles per service, or per caller → callee edge (--from/--to), over a recent window.
+    Stat(ctl::StatArgs),
+    /// Watch the requests a service's sidecars see, live (credentials redacted).
+    Tap(ctl::TapArgs),
+    /// A live table of a service's busiest paths, from a tap.
+    Top(ctl::TopArgs),
     /// Look at the mesh certificate authority and rotate its root (add-root, activate, retire).
     Ca(ca_cmd::CaArgs),
     /// Check config files and report every problem with file, document and field path.
@@ -79,6 +86,9 @@ fn main() -> ExitCode {
             Command::ProxyConfig(args) => ctl::proxy_config(args).await,
             Command::Check(args) => ctl::check(args).await,
             Command::Ca(args) => ca_cmd::run(args).await,
+            Command::Stat(args) => ctl::stat(args).await,
+            Command::Tap(args) => ctl::tap(args).await,
+            Command::Top(args) => ctl::top(args).await,
         }
     })
 }

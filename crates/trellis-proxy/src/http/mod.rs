@@ -67,7 +67,7 @@ pub fn record(
 }
 
 /// Gives the request an `x-request-id` when it has none, and takes its access-log line when
-/// `telemetry` (the config in force) asks for one.
+/// `telemetry` (the config in force) asks for one or an open tap may want it.
 pub fn begin(
     state: &ProxyState,
     telemetry: Option<&Telemetry>,
@@ -77,10 +77,10 @@ pub fn begin(
     req: &mut Request<Incoming>,
 ) -> Option<RequestLine> {
     ensure_request_id(req.headers_mut());
-    let config = &telemetry?.access_log;
     RequestLine::begin(
         &state.access_log,
-        config,
+        telemetry.map(|t| &t.access_log),
+        &state.taps,
         direction,
         peer,
         peer_identity,

@@ -414,6 +414,50 @@ impl Api {
         self.exchange(&call).await
     }
 
+    /// `GET path` whose answer is a stream (a tap): the first replica that answers 2xx gives
+    /// its body; any other answer is an error with the API's words.
+    pub async fn open_stream(&self, path: &str) -> anyhow::Result<hyper::body::Incoming> {
+        let replicas = self
+            .replicas
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!(e.clone()))?;
+        let call = Call {
+            method: http::Method::GET,
+            path,
+            body: Bytes::new(),
+            apply_id: None,
+            timeout: ATTEMPT_TIMEOUT,
+        };
+        let mut failures = Vec::new();
+        for replica in replicas {
+            let request = self
+                .request(replica, &call)
+                .map_err(|e| anyhow::anyhow!(e.explained()))?;
+            let sent = tokio::time::timeout(CONNECT_TIMEOUT * 2, self.client.request(request));
+            match sent.await {
+                Ok(Ok(rsp)) if rsp.status().is_success() => return Ok(rsp.into_body()),
+                Ok(Ok(rsp)) => {
+                    let status = rsp.status();
+                    let bytes = rsp.into_body().collect().await.map(|b| b.to_bytes());
+                    let text = bytes
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .unwrap_or_default();
+                    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                    if status != http::StatusCode::SERVICE_UNAVAILABLE {
+                        bail!(
+                            "{replica} answered {status}: {}",
+                            refusal_message(status, &json)
+                        );
+                    }
+                    failures.push(format!("{replica}: answered 503: {}", error_text(&json)));
+                }
+                Ok(Err(e)) => failures.push(format!("{replica}: {}", causes(&e))),
+                Err(_) => failures.push(format!("{replica}: no answer in time")),
+            }
+        }
+        bail!("no replica could be reached:\n  {}", failures.join("\n  "))
+    }
+
     /// Tries the replicas in order from the last that answered, `passes` times at most.
     async fn exchange(&self, call: &Call<'_>) -> Result<Reply, CallError> {
         let replicas = self

@@ -36,10 +36,12 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 mod api;
+mod live;
 mod mesh;
 mod split;
 
 pub use api::*;
+pub use live::{stat, tap, top, StatArgs, TapArgs, TopArgs};
 pub use mesh::{check, proxy_config, ProxyConfigArgs};
 
 /// A secret given on the command line or in the environment: `Debug` never shows it.

@@ -1,0 +1,37 @@
+//! What this proxy tells the control plane when asked over the telemetry link
+//! (`trellis_xds::telemetry`): its golden numbers over a recent window ([`history`]) for
+//! `trellis stat`, and the requests passing now ([`tap`]) for `trellis tap` and `trellis top`.
+pub mod history;
+pub mod tap;
+
+use history::History;
+use std::sync::Arc;
+use tap::Taps;
+use tokio::sync::mpsc;
+use trellis_api::telemetry::{StatQuery, TapFilter};
+
+/// Answers the control plane's questions for one proxy.
+pub struct Live {
+    pub history: Arc<History>,
+    pub taps: Arc<Taps>,
+    pub node_id: String,
+    pub namespace: String,
+}
+
+impl trellis_xds::telemetry::Handler for Live {
+    fn stat(&self, query: &[u8]) -> Vec<u8> {
+        let answer = match serde_json::from_slice::<StatQuery>(query) {
+            Ok(q) => serde_json::to_value(self.history.answer(&q, &self.namespace)),
+            Err(e) => Ok(serde_json::json!({ "error": format!("bad stat query: {e}") })),
+        };
+        answer
+            .and_then(|v| serde_json::to_vec(&v))
+            .unwrap_or_default()
+    }
+
+    fn tap(&self, filter: &[u8]) -> Result<mpsc::Receiver<Vec<u8>>, String> {
+        let filter: TapFilter =
+            serde_json::from_slice(filter).map_err(|e| format!("bad tap filter: {e}"))?;
+        Ok(self.taps.open(filter, &self.node_id, &self.namespace))
+    }
+}
