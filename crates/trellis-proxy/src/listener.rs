@@ -16,7 +16,7 @@ use crate::gate;
 use crate::http::outbound::FixedTarget;
 use crate::http::{inbound, outbound};
 use crate::idle::Activity;
-use crate::metrics::{ConnLabels, ResultLabels};
+use crate::metrics::{ConnLabels, ResultLabels, TcpLabels};
 use crate::state::ProxyState;
 use crate::tcp::splice;
 use crate::tls::Alpn;
@@ -360,7 +360,19 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let started = (std::time::SystemTime::now(), std::time::Instant::now());
-    let (bytes, reason) = forward_tcp(io, conn.peer, role, state, service).await;
+    let source = match role {
+        Role::Inbound { .. } => conn
+            .peer_id
+            .clone()
+            .unwrap_or_else(|| state.unknown_source()),
+        Role::Outbound { .. } => state.local_source(),
+    };
+    let edge = TcpLabels {
+        direction: role.direction(),
+        source,
+        service: service.to_string(),
+    };
+    let (bytes, reason) = forward_tcp(io, conn.peer, role, state, edge).await;
     if let Some(snap) = state.snapshot.load().as_ref() {
         crate::access_log::tcp_connection(
             &state.access_log,
@@ -383,7 +395,7 @@ async fn forward_tcp<I>(
     peer: SocketAddr,
     role: &Role,
     state: &Arc<ProxyState>,
-    service: &str,
+    edge: TcpLabels,
 ) -> ((u64, u64), &'static str)
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -404,14 +416,7 @@ where
     };
     match opened {
         Ok(mut upstream) => {
-            let bytes = splice(
-                &state.metrics,
-                role.direction(),
-                service,
-                io,
-                &mut upstream.io,
-            )
-            .await;
+            let bytes = splice(&state.metrics, edge, io, &mut upstream.io).await;
             (bytes, "")
         }
         Err(e) => {

@@ -20,7 +20,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
@@ -65,9 +65,24 @@ pub struct ConnLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabels {
     pub direction: &'static str,
+    /// Who called: see [`LatencyLabels::source`].
+    pub source: Arc<str>,
     pub service: String,
     /// `received` from the downstream peer, or `sent` to it.
     pub flow: &'static str,
+}
+
+/// One opaque TCP edge: who called (`source`, as for requests) which service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: &'static str,
+    pub source: Arc<str>,
+    pub service: String,
+}
+
+fn tcp_duration_histogram() -> Histogram {
+    // 1 ms .. ~70 min
+    Histogram::new(exponential_buckets(0.001, 4.0, 12))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,9 +116,15 @@ pub struct Metrics {
     golden: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    /// Time to the end of the response body (or the caller abandoning it).
+    pub response_duration: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     pub conns_opened: Family<ConnLabels, Counter>,
     pub conns_closed: Family<ConnLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
+    /// Opaque TCP connections forwarded, per edge: opened, closed, and how long they lasted.
+    pub tcp_streams_opened: Family<TcpLabels, Counter>,
+    pub tcp_streams_closed: Family<TcpLabels, Counter>,
+    pub tcp_stream_duration: Family<TcpLabels, Histogram, fn() -> Histogram>,
     pub detections: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
@@ -135,9 +156,19 @@ impl Metrics {
         let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
         );
+        let response_duration =
+            Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
         let conns_opened = Family::<ConnLabels, Counter>::default();
         let conns_closed = Family::<ConnLabels, Counter>::default();
         let bytes = Family::<BytesLabels, Counter>::default();
+        let tcp_streams_opened = Family::<TcpLabels, Counter>::default();
+        let tcp_streams_closed = Family::<TcpLabels, Counter>::default();
+        let tcp_stream_duration =
+            Family::<TcpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                tcp_duration_histogram,
+            );
         let detections = Family::<ResultLabels, Counter>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let retries = Family::<RetryLabels, Counter>::default();
@@ -191,6 +222,11 @@ impl Metrics {
             latency.clone(),
         );
         registry.register(
+            "response_duration_seconds",
+            "Time from request received to the end of the response body sent (or the caller abandoning it)",
+            response_duration.clone(),
+        );
+        registry.register(
             "tcp_connections_opened",
             "Accepted downstream connections",
             conns_opened.clone(),
@@ -202,8 +238,23 @@ impl Metrics {
         );
         registry.register(
             "tcp_bytes",
-            "Bytes moved on downstream connections",
+            "Bytes moved on opaque TCP connections, by direction, source identity, service and flow (received from or sent to the downstream peer)",
             bytes.clone(),
+        );
+        registry.register(
+            "tcp_streams_opened",
+            "Opaque TCP connections forwarded, by direction, source identity and service",
+            tcp_streams_opened.clone(),
+        );
+        registry.register(
+            "tcp_streams_closed",
+            "Opaque TCP connections that ended, by direction, source identity and service",
+            tcp_streams_closed.clone(),
+        );
+        registry.register(
+            "tcp_stream_duration_seconds",
+            "How long opaque TCP connections lasted, by direction, source identity and service",
+            tcp_stream_duration.clone(),
         );
         registry.register(
             "protocol_detections",
@@ -243,9 +294,13 @@ impl Metrics {
             golden,
             requests,
             latency,
+            response_duration,
             conns_opened,
             conns_closed,
             bytes,
+            tcp_streams_opened,
+            tcp_streams_closed,
+            tcp_stream_duration,
             detections,
             reloads,
             retries,
@@ -276,6 +331,7 @@ impl Metrics {
         self.latency
             .get_or_create(&latency)
             .observe(start.elapsed().as_secs_f64());
+        let to_end = self.response_duration.clone();
         let code = response.status().as_u16();
         let labels = |grpc_status: &'static str, failed: bool| RequestLabels {
             direction: latency.direction,
@@ -289,7 +345,7 @@ impl Metrics {
         };
         if !grpc::is_grpc(response.headers()) {
             self.requests.get_or_create(&labels("", code >= 500)).inc();
-            return response;
+            return timed_to_end(to_end, latency, start, response);
         }
         let known = grpc::status_of(response.headers())
             .map(Ending::Status)
@@ -299,12 +355,15 @@ impl Metrics {
         if let Some(ending) = known {
             let (status, failed) = grpc_label(ending);
             self.requests.get_or_create(&labels(status, failed)).inc();
-            return response;
+            return timed_to_end(to_end, latency, start, response);
         }
         let metrics = Arc::clone(self);
         let pending = labels("", false);
         response.map(move |b| {
             body::boxed(grpc::WatchStatus::new(b, move |ending| {
+                to_end
+                    .get_or_create(&latency)
+                    .observe(start.elapsed().as_secs_f64());
                 let (status, failed) = grpc_label(ending);
                 let mut l = pending;
                 l.grpc_status = status;
@@ -336,6 +395,78 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+type Durations = Family<LatencyLabels, Histogram, fn() -> Histogram>;
+
+/// `response`, its time to the end of the body recorded in `to_end` when the body ends or is
+/// dropped: at once for an answer that has no body to come.
+fn timed_to_end(
+    to_end: Durations,
+    edge: LatencyLabels,
+    start: std::time::Instant,
+    response: Response<Body>,
+) -> Response<Body> {
+    if http_body::Body::is_end_stream(response.body()) {
+        to_end
+            .get_or_create(&edge)
+            .observe(start.elapsed().as_secs_f64());
+        return response;
+    }
+    response.map(|inner| {
+        body::boxed(TimedToEnd {
+            inner,
+            end: Some((to_end, edge, start)),
+        })
+    })
+}
+
+/// A response body that records when it ends.
+struct TimedToEnd {
+    inner: Body,
+    end: Option<(Durations, LatencyLabels, std::time::Instant)>,
+}
+
+impl TimedToEnd {
+    fn end(&mut self) {
+        if let Some((to_end, edge, start)) = self.end.take() {
+            to_end
+                .get_or_create(&edge)
+                .observe(start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Drop for TimedToEnd {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+impl http_body::Body for TimedToEnd {
+    type Data = bytes::Bytes;
+    type Error = body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, body::BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None))
+            || (polled.is_ready() && self.inner.is_end_stream())
+        {
+            self.end();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -458,6 +589,36 @@ mod tests {
         rsp.into_body().collect().await.unwrap();
         assert_eq!(count(&m, 200, "none", "failure"), 1);
         assert_eq!(count(&m, 200, "0", "success"), 1, "nothing else counted");
+    }
+
+    /// How many responses the to-the-end histogram holds.
+    fn ended(m: &Metrics) -> u64 {
+        let text = m.encode();
+        text.lines()
+            .filter(|l| l.starts_with("trellis_response_duration_seconds_count"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn time_to_the_end_of_the_body_is_recorded_when_the_body_ends() {
+        let m = Metrics::new();
+        // No body to come: at once.
+        record(&m, Response::new(body::empty()));
+        assert_eq!(ended(&m), 1);
+        // A body: only once it has been sent...
+        let rsp = record(&m, Response::new(body::full("payload")));
+        assert_eq!(ended(&m), 1, "not before the body ends");
+        rsp.into_body().collect().await.unwrap();
+        assert_eq!(ended(&m), 2);
+        // ...or abandoned by the caller.
+        drop(record(&m, Response::new(body::full("payload"))));
+        assert_eq!(ended(&m), 3);
+        // A streamed gRPC answer: when its trailers pass.
+        let rsp = record(&m, grpc_response(streamed("0"), None));
+        assert_eq!(ended(&m), 3);
+        rsp.into_body().collect().await.unwrap();
+        assert_eq!(ended(&m), 4);
     }
 
     #[test]

@@ -232,6 +232,50 @@ async fn tcp_port_permissive_mtls_greets_at_once() {
     converse(s.ports.inbound)
         .await
         .expect("a plaintext client straight at the inbound side");
+    // Each connection is counted per peer on the inbound side: the caller's identity for the
+    // mesh caller, none for the plaintext client; opened, closed, and how long it lasted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (mesh, plain) = loop {
+        let (_, text) = get_status(s.ports.admin, "/metrics").await.unwrap();
+        let scrape = parse_metrics(&text);
+        let per_source = |metric: &str, mesh: bool| -> f64 {
+            scrape
+                .samples
+                .iter()
+                .filter(|x| x.metric == metric && x.labels.get("direction") == Some("inbound"))
+                .filter(|x| x.labels.get("service") == Some("db"))
+                .filter(|x| {
+                    let source = x.labels.get("source").unwrap_or_default();
+                    if mesh {
+                        source.ends_with("/ns/default/sa/caller")
+                    } else {
+                        source.is_empty()
+                    }
+                })
+                .map(|x| match x.value {
+                    prometheus_parse::Value::Counter(v) => v,
+                    prometheus_parse::Value::Histogram(ref h) => {
+                        h.iter().map(|b| b.count).fold(0.0, f64::max)
+                    }
+                    _ => 0.0,
+                })
+                .sum()
+        };
+        let counts = |mesh| {
+            [
+                per_source("trellis_tcp_streams_opened_total", mesh),
+                per_source("trellis_tcp_streams_closed_total", mesh),
+                per_source("trellis_tcp_stream_duration_seconds", mesh),
+            ]
+        };
+        let (mesh, plain) = (counts(true), counts(false));
+        if mesh == [1.0; 3] && plain == [1.0; 3] || std::time::Instant::now() > deadline {
+            break (mesh, plain);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(mesh, [1.0; 3], "the mesh caller's connection, per peer");
+    assert_eq!(plain, [1.0; 3], "the plaintext client's connection");
 }
 
 /// Strict: the mesh caller's ClientHello comes at once, so the greeting does too; a plaintext

@@ -122,8 +122,13 @@ async fn connection(
             let ctx = state.upstream_context();
             match opaque::to_address(&ctx, to).await {
                 Ok(mut upstream) => {
+                    let edge = crate::metrics::TcpLabels {
+                        direction: "outbound",
+                        source: state.local_source(),
+                        service: "passthrough".into(),
+                    };
                     let (metrics, io) = (&state.metrics, &mut upstream.io);
-                    crate::tcp::splice(metrics, "outbound", "passthrough", stream, io).await;
+                    crate::tcp::splice(metrics, edge, stream, io).await;
                 }
                 Err(e) => tracing::debug!(%peer, %to, error = %e, "passthrough connect failed"),
             }
