@@ -237,3 +237,119 @@ async fn one_trace_links_apps_and_sidecars_per_attempt_and_b3_keeps_its_trace() 
         "an unsampled request made spans"
     );
 }
+
+/// The mesh of the collector test: one service and every request traced to `otlp`.
+fn traced_mesh(otlp: &str) -> String {
+    format!(
+        "apiVersion: trellis.dev/v1
+kind: Service
+metadata: {{name: web}}
+spec: {{ports: [{{port: 80, protocol: http}}]}}
+---
+apiVersion: trellis.dev/v1
+kind: MeshConfig
+metadata: {{name: mesh}}
+spec:
+  telemetry: {{tracingSamplePercent: 100, otlpEndpoint: \"{otlp}\"}}
+"
+    )
+}
+
+/// Sends `n` requests through the caller's sidecar; every one must be answered by the app.
+async fn all_answered(outbound: std::net::SocketAddr, n: usize) {
+    let client = http1();
+    for i in 0..n {
+        let a = get(&client, outbound, Some("web"), "/", &[]).await;
+        assert_eq!(a.status, 200, "request {i}: {}", a.body);
+    }
+}
+
+/// Waits (30 s at most) until `metric` on `admin` is above `above`; its value.
+async fn grows(admin: std::net::SocketAddr, metric: &str, above: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = counter(admin, metric, &[]).await;
+        if v > above {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{metric} stayed at {v} (expected above {above})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Points the mesh's traces at `otlp` and waits until the caller's sidecar uses it.
+async fn use_collector(url: &str, dir: &Path, caller: std::net::SocketAddr, otlp: &str) {
+    apply(url, dir, &traced_mesh(otlp));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !config_of(caller).await.to_string().contains(otlp) {
+        assert!(
+            Instant::now() < deadline,
+            "the caller never took the MeshConfig for {otlp}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A collector killed in the middle of a run (then down), back on its address, and one that
+/// accepts connections and never answers: every request is still answered, spans that cannot
+/// go are dropped and counted, and export resumes when the collector is back.
+#[tokio::test]
+async fn a_collector_killed_down_or_hung_never_costs_a_request() {
+    let dir = tempdir("tracing-collector");
+    let cp_addr = free_addr();
+    let url = format!("http://{cp_addr}");
+    let _cp = control(&dir, "control", cp_addr, "embedded");
+    wait_api(cp_addr).await;
+    let out = dir.join("spans.jsonl");
+    let addr = free_addr();
+    let otlp = format!("http://{addr}");
+    let start_receiver = |name: &str| {
+        External::spawn(
+            &dir,
+            name,
+            "python3",
+            &[RECEIVER, &addr.port().to_string(), out.to_str().unwrap()],
+        )
+    };
+    let receiver = start_receiver("receiver");
+    wait_listening(addr).await;
+    apply(&url, &dir, &traced_mesh(&otlp));
+    let (_app, _web, web_admin) = instance(&dir, &url, "web-0", "v1");
+    let caller = caller_of(&dir, &url, "a");
+    wait_ready(web_admin).await;
+    wait_ready(caller.admin).await;
+    wait_endpoints(caller.admin, 1).await;
+    use_collector(&url, &dir, caller.admin, &otlp).await;
+
+    let exported = "trellis_trace_spans_exported_total";
+    let dropped = "trellis_trace_spans_dropped_total";
+    all_answered(caller.outbound, 100).await;
+    let sent = grows(caller.admin, exported, 0.0).await;
+    // kill -9 of the collector; then it is down (connections refused).
+    drop(receiver);
+    all_answered(caller.outbound, 200).await;
+    let lost = grows(caller.admin, dropped, 0.0).await;
+    // Back on the same address: export resumes.
+    let _receiver = start_receiver("receiver-again");
+    wait_listening(addr).await;
+    all_answered(caller.outbound, 100).await;
+    grows(caller.admin, exported, sent).await;
+    assert!(!spans(&out).is_empty(), "the collector received spans");
+
+    // Hung: accepts TCP and never says a word (no HTTP/2 handshake, no answer).
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_otlp = format!("http://{}", hung.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            conns.push(s);
+        }
+    });
+    use_collector(&url, &dir, caller.admin, &hung_otlp).await;
+    all_answered(caller.outbound, 1000).await;
+    grows(caller.admin, dropped, lost).await;
+    held.abort();
+}
