@@ -353,3 +353,97 @@ async fn a_collector_killed_down_or_hung_never_costs_a_request() {
     grows(caller.admin, dropped, lost).await;
     held.abort();
 }
+
+/// A mirrored copy of a traced request is visible in its trace: the caller's sidecar makes a
+/// CLIENT span for the copy (marked `trellis.mirror`), and the mirror's sidecar a SERVER span
+/// under it, beside the CLIENT → SERVER pair of the request itself.
+#[tokio::test]
+async fn a_mirrored_copy_has_its_own_span_in_the_trace() {
+    let dir = tempdir("tracing-mirror");
+    let out = dir.join("spans.jsonl");
+    let addr = free_addr();
+    let otlp = format!("http://{addr}");
+    let _receiver = External::spawn(
+        &dir,
+        "receiver",
+        "python3",
+        &[RECEIVER, &addr.port().to_string(), out.to_str().unwrap()],
+    );
+    wait_listening(addr).await;
+    let cp_addr = free_addr();
+    let url = format!("http://{cp_addr}");
+    let _cp = control(&dir, "control", cp_addr, "embedded");
+    wait_api(cp_addr).await;
+    let mirrored = format!(
+        "{}---
+apiVersion: trellis.dev/v1
+kind: DestinationPolicy
+metadata: {{name: web}}
+spec:
+  service: web
+  subsets:
+    - {{name: v1, labels: {{version: v1}}}}
+    - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: trellis.dev/v1
+kind: Route
+metadata: {{name: web}}
+spec:
+  service: web
+  rules:
+    - name: main
+      backends: [{{service: web, subset: v1}}]
+      mirror: {{service: web, subset: v2, percent: 100}}
+",
+        traced_mesh(&otlp)
+    );
+    apply(&url, &dir, &mirrored);
+    let (_a1, _s1, v1_admin) = instance(&dir, &url, "web-v1", "v1");
+    let (_a2, _s2, v2_admin) = instance(&dir, &url, "web-v2", "v2");
+    let caller = caller_of(&dir, &url, "a");
+    for admin in [v1_admin, v2_admin, caller.admin] {
+        wait_ready(admin).await;
+    }
+    wait_endpoints(caller.admin, 2).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let a = get(
+        &http1(),
+        caller.outbound,
+        Some("web"),
+        "/",
+        &[("traceparent", &parent)],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    let spans = spans_of(&out, trace, 4).await;
+    let clients = of(&spans, "a", "client");
+    assert_eq!(
+        clients.len(),
+        2,
+        "the request's try and the mirrored copy: {spans:#?}"
+    );
+    let copy = clients
+        .iter()
+        .find(|s| s["attributes"]["trellis.mirror"] == "1")
+        .unwrap_or_else(|| panic!("no mirror span: {spans:#?}"));
+    let request = clients
+        .iter()
+        .find(|s| s["span_id"] != copy["span_id"])
+        .unwrap();
+    for c in [copy, request] {
+        assert_eq!(
+            c["parent"], "00f067aa0ba902b7",
+            "both under the caller's span: {c}"
+        );
+    }
+    let servers = of(&spans, "web", "server");
+    assert_eq!(servers.len(), 2, "{spans:#?}");
+    let parents: Vec<&Value> = servers.iter().map(|s| &s["parent"]).collect();
+    assert!(
+        parents.contains(&&copy["span_id"]),
+        "the mirror's server span is under the copy's: {spans:#?}"
+    );
+    assert!(parents.contains(&&request["span_id"]), "{spans:#?}");
+}

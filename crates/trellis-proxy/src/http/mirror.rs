@@ -30,12 +30,42 @@ pub(super) fn mirror<U: Upstream>(t: &Target<'_, U>, parts: &Parts, replay: &Rep
         return;
     };
     let dial = picked.dial(&t.ctx);
-    let req = Request::from_parts(clone_parts(parts), replay.body());
+    let mut copy = clone_parts(parts);
+    // A traced request's copy gets a CLIENT span of its own, marked as the mirror, so a trace
+    // shows where its copies went (its parent is the caller's span, as for each try).
+    let span = t.trace.map(|traced| {
+        let method = copy.method.clone();
+        let mut span = traced.start(
+            crate::trace::Kind::Client,
+            method.as_str(),
+            &mut copy.headers,
+        );
+        span.text("http.request.method", method.as_str());
+        span.text("url.path", copy.uri.path());
+        span.text("server.address", &m.backend.service);
+        span.text("network.peer.address", &dial.addr.to_string());
+        span.number("trellis.mirror", 1);
+        span
+    });
+    let req = Request::from_parts(copy, replay.body());
     let upstream = t.upstream.clone();
     let wire = t.wire;
     tokio::spawn(async move {
         let send = upstream.send(&dial, wire, req);
-        if let Ok(Ok(rsp)) = tokio::time::timeout(MIRROR_TIMEOUT, send).await {
+        let answer = tokio::time::timeout(MIRROR_TIMEOUT, send).await;
+        let status = match &answer {
+            Ok(Ok(rsp)) => Some(rsp.status().as_u16()),
+            _ => None,
+        };
+        if let Some(span) = span {
+            let reason = match &answer {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.reason().as_str()),
+                Err(_) => Some("mirror-timeout"),
+            };
+            span.end(status, reason);
+        }
+        if let Ok(Ok(rsp)) = answer {
             let _ = http_body_util::BodyExt::collect(rsp.into_body()).await;
         }
     });
