@@ -187,7 +187,7 @@ pub fn counting(req: Request<Body>) -> Request<Body> {
 /// A fresh `x-request-id` for a request that has none: a random (version 4) UUID, as Envoy
 /// makes them, so a request is found in every log along its path.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
-    if headers.contains_key(REQUEST_ID) {
+    if headers.contains_key(&REQUEST_ID) {
         return;
     }
     let v = (rand::random::<u128>() & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
@@ -202,12 +202,16 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
         nibble -= 1;
         *slot = HEX[((v >> (nibble * 4)) & 0xf) as usize];
     }
-    if let Ok(value) = http::HeaderValue::from_bytes(&id) {
+    // Owned by the `Bytes` from the start, so the copies a retry or mirror makes of the head
+    // share it rather than each promoting a copied buffer.
+    if let Ok(value) = http::HeaderValue::from_maybe_shared(Bytes::from_owner(id)) {
         headers.insert(REQUEST_ID, value);
     }
 }
 
-const REQUEST_ID: &str = "x-request-id";
+/// A `HeaderName` rather than a `&str`: inserting under a `&str` copies the name into a fresh
+/// buffer each time.
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// How many tries a forwarded request took; put on the response by the forwarding core when a
 /// line will be written.
@@ -259,7 +263,7 @@ impl RequestLine {
                 kind: "http",
                 direction,
                 trace_id: crate::trace::context::trace_id_text(h),
-                request_id: text(REQUEST_ID),
+                request_id: text(REQUEST_ID.as_str()),
                 source: Some(peer),
                 source_identity: peer_identity,
                 method: req.method().as_str().to_string(),
@@ -643,7 +647,7 @@ mod tests {
     fn a_request_id_is_made_only_when_missing_and_is_a_version_4_uuid() {
         let mut h = HeaderMap::new();
         ensure_request_id(&mut h);
-        let id = h[REQUEST_ID].to_str().unwrap().to_string();
+        let id = h[&REQUEST_ID].to_str().unwrap().to_string();
         let groups: Vec<&str> = id.split('-').collect();
         assert_eq!(
             groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
@@ -656,10 +660,10 @@ mod tests {
             "variant: {id}"
         );
         ensure_request_id(&mut h);
-        assert_eq!(h[REQUEST_ID], id.as_str(), "an id a request has is kept");
+        assert_eq!(h[&REQUEST_ID], id.as_str(), "an id a request has is kept");
         let mut other = HeaderMap::new();
         ensure_request_id(&mut other);
-        assert_ne!(other[REQUEST_ID], id.as_str());
+        assert_ne!(other[&REQUEST_ID], id.as_str());
     }
 
     #[test]

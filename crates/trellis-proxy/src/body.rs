@@ -205,6 +205,47 @@ impl http_body::Body for OnDrop {
     }
 }
 
+/// `inner`, holding `guard` until the body is dropped (finished, or abandoned by its reader):
+/// what [`on_drop`] does when all that must happen then is `guard`'s own `Drop`, without boxing
+/// a closure and the body again on every answer.
+pub struct Holding<B, G> {
+    inner: B,
+    _guard: G,
+}
+
+impl<B, G> Holding<B, G> {
+    pub fn new(inner: B, guard: G) -> Self {
+        Self {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B, G> http_body::Body for Holding<B, G>
+where
+    B: http_body::Body + Unpin,
+    G: Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Whether a request asks for `100 Continue` before sending a body it has.
 pub fn expects_continue<B: http_body::Body>(req: &http::Request<B>) -> bool {
     !req.body().is_end_stream()
@@ -276,6 +317,23 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(frame.into_data().unwrap(), "x");
+    }
+
+    #[tokio::test]
+    async fn a_held_guard_goes_with_the_body() {
+        struct Flag(Arc<AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let mut body = Holding::new(full("x"), Flag(dropped.clone()));
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "x");
+        assert!(!dropped.load(Ordering::SeqCst), "held while the body lives");
+        drop(body);
+        assert!(dropped.load(Ordering::SeqCst));
     }
 
     #[test]

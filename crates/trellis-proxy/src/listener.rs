@@ -481,7 +481,7 @@ async fn serve_http<I>(
                 Role::Inbound { app } => inbound::handle(state, app, conn, req).await,
                 Role::Outbound { fixed } => outbound::handle(state, fixed, conn.peer, req).await,
             };
-            rsp.map(|rsp| rsp.map(|b| body::on_drop(b, move || drop(in_flight))))
+            rsp.map(|rsp| rsp.map(|b| body::Holding::new(b, in_flight)))
         }
     });
     let io = TokioIo::new(io);

@@ -43,6 +43,54 @@ pub struct BuildError {
 /// `(namespace, name)` of a service.
 pub type ServiceKey = (String, String);
 
+/// A service's `(namespace, name)` as a map key can be looked up by, so the per-request lookup
+/// ([`Snapshot::service`]) borrows the two names instead of building a [`ServiceKey`] (two
+/// `String`s) each time. Hashes and compares exactly as the tuple does, as `Borrow` requires.
+pub trait ServiceName {
+    fn namespace(&self) -> &str;
+    fn name(&self) -> &str;
+}
+
+impl ServiceName for ServiceKey {
+    fn namespace(&self) -> &str {
+        &self.0
+    }
+    fn name(&self) -> &str {
+        &self.1
+    }
+}
+
+impl ServiceName for (&str, &str) {
+    fn namespace(&self) -> &str {
+        self.0
+    }
+    fn name(&self) -> &str {
+        self.1
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn ServiceName + 'a> for ServiceKey {
+    fn borrow(&self) -> &(dyn ServiceName + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn ServiceName + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // What `(String, String)`'s derived `Hash` does.
+        self.namespace().hash(state);
+        self.name().hash(state);
+    }
+}
+
+impl PartialEq for dyn ServiceName + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.namespace() == other.namespace() && self.name() == other.name()
+    }
+}
+
+impl Eq for dyn ServiceName + '_ {}
+
 /// Every service of a snapshot, by namespace and name (persistent: an update copies a path).
 pub type Services = imbl::HashMap<ServiceKey, Arc<ServiceTarget>>;
 

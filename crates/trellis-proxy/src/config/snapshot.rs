@@ -10,7 +10,7 @@ use super::build::{self, Carried, Inputs};
 use super::directory::Directory;
 use super::inbound::InboundPolicy;
 use super::index::{key_of, Changed, Index};
-use super::{BuildError, ServiceKey, ServiceTarget, Services};
+use super::{BuildError, ServiceKey, ServiceName, ServiceTarget, Services};
 use crate::settings::LocalIdentity;
 use std::sync::Arc;
 use trellis_api::mesh::MeshConfigSpec;
@@ -217,8 +217,7 @@ impl Snapshot {
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<ServiceTarget>> {
-        self.services
-            .get(&(namespace.to_string(), name.to_string()))
+        self.services.get(&(namespace, name) as &dyn ServiceName)
     }
 
     /// Resolves a `Host`/`:authority` to a service: `name`, `name.ns`, `name.ns.svc[.domain]`,

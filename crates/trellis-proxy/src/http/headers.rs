@@ -126,18 +126,23 @@ pub fn upgrade_answer_matches(offered: &[String], response: &HeaderMap) -> bool 
 /// Removes hop-by-hop headers, and any header the `Connection` header names. With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive so the next hop can upgrade too.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if keep_upgrade && name == header::UPGRADE {
-            continue;
+    // Nearly every message has one `Connection` header or none: its value is taken out (a
+    // cheap clone) and its tokens removed by `&str`, which parses each name on the stack.
+    // Several `Connection` headers are copied out first.
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    match (values.next().cloned(), values.next()) {
+        (None, _) => {}
+        (Some(only), None) => remove_named(headers, &only, keep_upgrade),
+        (Some(_), Some(_)) => {
+            let all: Vec<_> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .cloned()
+                .collect();
+            for v in &all {
+                remove_named(headers, v, keep_upgrade);
+            }
         }
-        headers.remove(&name);
     }
     for name in HOP_BY_HOP {
         if keep_upgrade && (name == header::UPGRADE || name == header::CONNECTION) {
@@ -164,6 +169,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             header::CONNECTION,
             http::HeaderValue::from_static("upgrade"),
         );
+    }
+}
+
+/// Removes the headers a `Connection` value names (a token that is no header name is skipped),
+/// except `Upgrade` with `keep_upgrade`.
+fn remove_named(headers: &mut HeaderMap, connection: &http::HeaderValue, keep_upgrade: bool) {
+    let Ok(v) = connection.to_str() else {
+        return;
+    };
+    for token in v.split(',').map(str::trim) {
+        if keep_upgrade && token.eq_ignore_ascii_case("upgrade") {
+            continue;
+        }
+        headers.remove(token);
     }
 }
 
@@ -260,6 +279,20 @@ mod tests {
         assert!(!h.contains_key(header::CONNECTION));
         assert!(h.contains_key("x-kept"));
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
+
+        // Several `Connection` headers, names in any case, empty and invalid tokens.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, "X-One, , bad name".parse().unwrap());
+        h.append(header::CONNECTION, "x-two,Upgrade".parse().unwrap());
+        for name in ["x-one", "x-two", "x-three"] {
+            h.insert(name, "1".parse().unwrap());
+        }
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        strip_hop_by_hop(&mut h, true);
+        assert!(!h.contains_key("x-one") && !h.contains_key("x-two"));
+        assert!(h.contains_key("x-three"));
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get_all(header::CONNECTION).iter().count(), 1);
     }
 
     #[test]

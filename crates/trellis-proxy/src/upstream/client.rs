@@ -12,12 +12,15 @@ use crate::idle::{Activity, InFlight};
 use crate::retry::Failure;
 use crate::tls::io::PeerIo;
 use crate::tls::Alpn;
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::future::Future;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -228,7 +231,7 @@ impl Upstreams {
         sender
             .send_request(req)
             .await
-            .map(|rsp| rsp.map(|b| body::on_drop(body::boxed(b), move || drop(in_flight))))
+            .map(|rsp| rsp.map(|b| body::boxed(body::Holding::new(b, in_flight))))
             .map_err(|e| AttemptError {
                 failure: Failure::Reset,
                 detail: format!("{addr}: {}", error_chain(&e)),
@@ -246,7 +249,6 @@ impl Upstreams {
         key: (SocketAddr, bool),
         dial: &Dial,
     ) -> Result<(H2Sender, InFlight), AttemptError> {
-        let addr = key.0;
         if let Ok(map) = self.h2.lock() {
             if let Some(c) = map.get(&key) {
                 if !c.sender.is_closed() {
@@ -256,6 +258,19 @@ impl Upstreams {
                 }
             }
         }
+        // Boxed: opening a connection (connect, mTLS, handshake) is a future of ~1.5 KB that
+        // would otherwise sit inline in every request's future, and every enclosing future
+        // copies its child whole when it starts awaiting it (a memcpy per level, per request).
+        Box::pin(self.open_h2(key, dial)).await
+    }
+
+    /// A new multiplexed connection for `key`, kept for the requests after this one.
+    async fn open_h2(
+        &self,
+        key: (SocketAddr, bool),
+        dial: &Dial,
+    ) -> Result<(H2Sender, InFlight), AttemptError> {
+        let addr = key.0;
         let stream = connect::connect(dial, Alpn::Http2).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .adaptive_window(true)
@@ -335,7 +350,7 @@ fn as_http1(req: &mut Request<Body>, addr: SocketAddr) -> Result<(), AttemptErro
             }
         }
     }
-    *req.uri_mut() = with_authority(req.uri(), &addr.to_string())?;
+    *req.uri_mut() = with_authority(req.uri(), addr_authority(addr))?;
     *req.version_mut() = Version::HTTP_11;
     Ok(())
 }
@@ -348,27 +363,62 @@ fn as_http2(req: &mut Request<Body>, addr: SocketAddr) -> Result<(), AttemptErro
             .headers()
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .unwrap_or_else(|| addr.to_string());
-        *req.uri_mut() = with_authority(req.uri(), &host)?;
+            .map(|h| {
+                Authority::try_from(h).map_err(|e| AttemptError {
+                    failure: Failure::ConnectFailed,
+                    detail: format!("cannot build upstream URI for {h:?}: {e}"),
+                })
+            })
+            .transpose()?
+            .unwrap_or_else(|| addr_authority(addr));
+        *req.uri_mut() = with_authority(req.uri(), host)?;
     }
     req.headers_mut().remove(http::header::HOST);
     *req.version_mut() = Version::HTTP_2;
     Ok(())
 }
 
-/// `uri` with its scheme set to http and authority replaced.
-fn with_authority(uri: &Uri, authority: &str) -> Result<Uri, AttemptError> {
-    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| AttemptError {
-            failure: Failure::ConnectFailed,
-            detail: format!("cannot build upstream URI for {authority:?}: {e}"),
-        })
+/// `uri` with its scheme set to http and authority replaced. The path is the request's own
+/// (shared, not copied), and so is the authority: the pooled client clones both per request.
+fn with_authority(uri: &Uri, authority: Authority) -> Result<Uri, AttemptError> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    let detail = |e: http::uri::InvalidUriParts| {
+        format!(
+            "cannot build upstream URI for {:?}: {e}",
+            authority.as_str()
+        )
+    };
+    parts.authority = Some(authority.clone());
+    Uri::from_parts(parts).map_err(|e| AttemptError {
+        failure: Failure::ConnectFailed,
+        detail: detail(e),
+    })
+}
+
+/// `addr` as a URI authority, written on the stack into one shared buffer (no `String`, no
+/// copy of it, no copy when the pooled client clones it).
+fn addr_authority(addr: SocketAddr) -> Authority {
+    /// `[` + the longest IPv6 text (45) + `]:` + a port (5), rounded up.
+    const MAX: usize = 56;
+    struct Text([u8; MAX], usize);
+    impl AsRef<[u8]> for Text {
+        fn as_ref(&self) -> &[u8] {
+            &self.0[..self.1]
+        }
+    }
+    let mut buf = [0u8; MAX];
+    let mut w = &mut buf[..];
+    // A socket address always fits (and always parses back as an authority).
+    let _ = write!(w, "{addr}");
+    let len = MAX - w.len();
+    Authority::from_maybe_shared(Bytes::from_owner(Text(buf, len)))
+        .unwrap_or_else(|_| Authority::from_static("0.0.0.0"))
 }
 
 /// Converts an upstream answer into the proxy's body type.
@@ -405,6 +455,14 @@ mod tests {
         let mut req = Request::get("/").body(body::empty()).unwrap();
         as_http2(&mut req, addr).unwrap();
         assert_eq!(req.uri(), "http://10.0.0.1:8080/");
+        // IPv6 endpoints, the longest included.
+        let v6: SocketAddr = "[1111:2222:3333:4444:5555:6666:123.123.123.123]:65535"
+            .parse()
+            .unwrap();
+        let mut req = Request::get("/x").body(body::empty()).unwrap();
+        as_http1(&mut req, v6).unwrap();
+        assert_eq!(req.uri(), &format!("http://{v6}/x")[..]);
+        assert_eq!(addr_authority("[::1]:80".parse().unwrap()), "[::1]:80");
     }
 
     #[test]
