@@ -147,9 +147,9 @@ fn config(state: &ProxyState) -> Response<Body> {
                         })
                         .unwrap_or_default();
                     serde_json::json!({
-                        "name": svc.name,
+                        "name": &*svc.name,
                         "namespace": svc.namespace,
-                        "rules": svc.rules.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+                        "rules": svc.rules.iter().map(|r| r.name.to_string()).collect::<Vec<_>>(),
                         "endpoints": endpoints,
                         "mtls": svc.mtls,
                     })

@@ -29,8 +29,8 @@ pub struct RequestLabels {
     pub direction: &'static str,
     /// Who called: see [`LatencyLabels::source`].
     pub source: Arc<str>,
-    pub service: String,
-    pub route: String,
+    pub service: Arc<str>,
+    pub route: Arc<str>,
     pub code: u16,
     /// Empty when the application answered; the `trellis-error` reason otherwise.
     pub reason: &'static str,
@@ -52,8 +52,8 @@ pub struct LatencyLabels {
     /// proved none: a plaintext caller); outbound, this sidecar's own (empty before it has a
     /// certificate). Bounded by the mesh's identities, never by addresses.
     pub source: Arc<str>,
-    pub service: String,
-    pub route: String,
+    pub service: Arc<str>,
+    pub route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,8 +97,8 @@ pub struct ResultLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
-    pub service: String,
-    pub route: String,
+    pub service: Arc<str>,
+    pub route: Arc<str>,
     /// `attempted`, or `budget-exhausted` when the budget refused one.
     pub outcome: &'static str,
 }
@@ -408,16 +408,16 @@ fn timed_to_end(
     start: std::time::Instant,
     response: Response<Body>,
 ) -> Response<Body> {
+    // The edge's histogram, looked up once (its labels hashed once, nothing kept but a handle).
+    let histogram = to_end.get_or_create_owned(&edge);
     if http_body::Body::is_end_stream(response.body()) {
-        to_end
-            .get_or_create(&edge)
-            .observe(start.elapsed().as_secs_f64());
+        histogram.observe(start.elapsed().as_secs_f64());
         return response;
     }
     response.map(|inner| {
         body::boxed(TimedToEnd {
             inner,
-            end: Some((to_end, edge, start)),
+            end: Some((histogram, start)),
         })
     })
 }
@@ -425,15 +425,13 @@ fn timed_to_end(
 /// A response body that records when it ends.
 struct TimedToEnd {
     inner: Body,
-    end: Option<(Durations, LatencyLabels, std::time::Instant)>,
+    end: Option<(Histogram, std::time::Instant)>,
 }
 
 impl TimedToEnd {
     fn end(&mut self) {
-        if let Some((to_end, edge, start)) = self.end.take() {
-            to_end
-                .get_or_create(&edge)
-                .observe(start.elapsed().as_secs_f64());
+        if let Some((histogram, start)) = self.end.take() {
+            histogram.observe(start.elapsed().as_secs_f64());
         }
     }
 }

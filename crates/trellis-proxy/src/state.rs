@@ -37,6 +37,8 @@ pub struct ProxyState {
     /// The empty label of a caller that proved no identity (or of this sidecar before its
     /// certificate): one shared value, not an allocation per request.
     no_source: Arc<str>,
+    /// This sidecar's service as the inbound side's metric label, shared.
+    service_label: Arc<str>,
     /// On-demand discovery, when this proxy discovers services as they are called.
     on_demand: OnceLock<crate::ondemand::OnDemand>,
     /// Whether readiness waits for [`ProxyState::tls`] (a control plane's CA will provide it).
@@ -52,6 +54,7 @@ pub struct ProxyState {
 impl ProxyState {
     pub fn new(identity: LocalIdentity, settings: Settings, app: Option<SocketAddr>) -> Arc<Self> {
         let metrics = Metrics::new();
+        let service_label = Arc::from(identity.service.as_str());
         Arc::new(Self {
             snapshot: ArcSwapOption::empty(),
             upstreams: Upstreams::new(settings.upstream_idle_timeout),
@@ -73,6 +76,7 @@ impl ProxyState {
             tls: OnceLock::new(),
             local_source: OnceLock::new(),
             no_source: Arc::from(""),
+            service_label,
             on_demand: OnceLock::new(),
             tls_expected: std::sync::atomic::AtomicBool::new(false),
             denial_log: trellis_net::LogThrottle::per_second(),
@@ -123,6 +127,11 @@ impl ProxyState {
             .get()
             .cloned()
             .unwrap_or_else(|| self.no_source.clone())
+    }
+
+    /// This sidecar's service, as the inbound side labels its requests.
+    pub fn service_label(&self) -> Arc<str> {
+        self.service_label.clone()
     }
 
     /// The `source` label of a caller that proved no identity.

@@ -174,7 +174,7 @@ fn service(
     };
     let zone = inputs.zone;
     Ok(ServiceTarget {
-        name: svc.metadata.name.clone(),
+        name: Arc::from(svc.metadata.name.as_str()),
         namespace: svc.metadata.namespace.clone(),
         ports: svc.spec.ports.clone(),
         rules: rules_of(svc, &key, inputs)?,

@@ -97,7 +97,8 @@ pub type Services = imbl::HashMap<ServiceKey, Arc<ServiceTarget>>;
 /// A service as callers see it: ports, ordered routing rules and endpoint groups by subset.
 #[derive(Debug)]
 pub struct ServiceTarget {
-    pub name: String,
+    /// Shared with every request's metric labels (no copy per request).
+    pub name: Arc<str>,
     pub namespace: String,
     pub ports: Vec<ServicePort>,
     pub rules: Vec<Rule>,
@@ -150,8 +151,9 @@ pub struct WeightedBackend {
 /// One compiled routing rule.
 #[derive(Debug)]
 pub struct Rule {
-    /// Label for metrics and logs: the Route's name, plus `/rule` when the rule is named.
-    pub name: String,
+    /// Label for metrics and logs: the Route's name, plus `/rule` when the rule is named;
+    /// shared with every request's metric labels (no copy per request).
+    pub name: Arc<str>,
     /// Empty matches every request.
     pub matches: Vec<RouteMatcher>,
     pub backends: Vec<WeightedBackend>,

@@ -41,7 +41,7 @@ pub(super) fn compile(route: &Route, index: usize, rule: &RouteRule) -> Result<R
         rewrite: rule.rewrite.as_ref().map(|r| rewrite(&at, r)).transpose()?,
         request_headers: modifier(&at, &rule.request_headers, "requestHeaders")?,
         response_headers: modifier(&at, &rule.response_headers, "responseHeaders")?,
-        name: name(route, rule),
+        name: name(route, rule).into(),
         total_weight: backends.iter().map(|b| u64::from(b.weight)).sum(),
         backends,
         timeout: rule.timeout.map(|t| t.as_std()),
@@ -203,7 +203,7 @@ mod tests {
     fn a_rule_without_backends_goes_to_the_routes_service() {
         let r = route("    - name: all\n      timeout: 2s\n");
         let rule = compile(&r, 0, &r.spec.rules[0]).expect("compiles");
-        assert_eq!(rule.name, "web/all");
+        assert_eq!(&*rule.name, "web/all");
         assert_eq!(rule.total_weight, 1);
         assert_eq!(
             rule.backends[0].backend,
@@ -223,7 +223,7 @@ mod tests {
             "    - backends: [{service: web, subset: v1, weight: 90}, {service: web-v2, weight: 10}]\n      mirror: {service: shadow, percent: 5}\n",
         );
         let rule = compile(&r, 0, &r.spec.rules[0]).expect("compiles");
-        assert_eq!(rule.name, "web");
+        assert_eq!(&*rule.name, "web");
         assert_eq!(rule.total_weight, 100);
         assert_eq!(rule.backends[0].backend.subset.as_deref(), Some("v1"));
         assert_eq!(rule.backends[1].backend.service, "web-v2");

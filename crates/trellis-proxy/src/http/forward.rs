@@ -187,7 +187,7 @@ fn count_retry<U>(t: &Target<'_, U>, outcome: &'static str) {
         .metrics
         .retries
         .get_or_create(&RetryLabels {
-            service: t.service.to_string(),
+            service: Arc::from(t.service),
             route: t.rule.name.clone(),
             outcome,
         })

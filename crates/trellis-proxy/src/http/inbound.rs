@@ -52,7 +52,7 @@ pub async fn handle(
         );
         (line, server_span(&state, telemetry, &conn, &mut req))
     };
-    let service = state.identity.service.clone();
+    let service = state.service_label();
     let result = match guard(&state, &conn, &mut req).await {
         Ok(snap) => to_app(&state, &snap, app, req).await,
         Err(e) => Err(e),
@@ -61,7 +61,7 @@ pub async fn handle(
         Ok(response) => Outcome {
             response,
             service,
-            route: String::new(),
+            route: super::no_label(),
             reason: None,
         },
         Err(e) => {
@@ -76,7 +76,7 @@ pub async fn handle(
                     tracing::warn!(%app, error = %e.detail, suppressed, "inbound request failed");
                 }
             }
-            Outcome::error(e, shape, &service, "")
+            Outcome::error(e, shape, service, super::no_label())
         }
     };
     if let Some(span) = span {

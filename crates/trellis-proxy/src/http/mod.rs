@@ -23,18 +23,24 @@ use trellis_api::mesh::Telemetry;
 /// What one request came to, for metrics and logs.
 pub struct Outcome {
     pub response: Response<Body>,
-    pub service: String,
-    pub route: String,
+    pub service: Arc<str>,
+    pub route: Arc<str>,
     pub reason: Option<Reason>,
 }
 
+/// The empty label value, shared.
+pub fn no_label() -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    EMPTY.clone()
+}
+
 impl Outcome {
-    pub fn error(e: ProxyError, shape: Shape, service: &str, route: &str) -> Self {
+    pub fn error(e: ProxyError, shape: Shape, service: Arc<str>, route: Arc<str>) -> Self {
         let reason = Some(e.reason);
         Self {
             response: e.into_response(shape),
-            service: service.to_string(),
-            route: route.to_string(),
+            service,
+            route,
             reason,
         }
     }

@@ -6,7 +6,7 @@ use super::headers::{
     admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
 };
 use super::upgrade::forward_upgrade;
-use super::{record, Outcome};
+use super::{no_label, record, Outcome};
 use crate::access_log::counting;
 use crate::body::{self, Body};
 use crate::config::{host_service, Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
@@ -70,8 +70,8 @@ async fn route(
         return Outcome::error(
             ProxyError::new(Reason::NotReady, "the proxy has no config yet"),
             shape,
-            "",
-            "",
+            no_label(),
+            no_label(),
         );
     };
     let (svc, port) = match resolve(state, &snapshot, fixed, &req) {
@@ -82,11 +82,11 @@ async fn route(
                 snapshot = discovered;
                 match resolve(state, &snapshot, fixed, &req) {
                     Ok(found) => found,
-                    Err(e) => return Outcome::error(e, shape, "", ""),
+                    Err(e) => return Outcome::error(e, shape, no_label(), no_label()),
                 }
             }
-            Ok(None) => return Outcome::error(e, shape, "", ""),
-            Err(timeout) => return Outcome::error(timeout, shape, "", ""),
+            Ok(None) => return Outcome::error(e, shape, no_label(), no_label()),
+            Err(timeout) => return Outcome::error(timeout, shape, no_label(), no_label()),
         },
     };
     let service = svc.name.clone();
@@ -104,7 +104,7 @@ async fn route(
                 req.uri().path()
             ),
         );
-        return Outcome::error(e, shape, &service, "");
+        return Outcome::error(e, shape, service, no_label());
     };
     let result = routed(
         state, &snapshot, &svc, port, rule, matched, peer, req, shape,

@@ -78,7 +78,7 @@ fn report(metrics: &Metrics, picked: &Picked, outcome: Outcome) {
     };
     family
         .get_or_create(&ServiceLabels {
-            service: svc.name.clone(),
+            service: svc.name.to_string(),
         })
         .inc();
 }
