@@ -31,6 +31,8 @@ pub struct RequestLabels {
     pub source: Arc<str>,
     pub service: Arc<str>,
     pub route: Arc<str>,
+    /// The destination subset the route chose (`""` for the whole service, and inbound).
+    pub destination_subset: Arc<str>,
     pub code: u16,
     /// Empty when the application answered; the `trellis-error` reason otherwise.
     pub reason: &'static str,
@@ -54,6 +56,8 @@ pub struct LatencyLabels {
     pub source: Arc<str>,
     pub service: Arc<str>,
     pub route: Arc<str>,
+    /// The destination subset the route chose (`""` for the whole service, and inbound).
+    pub destination_subset: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -338,6 +342,7 @@ impl Metrics {
             source: latency.source.clone(),
             service: latency.service.clone(),
             route: latency.route.clone(),
+            destination_subset: latency.destination_subset.clone(),
             code,
             reason,
             grpc_status,
@@ -505,6 +510,7 @@ mod tests {
                 source: Arc::from("spiffe://t/ns/default/sa/caller"),
                 service: "web".into(),
                 route: "r".into(),
+                destination_subset: "".into(),
                 code,
                 reason: "",
                 grpc_status,
@@ -519,6 +525,7 @@ mod tests {
             source: Arc::from("spiffe://t/ns/default/sa/caller"),
             service: "web".into(),
             route: "r".into(),
+            destination_subset: "".into(),
         };
         m.record_request(edge, "", rsp, std::time::Instant::now())
     }

@@ -107,6 +107,21 @@ async fn canary_split_is_within_tolerance() {
         (0.137..=0.263).contains(&v2),
         "v2 share {v2} outside tolerance"
     );
+    // The caller's metrics count each request under the subset it went to: exactly what the
+    // apps answered.
+    for version in ["v1", "v2"] {
+        let counted = counter(
+            m.caller.admin,
+            "trellis_requests_total",
+            &[("direction", "outbound"), ("destination_subset", version)],
+        )
+        .await;
+        assert_eq!(
+            counted,
+            *seen.get(version).unwrap_or(&0) as f64,
+            "{version}: {seen:?}"
+        );
+    }
 }
 
 #[tokio::test]

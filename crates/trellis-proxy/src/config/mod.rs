@@ -146,6 +146,8 @@ pub struct BackendRef {
 pub struct WeightedBackend {
     pub backend: BackendRef,
     pub weight: u32,
+    /// The subset as the `destination_subset` metric label (`""` for the whole service), shared.
+    pub subset_label: Arc<str>,
 }
 
 /// One compiled routing rule.
@@ -179,11 +181,16 @@ impl Rule {
 
     /// Picks a backend by weight, with `roll` uniform in `0..total_weight`.
     pub fn backend(&self, roll: u64) -> Option<&BackendRef> {
+        self.backend_index(roll).map(|i| &self.backends[i].backend)
+    }
+
+    /// The index in `backends` of the backend `roll` (0..total_weight) lands on.
+    pub fn backend_index(&self, roll: u64) -> Option<usize> {
         let mut acc = 0u64;
-        for b in &self.backends {
+        for (i, b) in self.backends.iter().enumerate() {
             acc += u64::from(b.weight);
             if roll < acc {
-                return Some(&b.backend);
+                return Some(i);
             }
         }
         None

@@ -99,6 +99,7 @@ fn backends(route: &Route, rule: &RouteRule) -> Vec<WeightedBackend> {
         .map(|b| WeightedBackend {
             backend: backend_ref(route, &b.service, b.subset.as_ref()),
             weight: b.weight,
+            subset_label: Arc::from(b.subset.as_deref().unwrap_or("")),
         })
         .collect()
 }
@@ -112,6 +113,7 @@ fn whole(namespace: &str, service: &str) -> WeightedBackend {
             subset: None,
         },
         weight: 1,
+        subset_label: Arc::from(""),
     }
 }
 

@@ -15,6 +15,7 @@ use crate::retry::{Backoff, Failure, RetryPolicy};
 use crate::upstream::{self, feedback, pick, AttemptError, Context, Ended, Picked, Upstream, Wire};
 use http::{request::Parts, Request, Response};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,9 @@ pub struct Target<'a, U> {
     pub peer: SocketAddr,
     /// The request's trace, when it is sampled: each attempt gets a CLIENT span.
     pub trace: Option<&'a crate::trace::Traced>,
+    /// The index in `rule.backends` of the backend the last try went to (for the
+    /// `destination_subset` label).
+    pub chosen: &'a AtomicUsize,
 }
 
 pub async fn forward<U: Upstream>(
@@ -70,7 +74,7 @@ async fn forward_inner<U: Upstream>(
     let attempts = policy.as_ref().map_or(1, |p| p.attempts.max(1));
     t.rule.budget.deposit();
     if attempts == 1 && t.rule.mirror.is_none() {
-        let backend = choose_backend(t.rule)?;
+        let backend = choose_backend(t)?;
         let picked = pick(t.snapshot, backend, Some(req.headers()), t.peer.ip(), None)?;
         let result = attempt(t, &picked, req, None, false).await;
         return counted(t, result, 1).map_err(|e| failure_error(e, 1));
@@ -97,7 +101,7 @@ async fn forward_inner<U: Upstream>(
     };
     match prepared {
         Prepared::Streaming(body) => {
-            let backend = choose_backend(t.rule)?;
+            let backend = choose_backend(t)?;
             let picked = pick(t.snapshot, backend, Some(&parts.headers), t.peer.ip(), None)?;
             let req = Request::from_parts(parts, body);
             let limit = policy.as_ref().and_then(|p| p.per_try_timeout);
@@ -126,7 +130,7 @@ async fn retry_loop<U: Upstream>(
     let mut avoid = None;
     let mut parts = Some(parts);
     for n in 1..=attempts {
-        let backend = choose_backend(t.rule)?;
+        let backend = choose_backend(t)?;
         let Some(head) = parts.as_ref() else { break };
         let picked = pick(t.snapshot, backend, Some(&head.headers), t.peer.ip(), avoid)?;
         let last = n == attempts;
@@ -307,18 +311,21 @@ fn failure_error(e: TryFailure, attempts: u32) -> ProxyError {
     error
 }
 
-fn choose_backend(rule: &Rule) -> Result<&BackendRef, ProxyError> {
+fn choose_backend<'r, U>(t: &Target<'r, U>) -> Result<&'r BackendRef, ProxyError> {
+    let rule = t.rule;
     let roll = if rule.total_weight > 1 {
         rand::random_range(0..rule.total_weight)
     } else {
         0
     };
-    rule.backend(roll).ok_or_else(|| {
+    let i = rule.backend_index(roll).ok_or_else(|| {
         ProxyError::new(
             Reason::NoHealthyEndpoints,
             format!("route {} has no backend with weight > 0", rule.name),
         )
-    })
+    })?;
+    t.chosen.store(i, Ordering::Relaxed);
+    Ok(&rule.backends[i].backend)
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {

@@ -62,6 +62,7 @@ pub async fn handle(
             response,
             service,
             route: super::no_label(),
+            subset: super::no_label(),
             reason: None,
         },
         Err(e) => {

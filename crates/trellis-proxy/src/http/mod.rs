@@ -25,6 +25,8 @@ pub struct Outcome {
     pub response: Response<Body>,
     pub service: Arc<str>,
     pub route: Arc<str>,
+    /// The subset the last try went to (`""`: the whole service, or inbound).
+    pub subset: Arc<str>,
     pub reason: Option<Reason>,
 }
 
@@ -41,6 +43,7 @@ impl Outcome {
             response: e.into_response(shape),
             service,
             route,
+            subset: no_label(),
             reason,
         }
     }
@@ -63,6 +66,7 @@ pub fn record(
         source,
         service: outcome.service,
         route: outcome.route,
+        destination_subset: outcome.subset,
     };
     let Some(line) = line else {
         return metrics.record_request(edge, reason, outcome.response, start);

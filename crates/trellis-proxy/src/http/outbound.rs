@@ -20,6 +20,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -106,8 +107,10 @@ async fn route(
         );
         return Outcome::error(e, shape, service, no_label());
     };
+    // No backend until a try picks one (a fault or an upgrade leaves the label empty).
+    let chosen = AtomicUsize::new(usize::MAX);
     let result = routed(
-        state, &snapshot, &svc, port, rule, matched, peer, req, shape,
+        state, &snapshot, &svc, port, rule, matched, peer, req, shape, &chosen,
     )
     .await;
     let (response, reason) = match result {
@@ -123,10 +126,15 @@ async fn route(
             (e.into_response(shape), Some(reason))
         }
     };
+    let subset = rule
+        .backends
+        .get(chosen.load(Ordering::Relaxed))
+        .map_or_else(no_label, |b| b.subset_label.clone());
     Outcome {
         response,
         service,
         route: rule.name.clone(),
+        subset,
         reason,
     }
 }
@@ -142,6 +150,7 @@ async fn routed(
     peer: SocketAddr,
     mut req: Request<Incoming>,
     shape: Shape,
+    chosen: &AtomicUsize,
 ) -> Result<Response<Body>, ProxyError> {
     if let Some(fault) = &rule.fault {
         if let Some(abort) = inject_fault(fault, &req, shape).await {
@@ -179,6 +188,7 @@ async fn routed(
         wire,
         peer,
         trace: traced.as_ref(),
+        chosen,
     };
     if upgrade {
         let backend = rule

@@ -188,7 +188,9 @@ fn parse(text: &str) -> HashMap<Edge, Totals> {
                         .and_then(|le| bounds.iter().position(|b| (b - le).abs() <= le * 1e-9))
                 };
                 if let Some(i) = slot {
-                    edges.entry(edge()).or_default().cumulative[i] = value;
+                    // Series of one edge that differ in other labels (the destination subset)
+                    // add up.
+                    edges.entry(edge()).or_default().cumulative[i] += value;
                 }
             }
             _ => {}
@@ -253,6 +255,7 @@ mod tests {
                 source: Arc::from("spiffe://mesh.local/ns/default/sa/web"),
                 service: service.into(),
                 route: "r".into(),
+                destination_subset: if status >= 500 { "v2" } else { "v1" }.into(),
             };
             drop(m.record_request(labels, "", rsp, Instant::now()));
         }

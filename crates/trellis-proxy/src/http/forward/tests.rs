@@ -141,6 +141,7 @@ async fn get(
     metrics: &Metrics,
 ) -> Result<Response<Body>, ProxyError> {
     let svc = snap.service("default", "web").expect("web");
+    let chosen = std::sync::atomic::AtomicUsize::new(0);
     let t = Target {
         upstream,
         ctx: Context {
@@ -154,6 +155,7 @@ async fn get(
         wire: Wire::Http1,
         trace: None,
         peer: PEER.parse().expect("peer"),
+        chosen: &chosen,
     };
     let req = Request::get("/").body(body::empty()).expect("request");
     forward(&t, req).await
