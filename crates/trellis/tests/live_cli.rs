@@ -296,11 +296,16 @@ async fn any_replica_answers_for_proxies_connected_to_the_others() {
     let (_etcd, client) = etcd(&dir);
     wait_etcd(&client).await;
     let store = format!("etcd://{client}");
-    let replicas = Replicas::start(&dir, 3, &store).await;
-    let [r0, r1, r2] = [&replicas.urls[0], &replicas.urls[1], &replicas.urls[2]];
+    let mut replicas = Replicas::start(&dir, 3, &store).await;
+    let [r0, r1, r2] = [
+        replicas.urls[0].clone(),
+        replicas.urls[1].clone(),
+        replicas.urls[2].clone(),
+    ];
+    let (r0, r1, r2) = (&r0, &r1, &r2);
     apply(r0, &dir, MESH);
-    // web's sidecar talks to replica 1 only, frontend's to replica 2 only.
-    let (_app, _sidecar, web_admin) = instance(&dir, r1, "web-0", "v1");
+    // web's sidecar talks to replica 1 (replica 0 only if 1 is gone), frontend's to replica 2.
+    let (_app, _sidecar, web_admin) = instance(&dir, &format!("{r1},{r0}"), "web-0", "v1");
     let frontend = caller_of(&dir, r2, "frontend");
     wait_ready(web_admin).await;
     wait_ready(frontend.admin).await;
@@ -347,4 +352,25 @@ async fn any_replica_answers_for_proxies_connected_to_the_others() {
         (e["path"].as_str(), e["proxy"].as_str()),
         (Some("/through-replicas"), Some("web-0"))
     );
+
+    // kill -9 of web's replica: its telemetry link moves to replica 0, and replica 2 still
+    // answers for it (naming the dead replica until its heartbeat goes stale).
+    kill9(replicas.procs[1].take().expect("replica 1"));
+    send(frontend.outbound, "/after-failover", &[], 5, 200).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = stat(r2, &["web"]);
+        let seen = rows
+            .iter()
+            .find(|r| r["from"] == "default/frontend")
+            .and_then(|r| r["requests"].as_u64());
+        if seen == Some(18) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "web's numbers never came back through replica 0 (last: {rows:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
