@@ -127,6 +127,15 @@ fn open(path: &str) -> Option<std::io::BufWriter<std::fs::File>> {
     }
 }
 
+/// The fields a line holds: the config's, or all of them when it names none.
+fn fields(config: &AccessLogConfig) -> Arc<[AccessLogField]> {
+    if config.fields.is_empty() {
+        Arc::from(AccessLogField::ALL)
+    } else {
+        Arc::from(config.fields.as_slice())
+    }
+}
+
 /// Whether this request or connection gets a line, by the config in force.
 fn chosen(config: &AccessLogConfig) -> bool {
     config.enabled
@@ -230,14 +239,9 @@ impl RequestLine {
         peer_identity: Option<Arc<str>>,
         req: &mut Request<B>,
     ) -> Option<Self> {
-        let logged = config.filter(|c| chosen(c)).map(|config| {
-            let fields: Arc<[AccessLogField]> = if config.fields.is_empty() {
-                Arc::from(AccessLogField::ALL)
-            } else {
-                Arc::from(config.fields.as_slice())
-            };
-            (Arc::from(config.output.as_str()), fields)
-        });
+        let logged = config
+            .filter(|c| chosen(c))
+            .map(|config| (Arc::from(config.output.as_str()), fields(config)));
         let tapped = taps
             .wants(req.method().as_str(), req.uri().path())
             .then(|| (taps.clone(), shown_headers(req.headers())));
@@ -335,11 +339,6 @@ pub fn tcp_connection(
     if !chosen(config) {
         return;
     }
-    let fields: Vec<AccessLogField> = if config.fields.is_empty() {
-        AccessLogField::ALL.to_vec()
-    } else {
-        config.fields.clone()
-    };
     let record = Record {
         kind: "tcp",
         direction,
@@ -352,7 +351,7 @@ pub fn tcp_connection(
         duration: started.1.elapsed(),
         ..Record::default()
     };
-    let text = render(&fields, started.0, &record);
+    let text = render(&fields(config), started.0, &record);
     log.send(Arc::from(config.output.as_str()), text);
 }
 

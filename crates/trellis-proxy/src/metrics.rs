@@ -24,6 +24,13 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
+/// The empty label value (no route, no subset, a caller that proved no identity): one shared
+/// value, not an allocation per request.
+pub fn no_label() -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    EMPTY.clone()
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: &'static str,
@@ -335,7 +342,6 @@ impl Metrics {
         self.latency
             .get_or_create(&latency)
             .observe(start.elapsed().as_secs_f64());
-        let to_end = self.response_duration.clone();
         let code = response.status().as_u16();
         let labels = |grpc_status: &'static str, failed: bool| RequestLabels {
             direction: latency.direction,
@@ -350,7 +356,7 @@ impl Metrics {
         };
         if !grpc::is_grpc(response.headers()) {
             self.requests.get_or_create(&labels("", code >= 500)).inc();
-            return timed_to_end(to_end, latency, start, response);
+            return timed_to_end(&self.response_duration, &latency, start, response);
         }
         let known = grpc::status_of(response.headers())
             .map(Ending::Status)
@@ -360,13 +366,14 @@ impl Metrics {
         if let Some(ending) = known {
             let (status, failed) = grpc_label(ending);
             self.requests.get_or_create(&labels(status, failed)).inc();
-            return timed_to_end(to_end, latency, start, response);
+            return timed_to_end(&self.response_duration, &latency, start, response);
         }
         let metrics = Arc::clone(self);
         let pending = labels("", false);
         response.map(move |b| {
             body::boxed(grpc::WatchStatus::new(b, move |ending| {
-                to_end
+                metrics
+                    .response_duration
                     .get_or_create(&latency)
                     .observe(start.elapsed().as_secs_f64());
                 let (status, failed) = grpc_label(ending);
@@ -408,13 +415,13 @@ type Durations = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 /// `response`, its time to the end of the body recorded in `to_end` when the body ends or is
 /// dropped: at once for an answer that has no body to come.
 fn timed_to_end(
-    to_end: Durations,
-    edge: LatencyLabels,
+    to_end: &Durations,
+    edge: &LatencyLabels,
     start: std::time::Instant,
     response: Response<Body>,
 ) -> Response<Body> {
     // The edge's histogram, looked up once (its labels hashed once, nothing kept but a handle).
-    let histogram = to_end.get_or_create_owned(&edge);
+    let histogram = to_end.get_or_create_owned(edge);
     if http_body::Body::is_end_stream(response.body()) {
         histogram.observe(start.elapsed().as_secs_f64());
         return response;

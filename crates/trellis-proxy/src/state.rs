@@ -34,9 +34,6 @@ pub struct ProxyState {
     tls: OnceLock<Arc<MeshTls>>,
     /// This sidecar's SPIFFE identity as a metric label, once it has a certificate.
     local_source: OnceLock<Arc<str>>,
-    /// The empty label of a caller that proved no identity (or of this sidecar before its
-    /// certificate): one shared value, not an allocation per request.
-    no_source: Arc<str>,
     /// This sidecar's service as the inbound side's metric label, shared.
     service_label: Arc<str>,
     /// On-demand discovery, when this proxy discovers services as they are called.
@@ -75,7 +72,6 @@ impl ProxyState {
             control: Mutex::new(None),
             tls: OnceLock::new(),
             local_source: OnceLock::new(),
-            no_source: Arc::from(""),
             service_label,
             on_demand: OnceLock::new(),
             tls_expected: std::sync::atomic::AtomicBool::new(false),
@@ -126,7 +122,7 @@ impl ProxyState {
         self.local_source
             .get()
             .cloned()
-            .unwrap_or_else(|| self.no_source.clone())
+            .unwrap_or_else(crate::metrics::no_label)
     }
 
     /// This sidecar's service, as the inbound side labels its requests.
@@ -136,7 +132,7 @@ impl ProxyState {
 
     /// The `source` label of a caller that proved no identity.
     pub fn unknown_source(&self) -> Arc<str> {
-        self.no_source.clone()
+        crate::metrics::no_label()
     }
 
     /// Readiness waits for a workload certificate.

@@ -61,8 +61,8 @@ pub async fn handle(
         Ok(response) => Outcome {
             response,
             service,
-            route: super::no_label(),
-            subset: super::no_label(),
+            route: crate::metrics::no_label(),
+            subset: crate::metrics::no_label(),
             reason: None,
         },
         Err(e) => {
@@ -77,7 +77,7 @@ pub async fn handle(
                     tracing::warn!(%app, error = %e.detail, suppressed, "inbound request failed");
                 }
             }
-            Outcome::error(e, shape, service, super::no_label())
+            Outcome::error(e, shape, service, crate::metrics::no_label())
         }
     };
     if let Some(span) = span {

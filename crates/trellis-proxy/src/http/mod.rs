@@ -11,7 +11,7 @@ pub mod upgrade;
 use crate::access_log::{ensure_request_id, RequestLine};
 use crate::body::Body;
 use crate::error::{ProxyError, Reason, Shape};
-use crate::metrics::{LatencyLabels, Metrics};
+use crate::metrics::{no_label, LatencyLabels, Metrics};
 use crate::state::ProxyState;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -28,12 +28,6 @@ pub struct Outcome {
     /// The subset the last try went to (`""`: the whole service, or inbound).
     pub subset: Arc<str>,
     pub reason: Option<Reason>,
-}
-
-/// The empty label value, shared.
-pub fn no_label() -> Arc<str> {
-    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
-    EMPTY.clone()
 }
 
 impl Outcome {

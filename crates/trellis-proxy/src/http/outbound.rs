@@ -6,11 +6,12 @@ use super::headers::{
     admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
 };
 use super::upgrade::forward_upgrade;
-use super::{no_label, record, Outcome};
+use super::{record, Outcome};
 use crate::access_log::counting;
 use crate::body::{self, Body};
 use crate::config::{host_service, Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
 use crate::error::{ProxyError, Reason, Shape};
+use crate::metrics::no_label;
 use crate::ondemand;
 use crate::resilience;
 use crate::retry::Failure;

@@ -21,12 +21,12 @@ pub struct Live {
 impl trellis_xds::telemetry::Handler for Live {
     fn stat(&self, query: &[u8]) -> Vec<u8> {
         let answer = match serde_json::from_slice::<StatQuery>(query) {
-            Ok(q) => serde_json::to_value(self.history.answer(&q, &self.namespace)),
-            Err(e) => Ok(serde_json::json!({ "error": format!("bad stat query: {e}") })),
+            Ok(q) => serde_json::to_vec(&self.history.answer(&q, &self.namespace)),
+            Err(e) => {
+                serde_json::to_vec(&serde_json::json!({ "error": format!("bad stat query: {e}") }))
+            }
         };
-        answer
-            .and_then(|v| serde_json::to_vec(&v))
-            .unwrap_or_default()
+        answer.unwrap_or_default()
     }
 
     fn tap(&self, filter: &[u8]) -> Result<mpsc::Receiver<Vec<u8>>, String> {

@@ -66,13 +66,14 @@ pub struct Asked {
     pub asked: usize,
     id: u64,
     hub: TelemetryHub,
-    /// Whether proxies must be told to stop (a tap).
-    stop_on_drop: bool,
+    /// The links (proxy streams) to tell to stop when this is dropped: those a tap was sent to;
+    /// none for a question answered once.
+    to_stop: Vec<u64>,
 }
 
 impl Drop for Asked {
     fn drop(&mut self) {
-        self.hub.forget(self.id, self.stop_on_drop);
+        self.hub.forget(self.id, &self.to_stop);
     }
 }
 
@@ -120,35 +121,33 @@ impl TelemetryHub {
             kind: kind.to_string(),
             body_json: body.to_vec(),
         };
-        let asked = inner
+        let sent: Vec<u64> = inner
             .links
-            .values()
-            .filter(|l| select(&l.info))
-            .filter(|l| l.questions.try_send(question.clone()).is_ok())
-            .count();
+            .iter()
+            .filter(|(_, l)| select(&l.info))
+            .filter(|(_, l)| l.questions.try_send(question.clone()).is_ok())
+            .map(|(link, _)| *link)
+            .collect();
         drop(inner);
         Asked {
             answers: rx,
-            asked,
+            asked: sent.len(),
             id,
             hub: self.clone(),
-            stop_on_drop,
+            to_stop: if stop_on_drop { sent } else { Vec::new() },
         }
     }
 
-    fn forget(&self, id: u64, stop: bool) {
+    fn forget(&self, id: u64, to_stop: &[u64]) {
         let mut inner = self.lock();
         inner.waiting.remove(&id);
-        if stop {
-            let stop = ControlMessage {
-                id,
-                kind: "stop".into(),
-                body_json: Vec::new(),
-            };
-            for link in inner.links.values() {
-                // A proxy that was not asked ignores a stop it does not know.
-                let _ = link.questions.try_send(stop.clone());
-            }
+        let stop = ControlMessage {
+            id,
+            kind: "stop".into(),
+            body_json: Vec::new(),
+        };
+        for link in to_stop.iter().filter_map(|l| inner.links.get(l)) {
+            let _ = link.questions.try_send(stop.clone());
         }
     }
 

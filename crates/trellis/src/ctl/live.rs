@@ -29,8 +29,8 @@ pub struct StatArgs {
     #[arg(long)]
     pub to: Option<String>,
     /// How far back, e.g. 30s or 1m (at most 1m: what proxies keep).
-    #[arg(long, default_value = "1m", value_parser = parse_duration)]
-    pub window: Duration,
+    #[arg(long, default_value = "1m")]
+    pub window: trellis_api::Duration,
     /// One row per route instead of one per edge.
     #[arg(long)]
     pub by_route: bool,
@@ -67,8 +67,8 @@ pub struct TapArgs {
     #[arg(long)]
     pub max_events: Option<u64>,
     /// Stop after this long, e.g. 30s.
-    #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<Duration>,
+    #[arg(long)]
+    pub duration: Option<trellis_api::Duration>,
     /// Show each request's headers (credentials are redacted by the proxy).
     #[arg(long)]
     pub headers: bool,
@@ -81,17 +81,11 @@ pub struct TopArgs {
     #[command(flatten)]
     pub tap: TapArgs,
     /// How often the table is redrawn.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub interval: Duration,
+    #[arg(long, default_value = "1s")]
+    pub interval: trellis_api::Duration,
     /// Rows shown at most.
     #[arg(long, default_value_t = 20)]
     pub rows: usize,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<trellis_api::Duration>()
-        .map(|d| d.0)
-        .map_err(|e| e.to_string())
 }
 
 fn query(pairs: &[(&str, Option<&str>)]) -> String {
@@ -104,7 +98,7 @@ fn query(pairs: &[(&str, Option<&str>)]) -> String {
 
 /// `trellis stat`.
 pub async fn stat(args: StatArgs) -> anyhow::Result<()> {
-    let secs = args.window.as_secs();
+    let secs = args.window.0.as_secs();
     if !(1..=u64::from(trellis_api::telemetry::MAX_WINDOW_SECS)).contains(&secs) {
         bail!("--window {secs}s: between 1s and 1m (what proxies keep)");
     }
@@ -262,7 +256,7 @@ async fn run_tap(
     ]);
     let api = Api::connect(&args.control, &args.auth)?;
     let mut body = api.open_stream(&format!("/api/v1/tap?{q}")).await?;
-    let deadline = args.duration.map(|d| Instant::now() + d);
+    let deadline = args.duration.map(|d| Instant::now() + d.0);
     let mut lines = Lines::default();
     let mut ticker = tokio::time::interval(tick);
     ticker.tick().await;
@@ -452,7 +446,7 @@ pub async fn top(args: TopArgs) -> anyhow::Result<()> {
                 draw(true);
             }
         },
-        args.interval,
+        args.interval.0,
     )
     .await;
     draw(live);
