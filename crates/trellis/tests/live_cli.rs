@@ -196,17 +196,21 @@ async fn stat_tap_and_top_show_what_was_sent() {
         ],
     )
     .await;
-    send(
-        frontend.outbound,
-        "/tapped/one",
-        &[
-            ("authorization", "Bearer top-secret-value"),
-            ("x-user", "alice"),
-        ],
-        1,
-        200,
-    )
-    .await;
+    // Made by curl, a client nobody here wrote.
+    let status = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: web",
+        "-H",
+        "authorization: Bearer top-secret-value",
+        "-H",
+        "x-user: alice",
+        &format!("http://{}/tapped/one", frontend.outbound),
+    ]);
+    assert_eq!(status, "200");
     let log = finished(tap);
     assert!(!log.contains("top-secret-value"), "{log}");
     let e = first_event(&log);
@@ -225,6 +229,12 @@ async fn stat_tap_and_top_show_what_was_sent() {
     assert!(
         headers.contains(&serde_json::json!(["x-user", "alice"])),
         "{e}"
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|h| h[0] == "user-agent" && h[1].as_str().is_some_and(|v| v.starts_with("curl/"))),
+        "curl's own headers pass through: {e}"
     );
 
     // top ranks the paths by what was sent while it ran.
