@@ -185,7 +185,19 @@ pub struct RequestLine {
 #[derive(Debug, Clone)]
 struct RequestBytes(Arc<AtomicU64>);
 
-/// `req`, its body counted into its access-log line's `bytesReceived` when it has a line.
+/// Marks a request that has a body so that [`counting`] counts it, and returns the count
+/// (`None` for a request with no body: nothing to count).
+pub fn count_body<B: http_body::Body>(req: &mut Request<B>) -> Option<Arc<AtomicU64>> {
+    if req.body().is_end_stream() {
+        return None;
+    }
+    let count = Arc::new(AtomicU64::new(0));
+    req.extensions_mut().insert(RequestBytes(count.clone()));
+    Some(count)
+}
+
+/// `req`, its body counted (for its edge's byte metrics and its access-log line's
+/// `bytesReceived`) when [`count_body`] marked it.
 pub fn counting(req: Request<Body>) -> Request<Body> {
     match req.extensions().get::<RequestBytes>().cloned() {
         None => req,
@@ -228,8 +240,8 @@ const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id
 pub struct Attempts(pub u32);
 
 impl RequestLine {
-    /// A line for `req`, or `None` when the config logs nothing or the draw left it out. The
-    /// request is marked so that [`counting`] counts its body.
+    /// A line for `req`, or `None` when the config logs nothing or the draw left it out. Its
+    /// `bytesReceived` is the count [`count_body`] set up, when the request has a body.
     pub fn begin<B>(
         log: &Arc<AccessLog>,
         config: Option<&AccessLogConfig>,
@@ -248,8 +260,11 @@ impl RequestLine {
         if logged.is_none() && tapped.is_none() {
             return None;
         }
-        let received = Arc::new(AtomicU64::new(0));
-        req.extensions_mut().insert(RequestBytes(received.clone()));
+        // Counted by the request's metrics when it has a body (see [`count_body`]).
+        let received = match req.extensions().get::<RequestBytes>() {
+            Some(RequestBytes(count)) => count.clone(),
+            None => Arc::default(),
+        };
         let h = req.headers();
         let text = |name: &str| {
             h.get(name)

@@ -233,7 +233,13 @@ pub async fn run(
                 state.clone(),
             )));
         }
-        ConfigSource::Control(c) => control = Some(dynamic::start(c, &state)?),
+        ConfigSource::Control(c) => {
+            // The node id is the Workload name: metrics label this instance by it.
+            if let Err(e) = state.set_workload(&c.node_id) {
+                tracing::warn!(error = %e, "metrics will not name this instance");
+            }
+            control = Some(dynamic::start(c, &state)?)
+        }
     }
 
     let admin = bind(opts.admin, "admin").await?;

@@ -1,8 +1,9 @@
 //! The proxy's Prometheus metrics (prometheus-client), served in text format on the admin port.
 //!
-//! Families are labelled so the golden signals can be read per direction, service and route, and
-//! every proxy-generated answer is counted by its `reason`. Label values are bounded by config
-//! (services, routes), never by request content: a `grpc-status` outside the spec's 17 codes is
+//! Families are labelled so the golden signals can be read per edge (caller identity and
+//! workload → service, subset and workload, over mTLS or not) and route, and every
+//! proxy-generated answer is counted by its `reason`. Label values are bounded by config
+//! (services, routes, workloads), never by request content: a `grpc-status` outside the spec's 17 codes is
 //! counted as `UNKNOWN`, as gRPC clients read it.
 //!
 //! gRPC answers with HTTP 200 and puts its outcome in `grpc-status`, usually in the trailers
@@ -12,6 +13,7 @@
 //! trailers go by. Watching for them wraps the body of gRPC answers only: everything else is
 //! counted when its headers are sent, with no wrapper. `docs/observability.md` has the PromQL.
 pub mod exposition;
+pub mod workloads;
 
 use crate::body::{self, Body};
 use crate::grpc::{self, Ending};
@@ -22,6 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The empty label value (no route, no subset, a caller that proved no identity): one shared
@@ -49,6 +52,12 @@ pub struct RequestLabels {
     /// `success` or `failure`: by `grpc-status` (anything but 0 fails) for gRPC answers, by
     /// the HTTP status (5xx fails) for the rest.
     pub classification: &'static str,
+    /// See [`LatencyLabels::source_workload`].
+    pub source_workload: Arc<str>,
+    /// See [`LatencyLabels::destination_workload`].
+    pub destination_workload: Arc<str>,
+    /// See [`LatencyLabels::mtls`].
+    pub mtls: &'static str,
 }
 
 /// One edge of the mesh as a sidecar sees it: who called (`source`) which service (`service`,
@@ -65,6 +74,26 @@ pub struct LatencyLabels {
     pub route: Arc<str>,
     /// The destination subset the route chose (`""` for the whole service, and inbound).
     pub destination_subset: Arc<str>,
+    /// The calling instance (its Workload name, the sidecar's `--node-id`): outbound, this
+    /// sidecar's own; inbound, the one the caller's sidecar named in `trellis-source-workload`
+    /// over mTLS (empty over plaintext, where nothing vouches for it). See [`WorkloadNames`].
+    pub source_workload: Arc<str>,
+    /// The instance that answered: outbound, the Workload of the endpoint the last try went to
+    /// (empty when no try was made, or for an endpoint outside the mesh); inbound, this
+    /// sidecar's own.
+    pub destination_workload: Arc<str>,
+    /// `true` when the hop was mutual TLS (inbound: the caller proved an identity; outbound:
+    /// the last try went over mTLS), else `false`.
+    pub mtls: &'static str,
+}
+
+/// The `mtls` label value.
+pub fn mtls_label(mutual: bool) -> &'static str {
+    if mutual {
+        "true"
+    } else {
+        "false"
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -129,6 +158,9 @@ pub struct Metrics {
     pub latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     /// Time to the end of the response body (or the caller abandoning it).
     pub response_duration: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    /// HTTP body bytes per edge: received from the caller, and sent back to it.
+    pub http_request_bytes: Family<LatencyLabels, Counter>,
+    pub http_response_bytes: Family<LatencyLabels, Counter>,
     pub conns_opened: Family<ConnLabels, Counter>,
     pub conns_closed: Family<ConnLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
@@ -171,6 +203,8 @@ impl Metrics {
             Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 latency_histogram,
             );
+        let http_request_bytes = Family::<LatencyLabels, Counter>::default();
+        let http_response_bytes = Family::<LatencyLabels, Counter>::default();
         let conns_opened = Family::<ConnLabels, Counter>::default();
         let conns_closed = Family::<ConnLabels, Counter>::default();
         let bytes = Family::<BytesLabels, Counter>::default();
@@ -224,7 +258,7 @@ impl Metrics {
         );
         registry.register(
             "requests",
-            "HTTP requests by direction, source identity, service, route, status code, proxy error reason, gRPC status and classification",
+            "HTTP requests by direction, source (identity and workload), destination (service, subset and workload), route, status code, proxy error reason, gRPC status, classification and mTLS",
             requests.clone(),
         );
         registry.register(
@@ -236,6 +270,16 @@ impl Metrics {
             "response_duration_seconds",
             "Time from request received to the end of the response body sent (or the caller abandoning it)",
             response_duration.clone(),
+        );
+        registry.register(
+            "http_request_bytes",
+            "HTTP request body bytes received from the caller, per edge and route (counted when the response ends)",
+            http_request_bytes.clone(),
+        );
+        registry.register(
+            "http_response_bytes",
+            "HTTP response body bytes sent to the caller, per edge and route",
+            http_response_bytes.clone(),
         );
         registry.register(
             "tcp_connections_opened",
@@ -306,6 +350,8 @@ impl Metrics {
             requests,
             latency,
             response_duration,
+            http_request_bytes,
+            http_response_bytes,
             conns_opened,
             conns_closed,
             bytes,
@@ -329,14 +375,16 @@ impl Metrics {
 
     /// Counts one request and records its latency to response headers. A gRPC answer whose
     /// `grpc-status` is not in its headers is counted when its trailers pass (or its stream
-    /// ends or is dropped), so its body comes back wrapped; any other answer comes back as it
-    /// was.
+    /// ends or is dropped). The time to the end of the body and the body bytes each way are
+    /// recorded when the response body ends or is dropped, so a response with a body comes back
+    /// wrapped. `request_bytes` counts the request body as it is read (`None`: it had none).
     pub fn record_request(
         self: &Arc<Self>,
         edge: LatencyLabels,
         reason: &'static str,
         response: Response<Body>,
         start: std::time::Instant,
+        request_bytes: Option<Arc<AtomicU64>>,
     ) -> Response<Body> {
         let latency = edge;
         self.latency
@@ -353,10 +401,13 @@ impl Metrics {
             reason,
             grpc_status,
             classification: classification(failed),
+            source_workload: latency.source_workload.clone(),
+            destination_workload: latency.destination_workload.clone(),
+            mtls: latency.mtls,
         };
         if !grpc::is_grpc(response.headers()) {
             self.requests.get_or_create(&labels("", code >= 500)).inc();
-            return timed_to_end(&self.response_duration, &latency, start, response);
+            return self.until_end(&latency, start, request_bytes, response);
         }
         let known = grpc::status_of(response.headers())
             .map(Ending::Status)
@@ -366,22 +417,50 @@ impl Metrics {
         if let Some(ending) = known {
             let (status, failed) = grpc_label(ending);
             self.requests.get_or_create(&labels(status, failed)).inc();
-            return timed_to_end(&self.response_duration, &latency, start, response);
+            return self.until_end(&latency, start, request_bytes, response);
         }
         let metrics = Arc::clone(self);
         let pending = labels("", false);
-        response.map(move |b| {
+        let watched = response.map(move |b| {
             body::boxed(grpc::WatchStatus::new(b, move |ending| {
-                metrics
-                    .response_duration
-                    .get_or_create(&latency)
-                    .observe(start.elapsed().as_secs_f64());
                 let (status, failed) = grpc_label(ending);
                 let mut l = pending;
                 l.grpc_status = status;
                 l.classification = classification(failed);
                 metrics.requests.get_or_create(&l).inc();
             }))
+        });
+        self.until_end(&latency, start, request_bytes, watched)
+    }
+
+    /// `response`, with the edge's time to the end of the body and its body bytes each way
+    /// recorded when the body ends or is dropped: at once for an answer with no body to come.
+    fn until_end(
+        &self,
+        edge: &LatencyLabels,
+        start: std::time::Instant,
+        request_bytes: Option<Arc<AtomicU64>>,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        // The edge's series, looked up once each (labels hashed once, only handles kept).
+        let mut end = EdgeEnd {
+            duration: self.response_duration.get_or_create_owned(edge),
+            start,
+            request_bytes: request_bytes
+                .map(|count| (count, self.http_request_bytes.get_or_create_owned(edge))),
+            response_bytes: None,
+        };
+        if http_body::Body::is_end_stream(response.body()) {
+            end.record(0);
+            return response;
+        }
+        end.response_bytes = Some(self.http_response_bytes.get_or_create_owned(edge));
+        response.map(|inner| {
+            body::boxed(TimedToEnd {
+                inner,
+                sent: 0,
+                end: Some(end),
+            })
         })
     }
 
@@ -410,40 +489,38 @@ impl Metrics {
     }
 }
 
-type Durations = Family<LatencyLabels, Histogram, fn() -> Histogram>;
-
-/// `response`, its time to the end of the body recorded in `to_end` when the body ends or is
-/// dropped: at once for an answer that has no body to come.
-fn timed_to_end(
-    to_end: &Durations,
-    edge: &LatencyLabels,
+/// What is recorded for an edge when a response body ends: its time, and its bytes each way.
+struct EdgeEnd {
+    duration: Histogram,
     start: std::time::Instant,
-    response: Response<Body>,
-) -> Response<Body> {
-    // The edge's histogram, looked up once (its labels hashed once, nothing kept but a handle).
-    let histogram = to_end.get_or_create_owned(edge);
-    if http_body::Body::is_end_stream(response.body()) {
-        histogram.observe(start.elapsed().as_secs_f64());
-        return response;
-    }
-    response.map(|inner| {
-        body::boxed(TimedToEnd {
-            inner,
-            end: Some((histogram, start)),
-        })
-    })
+    /// The request body's running count, and the edge's counter to add it to.
+    request_bytes: Option<(Arc<AtomicU64>, Counter)>,
+    response_bytes: Option<Counter>,
 }
 
-/// A response body that records when it ends.
+impl EdgeEnd {
+    fn record(self, sent: u64) {
+        self.duration.observe(self.start.elapsed().as_secs_f64());
+        if let Some((count, counter)) = self.request_bytes {
+            counter.inc_by(count.load(Ordering::Relaxed));
+        }
+        if let Some(counter) = self.response_bytes {
+            counter.inc_by(sent);
+        }
+    }
+}
+
+/// A response body that counts its bytes and records its edge's end when it ends.
 struct TimedToEnd {
     inner: Body,
-    end: Option<(Histogram, std::time::Instant)>,
+    sent: u64,
+    end: Option<EdgeEnd>,
 }
 
 impl TimedToEnd {
     fn end(&mut self) {
-        if let Some((histogram, start)) = self.end.take() {
-            histogram.observe(start.elapsed().as_secs_f64());
+        if let Some(end) = self.end.take() {
+            end.record(self.sent);
         }
     }
 }
@@ -463,6 +540,11 @@ impl http_body::Body for TimedToEnd {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, body::BoxError>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.sent += data.len() as u64;
+            }
+        }
         if matches!(polled, std::task::Poll::Ready(None))
             || (polled.is_ready() && self.inner.is_end_stream())
         {
@@ -522,19 +604,28 @@ mod tests {
                 reason: "",
                 grpc_status,
                 classification,
+                source_workload: "caller-0".into(),
+                destination_workload: "web-0".into(),
+                mtls: "true",
             })
             .get()
     }
 
-    fn record(m: &Arc<Metrics>, rsp: Response<Body>) -> Response<Body> {
-        let edge = LatencyLabels {
+    fn edge() -> LatencyLabels {
+        LatencyLabels {
             direction: "outbound",
             source: Arc::from("spiffe://t/ns/default/sa/caller"),
             service: "web".into(),
             route: "r".into(),
             destination_subset: "".into(),
-        };
-        m.record_request(edge, "", rsp, std::time::Instant::now())
+            source_workload: "caller-0".into(),
+            destination_workload: "web-0".into(),
+            mtls: "true",
+        }
+    }
+
+    fn record(m: &Arc<Metrics>, rsp: Response<Body>) -> Response<Body> {
+        m.record_request(edge(), "", rsp, std::time::Instant::now(), None)
     }
 
     fn grpc_response(body: Body, status_in_headers: Option<&'static str>) -> Response<Body> {
@@ -640,6 +731,45 @@ mod tests {
         let text = m.encode();
         assert!(
             text.contains(r#"grpc_status="12",classification="failure""#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn body_bytes_each_way_are_counted_per_edge() {
+        let m = Metrics::new();
+        let request_bytes = Arc::new(AtomicU64::new(0));
+        let rsp = m.record_request(
+            edge(),
+            "",
+            Response::new(body::full("0123456789")),
+            std::time::Instant::now(),
+            Some(request_bytes.clone()),
+        );
+        // The request body is read (counted by the request's wrapper) while the answer goes.
+        request_bytes.fetch_add(7, Ordering::Relaxed);
+        let sent = || m.http_response_bytes.get_or_create(&edge()).get();
+        let received = || m.http_request_bytes.get_or_create(&edge()).get();
+        assert_eq!((received(), sent()), (0, 0), "nothing before the body ends");
+        rsp.into_body().collect().await.unwrap();
+        assert_eq!((received(), sent()), (7, 10));
+        // A streamed gRPC answer counts its framed messages.
+        let rsp = record(&m, grpc_response(streamed("0"), None));
+        rsp.into_body().collect().await.unwrap();
+        assert_eq!(sent(), 16);
+        // An answer without a body still adds its request's bytes.
+        let empty = Arc::new(AtomicU64::new(3));
+        drop(m.record_request(
+            edge(),
+            "",
+            Response::new(body::empty()),
+            std::time::Instant::now(),
+            Some(empty),
+        ));
+        assert_eq!(received(), 10);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"trellis_http_response_bytes_total{direction="outbound",source="spiffe://t/ns/default/sa/caller",service="web",route="r",destination_subset="",source_workload="caller-0",destination_workload="web-0",mtls="true"} 16"#),
             "{text}"
         );
     }

@@ -36,6 +36,10 @@ pub struct ProxyState {
     local_source: OnceLock<Arc<str>>,
     /// This sidecar's service as the inbound side's metric label, shared.
     service_label: Arc<str>,
+    /// This sidecar's Workload name (its node id): the label, and the header naming it to peers.
+    workload: OnceLock<(Arc<str>, http::HeaderValue)>,
+    /// The workloads of callers, as inbound metrics label them.
+    pub source_workloads: crate::metrics::workloads::WorkloadNames,
     /// On-demand discovery, when this proxy discovers services as they are called.
     on_demand: OnceLock<crate::ondemand::OnDemand>,
     /// Whether readiness waits for [`ProxyState::tls`] (a control plane's CA will provide it).
@@ -73,6 +77,8 @@ impl ProxyState {
             tls: OnceLock::new(),
             local_source: OnceLock::new(),
             service_label,
+            workload: OnceLock::new(),
+            source_workloads: Default::default(),
             on_demand: OnceLock::new(),
             tls_expected: std::sync::atomic::AtomicBool::new(false),
             denial_log: trellis_net::LogThrottle::per_second(),
@@ -86,6 +92,7 @@ impl ProxyState {
             metrics: &self.metrics,
             tls: self.tls(),
             connect_timeout: self.settings.connect_timeout,
+            workload: self.workload.get().map(|(_, header)| header),
         }
     }
 
@@ -128,6 +135,24 @@ impl ProxyState {
     /// This sidecar's service, as the inbound side labels its requests.
     pub fn service_label(&self) -> Arc<str> {
         self.service_label.clone()
+    }
+
+    /// Names this sidecar's instance (its Workload name, the node id) in metrics and to peers;
+    /// the first name given stays. A name that is not a workload name is refused.
+    pub fn set_workload(&self, name: &str) -> Result<(), String> {
+        let header = crate::metrics::workloads::is_workload_name(name.as_bytes())
+            .then(|| http::HeaderValue::from_str(name).ok())
+            .flatten()
+            .ok_or_else(|| format!("{name:?} is not a workload name: use 1 to 253 characters of a-z, A-Z, 0-9, '.', '-', '_'"))?;
+        let _ = self.workload.set((Arc::from(name), header));
+        Ok(())
+    }
+
+    /// This sidecar's instance as a metric label (`""` when it was not named).
+    pub fn workload_label(&self) -> Arc<str> {
+        self.workload
+            .get()
+            .map_or_else(crate::metrics::no_label, |(name, _)| name.clone())
     }
 
     /// The `source` label of a caller that proved no identity.

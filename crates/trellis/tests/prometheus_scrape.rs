@@ -18,6 +18,9 @@ metadata: {name: web}
 spec: {ports: [{port: 80, protocol: http}]}
 ";
 
+/// The size of each body batch sends.
+const BODY: usize = 100;
+
 const FRONTEND: &str = "spiffe://cluster.local/ns/default/sa/frontend";
 const BATCH: &str = "spiffe://cluster.local/ns/default/sa/batch";
 
@@ -116,18 +119,41 @@ async fn promql_gives_each_edge_its_requests_and_success_rate() {
     }
 
     // Traffic over a few seconds, so rate() has samples to work with: frontend sends 40
-    // requests of which 10 are answered 503 by the app, batch sends 20 that all succeed.
+    // requests of which 10 are answered 503 by the app, each claiming (falsely) to come from
+    // another workload; batch sends 20 that all succeed, POSTs by curl of a 100-byte body that
+    // the app echoes.
     let client = http1();
+    let payload = dir.join("payload");
+    std::fs::write(&payload, [b'x'; BODY]).unwrap();
     for round in 0..4 {
         for i in 0..10 {
             let fail = (round * 10 + i) % 4 == 3;
             let path = if fail { "/status/503" } else { "/" };
-            let a = get(&client, frontend.outbound, Some("web"), path, &[]).await;
+            let forged = [("trellis-source-workload", "forged")];
+            let a = get(&client, frontend.outbound, Some("web"), path, &forged).await;
             assert_eq!(a.status, if fail { 503 } else { 200 }, "{}", a.body);
+            assert!(
+                !a.body.contains("trellis-source-workload"),
+                "the header naming the caller's workload reached the app: {}",
+                a.body
+            );
         }
         for _ in 0..5 {
-            let a = get(&client, batch.outbound, Some("web"), "/", &[]).await;
-            assert_eq!(a.status, 200, "{}", a.body);
+            let out = tokio::process::Command::new("curl")
+                .args([
+                    "-sS",
+                    "--fail-with-body",
+                    "-H",
+                    "Host: web",
+                    "--data-binary",
+                ])
+                .arg(format!("@{}", payload.display()))
+                .arg(format!("http://{}/echo", batch.outbound))
+                .output()
+                .await
+                .expect("curl runs");
+            assert!(out.status.success(), "{out:?}");
+            assert_eq!(out.stdout.len(), BODY, "{out:?}");
         }
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
@@ -165,6 +191,53 @@ async fn promql_gives_each_edge_its_requests_and_success_rate() {
         assert_eq!(side.get(&key(&[FRONTEND, "web"])), Some(&40.0), "{side:?}");
         assert_eq!(side.get(&key(&[BATCH, "web"])), Some(&20.0), "{side:?}");
     }
+
+    // The same edges by instance: each caller's own workload, never the name its app forged;
+    // the answering instance; and mutual TLS on both sides of the hop.
+    for direction in ["inbound", "outbound"] {
+        let by_workload = query(
+            prom_addr,
+            &format!("sum by (source_workload, destination_workload, mtls) (trellis_requests_total{{direction=\"{direction}\",service=\"web\"}})"),
+            &["source_workload", "destination_workload", "mtls"],
+        )
+        .await;
+        let expected = BTreeMap::from([
+            (key(&["batch", "web-0", "true"]), 20.0),
+            (key(&["frontend", "web-0", "true"]), 40.0),
+        ]);
+        assert_eq!(by_workload, expected, "{direction}");
+    }
+
+    // Body bytes per edge, each way: batch's 20 bodies of 100 bytes, echoed back; the same
+    // figures on the callee's side and the caller's.
+    for (family, direction) in [
+        ("trellis_http_request_bytes_total", "inbound"),
+        ("trellis_http_request_bytes_total", "outbound"),
+        ("trellis_http_response_bytes_total", "inbound"),
+        ("trellis_http_response_bytes_total", "outbound"),
+    ] {
+        let bytes = query(
+            prom_addr,
+            &format!("sum by (source) ({family}{{direction=\"{direction}\",service=\"web\",source=\"{BATCH}\"}})"),
+            &["source"],
+        )
+        .await;
+        assert_eq!(
+            bytes.get(&key(&[BATCH])),
+            Some(&(20.0 * BODY as f64)),
+            "{family} {direction}: {bytes:?}"
+        );
+    }
+    let answers = "sum by (direction) (trellis_http_response_bytes_total{service=\"web\",source_workload=\"frontend\"})";
+    let answers = query(prom_addr, answers, &["direction"]).await;
+    let (inbound_bytes, outbound_bytes) = (
+        answers.get(&key(&["inbound"])),
+        answers.get(&key(&["outbound"])),
+    );
+    assert!(
+        inbound_bytes.is_some_and(|b| *b > 0.0) && inbound_bytes == outbound_bytes,
+        "frontend's answers, as both sidecars counted them: {answers:?}"
+    );
 
     // Success rate per edge: the documented query.
     let success = query(

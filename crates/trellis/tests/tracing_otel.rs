@@ -225,6 +225,31 @@ async fn one_trace_links_apps_and_sidecars_per_attempt_and_b3_keeps_its_trace() 
         "{sidecar_spans:#?}"
     );
 
+    // A body that comes 300 ms after its headers is inside the sidecars' spans: they end with
+    // the body, not at the headers (the app's own span, closed after its last write, too).
+    let slow_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    curl(&[
+        "-H",
+        "Host: b",
+        "-H",
+        &format!("traceparent: 00-{slow_trace}-00f067aa0ba902b7-01"),
+        &format!("http://{a_outbound}/slow-body"),
+    ]);
+    let slow = spans_of(&out, slow_trace, 3).await;
+    for (service, kind) in [("a", "client"), ("b", "server"), ("b-app", "server")] {
+        let span = of(&slow, service, kind);
+        assert_eq!(span.len(), 1, "{service} {kind}: {slow:#?}");
+        let ns = |k: &str| {
+            span[0][k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{k}: {span:?}"))
+        };
+        assert!(
+            ns("end_ns") - ns("start_ns") >= 300_000_000,
+            "the {service} {kind} span ended before the body was sent: {span:?}"
+        );
+    }
+
     // Nobody sampled this one (no context, 0%): no span, headers as they were.
     let body = curl(&["-H", "Host: b", &format!("http://{a_outbound}/untraced")]);
     let seen: Value = serde_json::from_str(&body).expect(&body);

@@ -51,6 +51,9 @@ pub struct Endpoint {
     /// The SPIFFE identity this endpoint's certificate must carry; `None` for an endpoint
     /// outside the mesh (no sidecar), which is called in plaintext.
     pub identity: Option<Arc<trellis_identity::SpiffeId>>,
+    /// The Workload's name, as the `destination_workload` metric label (`""` for an endpoint
+    /// that is not a Workload).
+    pub workload: Arc<str>,
 }
 
 impl Endpoint {
@@ -64,6 +67,7 @@ impl Endpoint {
             load: Arc::new(EndpointLoad::new()),
             outlier: Arc::new(crate::resilience::OutlierState::new()),
             identity: None,
+            workload: crate::metrics::no_label(),
         }
     }
 }

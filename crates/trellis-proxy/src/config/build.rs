@@ -268,6 +268,7 @@ fn endpoints_of(
             load,
             outlier,
             identity,
+            workload: Arc::from(w.metadata.name.as_str()),
         });
     }
     out.sort_by_key(|e| e.addr);

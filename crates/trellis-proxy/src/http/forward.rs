@@ -16,7 +16,7 @@ use crate::upstream::{self, feedback, pick, AttemptError, Context, Ended, Picked
 use http::{request::Parts, Request, Response};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Request bodies are buffered up to this for mirroring when no retry policy says otherwise.
@@ -34,9 +34,44 @@ pub struct Target<'a, U> {
     pub peer: SocketAddr,
     /// The request's trace, when it is sampled: each attempt gets a CLIENT span.
     pub trace: Option<&'a crate::trace::Traced>,
-    /// The index in `rule.backends` of the backend the last try went to (for the
-    /// `destination_subset` label).
-    pub chosen: &'a AtomicUsize,
+    /// Where the last try went, for the request's metric labels.
+    pub chosen: &'a Chosen,
+}
+
+/// Where a request's last try went: its backend (the `destination_subset` label) and endpoint
+/// (the `destination_workload` and `mtls` labels). Nothing until a try picks one: a fault or a
+/// refusal leaves the labels empty.
+pub struct Chosen {
+    backend: AtomicUsize,
+    endpoint: Mutex<Option<(Arc<str>, bool)>>,
+}
+
+impl Default for Chosen {
+    fn default() -> Self {
+        Self {
+            backend: AtomicUsize::new(usize::MAX),
+            endpoint: Mutex::new(None),
+        }
+    }
+}
+
+impl Chosen {
+    /// The index in the rule's `backends` of the last try's backend (`usize::MAX`: none).
+    pub fn backend(&self) -> usize {
+        self.backend.load(Ordering::Relaxed)
+    }
+
+    /// The last try's endpoint: its workload label, and whether the try went over mTLS.
+    pub fn endpoint(&self) -> Option<(Arc<str>, bool)> {
+        self.endpoint.lock().ok()?.clone()
+    }
+
+    /// Notes a try to `picked` over `dial`.
+    pub fn tried(&self, picked: &Picked, dial: &upstream::Dial) {
+        if let Ok(mut e) = self.endpoint.lock() {
+            *e = Some((picked.endpoint().workload.clone(), dial.tls.is_some()));
+        }
+    }
 }
 
 pub async fn forward<U: Upstream>(
@@ -231,6 +266,8 @@ async fn attempt<U: Upstream>(
         .await
         .map_err(|o| TryFailure::Refused(upstream::overflow(svc, o)))?;
     let mut req = req;
+    t.chosen.tried(picked, &dial);
+    name_workload(req.headers_mut(), &dial, t.ctx.workload);
     let span = t.trace.map(|traced| {
         let method = req.method().clone();
         let mut span = traced.start(
@@ -268,15 +305,35 @@ async fn attempt<U: Upstream>(
         Err(e) => Ended::Failed(e.failure),
     };
     feedback::record(t.ctx.metrics, picked, &mut in_flight, ended);
-    if let Some(span) = span {
-        match &result {
-            Ok(rsp) => span.end(Some(rsp.status().as_u16()), None),
-            Err(e) => span.end(None, Some(e.reason().as_str())),
+    let mut rsp = match (result, span) {
+        (Ok(rsp), Some(span)) => span.end_with_body(None, rsp),
+        (Ok(rsp), None) => rsp,
+        (Err(e), Some(span)) => {
+            span.end(None, Some(e.reason().as_str()));
+            return Err(e.into());
         }
-    }
-    let mut rsp = result?;
+        (Err(e), None) => return Err(e.into()),
+    };
     strip_hop_by_hop(rsp.headers_mut(), false);
     Ok(rsp)
+}
+
+/// Names this sidecar's workload to a mesh peer (over mTLS, where the peer believes it), and
+/// to nobody else: whatever the app put in the header is replaced or removed.
+pub fn name_workload(
+    headers: &mut http::HeaderMap,
+    dial: &upstream::Dial,
+    workload: Option<&http::HeaderValue>,
+) {
+    use crate::metrics::workloads::SOURCE_WORKLOAD;
+    match workload {
+        Some(name) if dial.tls.is_some() => {
+            headers.insert(SOURCE_WORKLOAD, name.clone());
+        }
+        _ => {
+            headers.remove(SOURCE_WORKLOAD);
+        }
+    }
 }
 
 /// Like [`failure_error`], except that when the retries were implicit (the route has none) the
@@ -324,7 +381,7 @@ fn choose_backend<'r, U>(t: &Target<'r, U>) -> Result<&'r BackendRef, ProxyError
             format!("route {} has no backend with weight > 0", rule.name),
         )
     })?;
-    t.chosen.store(i, Ordering::Relaxed);
+    t.chosen.backend.store(i, Ordering::Relaxed);
     Ok(&rule.backends[i].backend)
 }
 

@@ -11,7 +11,7 @@ use super::headers::{
     admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
 };
 use super::upgrade::forward_upgrade;
-use super::{record, Outcome};
+use super::{record, Caller, Outcome};
 use crate::body::{self, Body};
 use crate::config::Snapshot;
 use crate::conn::Conn;
@@ -38,11 +38,16 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let shape = Shape::of(req.headers());
+    let mutual = conn.peer_id.is_some();
+    let source_workload = state
+        .source_workloads
+        .take(req.headers_mut(), mutual)
+        .unwrap_or_else(crate::metrics::no_label);
     // One look at the config in force for both the log line and the span.
-    let (line, span) = {
+    let (began, span) = {
         let snap = state.snapshot.load();
         let telemetry = snap.as_ref().map(|s| &s.mesh.telemetry);
-        let line = super::begin(
+        let began = super::begin(
             &state,
             telemetry,
             "inbound",
@@ -50,7 +55,7 @@ pub async fn handle(
             conn.peer_id.clone(),
             &mut req,
         );
-        (line, server_span(&state, telemetry, &conn, &mut req))
+        (began, server_span(&state, telemetry, &conn, &mut req))
     };
     let service = state.service_label();
     let result = match guard(&state, &conn, &mut req).await {
@@ -63,6 +68,8 @@ pub async fn handle(
             service,
             route: crate::metrics::no_label(),
             subset: crate::metrics::no_label(),
+            destination_workload: state.workload_label(),
+            mtls: mutual,
             reason: None,
         },
         Err(e) => {
@@ -77,27 +84,25 @@ pub async fn handle(
                     tracing::warn!(%app, error = %e.detail, suppressed, "inbound request failed");
                 }
             }
-            Outcome::error(e, shape, service, crate::metrics::no_label())
+            let mut outcome = Outcome::error(e, shape, service, crate::metrics::no_label());
+            outcome.destination_workload = state.workload_label();
+            outcome.mtls = mutual;
+            outcome
         }
     };
-    if let Some(span) = span {
-        span.end(
-            Some(outcome.response.status().as_u16()),
-            outcome.reason.map(Reason::as_str),
-        );
-    }
-    let source = conn
-        .peer_id
-        .clone()
-        .unwrap_or_else(|| state.unknown_source());
-    Ok(record(
-        &state.metrics,
-        "inbound",
-        source,
-        outcome,
-        start,
-        line,
-    ))
+    let reason = outcome.reason.map(Reason::as_str);
+    let caller = Caller {
+        identity: conn
+            .peer_id
+            .clone()
+            .unwrap_or_else(|| state.unknown_source()),
+        workload: source_workload,
+    };
+    let response = record(&state.metrics, "inbound", caller, outcome, start, began);
+    Ok(match span {
+        Some(span) => span.end_with_body(reason, response),
+        None => response,
+    })
 }
 
 /// The inbound SERVER span of a traced request (the app then sees it as its parent).

@@ -2,7 +2,7 @@
 //! backend, fire and forget. The copy is picked and connected like any try, but nothing waits
 //! for it and nothing it does reaches the caller: its answer is read and dropped, a failure is
 //! ignored, and it gives up after `MIRROR_TIMEOUT` (10 s).
-use super::forward::Target;
+use super::forward::{name_workload, Target};
 use super::replay::{clone_parts, Replayable};
 use crate::upstream::{pick, Upstream};
 use http::request::Parts;
@@ -31,6 +31,7 @@ pub(super) fn mirror<U: Upstream>(t: &Target<'_, U>, parts: &Parts, replay: &Rep
     };
     let dial = picked.dial(&t.ctx);
     let mut copy = clone_parts(parts);
+    name_workload(&mut copy.headers, &dial, t.ctx.workload);
     // A traced request's copy gets a CLIENT span of its own, marked as the mirror, so a trace
     // shows where its copies went (its parent is the caller's span, as for each try).
     let span = t.trace.map(|traced| {

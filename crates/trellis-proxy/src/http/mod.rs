@@ -8,14 +8,15 @@ pub mod outbound;
 pub mod replay;
 pub mod upgrade;
 
-use crate::access_log::{ensure_request_id, RequestLine};
+use crate::access_log::{count_body, ensure_request_id, RequestLine};
 use crate::body::Body;
 use crate::error::{ProxyError, Reason, Shape};
-use crate::metrics::{no_label, LatencyLabels, Metrics};
+use crate::metrics::{mtls_label, no_label, LatencyLabels, Metrics};
 use crate::state::ProxyState;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 use trellis_api::mesh::Telemetry;
@@ -27,6 +28,10 @@ pub struct Outcome {
     pub route: Arc<str>,
     /// The subset the last try went to (`""`: the whole service, or inbound).
     pub subset: Arc<str>,
+    /// The instance that answered (see [`LatencyLabels::destination_workload`]).
+    pub destination_workload: Arc<str>,
+    /// Whether the hop was mutual TLS (see [`LatencyLabels::mtls`]).
+    pub mtls: bool,
     pub reason: Option<Reason>,
 }
 
@@ -38,40 +43,65 @@ impl Outcome {
             service,
             route,
             subset: no_label(),
+            destination_workload: no_label(),
+            mtls: false,
             reason,
         }
     }
 }
 
-/// Counts the request and records its latency to response headers; a gRPC answer is counted
-/// when its `grpc-status` is known (see [`Metrics::record_request`]). A request with an
-/// access-log line gets it written when its response body ends.
+/// Who made a request, as its metrics name the caller.
+pub struct Caller {
+    /// The SPIFFE identity (see [`LatencyLabels::source`]).
+    pub identity: Arc<str>,
+    /// The instance (see [`LatencyLabels::source_workload`]).
+    pub workload: Arc<str>,
+}
+
+/// What [`begin`] set up for a request: its access-log line (or tap) and its body's byte count.
+pub struct Began {
+    line: Option<RequestLine>,
+    request_bytes: Option<Arc<AtomicU64>>,
+}
+
+/// Counts the request, records its latency to response headers, and (when the response body
+/// ends) its time to the end and its bytes each way; a gRPC answer is counted when its
+/// `grpc-status` is known (see [`Metrics::record_request`]). A request with an access-log line
+/// gets it written when its response body ends.
 pub fn record(
     metrics: &std::sync::Arc<Metrics>,
     direction: &'static str,
-    source: Arc<str>,
+    caller: Caller,
     outcome: Outcome,
     start: Instant,
-    line: Option<RequestLine>,
+    began: Began,
 ) -> Response<Body> {
     let reason = outcome.reason.map(Reason::as_str).unwrap_or("");
     let edge = LatencyLabels {
         direction,
-        source,
+        source: caller.identity,
         service: outcome.service,
         route: outcome.route,
         destination_subset: outcome.subset,
+        source_workload: caller.workload,
+        destination_workload: outcome.destination_workload,
+        mtls: mtls_label(outcome.mtls),
     };
+    let Began {
+        line,
+        request_bytes,
+    } = began;
     let Some(line) = line else {
-        return metrics.record_request(edge, reason, outcome.response, start);
+        return metrics.record_request(edge, reason, outcome.response, start, request_bytes);
     };
     let (service, route) = (edge.service.clone(), edge.route.clone());
-    let response = metrics.record_request(edge, reason, outcome.response, start);
+    let response = metrics.record_request(edge, reason, outcome.response, start, request_bytes);
     line.finish(&service, &route, reason, response)
 }
 
-/// Gives the request an `x-request-id` when it has none, and takes its access-log line when
-/// `telemetry` (the config in force) asks for one or an open tap may want it.
+/// Gives the request an `x-request-id` when it has none, sets up the count of its body, and
+/// takes its access-log line when `telemetry` (the config in force) asks for one or an open tap
+/// may want it.
 pub fn begin(
     state: &ProxyState,
     telemetry: Option<&Telemetry>,
@@ -79,9 +109,10 @@ pub fn begin(
     peer: SocketAddr,
     peer_identity: Option<Arc<str>>,
     req: &mut Request<Incoming>,
-) -> Option<RequestLine> {
+) -> Began {
     ensure_request_id(req.headers_mut());
-    RequestLine::begin(
+    let request_bytes = count_body(req);
+    let line = RequestLine::begin(
         &state.access_log,
         telemetry.map(|t| &t.access_log),
         &state.taps,
@@ -89,5 +120,9 @@ pub fn begin(
         peer,
         peer_identity,
         req,
-    )
+    );
+    Began {
+        line,
+        request_bytes,
+    }
 }

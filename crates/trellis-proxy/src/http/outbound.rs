@@ -1,12 +1,12 @@
 //! The outbound side: a request from the local app, matched to a service (by `Host`, or fixed by
 //! a per-upstream port), routed by the service's rules, subjected to faults, rewritten, and
 //! forwarded.
-use super::forward::{forward, Target};
+use super::forward::{forward, name_workload, Chosen, Target};
 use super::headers::{
     admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
 };
 use super::upgrade::forward_upgrade;
-use super::{record, Outcome};
+use super::{record, Caller, Outcome};
 use crate::access_log::counting;
 use crate::body::{self, Body};
 use crate::config::{host_service, Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
@@ -21,7 +21,6 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,7 +40,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let shape = Shape::of(req.headers());
-    let line = {
+    let began = {
         let snap = state.snapshot.load();
         let telemetry = snap.as_ref().map(|s| &s.mesh.telemetry);
         super::begin(&state, telemetry, "outbound", peer, None, &mut req)
@@ -50,14 +49,17 @@ pub async fn handle(
     if let Some(reason) = outcome.reason {
         tracing::debug!(service = %outcome.service, route = %outcome.route, reason = reason.as_str(), "proxy answered");
     }
-    let source = state.local_source();
+    let caller = Caller {
+        identity: state.local_source(),
+        workload: state.workload_label(),
+    };
     Ok(record(
         &state.metrics,
         "outbound",
-        source,
+        caller,
         outcome,
         start,
-        line,
+        began,
     ))
 }
 
@@ -108,8 +110,7 @@ async fn route(
         );
         return Outcome::error(e, shape, service, no_label());
     };
-    // No backend until a try picks one (a fault or an upgrade leaves the label empty).
-    let chosen = AtomicUsize::new(usize::MAX);
+    let chosen = Chosen::default();
     let result = routed(
         state, &snapshot, &svc, port, rule, matched, peer, req, shape, &chosen,
     )
@@ -129,13 +130,16 @@ async fn route(
     };
     let subset = rule
         .backends
-        .get(chosen.load(Ordering::Relaxed))
+        .get(chosen.backend())
         .map_or_else(no_label, |b| b.subset_label.clone());
+    let (destination_workload, mtls) = chosen.endpoint().unwrap_or_else(|| (no_label(), false));
     Outcome {
         response,
         service,
         route: rule.name.clone(),
         subset,
+        destination_workload,
+        mtls,
         reason,
     }
 }
@@ -151,7 +155,7 @@ async fn routed(
     peer: SocketAddr,
     mut req: Request<Incoming>,
     shape: Shape,
-    chosen: &AtomicUsize,
+    chosen: &Chosen,
 ) -> Result<Response<Body>, ProxyError> {
     if let Some(fault) = &rule.fault {
         if let Some(abort) = inject_fault(fault, &req, shape).await {
@@ -198,8 +202,11 @@ async fn routed(
         // The same pick as any request: ejection, zone preference and hashing apply; and the
         // same report, so a dead endpoint costs WebSocket callers what it costs any other.
         let picked = pick(snapshot, backend, Some(req.headers()), peer.ip(), None)?;
+        let dial = picked.dial(&target.ctx);
+        chosen.tried(&picked, &dial);
+        name_workload(req.headers_mut(), &dial, target.ctx.workload);
         let mut in_flight = picked.start();
-        let result = forward_upgrade(&state.upstreams, picked.dial(&target.ctx), req).await;
+        let result = forward_upgrade(&state.upstreams, dial, req).await;
         let ended = match &result {
             Ok(rsp) => Ended::Answered(resilience::Outcome::of_response(
                 rsp.status(),

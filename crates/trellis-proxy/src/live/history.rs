@@ -256,8 +256,11 @@ mod tests {
                 service: service.into(),
                 route: "r".into(),
                 destination_subset: if status >= 500 { "v2" } else { "v1" }.into(),
+                source_workload: "web-0".into(),
+                destination_workload: if status >= 500 { "b-1" } else { "b-0" }.into(),
+                mtls: "true",
             };
-            drop(m.record_request(labels, "", rsp, Instant::now()));
+            drop(m.record_request(labels, "", rsp, Instant::now(), None));
         }
     }
 

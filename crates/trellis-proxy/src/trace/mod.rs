@@ -139,6 +139,22 @@ impl OpenSpan {
         self.attributes.push(int(key, value));
     }
 
+    /// Ends the span with `response` (status, and the proxy's `reason` when it made the answer)
+    /// when its body has been sent or abandoned, as Envoy's spans end with the stream: a slow
+    /// or streamed body is inside the span that carried it.
+    pub fn end_with_body(
+        self,
+        reason: Option<&'static str>,
+        response: http::Response<crate::body::Body>,
+    ) -> http::Response<crate::body::Body> {
+        let status = response.status().as_u16();
+        if http_body::Body::is_end_stream(response.body()) {
+            self.end(Some(status), reason);
+            return response;
+        }
+        response.map(|b| crate::body::on_drop(b, move || self.end(Some(status), reason)))
+    }
+
     /// Ends the span: an HTTP status when there was an answer, the proxy's reason when it made
     /// the answer or failed the attempt (then the span is an error).
     pub fn end(mut self, status: Option<u16>, reason: Option<&str>) {

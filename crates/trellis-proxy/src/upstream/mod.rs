@@ -73,6 +73,9 @@ pub struct Context<'a> {
     pub metrics: &'a Metrics,
     pub tls: Option<&'a Arc<MeshTls>>,
     pub connect_timeout: Duration,
+    /// This sidecar's Workload name as the `trellis-source-workload` header, sent to peers over
+    /// mTLS (see [`crate::metrics::workloads`]).
+    pub workload: Option<&'a http::HeaderValue>,
 }
 
 /// A failed attempt: how it failed (for retry policy) and what to tell a human.

@@ -151,6 +151,7 @@ mod tests {
             metrics,
             tls: None,
             connect_timeout: Duration::from_secs(5),
+            workload: None,
         };
         let peer: SocketAddr = "127.0.0.1:40000".parse().expect("peer");
         let mut refused = 0;
@@ -234,6 +235,7 @@ mod tests {
             metrics: &metrics,
             tls: None,
             connect_timeout: Duration::from_secs(5),
+            workload: None,
         };
         let first = open_one(&ctx, &snap)
             .await

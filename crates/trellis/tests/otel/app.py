@@ -2,11 +2,13 @@
 
   app.py serve PORT SERVICE OTLP   an HTTP server: a SERVER span per request, its parent taken
                                    from the request's W3C trace context; answers JSON with the
-                                   trace headers it received. /flaky answers 503 the first time.
+                                   trace headers it received. /flaky answers 503 the first time;
+                                   /slow-body sends its headers, then its body 300 ms later.
   app.py call URL HOST SERVICE OTLP   one GET inside a CLIENT span whose context it sends;
                                    prints the status and the body."""
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +18,8 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+SLOW_BODY_SECONDS = 0.3
 
 
 def tracer(service, otlp):
@@ -50,6 +54,9 @@ def serve(port, service, otlp):
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
+                if self.path == "/slow-body":
+                    self.wfile.flush()
+                    time.sleep(SLOW_BODY_SECONDS)
                 self.wfile.write(body)
 
     ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()

@@ -37,6 +37,8 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                             "name": s.name,
                             "kind": KINDS.get(s.kind, str(s.kind)),
                             "status": s.status.code,
+                            "start_ns": s.start_time_unix_nano,
+                            "end_ns": s.end_time_unix_nano,
                             "attributes": {a.key: value(a.value) for a in s.attributes},
                         }) + "\n")
         return trace_service_pb2.ExportTraceServiceResponse()

@@ -141,13 +141,14 @@ async fn get(
     metrics: &Metrics,
 ) -> Result<Response<Body>, ProxyError> {
     let svc = snap.service("default", "web").expect("web");
-    let chosen = std::sync::atomic::AtomicUsize::new(0);
+    let chosen = super::Chosen::default();
     let t = Target {
         upstream,
         ctx: Context {
             metrics,
             tls: None,
             connect_timeout: Duration::from_secs(5),
+            workload: None,
         },
         snapshot: snap,
         rule: &svc.rules[0],
