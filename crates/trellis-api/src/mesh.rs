@@ -32,6 +32,34 @@ pub struct MeshConfigSpec {
     /// DNS domain of mesh names: the sidecar answers `svc.ns.svc.<dnsDomain>`.
     #[serde(default = "default_dns_domain")]
     pub dns_domain: String,
+    /// What a capturing sidecar does with a connection to a destination the mesh does not know.
+    #[serde(default, skip_serializing_if = "OutboundTrafficPolicy::is_default")]
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// What a sidecar does with captured traffic to a destination that is neither a service's VIP
+/// nor a known workload (Istio's `outboundTrafficPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutboundTrafficPolicy {
+    #[serde(default)]
+    pub mode: OutboundMode,
+}
+
+impl OutboundTrafficPolicy {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum OutboundMode {
+    /// Passed through to where the app meant it to go, unchanged.
+    #[default]
+    AllowAny,
+    /// Refused: HTTP is answered `502` with `trellis-error: egress-denied`, anything else is
+    /// closed; both are counted.
+    RegistryOnly,
 }
 
 impl Default for MeshConfigSpec {
@@ -43,6 +71,7 @@ impl Default for MeshConfigSpec {
             telemetry: Telemetry::default(),
             service_address_range: default_service_address_range(),
             dns_domain: default_dns_domain(),
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
         }
     }
 }

@@ -35,6 +35,8 @@ pub enum Reason {
     UpgradeRefused,
     /// On-demand discovery got no answer from the control plane in time.
     DiscoveryTimeout,
+    /// A captured connection to a destination outside the mesh, under `RegistryOnly`.
+    EgressDenied,
 }
 
 impl Reason {
@@ -54,6 +56,7 @@ impl Reason {
             Reason::Unauthenticated => "unauthenticated",
             Reason::UpgradeRefused => "upgrade-refused",
             Reason::DiscoveryTimeout => "discovery-timeout",
+            Reason::EgressDenied => "egress-denied",
         }
     }
 
@@ -67,7 +70,7 @@ impl Reason {
             | Reason::PoolOverflow
             | Reason::DiscoveryTimeout
             | Reason::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
-            Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Reason::UpstreamReset | Reason::EgressDenied => StatusCode::BAD_GATEWAY,
             Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::Denied | Reason::UpgradeRefused => StatusCode::FORBIDDEN,
@@ -93,7 +96,9 @@ impl Reason {
             Reason::Timeout => Code::DeadlineExceeded,
             Reason::FaultInjected => Code::from_http(self.status()),
             Reason::BadRequest => Code::Internal,
-            Reason::Denied | Reason::UpgradeRefused => Code::PermissionDenied,
+            Reason::Denied | Reason::UpgradeRefused | Reason::EgressDenied => {
+                Code::PermissionDenied
+            }
             Reason::Unauthenticated => Code::Unauthenticated,
         }
     }

@@ -39,12 +39,15 @@ pub enum Role {
     Outbound { fixed: Option<Arc<FixedTarget>> },
     /// Inbound: everything goes to the local application.
     Inbound { app: SocketAddr },
+    /// A captured connection to `to`, outside the mesh, under a `RegistryOnly` outbound policy:
+    /// HTTP is answered `502 egress-denied`, anything else closed.
+    EgressDenied { to: SocketAddr },
 }
 
 impl Role {
     fn direction(&self) -> &'static str {
         match self {
-            Role::Outbound { .. } => "outbound",
+            Role::Outbound { .. } | Role::EgressDenied { .. } => "outbound",
             Role::Inbound { .. } => "inbound",
         }
     }
@@ -74,7 +77,7 @@ pub async fn run(listener: TcpListener, role: Role, state: Arc<ProxyState>, drai
 fn service_label(role: &Role, state: &ProxyState) -> String {
     match role {
         Role::Outbound { fixed: Some(f) } => f.service.clone(),
-        Role::Outbound { fixed: None } => String::new(),
+        Role::Outbound { fixed: None } | Role::EgressDenied { .. } => String::new(),
         Role::Inbound { .. } => state.identity.service.clone(),
     }
 }
@@ -90,7 +93,7 @@ fn configured_protocol(role: &Role, snap: Option<&Snapshot>) -> Protocol {
             .service(&f.namespace, &f.service)
             .and_then(|s| s.port(f.port).map(|p| p.protocol))
             .unwrap_or_default(),
-        Role::Outbound { fixed: None } => Protocol::Detect,
+        Role::Outbound { fixed: None } | Role::EgressDenied { .. } => Protocol::Detect,
         Role::Inbound { .. } => snap.inbound.protocol,
     }
 }
@@ -125,7 +128,7 @@ async fn connection(
         Role::Inbound { .. } => snap
             .as_ref()
             .map_or(MtlsMode::Permissive, |s| s.inbound.mtls),
-        Role::Outbound { .. } => MtlsMode::Off,
+        Role::Outbound { .. } | Role::EgressDenied { .. } => MtlsMode::Off,
     };
     let window = first_read_window(role, protocol, mode, state, snap.as_deref());
     let first = match read_first(&mut stream, window).await {
@@ -193,7 +196,8 @@ fn first_read_window(
         return Some(detect);
     }
     match (role, mode) {
-        (Role::Outbound { .. }, _) | (Role::Inbound { .. }, MtlsMode::Off) => None,
+        (Role::Outbound { .. } | Role::EgressDenied { .. }, _)
+        | (Role::Inbound { .. }, MtlsMode::Off) => None,
         (Role::Inbound { .. }, MtlsMode::Strict) => Some(detect),
         (Role::Inbound { .. }, MtlsMode::Permissive) => {
             // Without a certificate no TLS could be terminated: nothing to wait for.
@@ -365,7 +369,7 @@ where
             .peer_id
             .clone()
             .unwrap_or_else(|| state.unknown_source()),
-        Role::Outbound { .. } => state.local_source(),
+        Role::Outbound { .. } | Role::EgressDenied { .. } => state.local_source(),
     };
     let edge = TcpLabels {
         direction: role.direction(),
@@ -412,6 +416,10 @@ where
         Role::Outbound { fixed: None } => {
             tracing::debug!(%peer, "opaque TCP on the Host-routed port has no destination; closing");
             return ((0, 0), Reason::NoRoute.as_str());
+        }
+        Role::EgressDenied { to } => {
+            crate::http::egress::denied(state, peer, *to, "tcp");
+            return ((0, 0), Reason::EgressDenied.as_str());
         }
     };
     match opened {
@@ -480,6 +488,9 @@ async fn serve_http<I>(
             let rsp = match role {
                 Role::Inbound { app } => inbound::handle(state, app, conn, req).await,
                 Role::Outbound { fixed } => outbound::handle(state, fixed, conn.peer, req).await,
+                Role::EgressDenied { to } => {
+                    crate::http::egress::handle(state, to, conn.peer, req).await
+                }
             };
             rsp.map(|rsp| rsp.map(|b| body::Holding::new(b, in_flight)))
         }

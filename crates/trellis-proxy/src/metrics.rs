@@ -131,6 +131,12 @@ pub struct ServiceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    /// `http` or `tcp`.
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -175,6 +181,8 @@ pub struct Metrics {
     pub accrual_backoffs: Family<ServiceLabels, Counter>,
     pub inbound_tls: Family<ResultLabels, Counter>,
     pub authz: Family<AuthzLabels, Counter>,
+    /// Captured traffic refused by a `RegistryOnly` outbound policy.
+    pub egress_denied: Family<ProtocolLabels, Counter>,
     pub config_version: Gauge,
     /// Live taps (`trellis tap`, `trellis top`) open on this proxy.
     pub taps_open: Gauge,
@@ -221,6 +229,12 @@ impl Metrics {
         let accrual_backoffs = Family::<ServiceLabels, Counter>::default();
         let inbound_tls = Family::<ResultLabels, Counter>::default();
         let authz = Family::<AuthzLabels, Counter>::default();
+        let egress_denied = Family::<ProtocolLabels, Counter>::default();
+        registry.register(
+            "egress_denied",
+            "Captured HTTP requests (protocol=http) and other connections (protocol=tcp) to destinations outside the mesh, refused by a RegistryOnly outbound traffic policy",
+            egress_denied.clone(),
+        );
         let config_version = Gauge::default();
         let taps_open = Gauge::default();
         registry.register(
@@ -365,6 +379,7 @@ impl Metrics {
             accrual_backoffs,
             inbound_tls,
             authz,
+            egress_denied,
             config_version,
             taps_open,
             access_log_dropped,

@@ -136,6 +136,40 @@ impl Drop for NsResolvConf {
     }
 }
 
+/// A plain HTTP server outside the mesh: counts the connections that reach it and answers each
+/// `200 ok`. On a thread of its own: the test blocks its runtime while `ip netns exec` runs.
+struct OutsideServer {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl OutsideServer {
+    fn start(ip: std::net::Ipv4Addr) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        // Ends with the test process (the listener is only reachable from this test's network).
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            }
+        });
+        Self { addr, accepted }
+    }
+
+    fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 #[tokio::test]
 async fn unmodified_curl_by_name_through_captured_sidecars() {
     let _lock = lock_suite(Duration::from_secs(400)).await;
@@ -328,6 +362,79 @@ async fn unmodified_curl_by_name_through_captured_sidecars() {
         "{direct}\n{}",
         hr_proxy.log_text()
     );
+
+    // Egress: a server outside the mesh (the test process, on the bridge). With the default
+    // policy the app reaches it through the sidecar unchanged; under RegistryOnly an HTTP call
+    // is answered 502 egress-denied and other bytes are closed, and the server sees nothing.
+    let outside = OutsideServer::start(topo.root_addr);
+    let outside_url = format!("http://{}/", outside.addr);
+    let passed = ha.exec(&["curl", "-sS", "-i", "-m", "10", &outside_url]);
+    assert!(passed.starts_with("HTTP/1.1 200"), "{passed}");
+    assert_eq!(outside.connections(), 1, "AllowAny passes it through");
+    let ha_admin = std::net::SocketAddr::new(ha.addr.into(), ADMIN_PORT);
+    let applied = || {
+        common::counter(
+            ha_admin,
+            "trellis_config_reloads_total",
+            &[("result", "applied")],
+        )
+    };
+    let reloads = applied().await;
+    common::write_config(
+        &config_path,
+        &format!(
+            "{}---\napiVersion: trellis.dev/v1\nkind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{outboundTrafficPolicy: {{mode: RegistryOnly}}}}\n",
+            config(&topo)
+        ),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while applied().await <= reloads {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            ha_proxy.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = ha.exec(&["curl", "-sS", "-i", "-m", "10", &outside_url]);
+    assert!(refused.starts_with("HTTP/1.1 502"), "{refused}");
+    assert!(
+        refused.contains("trellis-error: egress-denied"),
+        "{refused}"
+    );
+    let tcp = ha.exec(&[
+        "python3",
+        "-c",
+        "import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), 5); s.sendall(b'hello'); print(len(s.recv(100)))",
+        &outside.addr.ip().to_string(),
+        &outside.addr.port().to_string(),
+    ]);
+    assert_eq!(
+        tcp.trim(),
+        "0",
+        "opaque bytes to the outside: closed, nothing answered"
+    );
+    assert_eq!(
+        outside.connections(),
+        1,
+        "nothing reached the outside server"
+    );
+    let denied_http = common::counter(
+        ha_admin,
+        "trellis_egress_denied_total",
+        &[("protocol", "http")],
+    )
+    .await;
+    let denied_tcp = common::counter(
+        ha_admin,
+        "trellis_egress_denied_total",
+        &[("protocol", "tcp")],
+    )
+    .await;
+    assert_eq!((denied_http, denied_tcp), (1.0, 1.0));
+    // The mesh itself is still reachable by name.
+    let out = ha.exec(&["curl", "-sS", "-i", "-m", "10", "http://ratings:9080/"]);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 
     // Stopping removes every rule it added.
     for (p, host, was) in [

@@ -5,12 +5,15 @@
 //! - a known endpoint address (a workload's address): as that endpoint's service, on the port
 //!   the app used when the service declares it, else its default port;
 //! - a VIP on a port its service does not declare: closed (nothing could answer it);
-//! - anything else: passed through to the original destination on a marked socket. The
-//!   MeshConfig has no registry-only egress setting yet; when it does, this is where such
-//!   connections are refused (`egress-denied`).
+//! - anything else: passed through to the original destination on a marked socket, unless the
+//!   MeshConfig's `outboundTrafficPolicy` is `RegistryOnly`: then it is refused (HTTP answered
+//!   `502 egress-denied`, anything else closed; see [`crate::http::egress`]).
 //!
 //! A connection that was not redirected (someone connected to this port directly) has no
-//! original destination other than this listener itself, and is closed.
+//! original destination other than this listener itself, and is closed. So is every captured
+//! connection before the first config: the proxy cannot tell a mesh destination from any other
+//! yet, nor whether the mesh lets traffic out, so nothing leaves around the mesh while it does
+//! not know (as the inbound side forwards nothing before its first config).
 use crate::config::Directory;
 use crate::config::Snapshot;
 use crate::drain::Drain;
@@ -21,6 +24,7 @@ use crate::upstream::opaque;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
+use trellis_api::mesh::OutboundMode;
 
 /// Where a captured connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,9 +104,22 @@ async fn connection(
             return;
         }
     };
-    let snap = state.snapshot.load_full();
-    let dir = Directory::of(snap.as_ref());
-    match classify(dst, &dir, snap.as_deref()) {
+    let Some(snap) = state.snapshot.load_full() else {
+        tracing::debug!(%peer, %dst, "captured connection before the first config; closing");
+        return;
+    };
+    let dir = Directory::of(Some(&snap));
+    let destination = match classify(dst, &dir, Some(&snap)) {
+        Destination::Passthrough(to)
+            if snap.mesh.outbound_traffic_policy.mode == OutboundMode::RegistryOnly =>
+        {
+            let role = Role::EgressDenied { to };
+            crate::listener::serve_connection(stream, peer, &role, state, drain).await;
+            return;
+        }
+        other => other,
+    };
+    match destination {
         Destination::Service {
             namespace,
             service,

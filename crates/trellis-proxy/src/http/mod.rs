@@ -1,5 +1,6 @@
 //! HTTP handling: the outbound side (route, fault, retry, balance) and the inbound side (hand to
 //! the local app), over hyper.
+pub mod egress;
 pub mod forward;
 pub mod headers;
 pub mod inbound;
@@ -59,6 +60,7 @@ pub struct Caller {
 }
 
 /// What [`begin`] set up for a request: its access-log line (or tap) and its body's byte count.
+#[derive(Default)]
 pub struct Began {
     line: Option<RequestLine>,
     request_bytes: Option<Arc<AtomicU64>>,
