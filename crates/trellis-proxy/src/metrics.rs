@@ -12,6 +12,7 @@
 //! a gRPC request is counted when its status is known, which for a streamed answer is when the
 //! trailers go by. Watching for them wraps the body of gRPC answers only: everything else is
 //! counted when its headers are sent, with no wrapper. `docs/observability.md` has the PromQL.
+pub mod edges;
 pub mod exposition;
 pub mod workloads;
 
@@ -167,6 +168,8 @@ pub struct Metrics {
     /// HTTP body bytes per edge: received from the caller, and sent back to it.
     pub http_request_bytes: Family<LatencyLabels, Counter>,
     pub http_response_bytes: Family<LatencyLabels, Counter>,
+    /// The handles of each edge's series above, found with one fast hash per request.
+    edges: edges::Edges,
     pub conns_opened: Family<ConnLabels, Counter>,
     pub conns_closed: Family<ConnLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
@@ -366,6 +369,7 @@ impl Metrics {
             response_duration,
             http_request_bytes,
             http_response_bytes,
+            edges: edges::Edges::default(),
             conns_opened,
             conns_closed,
             bytes,
@@ -401,28 +405,23 @@ impl Metrics {
         start: std::time::Instant,
         request_bytes: Option<Arc<AtomicU64>>,
     ) -> Response<Body> {
-        let latency = edge;
-        self.latency
-            .get_or_create(&latency)
-            .observe(start.elapsed().as_secs_f64());
+        let series = self.edges.get(
+            edge,
+            edges::EdgeFamilies {
+                latency: &self.latency,
+                to_end: &self.response_duration,
+                request_bytes: &self.http_request_bytes,
+                response_bytes: &self.http_response_bytes,
+            },
+        );
+        series.latency.observe(start.elapsed().as_secs_f64());
         let code = response.status().as_u16();
-        let labels = |grpc_status: &'static str, failed: bool| RequestLabels {
-            direction: latency.direction,
-            source: latency.source.clone(),
-            service: latency.service.clone(),
-            route: latency.route.clone(),
-            destination_subset: latency.destination_subset.clone(),
-            code,
-            reason,
-            grpc_status,
-            classification: classification(failed),
-            source_workload: latency.source_workload.clone(),
-            destination_workload: latency.destination_workload.clone(),
-            mtls: latency.mtls,
+        let outcome = move |grpc_status: &'static str, failed: bool| {
+            (code, reason, grpc_status, classification(failed))
         };
         if !grpc::is_grpc(response.headers()) {
-            self.requests.get_or_create(&labels("", code >= 500)).inc();
-            return self.until_end(&latency, start, request_bytes, response);
+            series.count(&self.requests, outcome("", code >= 500));
+            return until_end(series, start, request_bytes, response);
         }
         let known = grpc::status_of(response.headers())
             .map(Ending::Status)
@@ -431,52 +430,17 @@ impl Metrics {
             });
         if let Some(ending) = known {
             let (status, failed) = grpc_label(ending);
-            self.requests.get_or_create(&labels(status, failed)).inc();
-            return self.until_end(&latency, start, request_bytes, response);
+            series.count(&self.requests, outcome(status, failed));
+            return until_end(series, start, request_bytes, response);
         }
-        let metrics = Arc::clone(self);
-        let pending = labels("", false);
+        let (metrics, counted) = (Arc::clone(self), series.clone());
         let watched = response.map(move |b| {
             body::boxed(grpc::WatchStatus::new(b, move |ending| {
                 let (status, failed) = grpc_label(ending);
-                let mut l = pending;
-                l.grpc_status = status;
-                l.classification = classification(failed);
-                metrics.requests.get_or_create(&l).inc();
+                counted.count(&metrics.requests, outcome(status, failed));
             }))
         });
-        self.until_end(&latency, start, request_bytes, watched)
-    }
-
-    /// `response`, with the edge's time to the end of the body and its body bytes each way
-    /// recorded when the body ends or is dropped: at once for an answer with no body to come.
-    fn until_end(
-        &self,
-        edge: &LatencyLabels,
-        start: std::time::Instant,
-        request_bytes: Option<Arc<AtomicU64>>,
-        response: Response<Body>,
-    ) -> Response<Body> {
-        // The edge's series, looked up once each (labels hashed once, only handles kept).
-        let mut end = EdgeEnd {
-            duration: self.response_duration.get_or_create_owned(edge),
-            start,
-            request_bytes: request_bytes
-                .map(|count| (count, self.http_request_bytes.get_or_create_owned(edge))),
-            response_bytes: None,
-        };
-        if http_body::Body::is_end_stream(response.body()) {
-            end.record(0);
-            return response;
-        }
-        end.response_bytes = Some(self.http_response_bytes.get_or_create_owned(edge));
-        response.map(|inner| {
-            body::boxed(TimedToEnd {
-                inner,
-                sent: 0,
-                end: Some(end),
-            })
-        })
+        until_end(series, start, request_bytes, watched)
     }
 
     /// The text exposition in `format` (see [`exposition`]).
@@ -504,23 +468,49 @@ impl Metrics {
     }
 }
 
+/// `response`, with the edge's time to the end of the body and its body bytes each way
+/// recorded when the body ends or is dropped: at once for an answer with no body to come.
+fn until_end(
+    series: Arc<edges::EdgeSeries>,
+    start: std::time::Instant,
+    request_bytes: Option<Arc<AtomicU64>>,
+    response: Response<Body>,
+) -> Response<Body> {
+    let end = EdgeEnd {
+        series,
+        start,
+        request_bytes,
+    };
+    if http_body::Body::is_end_stream(response.body()) {
+        end.record(0);
+        return response;
+    }
+    response.map(|inner| {
+        body::boxed(TimedToEnd {
+            inner,
+            sent: 0,
+            end: Some(end),
+        })
+    })
+}
+
 /// What is recorded for an edge when a response body ends: its time, and its bytes each way.
 struct EdgeEnd {
-    duration: Histogram,
+    series: Arc<edges::EdgeSeries>,
     start: std::time::Instant,
-    /// The request body's running count, and the edge's counter to add it to.
-    request_bytes: Option<(Arc<AtomicU64>, Counter)>,
-    response_bytes: Option<Counter>,
+    /// The request body's running count.
+    request_bytes: Option<Arc<AtomicU64>>,
 }
 
 impl EdgeEnd {
     fn record(self, sent: u64) {
-        self.duration.observe(self.start.elapsed().as_secs_f64());
-        if let Some((count, counter)) = self.request_bytes {
-            counter.inc_by(count.load(Ordering::Relaxed));
+        let s = &self.series;
+        s.to_end.observe(self.start.elapsed().as_secs_f64());
+        if let Some(count) = self.request_bytes {
+            s.request_bytes.inc_by(count.load(Ordering::Relaxed));
         }
-        if let Some(counter) = self.response_bytes {
-            counter.inc_by(sent);
+        if sent > 0 {
+            s.response_bytes.inc_by(sent);
         }
     }
 }
