@@ -94,6 +94,8 @@ struct Running {
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     use futures_util::FutureExt;
+    // What --hosts needs is checked first, before anything is made.
+    let tools = args.hosts.then(hosts::require).transpose()?;
     let manifest = read_manifest(&args.file)?;
     let work = match &args.work_dir {
         Some(d) => d.clone(),
@@ -107,9 +109,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if (&mut shutdown).now_or_never().is_some() {
         return Ok(());
     }
-    let mut network = match args.hosts {
-        true => Some(place_on_hosts(&args, &manifest, &mut instances)?),
-        false => None,
+    let mut network = match &tools {
+        Some(tools) => Some(place_on_hosts(tools, &args, &manifest, &mut instances)?),
+        None => None,
     };
     let mut children = Vec::new();
     let started = tokio::select! {
@@ -162,13 +164,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 /// inbound on every address (captured inbound connections arrive there) and its admin port on
 /// the host's address, where `up` (in the root namespace) checks it.
 fn place_on_hosts(
+    tools: &hosts::Tools,
     args: &UpArgs,
     manifest: &ResourceSet,
     instances: &mut [Instance],
 ) -> anyhow::Result<hosts::Network> {
-    let tools = hosts::require()?;
     let names: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
-    let network = hosts::Network::build(&tools, args.hosts_subnet, &names)?;
+    let network = hosts::Network::build(tools, args.hosts_subnet, &names)?;
     for (inst, host) in instances.iter_mut().zip(&network.hosts) {
         inst.app = SocketAddr::from(([127, 0, 0, 1], service_port(manifest, &inst.service)?));
         inst.inbound = SocketAddr::from(([0, 0, 0, 0], HOST_INBOUND_PORT));

@@ -180,6 +180,7 @@ impl Network {
             eprintln!("trellis up: removed {removed}, left by an earlier run that was killed");
         }
         let addrs = host_addrs(subnet, instances.len())?;
+        check_no_other_run(&ip)?;
         check_subnet_free(&ip, subnet)?;
         let mut net = Network {
             ip,
@@ -396,6 +397,16 @@ fn host_addrs(subnet: Ipv4Cidr, n: usize) -> Result<Vec<Ipv4Addr>, HostsError> {
     }
     let first = u32::from(subnet.network()) + FIRST_HOST;
     Ok((0..n as u32).map(|i| Ipv4Addr::from(first + i)).collect())
+}
+
+/// Names are fixed, so one `up --hosts` runs on a machine at a time: refuses to start beside a
+/// live one (its root port names it), before its subnet looks taken.
+fn check_no_other_run(ip: &Path) -> Result<(), HostsError> {
+    let text = run(ip, &["-o", "link", "show", ROOT_LINK]).unwrap_or_default();
+    match owner_in(&text) {
+        Some(owner) if owner_alive(owner) => Err(taken_link(ip)),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a subnet that a route of this machine already covers (other than the default
