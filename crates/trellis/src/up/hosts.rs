@@ -318,6 +318,12 @@ impl Network {
     fn write_resolv_conf(&mut self, ns: &str, addr: Ipv4Addr) -> Result<(), HostsError> {
         let dir = resolv_dir(ns);
         let file = dir.join("resolv.conf");
+        if std::fs::read_to_string(&file).is_ok_and(|t| !t.starts_with(RESOLV_MARK)) {
+            return Err(HostsError::Foreign {
+                what: file.display().to_string(),
+                remove: format!("rm {}", file.display()),
+            });
+        }
         let text = format!(
             "{RESOLV_MARK}: port 53 goes to the sidecar's DNS, which answers mesh names\n\
              nameserver {addr}\n"
