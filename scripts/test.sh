@@ -47,7 +47,8 @@ if ! command -v python3 >/dev/null 2>&1; then
 fi
 
 # The chaos tests (crates/trellis/tests/chaos.rs) build hosts from network namespaces with `ip`
-# and partition them with `iptables`; without either they fail, on purpose, naming what is missing.
+# and partition them with `iptables` (capture.rs and up_hosts.rs need both too); without either
+# they fail, on purpose, naming what is missing.
 if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1; then
   log "installing iproute2 and iptables (for the chaos tests)"
   as_root=()

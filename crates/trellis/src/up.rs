@@ -4,6 +4,12 @@
 //! workload itself; one more sidecar is the user's way in (a `Host`-routed port plus one local
 //! port per service). Saving the manifest re-applies it: changed resources are pushed to every
 //! sidecar, removed ones deleted.
+//!
+//! With `--hosts` every instance runs in a network namespace of its own, a "host" on a bridge
+//! (see [`hosts`] for the topology and why), and its sidecar captures the host's traffic
+//! (`--intercept --dns`), so an app calls `http://ratings:9080/` unchanged. The control plane
+//! and the entry sidecar stay in the root namespace; the control plane listens on the root
+//! namespace's port on the bridge, which every host reaches.
 use anyhow::{bail, Context};
 use clap::Args;
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,6 +20,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use trellis_api::{Resource, ResourceSet};
+
+pub mod hosts;
 
 #[derive(Args, Debug, Clone)]
 pub struct UpArgs {
@@ -35,9 +43,20 @@ pub struct UpArgs {
     /// Stop everything after this long (for scripted demos and tests).
     #[arg(long)]
     pub exit_after: Option<trellis_api::Duration>,
-    /// The in-process control plane's API and xDS address.
+    /// The in-process control plane's API and xDS address (with --hosts: its port, on the
+    /// root namespace's address on the hosts' bridge).
     #[arg(long, default_value = "127.0.0.1:15010")]
     pub control: SocketAddr,
+    /// Run every instance in a network namespace of its own, `trellis-<instance>`, on a
+    /// bridge, its sidecar capturing its traffic (`--intercept --dns`): apps call
+    /// `http://SERVICE:PORT/` unchanged. Needs root, `ip` and `iptables`; everything it
+    /// creates is removed on exit (or, after a kill -9, by the next start).
+    #[arg(long)]
+    pub hosts: bool,
+    /// The hosts' subnet with --hosts: the root namespace (and the control plane) at .1, the
+    /// instances from .10 on, in manifest order.
+    #[arg(long, default_value = "10.78.0.0/24")]
+    pub hosts_subnet: trellis_api::Ipv4Cidr,
 }
 
 /// One replica: its app and sidecar ports.
@@ -52,46 +71,72 @@ struct Instance {
     app: SocketAddr,
     inbound: SocketAddr,
     admin: SocketAddr,
+    /// With --hosts: the instance's own network namespace.
+    host: Option<hosts::Host>,
+}
+
+/// Ports of a sidecar on its own host (`--hosts`), the same on every host.
+const HOST_INBOUND_PORT: u16 = 15006;
+const HOST_ADMIN_PORT: u16 = 15000;
+const HOST_DNS_PORT: u16 = 15053;
+
+/// What [`start_mesh`] leaves running, and what the banner and the manifest watch need.
+struct Running {
+    /// The control plane's URL.
+    control: String,
+    /// Stops the in-process control plane when sent (or dropped).
+    stop_control: tokio::sync::oneshot::Sender<()>,
+    api: crate::ctl::Api,
+    applied: BTreeSet<(String, String, String)>,
+    services: Vec<String>,
+    upstream_ports: Vec<SocketAddr>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    use futures_util::FutureExt;
+    // What --hosts needs is checked first, before anything is made.
+    let tools = args.hosts.then(hosts::require).transpose()?;
     let manifest = read_manifest(&args.file)?;
     let work = match &args.work_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("trellis-up-{}", std::process::id())),
     };
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let instances = plan(&manifest)?;
-    // A fresh join token per run: the control plane requires it, the sidecars present it.
-    let token = format!("{:032x}", rand::random::<u128>());
-    let (control, stop_control) = start_control(&args, &work, &token).await?;
-    let api = crate::ctl::Api::new(&crate::ctl::ControlArgs {
-        control: control.clone(),
-    })
-    .with_token(Some(&token))?;
-    let mut applied = apply_manifest(&api, &args.file, &manifest, &BTreeSet::new()).await?;
-    let services: Vec<String> = manifest
-        .services()
-        .map(|s| s.metadata.name.clone())
-        .collect();
-    let upstream_ports = entry_ports(args.upstream_base, services.len())?;
-    let mut children = Vec::new();
-    let result = start_all(
-        &args,
-        &work,
-        (&control, &token),
-        &instances,
-        &services,
-        &upstream_ports,
-        &mut children,
-    )
-    .await;
-    if let Err(e) = result {
-        stop_all(&mut children).await;
-        let _ = stop_control.send(());
-        return Err(e);
+    let mut instances = plan(&manifest)?;
+    // Ctrl-C and SIGTERM are taken from here on (the first poll installs the handlers), so a
+    // stop while the mesh starts still removes what was made.
+    let mut shutdown = Box::pin(crate::proxy_cmd::shutdown_signal());
+    if (&mut shutdown).now_or_never().is_some() {
+        return Ok(());
     }
-    print_banner(&args, &work, &instances, &services, &upstream_ports);
+    let mut network = match &tools {
+        Some(tools) => Some(place_on_hosts(tools, &args, &manifest, &mut instances)?),
+        None => None,
+    };
+    let mut children = Vec::new();
+    let started = tokio::select! {
+        r = start_mesh(&args, &work, &manifest, &instances, network.as_ref(), &mut children) => Some(r),
+        _ = &mut shutdown => None,
+    };
+    let running = match started {
+        Some(Ok(running)) => running,
+        Some(Err(e)) => {
+            stop_all(&mut children).await;
+            return Err(e);
+        }
+        None => {
+            println!("stopping the mesh");
+            stop_all(&mut children).await;
+            return Ok(());
+        }
+    };
+    print_banner(&args, &work, &running, &instances, network.as_ref());
+    let Running {
+        stop_control,
+        api,
+        mut applied,
+        ..
+    } = running;
     let file = args.file.clone();
     let watch = tokio::spawn(async move { watch_manifest(&file, &api, &mut applied).await });
     let until = async {
@@ -101,24 +146,104 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        _ = crate::proxy_cmd::shutdown_signal() => {}
+        _ = &mut shutdown => {}
         _ = until => {}
     }
     watch.abort();
     println!("stopping the mesh");
     stop_all(&mut children).await;
     let _ = stop_control.send(());
+    if let Some(n) = network.as_mut() {
+        n.teardown();
+    }
     Ok(())
+}
+
+/// Builds the hosts' network (`--hosts`) and moves every instance onto its own host: the app on
+/// its service's first port on the host's loopback (as on a machine of its own), the sidecar's
+/// inbound on every address (captured inbound connections arrive there) and its admin port on
+/// the host's address, where `up` (in the root namespace) checks it.
+fn place_on_hosts(
+    tools: &hosts::Tools,
+    args: &UpArgs,
+    manifest: &ResourceSet,
+    instances: &mut [Instance],
+) -> anyhow::Result<hosts::Network> {
+    let names: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
+    let network = hosts::Network::build(tools, args.hosts_subnet, &names)?;
+    for (inst, host) in instances.iter_mut().zip(&network.hosts) {
+        inst.app = SocketAddr::from(([127, 0, 0, 1], service_port(manifest, &inst.service)?));
+        inst.inbound = SocketAddr::from(([0, 0, 0, 0], HOST_INBOUND_PORT));
+        inst.admin = SocketAddr::new(host.addr.into(), HOST_ADMIN_PORT);
+        inst.host = Some(host.clone());
+    }
+    Ok(network)
+}
+
+/// The first port a Service declares (its default port).
+fn service_port(manifest: &ResourceSet, service: &str) -> anyhow::Result<u16> {
+    manifest
+        .services()
+        .find(|s| s.metadata.name == service)
+        .and_then(|s| s.spec.ports.first())
+        .map(|p| p.port)
+        .with_context(|| format!("Service {service:?} declares no port"))
+}
+
+/// Starts the control plane, applies the manifest and starts every process, into `children`.
+async fn start_mesh(
+    args: &UpArgs,
+    work: &Path,
+    manifest: &ResourceSet,
+    instances: &[Instance],
+    network: Option<&hosts::Network>,
+    children: &mut Vec<Child>,
+) -> anyhow::Result<Running> {
+    // A fresh join token per run: the control plane requires it, the sidecars present it.
+    let token = format!("{:032x}", rand::random::<u128>());
+    let listen = match network {
+        Some(n) => SocketAddr::new(n.root_addr.into(), args.control.port()),
+        None => args.control,
+    };
+    let (control, stop_control) = start_control(listen, work, &token).await?;
+    let api = crate::ctl::Api::new(&crate::ctl::ControlArgs {
+        control: control.clone(),
+    })
+    .with_token(Some(&token))?;
+    let applied = apply_manifest(&api, &args.file, manifest, &BTreeSet::new()).await?;
+    let services: Vec<String> = manifest
+        .services()
+        .map(|s| s.metadata.name.clone())
+        .collect();
+    let upstream_ports = entry_ports(args.upstream_base, services.len())?;
+    start_all(
+        args,
+        work,
+        (&control, &token),
+        (instances, network),
+        &services,
+        &upstream_ports,
+        children,
+    )
+    .await?;
+    Ok(Running {
+        control,
+        stop_control,
+        api,
+        applied,
+        services,
+        upstream_ports,
+    })
 }
 
 /// Starts the control plane in this process on an embedded store under `work`.
 async fn start_control(
-    args: &UpArgs,
+    listen: SocketAddr,
     work: &Path,
     token: &str,
 ) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
     let opts = trellis_control::server::ControlOptions {
-        listen: args.control,
+        listen,
         store: trellis_control::StoreSpec::Embedded {
             data_dir: work.join("control"),
         },
@@ -143,12 +268,9 @@ async fn start_control(
             eprintln!("control plane: {e}");
         }
     });
-    let addr = ready_rx.await.map_err(|_| {
-        anyhow::anyhow!(
-            "the control plane did not start (is {} free?)",
-            args.control
-        )
-    })?;
+    let addr = ready_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the control plane did not start (is {listen} free?)"))?;
     Ok((format!("http://{addr}"), stop_tx))
 }
 
@@ -261,6 +383,7 @@ fn plan(manifest: &ResourceSet) -> anyhow::Result<Vec<Instance>> {
                 app: free_port()?,
                 inbound: free_port()?,
                 admin: free_port()?,
+                host: None,
             });
         }
     }
@@ -270,12 +393,22 @@ fn plan(manifest: &ResourceSet) -> anyhow::Result<Vec<Instance>> {
     Ok(out)
 }
 
-fn spawn(work: &Path, log_name: &str, args: &[String]) -> anyhow::Result<Child> {
+/// Starts `trellis ARGS`, inside `host`'s namespace when there is one, logging to
+/// `work/LOG_NAME.log`.
+fn spawn(
+    work: &Path,
+    log_name: &str,
+    host: Option<(&hosts::Network, &hosts::Host)>,
+    args: &[String],
+) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("cannot find the trellis executable")?;
     let log = std::fs::File::create(work.join(format!("{log_name}.log")))?;
     let err = log.try_clone()?;
-    Command::new(exe)
-        .args(args)
+    let mut cmd = match host {
+        Some((network, host)) => network.command(host, &exe),
+        None => Command::new(exe),
+    };
+    cmd.args(args)
         .env("TRELLIS_TOKEN_FILE", work.join("join-token"))
         .env_remove("TRELLIS_TOKEN")
         // Gone with `up`, even when `up` is killed with SIGKILL.
@@ -288,12 +421,11 @@ fn spawn(work: &Path, log_name: &str, args: &[String]) -> anyhow::Result<Child> 
         .with_context(|| format!("cannot start {log_name}"))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn start_all(
     args: &UpArgs,
     work: &Path,
     (control, token): (&str, &str),
-    instances: &[Instance],
+    (instances, network): (&[Instance], Option<&hosts::Network>),
     services: &[String],
     upstream_ports: &[SocketAddr],
     children: &mut Vec<Child>,
@@ -311,7 +443,8 @@ async fn start_all(
         if let Some(l) = inst.latency {
             app.push(format!("--latency={l}"));
         }
-        children.push(spawn(work, &inst.name, &app)?);
+        let host = network.zip(inst.host.as_ref());
+        children.push(spawn(work, &inst.name, host, &app)?);
         let mut proxy = vec![
             "proxy".into(),
             format!("--control={control}"),
@@ -329,7 +462,16 @@ async fn start_all(
         if let Some(z) = &inst.zone {
             proxy.push(format!("--zone={z}"));
         }
-        children.push(spawn(work, &format!("{}-proxy", inst.name), &proxy)?);
+        if let Some((network, h)) = host {
+            // On its own host the sidecar captures the app's traffic and answers its DNS.
+            proxy.extend([
+                format!("--advertise={}", h.addr),
+                "--intercept".into(),
+                format!("--dns=127.0.0.1:{HOST_DNS_PORT}"),
+                format!("--iptables={}", network.iptables().display()),
+            ]);
+        }
+        children.push(spawn(work, &format!("{}-proxy", inst.name), host, &proxy)?);
         admins.push(inst.admin);
     }
     let mut entry = vec![
@@ -343,7 +485,7 @@ async fn start_all(
     for (svc, port) in services.iter().zip(upstream_ports) {
         entry.push(format!("--upstream={svc}={port}"));
     }
-    children.push(spawn(work, "entry-proxy", &entry)?);
+    children.push(spawn(work, "entry-proxy", None, &entry)?);
     admins.push(args.admin);
     for admin in admins {
         wait_ready(admin, children, work).await?;
@@ -463,13 +605,13 @@ async fn stop_all(children: &mut [Child]) {
 fn print_banner(
     args: &UpArgs,
     work: &Path,
+    running: &Running,
     instances: &[Instance],
-    services: &[String],
-    upstream_ports: &[SocketAddr],
+    network: Option<&hosts::Network>,
 ) {
     println!("Trellis mesh from {} is up.", args.file.display());
     println!();
-    for (svc, port) in services.iter().zip(upstream_ports) {
+    for (svc, port) in running.services.iter().zip(&running.upstream_ports) {
         let versions: Vec<String> = instances
             .iter()
             .filter(|i| &i.service == svc)
@@ -480,12 +622,15 @@ fn print_banner(
         println!("    curl -H 'Host: {svc}' http://{}/", args.outbound);
     }
     println!();
+    if let Some(network) = network {
+        print_hosts(network, instances);
+    }
     println!("  metrics: curl http://{}/metrics", args.admin);
     println!("  config:  curl http://{}/config", args.admin);
     println!("  logs and control-plane data: {}", work.display());
     println!(
-        "  control plane: export TRELLIS_CONTROL=http://{} TRELLIS_TOKEN_FILE={}",
-        args.control,
+        "  control plane: export TRELLIS_CONTROL={} TRELLIS_TOKEN_FILE={}",
+        running.control,
         work.join("join-token").display()
     );
     println!("  sidecars call each other over mTLS (see \"tls\" in any sidecar's /config)");
@@ -495,6 +640,41 @@ fn print_banner(
         args.file.display()
     );
     println!("trellis up: ready");
+}
+
+/// The hosts of `--hosts`: namespace, address, instance, and a command to paste.
+fn print_hosts(network: &hosts::Network, instances: &[Instance]) {
+    println!(
+        "  hosts: one network namespace per instance, on bridge {} (this machine: {})",
+        network.subnet, network.root_addr
+    );
+    for inst in instances {
+        if let Some(h) = &inst.host {
+            println!(
+                "    {:<24} {:<15} {} {}, sidecar admin http://{}/",
+                h.ns, h.addr, inst.service, inst.version, inst.admin
+            );
+        }
+    }
+    // The first host calling another service, by name, as an unchanged app would.
+    let Some((inst, host)) = instances
+        .iter()
+        .find_map(|i| i.host.as_ref().map(|h| (i, h)))
+    else {
+        return;
+    };
+    let target = instances
+        .iter()
+        .find(|i| i.service != inst.service)
+        .unwrap_or(inst);
+    println!("  apps call services by name, unchanged; their sidecars capture the calls:");
+    println!(
+        "    ip netns exec {} curl http://{}:{}/",
+        host.ns,
+        target.service,
+        target.app.port()
+    );
+    println!();
 }
 
 /// Re-applies the manifest whenever it changes and still validates.
