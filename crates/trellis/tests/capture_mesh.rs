@@ -322,7 +322,7 @@ fn capture_counters(host: &Host) -> (u64, u64) {
 struct Mesh {
     apps: BTreeMap<&'static str, NsApp>,
     sidecars: BTreeMap<&'static str, NsProc>,
-    _control: NsProc,
+    control: NsProc,
     _resolv: Vec<NsResolvConf>,
     dir: PathBuf,
     control_url: String,
@@ -535,7 +535,7 @@ impl Mesh {
         let mut m = Mesh {
             apps,
             sidecars,
-            _control: control,
+            control,
             _resolv: resolv,
             dir,
             control_url,
@@ -569,6 +569,21 @@ impl Mesh {
             }
         }
         m
+    }
+
+    /// Installing the capture rules leaves alone the connections that were open before: every
+    /// sidecar opened its xDS stream (and, with an inbound side, registered) before it
+    /// installed its rules, and all those streams still stand.
+    fn assert_control_streams_intact(&self) {
+        let log = self.control.log_text();
+        let ended: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("xDS stream ended"))
+            .collect();
+        assert!(
+            ended.is_empty(),
+            "xDS streams ended while every sidecar was running: {ended:#?}"
+        );
     }
 
     /// Waits (bounded) until a sidecar's `/config` satisfies `check`.
@@ -776,6 +791,7 @@ async fn apps_reach_http_tcp_and_grpc_services_by_name_through_captured_sidecars
         captured_into_mesh, after_grpc.0 as f64,
         "every connection the capture listener took was one the rules redirected"
     );
+    mesh.assert_control_streams_intact();
 }
 
 /// One TCP segment seen on the wire.
@@ -955,6 +971,7 @@ async fn bytes_between_the_hosts_are_tls() {
     )
     .await;
     assert_eq!(inbound, 1.0);
+    mesh.assert_control_streams_intact();
 }
 
 #[tokio::test]
@@ -1074,4 +1091,5 @@ spec:
     assert_eq!(decisions, DENIED as f64, "{metrics}");
     assert_eq!(forbidden, DENIED as f64, "{metrics}");
     assert_eq!(reviews_ok, 1.0, "{metrics}");
+    mesh.assert_control_streams_intact();
 }
