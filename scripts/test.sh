@@ -57,6 +57,16 @@ if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1; the
   "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y iproute2 iptables
 fi
 
+# The transparent-sidecar tests (crates/trellis/tests/capture_mesh.rs) reach a real redis-server
+# by name with an unmodified redis-cli through captured sidecars.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  log "installing redis-server and redis-tools (for the transparent-sidecar tests)"
+  as_root=()
+  if [ "$(id -u)" -ne 0 ]; then as_root=(sudo); fi
+  "${as_root[@]}" apt-get update
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
+fi
+
 # The metrics-format test (crates/trellis/tests/metrics_formats.rs) checks what /metrics serves
 # with `promtool check metrics`, from Debian's prometheus package.
 if ! command -v promtool >/dev/null 2>&1; then

@@ -5,16 +5,25 @@
 //!
 //! ```text
 //! OUTPUT     -> TRELLIS_OUTPUT:  mark == proxy mark       RETURN   (the proxy's own sockets)
-//!                                udp/tcp dport 53          REDIRECT dns port   (with --dns)
+//!                                udp/tcp-SYN dport 53      REDIRECT dns port   (with --dns)
 //!                                -o lo                     RETURN   (loopback left alone)
 //!                                -d excluded CIDR          RETURN
 //!                                tcp dport excluded port   RETURN   (the control plane's always)
-//!                                tcp                       REDIRECT outbound capture port
+//!                                tcp SYN                   REDIRECT outbound capture port
 //! PREROUTING -> TRELLIS_INBOUND: tcp dport excluded port   RETURN
-//!                                tcp                       REDIRECT inbound listener port
+//!                                tcp SYN                   REDIRECT inbound listener port
 //! ```
 //!
 //! Why these choices:
+//! - **Only a SYN is redirected** (`--syn`): a new connection is captured from its first
+//!   packet, and a connection that was open before the rules were installed is left alone.
+//!   The nat table decides once per conntrack entry, on the first packet conntrack sees; where
+//!   nothing used conntrack before the rules (a fresh network namespace, a host without a
+//!   firewall), that first packet of an already open connection is a mid-stream segment, and
+//!   redirecting it to a listener that never saw the handshake only gets it reset. The
+//!   sidecar's own control-plane connections (its xDS stream and registration, opened before
+//!   it installs the rules) are such connections: without `--syn` the control plane's replies
+//!   were redirected to the inbound listener and both were reset on every start.
 //! - **A socket mark, not the proxy's uid**, exempts the proxy's traffic: on a host the app and
 //!   the sidecar often run as the same user (root on many VMs); a uid rule would then exempt the
 //!   app too. Every upstream socket of a capturing proxy carries the mark (`crate::sockopt`).
@@ -71,18 +80,27 @@ impl RuleSet {
         out.push(append(&["-m", "mark", "--mark", &mark, "-j", "RETURN"]));
         if let Some(dns) = self.dns_port {
             let dns = dns.to_string();
-            for proto in ["udp", "tcp"] {
-                out.push(append(&[
-                    "-p",
-                    proto,
-                    "--dport",
-                    "53",
-                    "-j",
-                    "REDIRECT",
-                    "--to-ports",
-                    &dns,
-                ]));
-            }
+            out.push(append(&[
+                "-p",
+                "udp",
+                "--dport",
+                "53",
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                &dns,
+            ]));
+            out.push(append(&[
+                "-p",
+                "tcp",
+                "--syn",
+                "--dport",
+                "53",
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                &dns,
+            ]));
         }
         out.push(append(&["-o", "lo", "-j", "RETURN"]));
         for (net, prefix) in &self.exclude_cidrs {
@@ -99,7 +117,15 @@ impl RuleSet {
             ]));
         }
         let to = self.outbound_port.to_string();
-        out.push(append(&["-p", "tcp", "-j", "REDIRECT", "--to-ports", &to]));
+        out.push(append(&[
+            "-p",
+            "tcp",
+            "--syn",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &to,
+        ]));
         if let Some(inbound) = self.inbound_port {
             out.push(nat(s(&["-N", INBOUND_CHAIN])));
             for port in sorted(&self.exclude_inbound_ports) {
@@ -119,6 +145,7 @@ impl RuleSet {
                 INBOUND_CHAIN,
                 "-p",
                 "tcp",
+                "--syn",
                 "-j",
                 "REDIRECT",
                 "--to-ports",
@@ -208,9 +235,22 @@ mod tests {
             pos("--mark 0x1337 -j RETURN") < pos("-p udp --dport 53 -j REDIRECT --to-ports 15053")
         );
         assert!(pos("--dport 53 -j REDIRECT") < pos("-o lo -j RETURN"));
-        assert!(pos("-o lo -j RETURN") < pos("-p tcp -j REDIRECT --to-ports 15002"));
-        assert!(pos("-d 169.254.0.0/16 -j RETURN") < pos("-p tcp -j REDIRECT --to-ports 15002"));
-        assert!(pos("--dport 15010 -j RETURN") < pos("-p tcp -j REDIRECT --to-ports 15002"));
+        assert!(
+            pos("-p tcp --syn --dport 53 -j REDIRECT --to-ports 15053") < pos("-o lo -j RETURN")
+        );
+        // Every TCP redirect takes only a connection's first packet, so connections open
+        // before the rules are left alone.
+        for r in rules
+            .iter()
+            .filter(|r| r.contains("-p tcp") && r.contains("REDIRECT"))
+        {
+            assert!(r.contains("-p tcp --syn "), "{r}");
+        }
+        assert!(pos("-o lo -j RETURN") < pos("-p tcp --syn -j REDIRECT --to-ports 15002"));
+        assert!(
+            pos("-d 169.254.0.0/16 -j RETURN") < pos("-p tcp --syn -j REDIRECT --to-ports 15002")
+        );
+        assert!(pos("--dport 15010 -j RETURN") < pos("-p tcp --syn -j REDIRECT --to-ports 15002"));
         assert_eq!(
             rules.iter().filter(|r| r.contains("--dport 15010")).count(),
             1,
@@ -218,7 +258,7 @@ mod tests {
         );
         assert!(
             pos("-A TRELLIS_INBOUND -p tcp --dport 22 -j RETURN")
-                < pos("-A TRELLIS_INBOUND -p tcp -j REDIRECT --to-ports 15006")
+                < pos("-A TRELLIS_INBOUND -p tcp --syn -j REDIRECT --to-ports 15006")
         );
         assert_eq!(
             rules.last().unwrap(),
