@@ -7,7 +7,8 @@
 //!
 //! - apps reach services by name, unchanged: `curl http://ratings:9080/` (HTTP), `redis-cli -h
 //!   cache -p 6379` to a real `redis-server` (a port declared `tcp`) and a grpcio client of
-//!   `grpc-svc:50051`; each is checked on the protected side (the app's own log or state, and
+//!   `grpc-svc:50051`, and a server-first protocol (the app greets first; the client sends
+//!   nothing); each is checked on the protected side (the app's own log or state, and
 //!   the serving sidecar's inbound metrics naming the caller's identity over mTLS), and the
 //!   capture rules took exactly the app's connections, none of the proxy's own;
 //! - the bytes between the hosts are TLS: a sniffer on the ratings host's interface sees TLS
@@ -56,6 +57,9 @@ enum AppKind {
     Redis,
     /// `trellis demo-app`, answering gRPC unary echo.
     GrpcEcho,
+    /// A server-first protocol (as SMTP or MySQL): it greets each connection before the client
+    /// says anything.
+    Greeter,
 }
 
 /// A service host: its namespace, the mesh service it serves, and the app behind it.
@@ -89,6 +93,42 @@ const GRPC: Backend = Backend {
     protocol: "grpc",
     app: AppKind::GrpcEcho,
 };
+
+const MAIL: Backend = Backend {
+    host: ("hm", 26),
+    service: "mail",
+    port: 2525,
+    protocol: "tcp",
+    app: AppKind::Greeter,
+};
+
+/// The greeting the server-first app sends each connection before reading anything.
+const GREETING: &str = "220 mail ready";
+
+/// The server-first app: greets every connection at once, then closes it; a line per greeting.
+const GREETER_PY: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(16)
+print("greeter listening", flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(sys.argv[2].encode() + b"\r\n")
+    print("GREETED", flush=True)
+    c.close()
+"#;
+
+/// A client of a server-first protocol, knowing nothing of the mesh: connects by name and
+/// waits for the greeting without sending a byte.
+const SILENT_CLIENT_PY: &str = r#"
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+c = socket.create_connection((host, int(port)), 10)
+c.settimeout(10)
+print(c.recv(100).decode().strip())
+"#;
 
 /// The ratings app: answers 200 to every GET and prints one line per request it received
 /// (`REQ <path> <x-marker header>`), so the test counts what reached it.
@@ -463,6 +503,16 @@ impl Mesh {
                     ),
                     "Ready to accept connections",
                 ),
+                AppKind::Greeter => (
+                    NsApp::spawn(
+                        &h,
+                        &dir,
+                        "greeter",
+                        "python3",
+                        &["-c", GREETER_PY, &port, GREETING],
+                    ),
+                    "greeter listening",
+                ),
                 AppKind::GrpcEcho => (
                     NsApp::spawn(
                         &h,
@@ -621,7 +671,7 @@ async fn apps_reach_http_tcp_and_grpc_services_by_name_through_captured_sidecars
     let mesh = Mesh::start(
         "capture-mesh-names",
         &[(APP_HOST, "productpage")],
-        &[RATINGS, CACHE, GRPC],
+        &[RATINGS, CACHE, GRPC, MAIL],
     )
     .await;
     let ha = mesh.host(APP_HOST.0);
@@ -774,12 +824,41 @@ async fn apps_reach_http_tcp_and_grpc_services_by_name_through_captured_sidecars
         "exactly grpcio's connection was captured: {after_redis:?} -> {after_grpc:?}"
     );
 
+    // 4. A server-first protocol: the client sends nothing and still gets the app's greeting
+    // through both sidecars (the outbound side reads nothing first on a port declared `tcp`,
+    // and the Strict inbound side gets the peer sidecar's ClientHello at once).
+    let (ok, out, err) = try_exec(&ha, &["python3", "-c", SILENT_CLIENT_PY, "mail:2525"]);
+    assert!(
+        ok && out.trim() == GREETING,
+        "the greeting through the mesh: {out} {err}\n{}",
+        mesh.sidecar_log(APP_HOST.0)
+    );
+    // The protected side: the mail host's sidecar carried exactly one connection from
+    // productpage's identity to the app (the app's own log also counts its sidecar's probes).
+    let streams = counter(
+        mesh.admin(MAIL.host.0),
+        "trellis_tcp_streams_opened_total",
+        &[
+            ("direction", "inbound"),
+            ("service", "mail"),
+            ("source", PRODUCTPAGE_ID),
+        ],
+    )
+    .await;
+    assert_eq!(streams, 1.0, "one stream from productpage to the mail app");
+    let after_mail = capture_counters(&ha);
+    assert_eq!(
+        after_mail.0 - after_grpc.0,
+        1,
+        "exactly the silent client's connection was captured: {after_grpc:?} -> {after_mail:?}"
+    );
+
     // 6. The proxy's own upstream connections (one per service at least) left by the mark rule
     // and were never captured again: the capture counts above are the app's connections only.
     assert!(
-        after_grpc.1 - before.1 >= 3,
-        "the proxy's upstream connections to the three services passed the mark rule: \
-         {before:?} -> {after_grpc:?}"
+        after_mail.1 - before.1 >= 4,
+        "the proxy's upstream connections to the four services passed the mark rule: \
+         {before:?} -> {after_mail:?}"
     );
     let captured_into_mesh = counter(
         mesh.admin(APP_HOST.0),
@@ -788,7 +867,7 @@ async fn apps_reach_http_tcp_and_grpc_services_by_name_through_captured_sidecars
     )
     .await;
     assert_eq!(
-        captured_into_mesh, after_grpc.0 as f64,
+        captured_into_mesh, after_mail.0 as f64,
         "every connection the capture listener took was one the rules redirected"
     );
     mesh.assert_control_streams_intact();
