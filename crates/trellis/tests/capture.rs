@@ -10,8 +10,8 @@
 mod common;
 mod netns;
 
-use netns::{lock_suite, Host, NsProc, Topology, BIN};
-use std::path::{Path, PathBuf};
+use netns::{lock_suite, Host, NsProc, NsResolvConf, Topology, BIN};
+use std::path::Path;
 use std::time::Duration;
 
 const APP_HOST: (&str, u8) = ("ha", 21);
@@ -69,15 +69,7 @@ spec: {{service: ratings, address: {ratings}, port: {INBOUND_PORT}, appPort: 908
 
 /// `iptables-save` of a host without counters and comments: what rules exist.
 fn rules(host: &Host) -> String {
-    host.exec(&["iptables-save"])
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| match l.find(" [") {
-            Some(i) if l.starts_with(':') => &l[..i],
-            _ => l,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    netns::rule_text(&host.exec(&["iptables-save"]))
 }
 
 /// Packet counters of the capture chain's rules, by the rule's text.
@@ -111,29 +103,6 @@ fn sidecar(host: &Host, dir: &Path, config: &Path, label: &str, extra: &[String]
     ];
     args.extend_from_slice(extra);
     host.spawn(dir, label, &args)
-}
-
-/// resolv.conf for `ip netns exec` in `ns` (it bind-mounts /etc/netns/NS/resolv.conf); removed
-/// on drop.
-struct NsResolvConf(PathBuf);
-
-impl NsResolvConf {
-    fn write(ns: &str, nameserver: std::net::Ipv4Addr) -> Self {
-        let dir = PathBuf::from("/etc/netns").join(ns);
-        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
-        std::fs::write(
-            dir.join("resolv.conf"),
-            format!("nameserver {nameserver}\n"),
-        )
-        .expect("write resolv.conf");
-        Self(dir)
-    }
-}
-
-impl Drop for NsResolvConf {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A plain HTTP server outside the mesh: counts the connections that reach it and answers each

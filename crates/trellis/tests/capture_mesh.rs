@@ -24,11 +24,11 @@ mod common;
 mod netns;
 
 use common::{counter, get_status, wait_api, wait_ready, TOKEN};
-use netns::{lock_suite, Host, NsProc, SuiteLock, Topology, BIN};
+use netns::{lock_suite, Host, NsProc, NsResolvConf, SuiteLock, Topology, BIN};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CONTROL_HOST: (&str, u8) = ("hc", 10);
@@ -189,94 +189,6 @@ with open(out, "wb") as f:
 print("done", frames, flush=True)
 "#;
 
-/// A program that is not trellis (an app, redis, a sniffer) in a namespace, killed by PID when
-/// dropped. `ip netns exec` execs the program in place, so the PID is the program's own.
-struct NsApp {
-    label: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl NsApp {
-    fn spawn(host: &Host, dir: &Path, label: &str, program: &str, args: &[&str]) -> NsApp {
-        let log = dir.join(format!("{label}.log"));
-        let out = std::fs::File::create(&log).expect("create log file");
-        let err = out.try_clone().expect("clone log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &host.ns, program])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {program} (scripts/test.sh installs it): {e}")
-            });
-        NsApp {
-            label: label.to_string(),
-            child,
-            log,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits (bounded) until the log contains `needle`.
-    async fn wait_log(&mut self, needle: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.log_text().contains(needle) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited ({status}) before logging {needle:?}: {}",
-                    self.label,
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!(
-            "{} did not log {needle:?} within {limit:?}: {}",
-            self.label,
-            self.log_text()
-        );
-    }
-}
-
-impl Drop for NsApp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// resolv.conf for `ip netns exec` in `ns` (it bind-mounts /etc/netns/NS/resolv.conf); removed
-/// on drop. Whatever nameserver it names, the capture rules send port 53 to the sidecar.
-struct NsResolvConf(PathBuf);
-
-impl NsResolvConf {
-    fn write(ns: &str, nameserver: Ipv4Addr) -> Self {
-        let dir = PathBuf::from("/etc/netns").join(ns);
-        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
-        std::fs::write(
-            dir.join("resolv.conf"),
-            format!("nameserver {nameserver}\n"),
-        )
-        .expect("write resolv.conf");
-        Self(dir)
-    }
-}
-
-impl Drop for NsResolvConf {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The CLI, from the test's own namespace, against the control plane with the join token.
 fn cli(control: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(BIN)
@@ -360,7 +272,7 @@ fn capture_counters(host: &Host) -> (u64, u64) {
 
 /// The running mesh of one test. Fields drop in order: processes first, the namespaces last.
 struct Mesh {
-    apps: BTreeMap<&'static str, NsApp>,
+    apps: BTreeMap<&'static str, NsProc>,
     sidecars: BTreeMap<&'static str, NsProc>,
     control: NsProc,
     _resolv: Vec<NsResolvConf>,
@@ -473,8 +385,7 @@ impl Mesh {
             let port = b.port.to_string();
             let (mut app, ready) = match b.app {
                 AppKind::Ratings => (
-                    NsApp::spawn(
-                        &h,
+                    h.spawn_program(
                         &dir,
                         "ratings-app",
                         "python3",
@@ -483,8 +394,7 @@ impl Mesh {
                     "ratings listening",
                 ),
                 AppKind::Redis => (
-                    NsApp::spawn(
-                        &h,
+                    h.spawn_program(
                         &dir,
                         "redis",
                         "redis-server",
@@ -504,8 +414,7 @@ impl Mesh {
                     "Ready to accept connections",
                 ),
                 AppKind::Greeter => (
-                    NsApp::spawn(
-                        &h,
+                    h.spawn_program(
                         &dir,
                         "greeter",
                         "python3",
@@ -514,8 +423,7 @@ impl Mesh {
                     "greeter listening",
                 ),
                 AppKind::GrpcEcho => (
-                    NsApp::spawn(
-                        &h,
+                    h.spawn_program(
                         &dir,
                         "grpc-app",
                         BIN,
@@ -929,8 +837,7 @@ async fn bytes_between_the_hosts_are_tls() {
 
     // A sniffer on the ratings host's interface, from before the first request to ratings.
     let (capture, stop) = (mesh.dir.join("hr.pcap"), mesh.dir.join("hr.sniff-stop"));
-    let mut sniffer = NsApp::spawn(
-        &hr,
+    let mut sniffer = hr.spawn_program(
         &mesh.dir,
         "sniffer",
         "python3",

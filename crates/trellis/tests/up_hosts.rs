@@ -195,15 +195,7 @@ fn namespaces() -> Vec<String> {
 
 /// `iptables-save` of the root namespace without counters and comments: what rules exist.
 fn root_rules() -> String {
-    stdout("iptables-save", &[])
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| match l.find(" [") {
-            Some(i) if l.starts_with(':') => &l[..i],
-            _ => l,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    netns::rule_text(&stdout("iptables-save", &[]))
 }
 
 /// The PIDs of every process in our namespaces.

@@ -183,6 +183,29 @@ impl Host {
         proc
     }
 
+    /// Starts another program (an app, a server, a sniffer) inside this host's namespace,
+    /// logging to `dir/label.log`; killed by PID when dropped like a trellis process.
+    pub fn spawn_program(&self, dir: &Path, label: &str, program: &str, args: &[&str]) -> NsProc {
+        let log = dir.join(format!("{label}.log"));
+        let out = std::fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let child = Command::new(tool("ip"))
+            .args(["netns", "exec", &self.ns, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {program} (scripts/test.sh installs it): {e}")
+            });
+        NsProc {
+            label: label.to_string(),
+            child,
+            log,
+        }
+    }
+
     /// Drops every packet arriving at this host from the network (`iptables -A INPUT -i eth0
     /// -j DROP`): peers' SYNs go unanswered and established connections go silent, as when a
     /// machine falls off the network. Loopback inside the host keeps working.
@@ -212,7 +235,45 @@ impl Host {
     }
 }
 
-/// A trellis process inside a namespace, killed with SIGKILL (by PID) when dropped.
+/// `iptables-save` output without counters and comments: which rules and chains exist, to
+/// compare before and after.
+pub fn rule_text(iptables_save: &str) -> String {
+    iptables_save
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.find(" [") {
+            Some(i) if l.starts_with(':') => &l[..i],
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// resolv.conf for `ip netns exec` in `ns` (it bind-mounts /etc/netns/NS/resolv.conf); removed
+/// on drop.
+pub struct NsResolvConf(PathBuf);
+
+impl NsResolvConf {
+    pub fn write(ns: &str, nameserver: Ipv4Addr) -> Self {
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\n"),
+        )
+        .expect("write resolv.conf");
+        Self(dir)
+    }
+}
+
+impl Drop for NsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A process inside a namespace (trellis, or another program), killed with SIGKILL (by PID)
+/// when dropped.
 pub struct NsProc {
     pub label: String,
     child: Child,
