@@ -12,6 +12,7 @@ use crate::limits::{
 use crate::mesh::{Deployment, MeshConfig};
 use crate::meta::{ObjectMeta, API_VERSION};
 use crate::policy::DestinationPolicy;
+use crate::ratelimit::RateLimitPolicy;
 use crate::route::Route;
 use crate::security::{AuthorizationPolicy, RequestAuthentication};
 use crate::service::{Service, Workload};
@@ -32,6 +33,7 @@ pub enum Resource {
     DestinationPolicy(Box<DestinationPolicy>),
     AuthorizationPolicy(AuthorizationPolicy),
     RequestAuthentication(RequestAuthentication),
+    RateLimitPolicy(RateLimitPolicy),
     MeshConfig(Box<MeshConfig>),
     Deployment(Deployment),
     TrustBundle(TrustBundle),
@@ -48,6 +50,7 @@ pub const KINDS: &[&str] = &[
     "DestinationPolicy",
     "AuthorizationPolicy",
     "RequestAuthentication",
+    "RateLimitPolicy",
     "Deployment",
     "TrustBundle",
     "CertificateAuthority",
@@ -69,6 +72,7 @@ impl Resource {
             Resource::DestinationPolicy(_) => "DestinationPolicy",
             Resource::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Resource::RequestAuthentication(_) => "RequestAuthentication",
+            Resource::RateLimitPolicy(_) => "RateLimitPolicy",
             Resource::MeshConfig(_) => "MeshConfig",
             Resource::Deployment(_) => "Deployment",
             Resource::TrustBundle(_) => "TrustBundle",
@@ -85,6 +89,7 @@ impl Resource {
             Resource::DestinationPolicy(r) => &r.metadata,
             Resource::AuthorizationPolicy(r) => &r.metadata,
             Resource::RequestAuthentication(r) => &r.metadata,
+            Resource::RateLimitPolicy(r) => &r.metadata,
             Resource::MeshConfig(r) => &r.metadata,
             Resource::Deployment(r) => &r.metadata,
             Resource::TrustBundle(r) => &r.metadata,
@@ -101,6 +106,7 @@ impl Resource {
             Resource::DestinationPolicy(r) => &mut r.metadata,
             Resource::AuthorizationPolicy(r) => &mut r.metadata,
             Resource::RequestAuthentication(r) => &mut r.metadata,
+            Resource::RateLimitPolicy(r) => &mut r.metadata,
             Resource::MeshConfig(r) => &mut r.metadata,
             Resource::Deployment(r) => &mut r.metadata,
             Resource::TrustBundle(r) => &mut r.metadata,
@@ -145,6 +151,7 @@ impl Serialize for Resource {
             Resource::DestinationPolicy(r) => env!(r),
             Resource::AuthorizationPolicy(r) => env!(r),
             Resource::RequestAuthentication(r) => env!(r),
+            Resource::RateLimitPolicy(r) => env!(r),
             Resource::MeshConfig(r) => env!(r),
             Resource::Deployment(r) => env!(r),
             Resource::TrustBundle(r) => env!(r),
@@ -191,6 +198,7 @@ impl ResourceSet {
         RequestAuthentication,
         RequestAuthentication
     );
+    accessor!(rate_limit_policies, RateLimitPolicy, RateLimitPolicy);
     accessor!(mesh_configs, MeshConfig, MeshConfig);
     accessor!(deployments, Deployment, Deployment);
     accessor!(trust_bundles, TrustBundle, TrustBundle);
@@ -405,6 +413,7 @@ fn parse_one(file: &str, document: usize, value: Value) -> Result<Resource, Box<
         "DestinationPolicy" => typed(value).map(|p| Resource::DestinationPolicy(Box::new(p))),
         "AuthorizationPolicy" => typed(value).map(Resource::AuthorizationPolicy),
         "RequestAuthentication" => typed(value).map(Resource::RequestAuthentication),
+        "RateLimitPolicy" => typed(value).map(Resource::RateLimitPolicy),
         "MeshConfig" => typed(value).map(|m| Resource::MeshConfig(Box::new(m))),
         "TrustBundle" => typed(value).map(Resource::TrustBundle),
         "Deployment" => typed(value).map(Resource::Deployment),

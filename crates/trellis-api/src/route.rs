@@ -48,6 +48,9 @@ pub struct RouteRule {
     pub response_headers: Option<HeaderModifier>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
+    /// A token bucket per rule in each caller's sidecar (see [`crate::ratelimit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::ratelimit::RateLimit>,
 }
 
 /// All conditions present must hold.

@@ -12,6 +12,7 @@ mod checks;
 mod mesh;
 mod meta;
 mod policy;
+mod ratelimit;
 mod route;
 mod security;
 mod service;
@@ -60,6 +61,7 @@ pub fn resource(r: &Resource) -> Vec<(String, String)> {
         Resource::DestinationPolicy(dp) => policy::check(&mut p, &dp.spec),
         Resource::AuthorizationPolicy(ap) => security::authorization(&mut p, &ap.spec),
         Resource::RequestAuthentication(ra) => security::authentication(&mut p, &ra.spec),
+        Resource::RateLimitPolicy(rl) => ratelimit::policy(&mut p, &rl.spec),
         Resource::MeshConfig(m) => mesh::mesh_config(&mut p, &m.spec),
         Resource::Deployment(d) => mesh::deployment(&mut p, &d.metadata, &d.spec),
         Resource::TrustBundle(b) => mesh::trust_bundle(&mut p, &b.spec),

@@ -117,6 +117,8 @@ impl Wanted<'_> {
             Resource::Workload(w) => self.selected.iter().any(|s| s.selects(w)),
             Resource::AuthorizationPolicy(p) => self.own(ns, &p.spec.service),
             Resource::RequestAuthentication(p) => self.own(ns, &p.spec.service),
+            // Enforced by the service's own sidecars on their inbound side only.
+            Resource::RateLimitPolicy(p) => self.own(ns, &p.spec.service),
             Resource::Deployment(_) | Resource::CertificateAuthority(_) => false,
         }
     }

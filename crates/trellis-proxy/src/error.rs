@@ -37,6 +37,8 @@ pub enum Reason {
     DiscoveryTimeout,
     /// A captured connection to a destination outside the mesh, under `RegistryOnly`.
     EgressDenied,
+    /// Over a local rate limit (a Route rule's `rateLimit`, a `RateLimitPolicy`).
+    RateLimited,
 }
 
 impl Reason {
@@ -57,6 +59,7 @@ impl Reason {
             Reason::UpgradeRefused => "upgrade-refused",
             Reason::DiscoveryTimeout => "discovery-timeout",
             Reason::EgressDenied => "egress-denied",
+            Reason::RateLimited => "rate-limited",
         }
     }
 
@@ -75,6 +78,7 @@ impl Reason {
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::Denied | Reason::UpgradeRefused => StatusCode::FORBIDDEN,
             Reason::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -100,6 +104,7 @@ impl Reason {
                 Code::PermissionDenied
             }
             Reason::Unauthenticated => Code::Unauthenticated,
+            Reason::RateLimited => Code::ResourceExhausted,
         }
     }
 }
@@ -133,6 +138,8 @@ pub struct ProxyError {
     pub grpc: Option<grpc::Code>,
     /// Tries made upstream before the proxy gave up, when it tried (for the access log).
     pub attempts: Option<u32>,
+    /// Seconds the caller should wait before trying again, sent as `retry-after`.
+    pub retry_after: Option<u64>,
 }
 
 impl ProxyError {
@@ -143,6 +150,7 @@ impl ProxyError {
             detail: detail.into(),
             grpc: None,
             attempts: None,
+            retry_after: None,
         }
     }
 
@@ -201,6 +209,10 @@ impl ProxyError {
         rsp.headers_mut()
             .insert(ERROR_HEADER, HeaderValue::from_static(self.reason.as_str()));
         rsp.extensions_mut().insert(self.reason);
+        if let Some(secs) = self.retry_after {
+            rsp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if let Some(n) = self.attempts {
             rsp.extensions_mut().insert(crate::access_log::Attempts(n));
         }
@@ -220,7 +232,7 @@ mod tests {
     use crate::grpc::Code;
     use http_body_util::BodyExt;
 
-    const ALL: [Reason; 14] = [
+    const ALL: [Reason; 15] = [
         Reason::NoRoute,
         Reason::NoHealthyEndpoints,
         Reason::ConnectFailed,
@@ -235,6 +247,7 @@ mod tests {
         Reason::Unauthenticated,
         Reason::UpgradeRefused,
         Reason::DiscoveryTimeout,
+        Reason::RateLimited,
     ];
 
     /// The table in docs/architecture.md, row by row.
@@ -258,6 +271,7 @@ mod tests {
                 ("unauthenticated", Code::Unauthenticated),
                 ("upgrade-refused", Code::PermissionDenied),
                 ("discovery-timeout", Code::Unavailable),
+                ("rate-limited", Code::ResourceExhausted),
             ]
         );
     }
@@ -324,5 +338,14 @@ mod tests {
         assert_eq!(rsp.headers()["grpc-status"], "4");
         let rsp = ProxyError::new(Reason::Denied, "no").into_response(Shape::Grpc);
         assert_eq!(rsp.headers()["grpc-status"], "7");
+        let mut e = ProxyError::new(Reason::RateLimited, "slow down");
+        e.retry_after = Some(2);
+        let rsp = e.clone().into_response(Shape::Grpc);
+        assert_eq!(rsp.headers()["grpc-status"], "8");
+        assert_eq!(rsp.headers()["retry-after"], "2");
+        let rsp = e.into_response(Shape::Http);
+        assert_eq!(rsp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(rsp.headers()[ERROR_HEADER], "rate-limited");
+        assert_eq!(rsp.headers()["retry-after"], "2");
     }
 }

@@ -27,6 +27,7 @@ pub mod listener;
 pub mod live;
 pub mod metrics;
 pub mod ondemand;
+pub mod ratelimit;
 pub mod registration;
 pub mod resilience;
 pub mod retry;

@@ -184,6 +184,8 @@ pub struct Metrics {
     pub accrual_backoffs: Family<ServiceLabels, Counter>,
     pub inbound_tls: Family<ResultLabels, Counter>,
     pub authz: Family<AuthzLabels, Counter>,
+    /// Local rate-limit decisions (see [`crate::ratelimit`]).
+    pub rate_limited: Family<RateLimitLabels, Counter>,
     /// Captured traffic refused by a `RegistryOnly` outbound policy.
     pub egress_denied: Family<ProtocolLabels, Counter>,
     pub config_version: Gauge,
@@ -201,6 +203,19 @@ pub struct Metrics {
 pub struct AuthzLabels {
     pub decision: &'static str,
     pub policy: String,
+}
+
+/// A local rate-limit decision: `outbound` by a Route rule (`route` its label) or `inbound` by a
+/// RateLimitPolicy (`route` its name); `scope` is `route`, `identity` or `total`; `decision` is
+/// `admitted` or `limited` (refused in `enforce` mode, let through in `shadow`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub direction: &'static str,
+    pub service: Arc<str>,
+    pub route: Arc<str>,
+    pub scope: &'static str,
+    pub mode: &'static str,
+    pub decision: &'static str,
 }
 
 impl Metrics {
@@ -233,6 +248,12 @@ impl Metrics {
         let inbound_tls = Family::<ResultLabels, Counter>::default();
         let authz = Family::<AuthzLabels, Counter>::default();
         let egress_denied = Family::<ProtocolLabels, Counter>::default();
+        let rate_limited = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Local rate-limit decisions by direction, service, route (or RateLimitPolicy), scope (route, identity, total), mode (enforce, shadow) and decision (admitted, limited)",
+            rate_limited.clone(),
+        );
         registry.register(
             "egress_denied",
             "Captured HTTP requests (protocol=http) and other connections (protocol=tcp) to destinations outside the mesh, refused by a RegistryOnly outbound traffic policy",
@@ -383,6 +404,7 @@ impl Metrics {
             accrual_backoffs,
             inbound_tls,
             authz,
+            rate_limited,
             egress_denied,
             config_version,
             taps_open,

@@ -29,6 +29,9 @@ pub(super) fn check(p: &mut Problems, spec: &RouteSpec) {
 }
 
 fn rule(p: &mut Problems, rp: &str, rule: &RouteRule) {
+    if let Some(l) = &rule.rate_limit {
+        super::ratelimit::rate_limit(p, &format!("{rp}.rateLimit"), l);
+    }
     for (m, mat) in rule.matches.iter().enumerate() {
         route_match(p, &format!("{rp}.matches[{m}]"), mat);
     }

@@ -6,7 +6,8 @@
 //!   Routes, DestinationPolicies), computed once per distinct set of services — a *group* —
 //!   and shared by every view with that set (in a mesh without AuthorizationPolicies, that is
 //!   one group for all proxies);
-//! - its own inbound policy (AuthorizationPolicies, RequestAuthentications of its service).
+//! - its own inbound policy (AuthorizationPolicies, RequestAuthentications and
+//!   RateLimitPolicies of its service).
 //!
 //! On a change the engine learns from the model which keys moved, updates its index, and
 //! patches only what they touch: a Workload is inserted into or removed from the groups holding
@@ -43,7 +44,8 @@ const DESTINATION_POLICY: usize = 5;
 const ROUTE: usize = 6;
 const AUTHORIZATION_POLICY: usize = 7;
 const REQUEST_AUTHENTICATION: usize = 8;
-const SLOTS: usize = 9;
+const RATE_LIMIT_POLICY: usize = 9;
+const SLOTS: usize = 10;
 
 /// The slots a group holds.
 const GROUP_SLOTS: [usize; 5] = [
@@ -68,6 +70,7 @@ fn slot_of(kind: &str) -> Option<usize> {
         "Route" => ROUTE,
         "AuthorizationPolicy" => AUTHORIZATION_POLICY,
         "RequestAuthentication" => REQUEST_AUTHENTICATION,
+        "RateLimitPolicy" => RATE_LIMIT_POLICY,
         _ => return None,
     })
 }
@@ -211,7 +214,7 @@ struct ViewState {
     /// of its group (the same `Arc` as the group's).
     services: Arc<BTreeSet<SvcKey>>,
     group: u64,
-    own: [Arc<TypeResources>; 2],
+    own: [Arc<TypeResources>; 3],
     tx: watch::Sender<Arc<View>>,
 }
 
@@ -383,9 +386,14 @@ impl Ctx<'_> {
         maps.map(|m| Arc::new(m.into_iter().collect()))
     }
 
-    fn own(&self, svc: &SvcKey, encoded: &mut Encoded) -> [Arc<TypeResources>; 2] {
+    fn own(&self, svc: &SvcKey, encoded: &mut Encoded) -> [Arc<TypeResources>; 3] {
         let a = self.index.attached(svc);
-        [&a.authorization_policies, &a.request_authentications].map(|keys| {
+        [
+            &a.authorization_policies,
+            &a.request_authentications,
+            &a.rate_limit_policies,
+        ]
+        .map(|keys| {
             if keys.is_empty() {
                 // Shared, so views without an inbound policy are assembled once.
                 return empty();
@@ -601,7 +609,9 @@ impl ViewEngine {
                         callees.extend(attached.clone());
                         owners.extend(attached);
                     }
-                    Resource::RequestAuthentication(_) => owners.extend(attached),
+                    Resource::RequestAuthentication(_) | Resource::RateLimitPolicy(_) => {
+                        owners.extend(attached)
+                    }
                     Resource::Route(_) => routed.extend(attached),
                     _ => {}
                 }
@@ -813,7 +823,7 @@ fn with_own(
 fn assemble(
     global: &[Arc<TypeResources>; 2],
     group: Option<&[Arc<TypeResources>; 5]>,
-    own: &[Arc<TypeResources>; 2],
+    own: &[Arc<TypeResources>; 3],
 ) -> View {
     let mut types: Types = std::array::from_fn(|_| empty());
     types[MESH_CONFIG] = global[0].clone();
@@ -825,6 +835,7 @@ fn assemble(
     }
     types[AUTHORIZATION_POLICY] = own[0].clone();
     types[REQUEST_AUTHENTICATION] = own[1].clone();
+    types[RATE_LIMIT_POLICY] = own[2].clone();
     let mut view = View::new();
     for (url, t) in TYPE_URLS.iter().zip(types) {
         view.set_type(url.clone(), t);

@@ -1,6 +1,6 @@
 //! Lookups the views need, kept in step with the model change by change: what is attached to
 //! each (namespace, service) — its routes, destination policies, authorization policies,
-//! request authentications, address and the workloads it selects — so a view is assembled from
+//! request authentications, rate limit policies, address and the workloads it selects — so a view is assembled from
 //! the services it holds instead of scanning the mesh, and a change touches only its entries.
 //!
 //! Which workloads a service selects follows [`Service::selects`], the one rule; the label
@@ -20,6 +20,7 @@ pub struct Attached {
     pub destination_policies: BTreeSet<ResourceKey>,
     pub authorization_policies: BTreeSet<ResourceKey>,
     pub request_authentications: BTreeSet<ResourceKey>,
+    pub rate_limit_policies: BTreeSet<ResourceKey>,
     pub addresses: BTreeSet<ResourceKey>,
     /// Workloads the service selects; empty while the Service does not exist.
     pub workloads: BTreeSet<ResourceKey>,
@@ -31,6 +32,7 @@ impl Attached {
             && self.destination_policies.is_empty()
             && self.authorization_policies.is_empty()
             && self.request_authentications.is_empty()
+            && self.rate_limit_policies.is_empty()
             && self.addresses.is_empty()
             && self.workloads.is_empty()
     }
@@ -77,6 +79,7 @@ pub fn attached_to(r: &Resource) -> Option<SvcKey> {
         Resource::DestinationPolicy(p) => &p.spec.service,
         Resource::AuthorizationPolicy(p) => &p.spec.service,
         Resource::RequestAuthentication(p) => &p.spec.service,
+        Resource::RateLimitPolicy(p) => &p.spec.service,
         _ => return None,
     };
     Some((ns.clone(), svc.clone()))
@@ -304,6 +307,7 @@ impl MeshIndex {
             Resource::DestinationPolicy(_) => Some(&mut a.destination_policies),
             Resource::AuthorizationPolicy(_) => Some(&mut a.authorization_policies),
             Resource::RequestAuthentication(_) => Some(&mut a.request_authentications),
+            Resource::RateLimitPolicy(_) => Some(&mut a.rate_limit_policies),
             _ => None,
         }
     }

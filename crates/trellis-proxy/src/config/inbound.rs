@@ -1,7 +1,8 @@
 //! The policy guarding this proxy's own service, compiled with the rest of the snapshot: which
 //! mTLS mode its inbound port runs, who may call it (`AuthorizationPolicy`) and which JWTs it
 //! accepts (`RequestAuthentication`). A JWKS source that cannot be used rejects the whole
-//! snapshot, like any other bad config.
+//! snapshot, like any other bad config. Its `RateLimitPolicy` limiters are kept from the
+//! previous snapshot while their policy is unchanged, so a reload does not refill the buckets.
 use super::BuildError;
 use crate::settings::LocalIdentity;
 use std::sync::Arc;
@@ -27,6 +28,9 @@ pub struct InboundPolicy {
     pub jwt: Option<Arc<JwtValidator>>,
     /// The rules `jwt` was built from, so an unchanged set keeps its validator (and JWKS cache).
     jwt_rules: Vec<JwtRule>,
+    /// One per `RateLimitPolicy` naming this service, by name; empty (one branch per request)
+    /// when there is none.
+    pub rate_limits: Vec<Arc<crate::ratelimit::InboundLimit>>,
 }
 
 impl std::fmt::Debug for InboundPolicy {
@@ -37,6 +41,7 @@ impl std::fmt::Debug for InboundPolicy {
             .field("protocol", &self.protocol)
             .field("policies", &!self.authorizer.is_empty())
             .field("jwt_rules", &self.jwt_rules.len())
+            .field("rate_limits", &self.rate_limits.len())
             .finish()
     }
 }
@@ -74,6 +79,24 @@ impl InboundPolicy {
                 }
             })?)),
         };
+        let rate_limits = resources
+            .rate_limit_policies()
+            .filter(|p| p.metadata.namespace == local.namespace && p.spec.service == local.service)
+            .map(|p| {
+                let kept = previous.and_then(|prev| {
+                    prev.rate_limits
+                        .iter()
+                        .find(|l| l.name() == p.metadata.name && l.spec == p.spec)
+                });
+                match kept {
+                    Some(l) => l.clone(),
+                    None => Arc::new(crate::ratelimit::InboundLimit::new(
+                        &p.metadata.name,
+                        &p.spec,
+                    )),
+                }
+            })
+            .collect();
         Ok(Self {
             mtls,
             port: first_port.map_or(0, |p| p.port),
@@ -82,6 +105,7 @@ impl InboundPolicy {
             authorizer,
             jwt,
             jwt_rules,
+            rate_limits,
         })
     }
 }

@@ -168,6 +168,8 @@ pub struct Rule {
     pub request_headers: Option<HeaderModifier>,
     pub response_headers: Option<HeaderModifier>,
     pub rewrite: Option<Rewrite>,
+    /// The rule's token bucket in this sidecar; `None` (one branch) when the rule has no limit.
+    pub rate_limit: Option<Arc<crate::ratelimit::RouteLimit>>,
 }
 
 impl Rule {

@@ -27,6 +27,7 @@ pub(super) fn default_for(svc: &Service) -> Rule {
         request_headers: None,
         response_headers: None,
         rewrite: None,
+        rate_limit: None,
     }
 }
 
@@ -54,6 +55,10 @@ pub(super) fn compile(route: &Route, index: usize, rule: &RouteRule) -> Result<R
             backend: backend_ref(route, &m.service, m.subset.as_ref()),
             percent: m.percent,
         }),
+        rate_limit: rule
+            .rate_limit
+            .as_ref()
+            .map(|l| Arc::new(crate::ratelimit::RouteLimit::new(l))),
     })
 }
 

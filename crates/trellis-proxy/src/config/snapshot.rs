@@ -17,8 +17,8 @@ use trellis_api::mesh::MeshConfigSpec;
 use trellis_api::policy::HealthCheck;
 use trellis_api::Resource;
 use trellis_xds::resource::{
-    AUTHORIZATION_POLICY, DESTINATION_POLICY, MESH_CONFIG, REQUEST_AUTHENTICATION, SERVICE,
-    SERVICE_ADDRESS, TRUST_BUNDLE, WORKLOAD,
+    AUTHORIZATION_POLICY, DESTINATION_POLICY, MESH_CONFIG, RATE_LIMIT_POLICY,
+    REQUEST_AUTHENTICATION, SERVICE, SERVICE_ADDRESS, TRUST_BUNDLE, WORKLOAD,
 };
 use trellis_xds::{Resources, TypeChange};
 
@@ -144,6 +144,7 @@ impl Snapshot {
         let own = format!("{}/{}", local.namespace, local.service);
         let inbound = if changed.touches(AUTHORIZATION_POLICY)
             || changed.touches(REQUEST_AUTHENTICATION)
+            || changed.touches(RATE_LIMIT_POLICY)
             || changed.contains(SERVICE, &own)
         {
             Arc::new(InboundPolicy::build(

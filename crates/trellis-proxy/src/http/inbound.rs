@@ -6,7 +6,8 @@
 //! forwarded (503 `not-ready`). A validated token is taken out of the request (header or query)
 //! unless the rule says `forwardOriginalToken`. Upgrades go through only to protocols the port
 //! permits (WebSocket by default; `h2c` is stripped), and CONNECT never does: no connection
-//! becomes a pipe for requests nobody authorized.
+//! becomes a pipe for requests nobody authorized. Admitted requests then pass the service's
+//! `RateLimitPolicy` limits (429 `rate-limited`, see [`crate::ratelimit`]).
 use super::headers::{
     admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
 };
@@ -76,6 +77,7 @@ pub async fn handle(
             if !matches!(
                 e.reason,
                 Reason::Denied
+                    | Reason::RateLimited
                     | Reason::Unauthenticated
                     | Reason::NotReady
                     | Reason::UpgradeRefused
@@ -166,6 +168,7 @@ async fn guard(
         }
     }
     if policy.authorizer.is_empty() {
+        rate_limit(state, &snap, conn)?;
         return Ok(snap);
     }
     let principal = claims.as_ref().map(|c| c.request_principal());
@@ -194,7 +197,22 @@ async fn guard(
             }
         }
     }
+    rate_limit(state, &snap, conn)?;
     Ok(snap)
+}
+
+/// The service's `RateLimitPolicy` limits, checked after authorization (see
+/// [`crate::ratelimit`]): a denied request spends no tokens.
+fn rate_limit(state: &ProxyState, snap: &Snapshot, conn: &Conn) -> Result<(), ProxyError> {
+    let limits = &snap.inbound.rate_limits;
+    if limits.is_empty() {
+        return Ok(());
+    }
+    let service = state.service_label();
+    for l in limits {
+        l.check(&state.metrics, &service, conn.peer_id.as_ref())?;
+    }
+    Ok(())
 }
 
 /// Takes a validated token out of the request, so the app never sees a credential it was not

@@ -110,6 +110,11 @@ async fn route(
         );
         return Outcome::error(e, shape, service, no_label());
     };
+    if let Some(limit) = &rule.rate_limit {
+        if let Err(e) = limit.check(&state.metrics, &service, &rule.name) {
+            return Outcome::error(e, shape, service, rule.name.clone());
+        }
+    }
     let chosen = Chosen::default();
     let result = routed(
         state, &snapshot, &svc, port, rule, matched, peer, req, shape, &chosen,

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use trellis_api::ca::TrustBundle;
 use trellis_api::mesh::MeshConfigSpec;
 use trellis_api::{
-    AuthorizationPolicy, DestinationPolicy, MeshConfig, RequestAuthentication, Resource,
-    ResourceSet, Route, Service, ServiceAddress, Workload,
+    AuthorizationPolicy, DestinationPolicy, MeshConfig, RateLimitPolicy, RequestAuthentication,
+    Resource, ResourceSet, Route, Service, ServiceAddress, Workload,
 };
 
 /// One resource as held: its xDS version and the decoded resource.
@@ -135,6 +135,12 @@ impl Resources {
         RequestAuthentication,
         RequestAuthentication,
         crate::resource::REQUEST_AUTHENTICATION
+    );
+    accessor!(
+        rate_limit_policies,
+        RateLimitPolicy,
+        RateLimitPolicy,
+        crate::resource::RATE_LIMIT_POLICY
     );
     accessor!(
         mesh_configs,
