@@ -28,12 +28,20 @@ fn refused(text: &str, path: &str, fragment: &str) -> ConfigError {
 #[test]
 fn a_route_limit_parses_with_defaults() {
     let set = parse_documents("t.yaml", &route("{requestsPerSecond: 20, burst: 5}")).unwrap();
-    let l = set.routes().next().unwrap().spec.rules[0].rate_limit.unwrap();
+    let l = set.routes().next().unwrap().spec.rules[0]
+        .rate_limit
+        .unwrap();
     assert_eq!((l.requests_per_second, l.effective_burst()), (20, 5));
     assert_eq!(l.mode, RateLimitMode::Enforce);
     let set = parse_documents("t.yaml", &route("{requestsPerSecond: 7, mode: Shadow}")).unwrap();
-    let l = set.routes().next().unwrap().spec.rules[0].rate_limit.unwrap();
-    assert_eq!(l.effective_burst(), 7, "burst defaults to one second's worth");
+    let l = set.routes().next().unwrap().spec.rules[0]
+        .rate_limit
+        .unwrap();
+    assert_eq!(
+        l.effective_burst(),
+        7,
+        "burst defaults to one second's worth"
+    );
     assert_eq!(l.mode, RateLimitMode::Shadow);
     // Written back, it reads the same.
     let again = parse_documents("t.yaml", &set.to_yaml()).unwrap();
@@ -92,7 +100,11 @@ fn a_rate_limit_policy_parses() {
 
 #[test]
 fn bad_policies_name_their_field_and_nothing_is_kept() {
-    refused(&policy("{service: web}"), "spec", "needs `total`, `identity` or `overrides`");
+    refused(
+        &policy("{service: web}"),
+        "spec",
+        "needs `total`, `identity` or `overrides`",
+    );
     refused(
         &policy("{service: web, total: {requestsPerSecond: 0}}"),
         "spec.total.requestsPerSecond",
