@@ -295,6 +295,13 @@ spec:
   service: a
   defaultAction: Deny
   rules: [{action: Allow, from: {namespaces: [default]}}]
+---
+apiVersion: trellis.dev/v1
+kind: RateLimitPolicy
+metadata: {name: b-limit}
+spec:
+  service: b
+  identity: {requestsPerSecond: 10}
 ";
 
     #[test]
@@ -317,6 +324,18 @@ spec:
         assert!(
             got.contains(&"AuthorizationPolicy/default/a".to_string()),
             "own inbound policy"
+        );
+        assert!(
+            !got.contains(&"RateLimitPolicy/default/b-limit".to_string()),
+            "a caller of b does not get b's rate limit policy: {got:?}"
+        );
+        let b = NodeInfo {
+            service: "b".into(),
+            namespace: "default".into(),
+        };
+        assert!(
+            names(&view(&m, &b)).contains(&"RateLimitPolicy/default/b-limit".to_string()),
+            "b's own sidecars get it"
         );
         assert!(
             !got.iter().any(|k| k.contains("secret")),

@@ -739,7 +739,7 @@ impl ViewEngine {
 
         // Views of the same group with no inbound policy of their own are equal: assemble
         // them once.
-        let mut assembled: HashMap<[usize; 3], Arc<View>> = HashMap::new();
+        let mut assembled: HashMap<[usize; 4], Arc<View>> = HashMap::new();
         for (key, v) in &self.views {
             let moved = republish.contains(key);
             if !(global_changed || moved || changed_groups.contains(&v.group)) {
@@ -756,6 +756,7 @@ impl ViewEngine {
                 v.group as usize,
                 Arc::as_ptr(&v.own[0]) as usize,
                 Arc::as_ptr(&v.own[1]) as usize,
+                Arc::as_ptr(&v.own[2]) as usize,
             ];
             let next = assembled
                 .entry(shape)

@@ -142,11 +142,17 @@ fn random_resource(rng: &mut StdRng) -> Resource {
             "kind: ServiceAddress\nmetadata: {{name: {svc}, namespace: {ns}}}\nspec: {{address: 240.240.0.{}}}\n",
             rng.random_range(1..50)
         )
-    } else if kind < 95 {
+    } else if kind < 93 {
         let name = format!("q{}", rng.random_range(0..2));
         format!(
             "kind: RequestAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{service: {svc}, jwtRules: [{{issuer: i{}, jwks: {{uri: 'https://idp.example/jwks'}}}}]}}\n",
             rng.random_range(0..3)
+        )
+    } else if kind < 95 {
+        let name = format!("l{}", rng.random_range(0..2));
+        format!(
+            "kind: RateLimitPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{service: {svc}, identity: {{requestsPerSecond: {}}}}}\n",
+            rng.random_range(1..100)
         )
     } else {
         format!(
