@@ -27,9 +27,10 @@
 //! the mesh's workloads). Past that, identities not yet in the table share one overflow bucket
 //! with the per-identity rate: they are still limited, only no longer apart from each other.
 //!
-//! Buckets live in the compiled config: a Route rule's bucket starts full again when its
-//! service is recompiled (a change to the service's Route, policy or endpoints), and an inbound
-//! policy's buckets are kept across snapshots while the policy is unchanged.
+//! Buckets live in the compiled config and are handed on from snapshot to snapshot: a Route
+//! rule's bucket while the rule keeps its place, name and limit (a change of endpoints or
+//! policy does not refill it; a full rebuild, on a MeshConfig change, does), an inbound
+//! policy's buckets while the policy is unchanged.
 use crate::error::{ProxyError, Reason};
 use crate::metrics::{Metrics, RateLimitLabels};
 use std::collections::HashMap;
@@ -114,6 +115,7 @@ fn count(
 /// The bucket of one Route rule.
 #[derive(Debug)]
 pub struct RouteLimit {
+    config: RateLimit,
     bucket: TokenBucket,
     mode: RateLimitMode,
 }
@@ -121,9 +123,15 @@ pub struct RouteLimit {
 impl RouteLimit {
     pub fn new(l: &RateLimit) -> Self {
         Self {
+            config: *l,
             bucket: TokenBucket::new(l.requests_per_second, l.effective_burst(), Instant::now()),
             mode: l.mode,
         }
+    }
+
+    /// What the bucket was built from.
+    pub fn config(&self) -> &RateLimit {
+        &self.config
     }
 
     /// Admits a request to `service` by rule `route`, or refuses it (never in shadow mode).

@@ -89,7 +89,9 @@ pub(super) fn recompile(
         let new = match inputs.resources.get(SERVICE, name).map(|r| &**r) {
             Some(Resource::Service(svc)) => {
                 let limit = previous.and_then(|p| p.limit_states.get(&key));
-                Some(Arc::new(service(svc, inputs, &mut live, limit)?))
+                let mut target = service(svc, inputs, &mut live, limit)?;
+                keep_rate_limits(&mut target, old.as_deref());
+                Some(Arc::new(target))
             }
             _ => None,
         };
@@ -134,6 +136,21 @@ pub(super) fn recompile(
         }
     }
     Ok(())
+}
+
+/// Rules whose rate limit is unchanged (same place, name and limit) keep the previous
+/// compilation's bucket, so an endpoint or policy change does not refill it.
+fn keep_rate_limits(target: &mut ServiceTarget, old: Option<&ServiceTarget>) {
+    let Some(old) = old else {
+        return;
+    };
+    for (new, old) in target.rules.iter_mut().zip(&old.rules) {
+        if let (Some(n), Some(o)) = (&new.rate_limit, &old.rate_limit) {
+            if new.name == old.name && n.config() == o.config() {
+                new.rate_limit = Some(o.clone());
+            }
+        }
+    }
 }
 
 /// The distinct endpoint addresses of a service.

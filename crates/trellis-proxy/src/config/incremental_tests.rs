@@ -417,3 +417,54 @@ fn an_update_that_touches_one_service_shares_the_others() {
     );
     assert!(Arc::ptr_eq(&first.inbound, &second.inbound));
 }
+
+#[test]
+fn rate_limit_buckets_outlive_updates_that_leave_them_unchanged() {
+    let local = LocalIdentity {
+        service: "s0".into(),
+        namespace: "default".into(),
+        zone: None,
+    };
+    let svc = parse(
+        "apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {name: s1}\nspec: {selector: {app: s1}, ports: [{port: 80}]}\n",
+    );
+    let route = |rps: u32| {
+        parse(&format!(
+            "apiVersion: trellis.dev/v1\nkind: Route\nmetadata: {{name: r}}\nspec: {{service: s1, rules: [{{name: all, rateLimit: {{requestsPerSecond: {rps}}}}}]}}\n"
+        ))
+    };
+    let (resources, _) = apply(
+        &Resources::default(),
+        vec![
+            (SERVICE, "default/s1".into(), Some(svc)),
+            (ROUTE, "default/r".into(), Some(route(5))),
+        ],
+    );
+    let first = Snapshot::build(1, "t".into(), resources.clone(), None, &local).expect("builds");
+    let bucket = |s: &Snapshot| {
+        s.services[&("default".into(), "s1".into())].rules[0]
+            .rate_limit
+            .clone()
+            .expect("a limit")
+    };
+    // A new endpoint recompiles s1; its rule's bucket is the same one.
+    let w = parse(
+        "apiVersion: trellis.dev/v1\nkind: Workload\nmetadata: {name: w, labels: {app: s1}}\nspec: {address: 10.0.0.1, port: 80}\n",
+    );
+    let (next, changes) = apply(&resources, vec![(WORKLOAD, "default/w".into(), Some(w))]);
+    let second = first
+        .update(2, "t".into(), next.clone(), &changes, &local)
+        .expect("builds");
+    assert!(!Arc::ptr_eq(
+        &first.services[&("default".into(), "s1".into())],
+        &second.services[&("default".into(), "s1".into())]
+    ));
+    assert!(Arc::ptr_eq(&bucket(&first), &bucket(&second)));
+    // A changed limit is a new bucket.
+    let (last, changes) = apply(&next, vec![(ROUTE, "default/r".into(), Some(route(7)))]);
+    let third = second
+        .update(3, "t".into(), last, &changes, &local)
+        .expect("builds");
+    assert!(!Arc::ptr_eq(&bucket(&second), &bucket(&third)));
+    assert_eq!(bucket(&third).config().requests_per_second, 7);
+}
