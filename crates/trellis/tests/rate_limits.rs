@@ -12,6 +12,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// The pause between one loop's requests.
+const PACE: Duration = Duration::from_millis(5);
+
 /// What a bounded load run saw.
 #[derive(Debug, Default)]
 struct Run {
@@ -22,9 +25,11 @@ struct Run {
     elapsed: Duration,
 }
 
-/// `loops` concurrent request loops through `addr` (with `Host: host`), each stopping after
-/// `per_loop` requests or when `length` has passed, whichever comes first. Every 429 must say
-/// `trellis-error: rate-limited` and carry a `retry-after` of at least 1 second.
+/// `loops` concurrent request loops through `addr` (with `Host: host`), each pausing `PACE`
+/// between requests (so a loop sends at most ~200 req/s, well over any limit here, and the run
+/// lasts its `length`) and stopping after `per_loop` requests or when `length` has passed,
+/// whichever comes first. Every 429 must say `trellis-error: rate-limited` and carry a
+/// `retry-after` of at least 1 second.
 async fn hammer(
     addr: SocketAddr,
     host: &str,
@@ -69,6 +74,7 @@ async fn hammer(
                     }
                     s => run.other.push(s),
                 }
+                tokio::time::sleep(PACE).await;
             }
             run
         }));
@@ -144,6 +150,10 @@ async fn a_route_limit_holds_the_rate_and_the_app_sees_only_what_was_admitted() 
         run.ok, run.limited
     );
     assert!(run.other.is_empty(), "only 200 and 429: {:?}", run.other);
+    assert!(
+        secs >= 2.7,
+        "the run lasted its 3 s (not cut short by the request cap)"
+    );
     assert!(
         (run.ok as f64) <= bound + 2.0,
         "admitted {} > burst + rate × elapsed = {bound:.1}",
