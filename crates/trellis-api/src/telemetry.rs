@@ -100,13 +100,16 @@ pub struct StatRow {
 }
 
 impl StatRow {
-    /// Whether `other` is the same edge (the key rows are merged by).
-    pub fn same_edge(&self, other: &StatRow) -> bool {
-        self.direction == other.direction
-            && self.namespace == other.namespace
-            && self.source == other.source
-            && self.service == other.service
-            && self.route == other.route
+    /// The edge this row counts (what rows are merged by), in the order rows are listed:
+    /// namespace, service, direction, source, route.
+    pub fn edge(&self) -> (&str, &str, &str, &str, &str) {
+        (
+            &self.namespace,
+            &self.service,
+            &self.direction,
+            &self.source,
+            &self.route,
+        )
     }
 
     /// Adds `other`'s counts into this row.
@@ -138,19 +141,23 @@ pub struct StatAnswer {
     pub window_secs: f64,
 }
 
-/// Merges rows of the same edge (summing counts, rates and buckets).
+/// Merges rows of the same edge (summing counts, rates and buckets), listed in edge order
+/// (see [`StatRow::edge`]). A replica merges every proxy's rows: a map, not a scan per row.
 pub fn merge_rows(rows: impl IntoIterator<Item = StatRow>) -> Vec<StatRow> {
-    let mut out: Vec<StatRow> = Vec::new();
+    type Key = (String, String, String, String, String);
+    let mut merged: std::collections::BTreeMap<Key, StatRow> = Default::default();
     for row in rows {
-        match out.iter_mut().find(|r| r.same_edge(&row)) {
-            Some(r) => r.absorb(&row),
-            None => {
+        let (ns, svc, dir, src, route) = row.edge();
+        let key = (ns.into(), svc.into(), dir.into(), src.into(), route.into());
+        match merged.entry(key) {
+            std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().absorb(&row),
+            std::collections::btree_map::Entry::Vacant(e) => {
                 let proxies = row.proxies.max(1);
-                out.push(StatRow { proxies, ..row });
+                e.insert(StatRow { proxies, ..row });
             }
         }
     }
-    out
+    merged.into_values().collect()
 }
 
 /// The `q` quantile (0..=1) of a latency histogram in seconds, interpolated linearly within
@@ -337,8 +344,13 @@ mod tests {
             latency_buckets: vec![n; LATENCY_BUCKETS],
             ..StatRow::default()
         };
-        let merged = merge_rows([row("a", 10), row("a", 30), row("b", 5)]);
+        let merged = merge_rows([row("b", 5), row("a", 10), row("a", 30)]);
         assert_eq!(merged.len(), 2);
+        assert_eq!(
+            (merged[0].source.as_str(), merged[1].source.as_str()),
+            ("a", "b"),
+            "listed in edge order"
+        );
         assert_eq!(merged[0].requests, 40);
         assert_eq!(merged[0].failures, 2);
         assert_eq!(merged[0].proxies, 2);

@@ -142,16 +142,8 @@ pub async fn stat(
             }
         }
     }
-    let mut merged = merge_rows(rows);
-    merged.sort_by(|a, b| {
-        (&a.namespace, &a.service, &a.direction, &a.source, &a.route).cmp(&(
-            &b.namespace,
-            &b.service,
-            &b.direction,
-            &b.source,
-            &b.route,
-        ))
-    });
+    // Listed in edge order: namespace, service, direction, source, route.
+    let merged = merge_rows(rows);
     let rows: Vec<Value> = merged.iter().map(with_golden_numbers).collect();
     Ok(Json(json!({
         "windowSecs": window,
