@@ -279,56 +279,39 @@ pub async fn tap(
     let mut replicas = Vec::new();
     let mut peer_streams = Vec::new();
     if !p.local {
+        // Every peer at once: a replica that is slow to answer delays the tap by one timeout,
+        // not one per replica.
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        for (id, api) in peers(&s).await {
-            let name = format!("{id} ({api})");
-            let opened = async {
-                let rsp = client
-                    .request(peer_request(&s, &api, &uri)?)
-                    .await
-                    .map_err(|e| trellis_api::error_chain(&e))?;
-                if !rsp.status().is_success() {
-                    return Err(format!("{}", rsp.status()));
+        let opens = peers(&s).await.into_iter().map(|(id, api)| {
+            let (client, s, uri) = (client.clone(), s.clone(), uri.clone());
+            async move {
+                let name = format!("{id} ({api})");
+                let opened = open_peer_tap(&client, &s, &api, &uri);
+                match tokio::time::timeout(PEER_TIMEOUT, opened).await {
+                    Ok(result) => (name, result),
+                    Err(_) => (name, Err("no answer in time".to_string())),
                 }
-                Ok(rsp.into_body())
-            };
-            match tokio::time::timeout(PEER_TIMEOUT, opened).await {
-                Ok(Ok(body)) => peer_streams.push((name, body)),
-                Ok(Err(e)) => replicas.push(json!({ "id": name, "error": e })),
-                Err(_) => replicas.push(json!({ "id": name, "error": "no answer in time" })),
+            }
+        });
+        for (name, result) in futures_util::future::join_all(opens).await {
+            match result {
+                Ok(tap) => {
+                    proxies += tap.proxies;
+                    replicas.push(json!({ "id": name, "error": null }));
+                    peer_streams.push(tap);
+                }
+                Err(e) => replicas.push(json!({ "id": name, "error": e })),
             }
         }
     }
-    // Each peer's stream: its first line says how many proxies it taps; events pass through.
-    for (name, body) in peer_streams {
+    // Each peer's events pass through.
+    for PeerTap {
+        mut lines,
+        mut frames,
+        ..
+    } in peer_streams
+    {
         let tx = tx.clone();
-        let mut lines = Lines::default();
-        let mut frames = body.into_data_stream();
-        let first = tokio::time::timeout(PEER_TIMEOUT, async {
-            loop {
-                if let Some(line) = lines.next_line() {
-                    return Some(line);
-                }
-                match frames.next().await {
-                    Some(Ok(chunk)) => lines.push(&chunk),
-                    _ => return None,
-                }
-            }
-        })
-        .await
-        .ok()
-        .flatten();
-        let peer_proxies = first
-            .as_ref()
-            .and_then(|l| serde_json::from_slice::<Value>(l).ok())
-            .and_then(|v| v["tap"]["proxies"].as_u64());
-        match peer_proxies {
-            Some(n) => {
-                proxies += n as usize;
-                replicas.push(json!({ "id": name, "error": null }));
-            }
-            None => replicas.push(json!({ "id": name, "error": "no tap header" })),
-        }
         tokio::spawn(async move {
             loop {
                 while let Some(line) = lines.next_line() {
@@ -387,6 +370,50 @@ pub async fn tap(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// A peer replica's tap stream, past its first line.
+struct PeerTap {
+    /// How many proxies the peer taps (its first line says).
+    proxies: usize,
+    lines: Lines,
+    frames: http_body_util::BodyDataStream<hyper::body::Incoming>,
+}
+
+/// Opens the same tap on a peer replica (marked local) and reads its first line.
+async fn open_peer_tap(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    s: &ApiState,
+    api: &str,
+    uri: &axum::http::Uri,
+) -> Result<PeerTap, String> {
+    let rsp = client
+        .request(peer_request(s, api, uri)?)
+        .await
+        .map_err(|e| trellis_api::error_chain(&e))?;
+    if !rsp.status().is_success() {
+        return Err(format!("{}", rsp.status()));
+    }
+    let mut lines = Lines::default();
+    let mut frames = rsp.into_body().into_data_stream();
+    let first = loop {
+        if let Some(line) = lines.next_line() {
+            break line;
+        }
+        match frames.next().await {
+            Some(Ok(chunk)) => lines.push(&chunk),
+            _ => return Err("no tap header".into()),
+        }
+    };
+    let proxies = serde_json::from_slice::<Value>(&first)
+        .ok()
+        .and_then(|v| v["tap"]["proxies"].as_u64())
+        .ok_or("no tap header")?;
+    Ok(PeerTap {
+        proxies: proxies as usize,
+        lines,
+        frames,
+    })
 }
 
 #[cfg(test)]
