@@ -108,7 +108,10 @@ impl Wanted<'_> {
     fn resource(&self, r: &Resource) -> bool {
         let ns = r.metadata().namespace.as_str();
         match r {
-            Resource::MeshConfig(_) | Resource::TrustBundle(_) => true,
+            // Mesh-wide: a host name names the same destination for every proxy.
+            Resource::MeshConfig(_) | Resource::TrustBundle(_) | Resource::ExternalService(_) => {
+                true
+            }
             Resource::Service(s) => self.has(ns, &s.metadata.name),
             // A VIP goes with its service: the sidecar's DNS and capture know what it may call.
             Resource::ServiceAddress(a) => self.has(ns, &a.metadata.name),
