@@ -305,6 +305,11 @@ metadata: {name: b-limit}
 spec:
   service: b
   identity: {requestsPerSecond: 10}
+---
+apiVersion: trellis.dev/v1
+kind: ExternalService
+metadata: {name: api, namespace: other}
+spec: {hosts: [api.example.com], ports: [{port: 443}]}
 ";
 
     #[test]
@@ -340,6 +345,12 @@ spec:
             names(&view(&m, &b)).contains(&"RateLimitPolicy/default/b-limit".to_string()),
             "b's own sidecars get it"
         );
+        for node in [&a, &b] {
+            assert!(
+                names(&view(&m, node)).contains(&"ExternalService/other/api".to_string()),
+                "every proxy gets every ExternalService, whatever its namespace"
+            );
+        }
         assert!(
             !got.iter().any(|k| k.contains("secret")),
             "not allowed to call secret: {got:?}"

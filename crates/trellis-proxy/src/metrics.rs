@@ -656,6 +656,28 @@ mod tests {
     use http_body::Frame;
     use http_body_util::BodyExt;
 
+    #[test]
+    fn egress_denied_hosts_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..MAX_DENIED_HOSTS + 10 {
+            m.egress_denied_request(&format!("h{i}.example"));
+        }
+        m.egress_denied_request("h0.example");
+        let get = |host: &str| {
+            m.egress_denied_requests
+                .get_or_create(&HostLabels { host: host.into() })
+                .get()
+        };
+        assert_eq!(get("h0.example"), 2, "a host seen before keeps its series");
+        assert_eq!(get(&format!("h{}.example", MAX_DENIED_HOSTS - 1)), 1);
+        assert_eq!(
+            get("other"),
+            10,
+            "hosts past the bound are counted together"
+        );
+        assert_eq!(m.denied_hosts.lock().unwrap().len(), MAX_DENIED_HOSTS);
+    }
+
     fn count(
         m: &Metrics,
         code: u16,
