@@ -87,7 +87,12 @@ async fn egress_allowed_and_denied_by_host() {
     let app = free_addr();
     let seen = server(app, None).await;
     let config = dir.join("mesh.yaml");
-    let declared = external_service("plain-api", "api.example.test", app.port(), "");
+    // `local-dns` reaches the same server by resolving its host name when connecting.
+    let declared = format!(
+        "{}---\napiVersion: trellis.dev/v1\nkind: ExternalService\nmetadata: {{name: local-dns}}\nspec: {{hosts: [localhost], ports: [{{port: {}}}], resolution: DNS}}\n",
+        external_service("plain-api", "api.example.test", app.port(), ""),
+        app.port()
+    );
     write_config(&config, &declared);
     let caller = start_caller(&dir, &config, &[]);
     wait_ready(caller.admin).await;
@@ -118,6 +123,15 @@ async fn egress_allowed_and_denied_by_host() {
         1.0,
         "counted under the ExternalService's name"
     );
+
+    let dns = get(&client, caller.outbound, Some("localhost"), "/dns", &[]).await;
+    assert_eq!(dns.status, 200, "{dns:?}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "resolved by DNS, the same server"
+    );
+    seen.lock().unwrap().pop();
 
     // AllowAny: a host nobody declared is no route (the explicit port has nowhere to send it).
     let unknown = get(

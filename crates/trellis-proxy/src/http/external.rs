@@ -69,6 +69,12 @@ pub async fn forward(
         req.headers_mut().remove(http::header::HOST);
     } else {
         *req.version_mut() = Version::HTTP_11;
+        // An HTTP/2 caller names the host in `:authority` only; HTTP/1.1 needs the header.
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Ok(v) = http::HeaderValue::from_str(host) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
     }
     parts.path_and_query = Some(path);
     *req.uri_mut() = Uri::from_parts(parts)
