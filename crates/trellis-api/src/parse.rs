@@ -6,6 +6,7 @@
 use crate::address::ServiceAddress;
 use crate::ca::{CertificateAuthority, TrustBundle};
 use crate::error::{ConfigError, FieldError};
+use crate::external::ExternalService;
 use crate::limits::{
     prescan, written_back, yaml_limit, Exceeded, Limit, Limits, Measure, NodeBudget,
 };
@@ -34,6 +35,7 @@ pub enum Resource {
     AuthorizationPolicy(AuthorizationPolicy),
     RequestAuthentication(RequestAuthentication),
     RateLimitPolicy(RateLimitPolicy),
+    ExternalService(ExternalService),
     MeshConfig(Box<MeshConfig>),
     Deployment(Deployment),
     TrustBundle(TrustBundle),
@@ -51,6 +53,7 @@ pub const KINDS: &[&str] = &[
     "AuthorizationPolicy",
     "RequestAuthentication",
     "RateLimitPolicy",
+    "ExternalService",
     "Deployment",
     "TrustBundle",
     "CertificateAuthority",
@@ -73,6 +76,7 @@ impl Resource {
             Resource::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Resource::RequestAuthentication(_) => "RequestAuthentication",
             Resource::RateLimitPolicy(_) => "RateLimitPolicy",
+            Resource::ExternalService(_) => "ExternalService",
             Resource::MeshConfig(_) => "MeshConfig",
             Resource::Deployment(_) => "Deployment",
             Resource::TrustBundle(_) => "TrustBundle",
@@ -90,6 +94,7 @@ impl Resource {
             Resource::AuthorizationPolicy(r) => &r.metadata,
             Resource::RequestAuthentication(r) => &r.metadata,
             Resource::RateLimitPolicy(r) => &r.metadata,
+            Resource::ExternalService(r) => &r.metadata,
             Resource::MeshConfig(r) => &r.metadata,
             Resource::Deployment(r) => &r.metadata,
             Resource::TrustBundle(r) => &r.metadata,
@@ -107,6 +112,7 @@ impl Resource {
             Resource::AuthorizationPolicy(r) => &mut r.metadata,
             Resource::RequestAuthentication(r) => &mut r.metadata,
             Resource::RateLimitPolicy(r) => &mut r.metadata,
+            Resource::ExternalService(r) => &mut r.metadata,
             Resource::MeshConfig(r) => &mut r.metadata,
             Resource::Deployment(r) => &mut r.metadata,
             Resource::TrustBundle(r) => &mut r.metadata,
@@ -152,6 +158,7 @@ impl Serialize for Resource {
             Resource::AuthorizationPolicy(r) => env!(r),
             Resource::RequestAuthentication(r) => env!(r),
             Resource::RateLimitPolicy(r) => env!(r),
+            Resource::ExternalService(r) => env!(r),
             Resource::MeshConfig(r) => env!(r),
             Resource::Deployment(r) => env!(r),
             Resource::TrustBundle(r) => env!(r),
@@ -199,6 +206,7 @@ impl ResourceSet {
         RequestAuthentication
     );
     accessor!(rate_limit_policies, RateLimitPolicy, RateLimitPolicy);
+    accessor!(external_services, ExternalService, ExternalService);
     accessor!(mesh_configs, MeshConfig, MeshConfig);
     accessor!(deployments, Deployment, Deployment);
     accessor!(trust_bundles, TrustBundle, TrustBundle);
@@ -414,6 +422,7 @@ fn parse_one(file: &str, document: usize, value: Value) -> Result<Resource, Box<
         "AuthorizationPolicy" => typed(value).map(Resource::AuthorizationPolicy),
         "RequestAuthentication" => typed(value).map(Resource::RequestAuthentication),
         "RateLimitPolicy" => typed(value).map(Resource::RateLimitPolicy),
+        "ExternalService" => typed(value).map(Resource::ExternalService),
         "MeshConfig" => typed(value).map(|m| Resource::MeshConfig(Box::new(m))),
         "TrustBundle" => typed(value).map(Resource::TrustBundle),
         "Deployment" => typed(value).map(Resource::Deployment),

@@ -9,6 +9,7 @@ use crate::duration::Duration;
 use crate::parse::Resource;
 
 mod checks;
+mod external;
 mod mesh;
 mod meta;
 mod policy;
@@ -62,6 +63,7 @@ pub fn resource(r: &Resource) -> Vec<(String, String)> {
         Resource::AuthorizationPolicy(ap) => security::authorization(&mut p, &ap.spec),
         Resource::RequestAuthentication(ra) => security::authentication(&mut p, &ra.spec),
         Resource::RateLimitPolicy(rl) => ratelimit::policy(&mut p, &rl.spec),
+        Resource::ExternalService(e) => external::check(&mut p, &e.spec),
         Resource::MeshConfig(m) => mesh::mesh_config(&mut p, &m.spec),
         Resource::Deployment(d) => mesh::deployment(&mut p, &d.metadata, &d.spec),
         Resource::TrustBundle(b) => mesh::trust_bundle(&mut p, &b.spec),

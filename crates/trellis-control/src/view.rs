@@ -108,7 +108,10 @@ impl Wanted<'_> {
     fn resource(&self, r: &Resource) -> bool {
         let ns = r.metadata().namespace.as_str();
         match r {
-            Resource::MeshConfig(_) | Resource::TrustBundle(_) => true,
+            // Mesh-wide: a host name names the same destination for every proxy.
+            Resource::MeshConfig(_) | Resource::TrustBundle(_) | Resource::ExternalService(_) => {
+                true
+            }
             Resource::Service(s) => self.has(ns, &s.metadata.name),
             // A VIP goes with its service: the sidecar's DNS and capture know what it may call.
             Resource::ServiceAddress(a) => self.has(ns, &a.metadata.name),
@@ -302,6 +305,11 @@ metadata: {name: b-limit}
 spec:
   service: b
   identity: {requestsPerSecond: 10}
+---
+apiVersion: trellis.dev/v1
+kind: ExternalService
+metadata: {name: api, namespace: other}
+spec: {hosts: [api.example.com], ports: [{port: 443}]}
 ";
 
     #[test]
@@ -337,6 +345,12 @@ spec:
             names(&view(&m, &b)).contains(&"RateLimitPolicy/default/b-limit".to_string()),
             "b's own sidecars get it"
         );
+        for node in [&a, &b] {
+            assert!(
+                names(&view(&m, node)).contains(&"ExternalService/other/api".to_string()),
+                "every proxy gets every ExternalService, whatever its namespace"
+            );
+        }
         assert!(
             !got.iter().any(|k| k.contains("secret")),
             "not allowed to call secret: {got:?}"

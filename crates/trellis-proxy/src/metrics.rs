@@ -138,6 +138,16 @@ pub struct ProtocolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabels {
+    /// The refused `Host` (without its port), or `other` past [`MAX_DENIED_HOSTS`].
+    pub host: Arc<str>,
+}
+
+/// Distinct `host` labels `trellis_egress_denied_requests_total` takes before counting the rest
+/// as `other`: the Host header is the caller's to choose.
+pub const MAX_DENIED_HOSTS: usize = 256;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -188,6 +198,10 @@ pub struct Metrics {
     pub rate_limited: Family<RateLimitLabels, Counter>,
     /// Captured traffic refused by a `RegistryOnly` outbound policy.
     pub egress_denied: Family<ProtocolLabels, Counter>,
+    /// Explicit-mode requests refused by a `RegistryOnly` outbound policy, by host (bounded).
+    pub egress_denied_requests: Family<HostLabels, Counter>,
+    /// The hosts `egress_denied_requests` has a series for.
+    denied_hosts: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
     pub config_version: Gauge,
     /// Live taps (`trellis tap`, `trellis top`) open on this proxy.
     pub taps_open: Gauge,
@@ -249,6 +263,12 @@ impl Metrics {
         let authz = Family::<AuthzLabels, Counter>::default();
         let egress_denied = Family::<ProtocolLabels, Counter>::default();
         let rate_limited = Family::<RateLimitLabels, Counter>::default();
+        let egress_denied_requests = Family::<HostLabels, Counter>::default();
+        registry.register(
+            "egress_denied_requests",
+            "Requests to the explicit outbound port naming a host that is neither a mesh service nor an ExternalService, refused by a RegistryOnly outbound traffic policy, by host (at most 256 hosts, then other)",
+            egress_denied_requests.clone(),
+        );
         registry.register(
             "rate_limited",
             "Local rate-limit decisions by direction, service, route (or RateLimitPolicy), scope (route, identity, total), mode (enforce, shadow) and decision (admitted, limited)",
@@ -406,12 +426,34 @@ impl Metrics {
             authz,
             rate_limited,
             egress_denied,
+            egress_denied_requests,
+            denied_hosts: Default::default(),
             config_version,
             taps_open,
             access_log_dropped,
             spans_exported,
             spans_dropped,
         })
+    }
+
+    /// Counts one explicit-mode request refused by the outbound policy, under its host (the
+    /// first [`MAX_DENIED_HOSTS`] distinct hosts; `other` after them).
+    pub fn egress_denied_request(&self, host: &str) {
+        let host = {
+            let mut seen = self.denied_hosts.lock().unwrap_or_else(|e| e.into_inner());
+            match seen.get(host) {
+                Some(h) => h.clone(),
+                None if seen.len() < MAX_DENIED_HOSTS => {
+                    let h: Arc<str> = host.into();
+                    seen.insert(h.clone());
+                    h
+                }
+                None => "other".into(),
+            }
+        };
+        self.egress_denied_requests
+            .get_or_create(&HostLabels { host })
+            .inc();
     }
 
     /// Counts one request and records its latency to response headers. A gRPC answer whose
@@ -613,6 +655,28 @@ mod tests {
     use http::{HeaderMap, HeaderValue, StatusCode};
     use http_body::Frame;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn egress_denied_hosts_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..MAX_DENIED_HOSTS + 10 {
+            m.egress_denied_request(&format!("h{i}.example"));
+        }
+        m.egress_denied_request("h0.example");
+        let get = |host: &str| {
+            m.egress_denied_requests
+                .get_or_create(&HostLabels { host: host.into() })
+                .get()
+        };
+        assert_eq!(get("h0.example"), 2, "a host seen before keeps its series");
+        assert_eq!(get(&format!("h{}.example", MAX_DENIED_HOSTS - 1)), 1);
+        assert_eq!(
+            get("other"),
+            10,
+            "hosts past the bound are counted together"
+        );
+        assert_eq!(m.denied_hosts.lock().unwrap().len(), MAX_DENIED_HOSTS);
+    }
 
     fn count(
         m: &Metrics,

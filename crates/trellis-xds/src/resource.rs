@@ -20,8 +20,8 @@ use trellis_api::ca::TrustBundle;
 use trellis_api::meta::{ObjectMeta, DEFAULT_NAMESPACE};
 use trellis_api::ServiceAddress;
 use trellis_api::{
-    AuthorizationPolicy, Deployment, DestinationPolicy, MeshConfig, RateLimitPolicy,
-    RequestAuthentication, Resource, Route, Service, Workload,
+    AuthorizationPolicy, Deployment, DestinationPolicy, ExternalService, MeshConfig,
+    RateLimitPolicy, RequestAuthentication, Resource, Route, Service, Workload,
 };
 
 /// Every Trellis type URL is this prefix followed by the kind.
@@ -34,13 +34,14 @@ pub const ROUTE: &str = "type.googleapis.com/trellis.v1.Route";
 pub const AUTHORIZATION_POLICY: &str = "type.googleapis.com/trellis.v1.AuthorizationPolicy";
 pub const REQUEST_AUTHENTICATION: &str = "type.googleapis.com/trellis.v1.RequestAuthentication";
 pub const RATE_LIMIT_POLICY: &str = "type.googleapis.com/trellis.v1.RateLimitPolicy";
+pub const EXTERNAL_SERVICE: &str = "type.googleapis.com/trellis.v1.ExternalService";
 pub const TRUST_BUNDLE: &str = "type.googleapis.com/trellis.v1.TrustBundle";
 pub const SERVICE_ADDRESS: &str = "type.googleapis.com/trellis.v1.ServiceAddress";
 
 /// The types a Trellis proxy subscribes to, in the order the server sends them when several
 /// change at once: what others refer to comes first (a Route's subsets are declared in its
 /// service's DestinationPolicy, so the policy goes out before the route).
-pub const TYPE_URLS: [&str; 10] = [
+pub const TYPE_URLS: [&str; 11] = [
     MESH_CONFIG,
     TRUST_BUNDLE,
     SERVICE,
@@ -51,6 +52,7 @@ pub const TYPE_URLS: [&str; 10] = [
     AUTHORIZATION_POLICY,
     REQUEST_AUTHENTICATION,
     RATE_LIMIT_POLICY,
+    EXTERNAL_SERVICE,
 ];
 
 /// Why a received resource was refused.
@@ -119,6 +121,7 @@ pub fn encode(r: &Resource) -> Any {
         Resource::AuthorizationPolicy(x) => serde_json::to_vec(&x.spec),
         Resource::RequestAuthentication(x) => serde_json::to_vec(&x.spec),
         Resource::RateLimitPolicy(x) => serde_json::to_vec(&x.spec),
+        Resource::ExternalService(x) => serde_json::to_vec(&x.spec),
         Resource::MeshConfig(x) => serde_json::to_vec(&x.spec),
         Resource::Deployment(x) => serde_json::to_vec(&x.spec),
         Resource::TrustBundle(x) => serde_json::to_vec(&x.spec),
@@ -208,6 +211,7 @@ pub fn decode_named(any: &Any, wire_name: Option<&str>) -> Result<Resource, Deco
         "AuthorizationPolicy" => typed!(AuthorizationPolicy),
         "RequestAuthentication" => typed!(RequestAuthentication),
         "RateLimitPolicy" => typed!(RateLimitPolicy),
+        "ExternalService" => typed!(ExternalService),
         "MeshConfig" => typed!(MeshConfig),
         "TrustBundle" => typed!(TrustBundle),
         "ServiceAddress" => typed!(ServiceAddress),

@@ -1,7 +1,7 @@
 //! Keeps every subscribed view up to date with the model at a cost that follows the change.
 //!
 //! A view is three parts:
-//! - the mesh-wide types (MeshConfig, TrustBundle), one copy for all views;
+//! - the mesh-wide types (MeshConfig, TrustBundle, ExternalService), one copy for all views;
 //! - the types that follow the services a proxy holds (Services, their addresses, Workloads,
 //!   Routes, DestinationPolicies), computed once per distinct set of services — a *group* —
 //!   and shared by every view with that set (in a mesh without AuthorizationPolicies, that is
@@ -45,7 +45,8 @@ const ROUTE: usize = 6;
 const AUTHORIZATION_POLICY: usize = 7;
 const REQUEST_AUTHENTICATION: usize = 8;
 const RATE_LIMIT_POLICY: usize = 9;
-const SLOTS: usize = 10;
+const EXTERNAL_SERVICE: usize = 10;
+const SLOTS: usize = 11;
 
 /// The slots a group holds.
 const GROUP_SLOTS: [usize; 5] = [
@@ -71,6 +72,7 @@ fn slot_of(kind: &str) -> Option<usize> {
         "AuthorizationPolicy" => AUTHORIZATION_POLICY,
         "RequestAuthentication" => REQUEST_AUTHENTICATION,
         "RateLimitPolicy" => RATE_LIMIT_POLICY,
+        "ExternalService" => EXTERNAL_SERVICE,
         _ => return None,
     })
 }
@@ -235,7 +237,7 @@ pub struct ViewEngine {
     index: MeshIndex,
     encoded: Encoded,
     trust_domain: String,
-    global: [Arc<TypeResources>; 2],
+    global: [Arc<TypeResources>; 3],
     groups: Groups,
     views: HashMap<SvcKey, ViewState>,
     /// What proxies with the same [`ReachKey`] reach, valid until a change touches reach.
@@ -429,8 +431,8 @@ fn trust_domain(model: &Model) -> String {
         .unwrap_or_else(|| "cluster.local".into())
 }
 
-fn global_types(model: &Model, encoded: &mut Encoded) -> [Arc<TypeResources>; 2] {
-    ["MeshConfig", "TrustBundle"].map(|kind| {
+fn global_types(model: &Model, encoded: &mut Encoded) -> [Arc<TypeResources>; 3] {
+    ["MeshConfig", "TrustBundle", "ExternalService"].map(|kind| {
         Arc::new(
             model
                 .items
@@ -603,7 +605,9 @@ impl ViewEngine {
             for r in resources {
                 let attached = index::attached_to(r);
                 match r {
-                    Resource::MeshConfig(_) | Resource::TrustBundle(_) => global_changed = true,
+                    Resource::MeshConfig(_)
+                    | Resource::TrustBundle(_)
+                    | Resource::ExternalService(_) => global_changed = true,
                     Resource::Service(_) => callees.extend(attached),
                     Resource::AuthorizationPolicy(_) => {
                         callees.extend(attached.clone());
@@ -822,13 +826,14 @@ fn with_own(
 }
 
 fn assemble(
-    global: &[Arc<TypeResources>; 2],
+    global: &[Arc<TypeResources>; 3],
     group: Option<&[Arc<TypeResources>; 5]>,
     own: &[Arc<TypeResources>; 3],
 ) -> View {
     let mut types: Types = std::array::from_fn(|_| empty());
     types[MESH_CONFIG] = global[0].clone();
     types[TRUST_BUNDLE] = global[1].clone();
+    types[EXTERNAL_SERVICE] = global[2].clone();
     if let Some(group) = group {
         for (i, slot) in GROUP_SLOTS.iter().enumerate() {
             types[*slot] = group[i].clone();

@@ -154,6 +154,13 @@ fn random_resource(rng: &mut StdRng) -> Resource {
             "kind: RateLimitPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{service: {svc}, identity: {{requestsPerSecond: {}}}}}\n",
             rng.random_range(1..100)
         )
+    } else if kind < 97 {
+        let name = format!("x{}", rng.random_range(0..2));
+        format!(
+            "kind: ExternalService\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{hosts: [h{}.example.com], ports: [{{port: {}}}]}}\n",
+            rng.random_range(0..3),
+            rng.random_range(1..1000)
+        )
     } else {
         format!(
             "kind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{trustDomain: {}}}\n",

@@ -7,7 +7,9 @@
 //! - a VIP on a port its service does not declare: closed (nothing could answer it);
 //! - anything else: passed through to the original destination on a marked socket, unless the
 //!   MeshConfig's `outboundTrafficPolicy` is `RegistryOnly`: then it is refused (HTTP answered
-//!   `502 egress-denied`, anything else closed; see [`crate::http::egress`]).
+//!   `502 egress-denied`, anything else closed; see [`crate::http::egress`]), unless it goes
+//!   to a Static address and declared port of an ExternalService: that is passed through
+//!   unchanged (no TLS origination, no per-request metrics; those are the explicit port's).
 //!
 //! A connection that was not redirected (someone connected to this port directly) has no
 //! original destination other than this listener itself, and is closed. So is every captured
@@ -111,7 +113,8 @@ async fn connection(
     let dir = Directory::of(Some(&snap));
     let destination = match classify(dst, &dir, Some(&snap)) {
         Destination::Passthrough(to)
-            if snap.mesh.outbound_traffic_policy.mode == OutboundMode::RegistryOnly =>
+            if snap.mesh.outbound_traffic_policy.mode == OutboundMode::RegistryOnly
+                && !snap.external.knows(to) =>
         {
             let role = Role::EgressDenied { to };
             crate::listener::serve_connection(stream, peer, &role, state, drain).await;

@@ -7,6 +7,7 @@
 //! ([`index`] finds them) and shares everything else with its predecessor.
 mod build;
 mod directory;
+mod external;
 mod inbound;
 #[cfg(test)]
 mod incremental_tests;
@@ -18,10 +19,11 @@ mod snapshot;
 
 pub use build::{Carried, Live};
 pub use directory::{Directory, NameAnswer};
+pub use external::{ExternalTable, ExternalTarget, OriginateTls};
 pub use inbound::InboundPolicy;
 pub use matcher::{PathMatcher, RouteMatcher, ValueMatcher};
 pub use modifier::HeaderModifier;
-pub use snapshot::{host_service, Snapshot};
+pub use snapshot::{host_service, split_host_port, Snapshot};
 
 use crate::balance::{Balancer, Endpoint};
 use crate::resilience::{LimitState, Limits, Locality, OutlierPolicy};

@@ -8,6 +8,7 @@
 //! same order, so they give the same snapshot and the same [`BuildError`].
 use super::build::{self, Carried, Inputs};
 use super::directory::Directory;
+use super::external::ExternalTable;
 use super::inbound::InboundPolicy;
 use super::index::{key_of, Changed, Index};
 use super::{BuildError, ServiceKey, ServiceName, ServiceTarget, Services};
@@ -17,7 +18,7 @@ use trellis_api::mesh::MeshConfigSpec;
 use trellis_api::policy::HealthCheck;
 use trellis_api::Resource;
 use trellis_xds::resource::{
-    AUTHORIZATION_POLICY, DESTINATION_POLICY, MESH_CONFIG, RATE_LIMIT_POLICY,
+    AUTHORIZATION_POLICY, DESTINATION_POLICY, EXTERNAL_SERVICE, MESH_CONFIG, RATE_LIMIT_POLICY,
     REQUEST_AUTHENTICATION, SERVICE, SERVICE_ADDRESS, TRUST_BUNDLE, WORKLOAD,
 };
 use trellis_xds::{Resources, TypeChange};
@@ -45,6 +46,8 @@ pub struct Snapshot {
     pub inbound: Arc<InboundPolicy>,
     /// Mesh names and addresses to services, for the DNS answerer and captured connections.
     pub directory: Arc<Directory>,
+    /// ExternalServices by host name.
+    pub external: Arc<ExternalTable>,
     index: Index,
 }
 
@@ -112,6 +115,7 @@ impl Snapshot {
             directory.add_service(&key, members(&index, &resources, &key));
         }
         Ok(Self {
+            external: Arc::new(ExternalTable::build(&resources)?),
             directory: Arc::new(directory),
             version,
             source,
@@ -189,7 +193,13 @@ impl Snapshot {
             }
             Arc::new(d)
         };
+        let external = if changed.touches(EXTERNAL_SERVICE) {
+            Arc::new(ExternalTable::build(&resources)?)
+        } else {
+            self.external.clone()
+        };
         Ok(Self {
+            external,
             directory,
             version,
             source,

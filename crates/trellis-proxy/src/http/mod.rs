@@ -1,6 +1,7 @@
 //! HTTP handling: the outbound side (route, fault, retry, balance) and the inbound side (hand to
 //! the local app), over hyper.
 pub mod egress;
+pub mod external;
 pub mod forward;
 pub mod headers;
 pub mod inbound;

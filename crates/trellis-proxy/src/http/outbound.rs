@@ -9,7 +9,10 @@ use super::upgrade::forward_upgrade;
 use super::{record, Caller, Outcome};
 use crate::access_log::counting;
 use crate::body::{self, Body};
-use crate::config::{host_service, Fault, FaultAbort, PathMatcher, Rule, ServiceTarget, Snapshot};
+use crate::config::{
+    host_service, split_host_port, ExternalTarget, Fault, FaultAbort, PathMatcher, Rule,
+    ServiceTarget, Snapshot,
+};
 use crate::error::{ProxyError, Reason, Shape};
 use crate::metrics::no_label;
 use crate::ondemand;
@@ -23,6 +26,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use trellis_api::external::ExternalProtocol;
+use trellis_api::mesh::OutboundMode;
 
 /// A listener bound to one upstream service (Consul-style local port) instead of `Host` routing.
 #[derive(Debug, Clone)]
@@ -80,18 +85,35 @@ async fn route(
     };
     let (svc, port) = match resolve(state, &snapshot, fixed, &req) {
         Ok(found) => found,
-        // Not in the config: on a proxy that discovers on demand, perhaps not yet.
-        Err(e) => match discover(state, fixed, &req).await {
-            Ok(Some(discovered)) => {
-                snapshot = discovered;
-                match resolve(state, &snapshot, fixed, &req) {
-                    Ok(found) => found,
-                    Err(e) => return Outcome::error(e, shape, no_label(), no_label()),
+        // Not a mesh service: an ExternalService host, or (on a proxy that discovers on
+        // demand) perhaps a service not discovered yet.
+        Err(e) => {
+            if fixed.is_none() {
+                if let Some(host) = destination(&req) {
+                    if let Some((target, port, protocol)) = snapshot.external.find(&host) {
+                        let target = target.clone();
+                        return external(&target, &host, port, protocol, req, shape).await;
+                    }
                 }
             }
-            Ok(None) => return Outcome::error(e, shape, no_label(), no_label()),
-            Err(timeout) => return Outcome::error(timeout, shape, no_label(), no_label()),
-        },
+            match discover(state, fixed, &req).await {
+                Ok(Some(discovered)) => {
+                    snapshot = discovered;
+                    match resolve(state, &snapshot, fixed, &req) {
+                        Ok(found) => found,
+                        Err(e) => {
+                            let e = refuse_unknown(state, &snapshot, fixed, &req, e);
+                            return Outcome::error(e, shape, no_label(), no_label());
+                        }
+                    }
+                }
+                Ok(None) => {
+                    let e = refuse_unknown(state, &snapshot, fixed, &req, e);
+                    return Outcome::error(e, shape, no_label(), no_label());
+                }
+                Err(timeout) => return Outcome::error(timeout, shape, no_label(), no_label()),
+            }
+        }
     };
     let service = svc.name.clone();
     let Some((rule, matched)) = svc
@@ -224,6 +246,62 @@ async fn routed(
         return result;
     }
     forward(&target, counting(req.map(body::boxed))).await
+}
+
+/// A request to an ExternalService host: forwarded by [`super::external`], counted under the
+/// ExternalService's name.
+async fn external(
+    target: &ExternalTarget,
+    host: &str,
+    port: u16,
+    protocol: ExternalProtocol,
+    req: Request<Incoming>,
+    shape: Shape,
+) -> Outcome {
+    let (name, _) = split_host_port(host);
+    let service = target.name.clone();
+    match super::external::forward(target, name, port, protocol, req).await {
+        Ok(response) => Outcome {
+            response,
+            service,
+            route: no_label(),
+            subset: no_label(),
+            destination_workload: no_label(),
+            mtls: false,
+            reason: None,
+        },
+        Err(e) => Outcome::error(e, shape, service, no_label()),
+    }
+}
+
+/// A `Host` that names no mesh service and no ExternalService: under a `RegistryOnly` outbound
+/// policy, refused as egress (`502 egress-denied`, counted by host); otherwise `e` (`404
+/// no-route`: the explicit port has no destination to pass it through to).
+fn refuse_unknown(
+    state: &ProxyState,
+    snapshot: &Snapshot,
+    fixed: Option<&FixedTarget>,
+    req: &Request<Incoming>,
+    e: ProxyError,
+) -> ProxyError {
+    if fixed.is_some()
+        || e.reason != Reason::NoRoute
+        || snapshot.mesh.outbound_traffic_policy.mode != OutboundMode::RegistryOnly
+    {
+        return e;
+    }
+    let host = destination(req).unwrap_or_default();
+    let name = split_host_port(&host).0.to_ascii_lowercase();
+    state.metrics.egress_denied_request(&name);
+    if let Some(suppressed) = state.peer_log.allow() {
+        tracing::warn!(host = %name, suppressed, "egress denied: the host is neither a mesh service nor an ExternalService and the outbound traffic policy is RegistryOnly");
+    }
+    ProxyError::new(
+        Reason::EgressDenied,
+        format!(
+            "host {name:?} is neither a mesh service nor an ExternalService, and the MeshConfig's outboundTrafficPolicy is RegistryOnly"
+        ),
+    )
 }
 
 /// On a proxy that discovers on demand, the config after discovering the service the request

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use trellis_api::ca::TrustBundle;
 use trellis_api::mesh::MeshConfigSpec;
 use trellis_api::{
-    AuthorizationPolicy, DestinationPolicy, MeshConfig, RateLimitPolicy, RequestAuthentication,
-    Resource, ResourceSet, Route, Service, ServiceAddress, Workload,
+    AuthorizationPolicy, DestinationPolicy, ExternalService, MeshConfig, RateLimitPolicy,
+    RequestAuthentication, Resource, ResourceSet, Route, Service, ServiceAddress, Workload,
 };
 
 /// One resource as held: its xDS version and the decoded resource.
@@ -141,6 +141,12 @@ impl Resources {
         RateLimitPolicy,
         RateLimitPolicy,
         crate::resource::RATE_LIMIT_POLICY
+    );
+    accessor!(
+        external_services,
+        ExternalService,
+        ExternalService,
+        crate::resource::EXTERNAL_SERVICE
     );
     accessor!(
         mesh_configs,
