@@ -141,7 +141,9 @@ async fn connect(target: &ExternalTarget, host: &str, port: u16) -> Result<TcpSt
     };
     let mut last = None;
     for a in &addresses {
-        match TcpStream::connect(a).await {
+        // Marked like every upstream socket, so capture rules let it out rather than
+        // redirecting the sidecar's own call back into it.
+        match crate::sockopt::connect(*a).await {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(format!("{a}: {e}")),
         }
