@@ -12,6 +12,7 @@
 //! a gRPC request is counted when its status is known, which for a streamed answer is when the
 //! trailers go by. Watching for them wraps the body of gRPC answers only: everything else is
 //! counted when its headers are sent, with no wrapper. `docs/observability.md` has the PromQL.
+pub mod bounded;
 pub mod edges;
 pub mod exposition;
 pub mod workloads;
@@ -201,7 +202,7 @@ pub struct Metrics {
     /// Explicit-mode requests refused by a `RegistryOnly` outbound policy, by host (bounded).
     pub egress_denied_requests: Family<HostLabels, Counter>,
     /// The hosts `egress_denied_requests` has a series for.
-    denied_hosts: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
+    denied_hosts: bounded::BoundedNames,
     pub config_version: Gauge,
     /// Live taps (`trellis tap`, `trellis top`) open on this proxy.
     pub taps_open: Gauge,
@@ -427,7 +428,7 @@ impl Metrics {
             rate_limited,
             egress_denied,
             egress_denied_requests,
-            denied_hosts: Default::default(),
+            denied_hosts: bounded::BoundedNames::new(MAX_DENIED_HOSTS),
             config_version,
             taps_open,
             access_log_dropped,
@@ -439,18 +440,7 @@ impl Metrics {
     /// Counts one explicit-mode request refused by the outbound policy, under its host (the
     /// first [`MAX_DENIED_HOSTS`] distinct hosts; `other` after them).
     pub fn egress_denied_request(&self, host: &str) {
-        let host = {
-            let mut seen = self.denied_hosts.lock().unwrap_or_else(|e| e.into_inner());
-            match seen.get(host) {
-                Some(h) => h.clone(),
-                None if seen.len() < MAX_DENIED_HOSTS => {
-                    let h: Arc<str> = host.into();
-                    seen.insert(h.clone());
-                    h
-                }
-                None => "other".into(),
-            }
-        };
+        let (host, _) = self.denied_hosts.label(host);
         self.egress_denied_requests
             .get_or_create(&HostLabels { host })
             .inc();
@@ -675,7 +665,7 @@ mod tests {
             10,
             "hosts past the bound are counted together"
         );
-        assert_eq!(m.denied_hosts.lock().unwrap().len(), MAX_DENIED_HOSTS);
+        assert_eq!(m.denied_hosts.len(), MAX_DENIED_HOSTS);
     }
 
     fn count(

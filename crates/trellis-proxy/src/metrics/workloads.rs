@@ -12,10 +12,10 @@
 //! bytes) and interned into a table of at most [`MAX_NAMES`]; once it is full, unseen names are
 //! labelled `other` (and a warning says so once). The interned name is shared by every request
 //! from that instance: no allocation per request.
+use super::bounded::{BoundedNames, OVERFLOW};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 /// The header a sidecar names its own workload in, towards mesh peers.
 pub const SOURCE_WORKLOAD: HeaderName = HeaderName::from_static("trellis-source-workload");
@@ -23,14 +23,19 @@ pub const SOURCE_WORKLOAD: HeaderName = HeaderName::from_static("trellis-source-
 /// Distinct caller workloads one sidecar labels by name.
 pub const MAX_NAMES: usize = 1024;
 
-/// The label of a name that came after the table was full.
-pub const OVERFLOW: &str = "other";
-
 /// The interned `source_workload` labels of one sidecar's callers.
-#[derive(Default)]
 pub struct WorkloadNames {
-    names: RwLock<HashMap<Box<[u8]>, Arc<str>>>,
+    names: BoundedNames,
     overflow_warned: AtomicBool,
+}
+
+impl Default for WorkloadNames {
+    fn default() -> Self {
+        Self {
+            names: BoundedNames::new(MAX_NAMES),
+            overflow_warned: AtomicBool::new(false),
+        }
+    }
 }
 
 impl WorkloadNames {
@@ -50,27 +55,14 @@ impl WorkloadNames {
         if !is_workload_name(bytes) {
             return None;
         }
-        if let Some(name) = self.names.read().ok()?.get(bytes) {
-            return Some(name.clone());
-        }
-        let mut names = self.names.write().ok()?;
-        if let Some(name) = names.get(bytes) {
-            return Some(name.clone());
-        }
-        if names.len() >= MAX_NAMES {
-            if !self.overflow_warned.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    limit = MAX_NAMES,
-                    "more distinct caller workloads than the metrics label by name; further ones are labelled source_workload=\"{OVERFLOW}\""
-                );
-            }
-            static OTHER: std::sync::LazyLock<Arc<str>> =
-                std::sync::LazyLock::new(|| Arc::from(OVERFLOW));
-            return Some(OTHER.clone());
-        }
         // Checked above: ASCII only.
-        let name: Arc<str> = Arc::from(std::str::from_utf8(bytes).ok()?);
-        names.insert(bytes.into(), name.clone());
+        let (name, full) = self.names.label(std::str::from_utf8(bytes).ok()?);
+        if full && !self.overflow_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                limit = MAX_NAMES,
+                "more distinct caller workloads than the metrics label by name; further ones are labelled source_workload=\"{OVERFLOW}\""
+            );
+        }
         Some(name)
     }
 }
@@ -136,6 +128,6 @@ mod tests {
             Some("web-0"),
             "names seen before the table filled keep their label"
         );
-        assert_eq!(names.names.read().unwrap().len(), MAX_NAMES);
+        assert_eq!(names.names.len(), MAX_NAMES);
     }
 }
