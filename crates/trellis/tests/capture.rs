@@ -72,27 +72,6 @@ fn rules(host: &Host) -> String {
     netns::rule_text(&host.exec(&["iptables-save"]))
 }
 
-/// Packet counters of the capture chain's rules, by the rule's text.
-fn counters(host: &Host) -> Vec<(u64, String)> {
-    host.exec(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-L",
-        "TRELLIS_OUTPUT",
-        "-n",
-        "-v",
-        "-x",
-    ])
-    .lines()
-    .skip(2)
-    .filter_map(|l| {
-        let pkts = l.split_whitespace().next()?.parse().ok()?;
-        Some((pkts, l.to_string()))
-    })
-    .collect()
-}
-
 fn sidecar(host: &Host, dir: &Path, config: &Path, label: &str, extra: &[String]) -> NsProc {
     let mut args = vec![
         "proxy".to_string(),
@@ -260,7 +239,7 @@ async fn unmodified_curl_by_name_through_captured_sidecars() {
     );
 
     // One captured connection (curl's) and the proxy's own connection to hr let out by mark.
-    let c = counters(&ha);
+    let c = netns::capture_chain_counters(&ha);
     let redirected: u64 = c
         .iter()
         .filter(|(_, r)| r.contains("redir ports 15002"))
@@ -306,7 +285,7 @@ async fn unmodified_curl_by_name_through_captured_sidecars() {
         Some(OUTSIDE_ANSWER),
         "{outside}"
     );
-    let dns_captured: u64 = counters(&ha)
+    let dns_captured: u64 = netns::capture_chain_counters(&ha)
         .iter()
         .filter(|(_, r)| r.contains("udp dpt:53"))
         .map(|(n, _)| *n)

@@ -241,29 +241,11 @@ fn curl(host: &Host, url: &str, headers: &[&str]) -> String {
 /// Packet counters of the capture chain's rules on a host: (captured to the outbound capture
 /// port, let out by the proxy's mark).
 fn capture_counters(host: &Host) -> (u64, u64) {
-    let listing = host.exec(&[
-        "iptables",
-        "-w",
-        "-t",
-        "nat",
-        "-L",
-        "TRELLIS_OUTPUT",
-        "-n",
-        "-v",
-        "-x",
-    ]);
     let (mut captured, mut marked) = (0, 0);
-    for line in listing.lines().skip(2) {
-        let Some(pkts) = line
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        if line.contains(&format!("redir ports {CAPTURE_PORT}")) {
+    for (pkts, rule) in netns::capture_chain_counters(host) {
+        if rule.contains(&format!("redir ports {CAPTURE_PORT}")) {
             captured += pkts;
-        } else if line.contains(&format!("mark match {MARK}")) {
+        } else if rule.contains(&format!("mark match {MARK}")) {
             marked += pkts;
         }
     }

@@ -249,6 +249,29 @@ pub fn rule_text(iptables_save: &str) -> String {
         .join("\n")
 }
 
+/// Packet counters of the capture chain's rules on `host` (`TRELLIS_OUTPUT` in its nat table),
+/// each with the rule's text.
+pub fn capture_chain_counters(host: &Host) -> Vec<(u64, String)> {
+    host.exec(&[
+        "iptables",
+        "-w",
+        "-t",
+        "nat",
+        "-L",
+        "TRELLIS_OUTPUT",
+        "-n",
+        "-v",
+        "-x",
+    ])
+    .lines()
+    .skip(2)
+    .filter_map(|l| {
+        let pkts = l.split_whitespace().next()?.parse().ok()?;
+        Some((pkts, l.to_string()))
+    })
+    .collect()
+}
+
 /// resolv.conf for `ip netns exec` in `ns` (it bind-mounts /etc/netns/NS/resolv.conf); removed
 /// on drop.
 pub struct NsResolvConf(PathBuf);
