@@ -20,6 +20,7 @@ pub mod drain;
 pub mod dynamic;
 pub mod error;
 pub mod gate;
+pub mod gateway;
 pub mod grpc;
 pub mod http;
 pub mod idle;

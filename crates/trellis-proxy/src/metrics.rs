@@ -189,6 +189,8 @@ pub struct Metrics {
     pub tcp_streams_closed: Family<TcpLabels, Counter>,
     pub tcp_stream_duration: Family<TcpLabels, Histogram, fn() -> Histogram>,
     pub detections: Family<ResultLabels, Counter>,
+    /// `trellis gateway`'s TLS passthrough connections by result (ok, no-route, not-tls, ...).
+    pub gateway_passthrough: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub ejections: Family<ServiceLabels, Counter>,
@@ -256,6 +258,12 @@ impl Metrics {
                 tcp_duration_histogram,
             );
         let detections = Family::<ResultLabels, Counter>::default();
+        let gateway_passthrough = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "gateway_passthrough",
+            "TLS passthrough connections of a gateway by result: ok (tunnelled), no-route (no TLSRoute serves the SNI), not-tls, or why the backend could not be reached",
+            gateway_passthrough.clone(),
+        );
         let reloads = Family::<ResultLabels, Counter>::default();
         let retries = Family::<RetryLabels, Counter>::default();
         let ejections = Family::<ServiceLabels, Counter>::default();
@@ -419,6 +427,7 @@ impl Metrics {
             tcp_streams_closed,
             tcp_stream_duration,
             detections,
+            gateway_passthrough,
             reloads,
             retries,
             ejections,

@@ -7,6 +7,7 @@ pub mod ca_cmd;
 pub mod control_cmd;
 pub mod ctl;
 pub mod demo_app;
+pub mod gateway_cmd;
 pub mod orphan;
 pub mod process;
 pub mod proxy_cmd;

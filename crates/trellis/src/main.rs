@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use trellis::{ca_cmd, control_cmd, ctl, demo_app, proxy_cmd, up};
+use trellis::{ca_cmd, control_cmd, ctl, demo_app, gateway_cmd, proxy_cmd, up};
 
 #[derive(Parser, Debug)]
 #[command(name = "trellis", version, about = "Trellis service mesh")]
@@ -22,6 +22,8 @@ enum Command {
     Control(control_cmd::ControlCmdArgs),
     /// Run a sidecar proxy beside one service instance.
     Proxy(Box<proxy_cmd::ProxyArgs>),
+    /// Run an ingress gateway serving the listeners of a Gateway API `Gateway` resource.
+    Gateway(Box<gateway_cmd::GatewayArgs>),
     /// Remove the capture rules a `proxy --intercept` left behind (after a kill -9); a proxy
     /// started with --intercept does this itself first.
     InterceptRemove {
@@ -67,11 +69,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let workers = match &cli.command {
         Command::Proxy(args) => args.workers,
+        Command::Gateway(args) => args.workers,
         _ => 0,
     };
     trellis::process::run(&cli.log, workers, async move {
         match cli.command {
             Command::Proxy(args) => proxy_cmd::run(*args).await,
+            Command::Gateway(args) => gateway_cmd::run(*args).await,
             Command::InterceptRemove { iptables } => {
                 trellis_proxy::capture::remove(&iptables).map_err(anyhow::Error::from)
             }

@@ -96,6 +96,14 @@ impl Eq for dyn ServiceName + '_ {}
 /// Every service of a snapshot, by namespace and name (persistent: an update copies a path).
 pub type Services = imbl::HashMap<ServiceKey, Arc<ServiceTarget>>;
 
+/// Compiles the rules of a Route that steers no service of the mesh: a gateway listener's
+/// route table (see [`crate::gateway`]), compiled exactly as a service's rules are.
+pub fn compile_route(route: &trellis_api::Route) -> Result<Vec<Rule>, BuildError> {
+    (route.spec.rules.iter().enumerate())
+        .map(|(i, r)| rule::compile(route, i, r))
+        .collect()
+}
+
 /// A service as callers see it: ports, ordered routing rules and endpoint groups by subset.
 #[derive(Debug)]
 pub struct ServiceTarget {

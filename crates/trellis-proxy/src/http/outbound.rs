@@ -132,6 +132,29 @@ async fn route(
         );
         return Outcome::error(e, shape, service, no_label());
     };
+    serve_rule(
+        state, &snapshot, &svc, port, rule, matched, peer, req, shape,
+    )
+    .await
+}
+
+/// Serves a request `rule` matched (at match `matched`): rate limit, fault, rewrite, headers,
+/// and forwarding with retries to the rule's backends. `svc` is the destination: its port
+/// `port` decides the protocol of the next hop, and its name labels the request. The sidecar's
+/// outbound side and the gateway ([`crate::gateway`]) both end here.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_rule(
+    state: &Arc<ProxyState>,
+    snapshot: &Arc<Snapshot>,
+    svc: &ServiceTarget,
+    port: Option<u16>,
+    rule: &Rule,
+    matched: usize,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    shape: Shape,
+) -> Outcome {
+    let service = svc.name.clone();
     if let Some(limit) = &rule.rate_limit {
         if let Err(e) = limit.check(&state.metrics, &service, &rule.name) {
             return Outcome::error(e, shape, service, rule.name.clone());
@@ -139,7 +162,7 @@ async fn route(
     }
     let chosen = Chosen::default();
     let result = routed(
-        state, &snapshot, &svc, port, rule, matched, peer, req, shape, &chosen,
+        state, snapshot, svc, port, rule, matched, peer, req, shape, &chosen,
     )
     .await;
     let (response, reason) = match result {

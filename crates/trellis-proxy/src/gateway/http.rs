@@ -1,0 +1,218 @@
+//! HTTP on a gateway port: the connection served by hyper (HTTP/1.1 with upgrades, or HTTP/2 by
+//! ALPN or prior knowledge), and each request routed by its `Host` / `:authority` to the route
+//! table of the matching hostname, then by the rules of the attached routes, then forwarded to a
+//! mesh service exactly as the sidecar's outbound side does ([`crate::http::outbound::serve_rule`]:
+//! fault, rewrite, retries, balancing, mTLS with the gateway's own identity).
+//!
+//! No hostname or no rule matching answers `404` with `trellis-error: no-route` (in gRPC terms
+//! for a gRPC caller). Requests are counted and logged as the sidecar's outbound requests are,
+//! with the gateway's identity as their source.
+use super::hosts::normalize;
+use super::plan::PortPlan;
+use crate::body::{self, Body};
+use crate::drain::Drain;
+use crate::error::{ProxyError, Reason, Shape};
+use crate::http::outbound::serve_rule;
+use crate::http::{record, Caller, Outcome};
+use crate::idle::Activity;
+use crate::metrics::no_label;
+use crate::state::ProxyState;
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The metrics direction of gateway requests: the gateway calls the mesh, as a caller's
+/// sidecar does.
+pub const DIRECTION: &str = "outbound";
+
+/// One downstream connection, for routing and the `x-forwarded-*` headers.
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    pub peer: SocketAddr,
+    /// `https` when TLS was terminated here.
+    pub scheme: &'static str,
+}
+
+/// Serves one connection until it ends, the proxy drains, or it idles past `--idle-timeout`.
+pub async fn serve<I>(
+    io: I,
+    h2: bool,
+    down: Downstream,
+    port: Arc<ArcSwap<PortPlan>>,
+    state: Arc<ProxyState>,
+    drain: Drain,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new();
+    let counted = activity.clone();
+    let (st, down) = (state.clone(), Arc::new(down));
+    let peer = down.peer;
+    let svc = service_fn(move |req| {
+        // The port's plan in force when the request came: a reload never changes a request's.
+        let (state, port, down) = (st.clone(), port.load_full(), down.clone());
+        // In flight until the response body is finished or dropped.
+        let in_flight = counted.start();
+        async move {
+            let rsp = handle(state, port, down, req).await;
+            rsp.map(|rsp| rsp.map(|b| body::Holding::new(b, in_flight)))
+        }
+    });
+    let io = TokioIo::new(io);
+    let s = &state.settings;
+    let result = if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(s.max_header_bytes as u32)
+            .max_concurrent_streams(1024)
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        let expired = activity.expired(s.idle_timeout, s.idle_timeout);
+        tokio::pin!(expired);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = &mut expired, if !closing => { closing = true; conn.as_mut().graceful_shutdown(); }
+                _ = drain.started(), if !closing => { closing = true; conn.as_mut().graceful_shutdown(); }
+            }
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(s.idle_timeout.saturating_add(s.header_read_timeout))
+            .max_buf_size(s.max_header_bytes.max(8192))
+            .serve_connection(io, svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let expired = activity.expired(s.idle_timeout, s.header_read_timeout);
+        tokio::pin!(expired);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = &mut expired, if !closing => { closing = true; conn.as_mut().graceful_shutdown(); }
+                _ = drain.started(), if !closing => { closing = true; conn.as_mut().graceful_shutdown(); }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "gateway http connection ended with an error");
+    }
+}
+
+async fn handle(
+    state: Arc<ProxyState>,
+    port: Arc<PortPlan>,
+    down: Arc<Downstream>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let shape = Shape::of(req.headers());
+    let began = {
+        let snap = state.snapshot.load();
+        let telemetry = snap.as_ref().map(|s| &s.mesh.telemetry);
+        crate::http::begin(&state, telemetry, DIRECTION, down.peer, None, &mut req)
+    };
+    let outcome = route(&state, &port, &down, req, shape).await;
+    if let Some(reason) = outcome.reason {
+        tracing::debug!(service = %outcome.service, route = %outcome.route, reason = reason.as_str(), "gateway answered");
+    }
+    let caller = Caller {
+        identity: state.local_source(),
+        workload: state.workload_label(),
+    };
+    Ok(record(
+        &state.metrics,
+        DIRECTION,
+        caller,
+        outcome,
+        start,
+        began,
+    ))
+}
+
+/// The request's `:authority`, or its `Host` header.
+fn authority(req: &Request<Incoming>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
+fn no_route(detail: String, shape: Shape, service: Arc<str>) -> Outcome {
+    Outcome::error(
+        ProxyError::new(Reason::NoRoute, detail),
+        shape,
+        service,
+        no_label(),
+    )
+}
+
+async fn route(
+    state: &Arc<ProxyState>,
+    port: &PortPlan,
+    down: &Downstream,
+    mut req: Request<Incoming>,
+    shape: Shape,
+) -> Outcome {
+    let Some(snapshot) = state.snapshot.load_full() else {
+        let e = ProxyError::new(Reason::NotReady, "the gateway has no config yet");
+        return Outcome::error(e, shape, no_label(), no_label());
+    };
+    let host = normalize(authority(&req).unwrap_or(""));
+    let Some(table) = port.http.lookup(&host) else {
+        let detail = format!("no route attached to this gateway listener serves host {host:?}");
+        return no_route(detail, shape, no_label());
+    };
+    let Some((rule, matched)) = (table.rules.iter()).find_map(|r| r.matching(&req).map(|m| (r, m)))
+    else {
+        let detail = format!(
+            "no rule of the routes for host {host:?} on listener {} matches {} {}",
+            table.listener,
+            req.method(),
+            req.uri().path()
+        );
+        return no_route(detail, shape, no_label());
+    };
+    // The destination's port decides the next hop's protocol; its name labels the request.
+    let Some(first) = rule.backends.first() else {
+        let detail = format!("rule {} has no backend", rule.name);
+        return no_route(detail, shape, no_label());
+    };
+    let b = &first.backend;
+    let Some(svc) = snapshot.service(&b.namespace, &b.service).cloned() else {
+        let detail = format!(
+            "backend service {}/{} of rule {} is not in the mesh config",
+            b.namespace, b.service, rule.name
+        );
+        return no_route(detail, shape, Arc::from(b.service.as_str()));
+    };
+    forwarded_headers(&mut req, down);
+    serve_rule(
+        state, &snapshot, &svc, None, rule, matched, down.peer, req, shape,
+    )
+    .await
+}
+
+/// `x-forwarded-for` (appended) and `x-forwarded-proto`, as an ingress sets them.
+fn forwarded_headers(req: &mut Request<Incoming>, down: &Downstream) {
+    let headers = req.headers_mut();
+    let ip = down.peer.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(down.scheme));
+}

@@ -1,0 +1,242 @@
+//! What a gateway serves, compiled from its Gateway and the routes attached to it: one
+//! [`PortPlan`] per port (listeners of a Gateway that share a port are told apart by hostname),
+//! each holding the route tables by hostname and, for `HTTPS`, the certificates by SNI.
+//!
+//! A plan is built whole from a [`GatewayInput`] (what [`super::source`] reads out of the config
+//! snapshot) and then only read. A listener that cannot be served (a certificate missing, a
+//! protocol clashing with another listener on its port) is left out with a [`PlanError`] saying
+//! why; the others are served.
+use super::certs::{self, PortCerts};
+use super::hosts::{intersect, HostTable};
+use crate::config::{compile_route, BackendRef, Rule};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use trellis_identity::rustls::ServerConfig;
+
+/// A listener's protocol, as the Gateway says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerProtocol {
+    /// Plaintext HTTP/1.1, and HTTP/2 with prior knowledge (h2c).
+    Http,
+    /// TLS terminated here, then HTTP/1.1 or HTTP/2 by ALPN.
+    Https,
+    /// TLS passed through to the backend untouched, routed by SNI.
+    TlsPassthrough,
+}
+
+impl ListenerProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Http => "HTTP",
+            ListenerProtocol::Https => "HTTPS",
+            ListenerProtocol::TlsPassthrough => "TLS",
+        }
+    }
+}
+
+/// Rules from one attached route, for the hostnames it names.
+#[derive(Debug, Clone)]
+pub struct AttachedHttp {
+    /// The route's `hostnames` (empty: any).
+    pub hostnames: Vec<String>,
+    /// The route as Trellis rules: its name labels metrics, its rules match and forward.
+    pub route: trellis_api::Route,
+}
+
+/// One attached TLSRoute: its hostnames and its weighted backends.
+#[derive(Debug, Clone)]
+pub struct AttachedTls {
+    pub name: String,
+    pub hostnames: Vec<String>,
+    pub backends: Vec<(BackendRef, u32)>,
+}
+
+/// One listener of the Gateway and what is attached to it.
+#[derive(Debug, Clone)]
+pub struct ListenerInput {
+    pub name: String,
+    pub port: u16,
+    pub protocol: ListenerProtocol,
+    pub hostname: Option<String>,
+    /// Secret names (`--cert-dir/NAME/tls.crt`, `tls.key`) for `HTTPS`.
+    pub certificate_refs: Vec<String>,
+    pub http: Vec<AttachedHttp>,
+    pub tls: Vec<AttachedTls>,
+}
+
+/// The Gateway as the gateway process reads it.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayInput {
+    pub listeners: Vec<ListenerInput>,
+}
+
+/// Why a listener (or a route on it) is not served.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Certificate(#[from] certs::CertError),
+    #[error("listener {listener}: port {port} is already {other} for listener {first}; listeners sharing a port must share its protocol")]
+    ProtocolClash {
+        listener: String,
+        port: u16,
+        other: &'static str,
+        first: String,
+    },
+    #[error("listener {listener}: route {route}: {error}")]
+    Route {
+        listener: String,
+        route: String,
+        error: crate::config::BuildError,
+    },
+    #[error("listener {listener}: TLS server config: {error}")]
+    Tls {
+        listener: String,
+        error: trellis_identity::rustls::Error,
+    },
+}
+
+/// The rules for one hostname of an HTTP(S) port.
+#[derive(Debug)]
+pub struct HttpHost {
+    pub listener: Arc<str>,
+    pub rules: Vec<Rule>,
+}
+
+/// Where connections for one SNI name of a passthrough port go.
+#[derive(Debug)]
+pub struct TlsHost {
+    pub listener: Arc<str>,
+    pub route: Arc<str>,
+    pub backends: Vec<(BackendRef, u32)>,
+}
+
+/// Everything served on one port.
+#[derive(Debug)]
+pub struct PortPlan {
+    pub protocol: ListenerProtocol,
+    /// The listeners on it, for logs and `/config`.
+    pub listeners: Vec<String>,
+    pub http: HostTable<Arc<HttpHost>>,
+    pub tls: HostTable<Arc<TlsHost>>,
+    /// `HTTPS`: the TLS server config (certificates by SNI, ALPN h2 and http/1.1).
+    pub server: Option<Arc<ServerConfig>>,
+}
+
+/// The whole gateway: ports, and the listeners left out with why.
+#[derive(Debug, Default)]
+pub struct GatewayPlan {
+    pub ports: BTreeMap<u16, PortPlan>,
+    pub errors: Vec<PlanError>,
+}
+
+impl GatewayPlan {
+    /// Builds the plan; certificates are read from `cert_dir`.
+    pub fn build(input: &GatewayInput, cert_dir: &Path) -> GatewayPlan {
+        let mut plan = GatewayPlan::default();
+        let mut certs: BTreeMap<u16, PortCerts> = BTreeMap::new();
+        for l in &input.listeners {
+            if let Err(e) = plan.add_listener(l, cert_dir, &mut certs) {
+                tracing::error!(error = %e, "gateway listener not served");
+                plan.errors.push(e);
+            }
+        }
+        for (port, c) in certs {
+            let Some(p) = plan.ports.get_mut(&port) else {
+                continue;
+            };
+            let first = p.listeners.first().cloned().unwrap_or_default();
+            match c.server_config() {
+                Ok(cfg) => p.server = Some(cfg),
+                Err(error) => plan.errors.push(PlanError::Tls {
+                    listener: first,
+                    error,
+                }),
+            }
+        }
+        // An HTTPS port whose every certificate failed serves nothing.
+        plan.ports
+            .retain(|_, p| p.protocol != ListenerProtocol::Https || p.server.is_some());
+        plan
+    }
+
+    fn add_listener(
+        &mut self,
+        l: &ListenerInput,
+        cert_dir: &Path,
+        certs: &mut BTreeMap<u16, PortCerts>,
+    ) -> Result<(), PlanError> {
+        if let Some(p) = self.ports.get(&l.port) {
+            if p.protocol != l.protocol {
+                return Err(PlanError::ProtocolClash {
+                    listener: l.name.clone(),
+                    port: l.port,
+                    other: p.protocol.as_str(),
+                    first: p.listeners.first().cloned().unwrap_or_default(),
+                });
+            }
+        }
+        // Everything that can fail before anything is added.
+        let loaded = match l.protocol {
+            ListenerProtocol::Https => Some(certs::load_listener(
+                cert_dir,
+                &l.name,
+                &l.certificate_refs,
+            )?),
+            _ => None,
+        };
+        // Each route's hostnames on this listener; routes that share none do not attach.
+        let attached: Vec<(Vec<String>, &AttachedHttp)> = (l.http.iter())
+            .map(|a| (intersect(l.hostname.as_deref(), &a.hostnames), a))
+            .collect();
+        // One table per hostname: the rules of every route naming it, routes in the order
+        // given. Rules hold per-rule state (budgets, rate limits), so each host compiles its own.
+        let mut tables: Vec<(String, Vec<Rule>)> = Vec::new();
+        for (hosts, a) in &attached {
+            for h in hosts {
+                let rules = compile_route(&a.route).map_err(|error| PlanError::Route {
+                    listener: l.name.clone(),
+                    route: a.route.metadata.name.clone(),
+                    error,
+                })?;
+                match tables.iter_mut().find(|(name, _)| name == h) {
+                    Some((_, table)) => table.extend(rules),
+                    None => tables.push((h.clone(), rules)),
+                }
+            }
+        }
+        if let Some(c) = loaded {
+            certs
+                .entry(l.port)
+                .or_default()
+                .add(l.hostname.as_deref(), c);
+        }
+        let port = self.ports.entry(l.port).or_insert_with(|| PortPlan {
+            protocol: l.protocol,
+            listeners: Vec::new(),
+            http: HostTable::default(),
+            tls: HostTable::default(),
+            server: None,
+        });
+        port.listeners.push(l.name.clone());
+        let listener: Arc<str> = Arc::from(l.name.as_str());
+        for (h, rules) in tables {
+            let host = HttpHost {
+                listener: listener.clone(),
+                rules,
+            };
+            port.http.insert(&h, Arc::new(host));
+        }
+        for t in &l.tls {
+            let host = Arc::new(TlsHost {
+                listener: listener.clone(),
+                route: Arc::from(t.name.as_str()),
+                backends: t.backends.clone(),
+            });
+            for h in intersect(l.hostname.as_deref(), &t.hostnames) {
+                port.tls.insert(&h, host.clone());
+            }
+        }
+        Ok(())
+    }
+}
