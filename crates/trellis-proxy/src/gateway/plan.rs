@@ -7,7 +7,7 @@
 //! protocol clashing with another listener on its port) is left out with a [`PlanError`] saying
 //! why; the others are served.
 use super::certs::{self, PortCerts};
-use super::hosts::{intersect, HostTable};
+use super::hosts::HostTable;
 use crate::config::{compile_route, BackendRef, Rule};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,16 +35,18 @@ impl ListenerProtocol {
     }
 }
 
-/// Rules from one attached route, for the hostnames it names.
+/// The rules for one hostname of a listener, from every HTTPRoute and GRPCRoute attached to it
+/// (already intersected with the listener's hostname and in precedence order).
 #[derive(Debug, Clone)]
-pub struct AttachedHttp {
-    /// The route's `hostnames` (empty: any).
-    pub hostnames: Vec<String>,
-    /// The route as Trellis rules: its name labels metrics, its rules match and forward.
+pub struct HostRules {
+    /// Exact, `*.example.com`, or `*` (any host).
+    pub hostname: String,
+    /// The rules as a Trellis Route: its name prefixes the rules' metric labels.
     pub route: trellis_api::Route,
 }
 
-/// One attached TLSRoute: its hostnames and its weighted backends.
+/// One attached TLSRoute: its hostnames on the listener (intersected with the listener's) and
+/// its weighted backends.
 #[derive(Debug, Clone)]
 pub struct AttachedTls {
     pub name: String,
@@ -61,7 +63,7 @@ pub struct ListenerInput {
     pub hostname: Option<String>,
     /// Secret names (`--cert-dir/NAME/tls.crt`, `tls.key`) for `HTTPS`.
     pub certificate_refs: Vec<String>,
-    pub http: Vec<AttachedHttp>,
+    pub http: Vec<HostRules>,
     pub tls: Vec<AttachedTls>,
 }
 
@@ -83,7 +85,7 @@ pub enum PlanError {
         other: &'static str,
         first: String,
     },
-    #[error("listener {listener}: route {route}: {error}")]
+    #[error("listener {listener}: rules for host {route}: {error}")]
     Route {
         listener: String,
         route: String,
@@ -185,25 +187,15 @@ impl GatewayPlan {
             )?),
             _ => None,
         };
-        // Each route's hostnames on this listener; routes that share none do not attach.
-        let attached: Vec<(Vec<String>, &AttachedHttp)> = (l.http.iter())
-            .map(|a| (intersect(l.hostname.as_deref(), &a.hostnames), a))
-            .collect();
-        // One table per hostname: the rules of every route naming it, routes in the order
-        // given. Rules hold per-rule state (budgets, rate limits), so each host compiles its own.
+        // Rules hold per-rule state (budgets, rate limits), so each host compiles its own.
         let mut tables: Vec<(String, Vec<Rule>)> = Vec::new();
-        for (hosts, a) in &attached {
-            for h in hosts {
-                let rules = compile_route(&a.route).map_err(|error| PlanError::Route {
-                    listener: l.name.clone(),
-                    route: a.route.metadata.name.clone(),
-                    error,
-                })?;
-                match tables.iter_mut().find(|(name, _)| name == h) {
-                    Some((_, table)) => table.extend(rules),
-                    None => tables.push((h.clone(), rules)),
-                }
-            }
+        for h in &l.http {
+            let rules = compile_route(&h.route).map_err(|error| PlanError::Route {
+                listener: l.name.clone(),
+                route: h.hostname.clone(),
+                error,
+            })?;
+            tables.push((h.hostname.clone(), rules));
         }
         if let Some(c) = loaded {
             certs
@@ -233,8 +225,8 @@ impl GatewayPlan {
                 route: Arc::from(t.name.as_str()),
                 backends: t.backends.clone(),
             });
-            for h in intersect(l.hostname.as_deref(), &t.hostnames) {
-                port.tls.insert(&h, host.clone());
+            for h in &t.hostnames {
+                port.tls.insert(h, host.clone());
             }
         }
         Ok(())
