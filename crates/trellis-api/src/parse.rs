@@ -7,6 +7,7 @@ use crate::address::ServiceAddress;
 use crate::ca::{CertificateAuthority, TrustBundle};
 use crate::error::{ConfigError, FieldError};
 use crate::external::ExternalService;
+use crate::gateway_api::{api_version_of, GRPCRoute, Gateway, HTTPRoute, TLSRoute};
 use crate::limits::{
     prescan, written_back, yaml_limit, Exceeded, Limit, Limits, Measure, NodeBudget,
 };
@@ -41,6 +42,11 @@ pub enum Resource {
     TrustBundle(TrustBundle),
     CertificateAuthority(CertificateAuthority),
     ServiceAddress(ServiceAddress),
+    /// Gateway API kinds (`gateway.networking.k8s.io`), boxed for size.
+    HTTPRoute(Box<HTTPRoute>),
+    GRPCRoute(Box<GRPCRoute>),
+    TLSRoute(Box<TLSRoute>),
+    Gateway(Box<Gateway>),
 }
 
 /// The kinds, in the order `trellis get` lists them.
@@ -58,6 +64,10 @@ pub const KINDS: &[&str] = &[
     "TrustBundle",
     "CertificateAuthority",
     "ServiceAddress",
+    "HTTPRoute",
+    "GRPCRoute",
+    "TLSRoute",
+    "Gateway",
 ];
 
 /// Kinds only the control plane writes; the API refuses them from users.
@@ -82,6 +92,10 @@ impl Resource {
             Resource::TrustBundle(_) => "TrustBundle",
             Resource::CertificateAuthority(_) => "CertificateAuthority",
             Resource::ServiceAddress(_) => "ServiceAddress",
+            Resource::HTTPRoute(_) => "HTTPRoute",
+            Resource::GRPCRoute(_) => "GRPCRoute",
+            Resource::TLSRoute(_) => "TLSRoute",
+            Resource::Gateway(_) => "Gateway",
         }
     }
 
@@ -100,6 +114,10 @@ impl Resource {
             Resource::TrustBundle(r) => &r.metadata,
             Resource::CertificateAuthority(r) => &r.metadata,
             Resource::ServiceAddress(r) => &r.metadata,
+            Resource::HTTPRoute(r) => &r.metadata,
+            Resource::GRPCRoute(r) => &r.metadata,
+            Resource::TLSRoute(r) => &r.metadata,
+            Resource::Gateway(r) => &r.metadata,
         }
     }
 
@@ -118,6 +136,10 @@ impl Resource {
             Resource::TrustBundle(r) => &mut r.metadata,
             Resource::CertificateAuthority(r) => &mut r.metadata,
             Resource::ServiceAddress(r) => &mut r.metadata,
+            Resource::HTTPRoute(r) => &mut r.metadata,
+            Resource::GRPCRoute(r) => &mut r.metadata,
+            Resource::TLSRoute(r) => &mut r.metadata,
+            Resource::Gateway(r) => &mut r.metadata,
         }
     }
 
@@ -143,7 +165,7 @@ impl Serialize for Resource {
         macro_rules! env {
             ($r:expr) => {
                 Envelope {
-                    api_version: API_VERSION,
+                    api_version: api_version_of(kind).unwrap_or(API_VERSION),
                     kind,
                     body: $r,
                 }
@@ -164,6 +186,10 @@ impl Serialize for Resource {
             Resource::TrustBundle(r) => env!(r),
             Resource::CertificateAuthority(r) => env!(r),
             Resource::ServiceAddress(r) => env!(r),
+            Resource::HTTPRoute(r) => env!(r),
+            Resource::GRPCRoute(r) => env!(r),
+            Resource::TLSRoute(r) => env!(r),
+            Resource::Gateway(r) => env!(r),
         }
     }
 }
@@ -211,6 +237,10 @@ impl ResourceSet {
     accessor!(deployments, Deployment, Deployment);
     accessor!(trust_bundles, TrustBundle, TrustBundle);
     accessor!(service_addresses, ServiceAddress, ServiceAddress);
+    accessor!(http_routes, HTTPRoute, HTTPRoute);
+    accessor!(grpc_routes, GRPCRoute, GRPCRoute);
+    accessor!(tls_routes, TLSRoute, TLSRoute);
+    accessor!(gateways, Gateway, Gateway);
 
     /// The mesh-wide settings: the first MeshConfig, or defaults.
     pub fn mesh_config(&self) -> crate::mesh::MeshConfigSpec {
@@ -388,15 +418,23 @@ fn parse_one(file: &str, document: usize, value: Value) -> Result<Resource, Box<
             ),
         ));
     };
+    let expected = api_version_of(kind).unwrap_or(API_VERSION);
     match map.remove("apiVersion") {
-        Some(Value::String(v)) if v == API_VERSION => {}
+        Some(Value::String(v)) if v == expected => {}
         Some(Value::String(v)) => {
+            let why = if api_version_of(kind).is_some() {
+                format!("kind {kind} is a Gateway API kind, served at {expected:?}")
+            } else if v.starts_with(crate::gateway_api::GROUP) {
+                format!("kind {kind} is a Trellis kind, served at {expected:?}")
+            } else {
+                format!("expected {expected:?}")
+            };
             return Err(err(
                 Some(kind),
                 name,
                 "apiVersion",
-                format!("unsupported apiVersion {v:?}; expected {API_VERSION:?}"),
-            ))
+                format!("unsupported apiVersion {v:?} for kind {kind}; {why}"),
+            ));
         }
         Some(_) => {
             return Err(err(
@@ -427,6 +465,15 @@ fn parse_one(file: &str, document: usize, value: Value) -> Result<Resource, Box<
         "TrustBundle" => typed(value).map(Resource::TrustBundle),
         "Deployment" => typed(value).map(Resource::Deployment),
         "ServiceAddress" => typed(value).map(Resource::ServiceAddress),
+        // Status is the implementation's to write: dropped from what users send.
+        "HTTPRoute" => typed(value)
+            .map(|r: HTTPRoute| Resource::HTTPRoute(Box::new(HTTPRoute { status: None, ..r }))),
+        "GRPCRoute" => typed(value)
+            .map(|r: GRPCRoute| Resource::GRPCRoute(Box::new(GRPCRoute { status: None, ..r }))),
+        "TLSRoute" => typed(value)
+            .map(|r: TLSRoute| Resource::TLSRoute(Box::new(TLSRoute { status: None, ..r }))),
+        "Gateway" => typed(value)
+            .map(|g: Gateway| Resource::Gateway(Box::new(Gateway { status: None, ..g }))),
         _ => typed(value).map(Resource::CertificateAuthority),
     };
     result.map_err(|e| {

@@ -51,6 +51,51 @@ pub struct RouteRule {
     /// A token bucket per rule in each caller's sidecar (see [`crate::ratelimit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<crate::ratelimit::RateLimit>,
+    /// Answer with a redirect instead of forwarding (Gateway API's `RequestRedirect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// Answer with a fixed status instead of forwarding (what an HTTPRoute rule whose
+    /// backendRefs are all invalid compiles to: `500`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
+}
+
+/// A redirect answered by the caller's sidecar. Unset parts keep the request's: the scheme
+/// (`http`), the host, the path and query. `port` unset: the request's port, or none when
+/// `scheme` is set (its well-known port); 80 for http and 443 for https are never written.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Redirect {
+    /// `http` or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The whole new path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_path: Option<String>,
+    /// Replaces the prefix the rule's `PathPrefix` match matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_path: Option<String>,
+    /// 301, 302 (default), 303, 307 or 308.
+    #[serde(default = "default_redirect_status")]
+    pub status_code: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+/// A fixed answer from the caller's sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DirectResponse {
+    /// 200..=599.
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 /// All conditions present must hold.
@@ -241,12 +286,15 @@ pub struct HeaderModifier {
 }
 
 /// Rewrites applied before forwarding. `path` replaces the matched prefix when the rule matched
-/// on `PathPrefix` (as Istio's `rewrite.uri`), and the whole path otherwise.
+/// on `PathPrefix` (as Istio's `rewrite.uri`), and the whole path otherwise; `fullPath`
+/// (Gateway API's `ReplaceFullPath`) always replaces the whole path. At most one of the two.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rewrite {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
 }

@@ -10,6 +10,7 @@ use crate::parse::Resource;
 
 mod checks;
 mod external;
+mod gateway;
 mod mesh;
 mod meta;
 mod policy;
@@ -69,6 +70,10 @@ pub fn resource(r: &Resource) -> Vec<(String, String)> {
         Resource::TrustBundle(b) => mesh::trust_bundle(&mut p, &b.spec),
         Resource::CertificateAuthority(c) => mesh::certificate_authority(&mut p, &c.spec),
         Resource::ServiceAddress(a) => mesh::service_address(&mut p, &a.spec),
+        Resource::HTTPRoute(r) => gateway::http_route(&mut p, &r.spec),
+        Resource::GRPCRoute(r) => gateway::grpc_route(&mut p, &r.spec),
+        Resource::TLSRoute(r) => gateway::tls_route(&mut p, &r.spec),
+        Resource::Gateway(g) => gateway::gateway(&mut p, &g.spec),
     }
     p.into_vec()
 }

@@ -17,7 +17,7 @@ fn full_fixture_is_valid_and_holds_every_kind() {
             "fixture lacks {kind}"
         );
     }
-    assert_eq!(set.resources.len(), 13);
+    assert_eq!(set.resources.len(), 17);
     let route = set.routes().next().unwrap();
     assert_eq!(route.metadata.namespace, "shop");
     let rule = &route.spec.rules[1];

@@ -112,6 +112,12 @@ impl Wanted<'_> {
             Resource::MeshConfig(_) | Resource::TrustBundle(_) | Resource::ExternalService(_) => {
                 true
             }
+            // Mesh-wide too: a route's parent service and backends are resolved by the proxy
+            // that compiles it, and an ingress gateway reads Gateways and TLSRoutes.
+            Resource::HTTPRoute(_)
+            | Resource::GRPCRoute(_)
+            | Resource::TLSRoute(_)
+            | Resource::Gateway(_) => true,
             Resource::Service(s) => self.has(ns, &s.metadata.name),
             // A VIP goes with its service: the sidecar's DNS and capture know what it may call.
             Resource::ServiceAddress(a) => self.has(ns, &a.metadata.name),

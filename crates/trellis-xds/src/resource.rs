@@ -23,6 +23,7 @@ use trellis_api::{
     AuthorizationPolicy, Deployment, DestinationPolicy, ExternalService, MeshConfig,
     RateLimitPolicy, RequestAuthentication, Resource, Route, Service, Workload,
 };
+use trellis_api::{GRPCRoute, Gateway, HTTPRoute, TLSRoute};
 
 /// Every Trellis type URL is this prefix followed by the kind.
 pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/trellis.v1.";
@@ -37,11 +38,17 @@ pub const RATE_LIMIT_POLICY: &str = "type.googleapis.com/trellis.v1.RateLimitPol
 pub const EXTERNAL_SERVICE: &str = "type.googleapis.com/trellis.v1.ExternalService";
 pub const TRUST_BUNDLE: &str = "type.googleapis.com/trellis.v1.TrustBundle";
 pub const SERVICE_ADDRESS: &str = "type.googleapis.com/trellis.v1.ServiceAddress";
+/// Gateway API kinds: sent to every proxy (mesh-wide, like ExternalService), since a route's
+/// parent service and backends are resolved by the proxy that compiles it.
+pub const HTTP_ROUTE: &str = "type.googleapis.com/trellis.v1.HTTPRoute";
+pub const GRPC_ROUTE: &str = "type.googleapis.com/trellis.v1.GRPCRoute";
+pub const TLS_ROUTE: &str = "type.googleapis.com/trellis.v1.TLSRoute";
+pub const GATEWAY: &str = "type.googleapis.com/trellis.v1.Gateway";
 
 /// The types a Trellis proxy subscribes to, in the order the server sends them when several
 /// change at once: what others refer to comes first (a Route's subsets are declared in its
 /// service's DestinationPolicy, so the policy goes out before the route).
-pub const TYPE_URLS: [&str; 11] = [
+pub const TYPE_URLS: [&str; 15] = [
     MESH_CONFIG,
     TRUST_BUNDLE,
     SERVICE,
@@ -53,6 +60,10 @@ pub const TYPE_URLS: [&str; 11] = [
     REQUEST_AUTHENTICATION,
     RATE_LIMIT_POLICY,
     EXTERNAL_SERVICE,
+    HTTP_ROUTE,
+    GRPC_ROUTE,
+    TLS_ROUTE,
+    GATEWAY,
 ];
 
 /// Why a received resource was refused.
@@ -126,6 +137,10 @@ pub fn encode(r: &Resource) -> Any {
         Resource::Deployment(x) => serde_json::to_vec(&x.spec),
         Resource::TrustBundle(x) => serde_json::to_vec(&x.spec),
         Resource::ServiceAddress(x) => serde_json::to_vec(&x.spec),
+        Resource::HTTPRoute(x) => serde_json::to_vec(&x.spec),
+        Resource::GRPCRoute(x) => serde_json::to_vec(&x.spec),
+        Resource::TLSRoute(x) => serde_json::to_vec(&x.spec),
+        Resource::Gateway(x) => serde_json::to_vec(&x.spec),
         // Holds private keys: never put on the wire, whatever asks for it.
         Resource::CertificateAuthority(_) => Ok(Vec::new()),
     }
@@ -216,6 +231,27 @@ pub fn decode_named(any: &Any, wire_name: Option<&str>) -> Result<Resource, Deco
         "TrustBundle" => typed!(TrustBundle),
         "ServiceAddress" => typed!(ServiceAddress),
         "Deployment" => typed!(Deployment),
+        // Status is computed when read, never carried.
+        "HTTPRoute" => Resource::HTTPRoute(Box::new(HTTPRoute {
+            metadata,
+            spec: spec(s).map_err(invalid)?,
+            status: None,
+        })),
+        "GRPCRoute" => Resource::GRPCRoute(Box::new(GRPCRoute {
+            metadata,
+            spec: spec(s).map_err(invalid)?,
+            status: None,
+        })),
+        "TLSRoute" => Resource::TLSRoute(Box::new(TLSRoute {
+            metadata,
+            spec: spec(s).map_err(invalid)?,
+            status: None,
+        })),
+        "Gateway" => Resource::Gateway(Box::new(Gateway {
+            metadata,
+            spec: spec(s).map_err(invalid)?,
+            status: None,
+        })),
         other => {
             return Err(invalid(format!(
                 "kind {other} is kept by the control plane and never sent"

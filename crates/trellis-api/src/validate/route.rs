@@ -59,7 +59,49 @@ fn rule(p: &mut Problems, rp: &str, rule: &RouteRule) {
     if let Some(h) = &rule.response_headers {
         header_modifier(p, &format!("{rp}.responseHeaders"), h, false);
     }
+    if let Some(r) = &rule.redirect {
+        redirect(p, &format!("{rp}.redirect"), r, rule);
+    }
+    if let Some(d) = &rule.direct_response {
+        if !(200..=599).contains(&d.status) {
+            p.add(
+                format!("{rp}.directResponse.status"),
+                format!(
+                    "must be an HTTP status code between 200 and 599 (got {})",
+                    d.status
+                ),
+            );
+        }
+        if d.body.as_ref().is_some_and(|b| b.len() > 4096) {
+            p.add(
+                format!("{rp}.directResponse.body"),
+                "must be at most 4096 bytes",
+            );
+        }
+    }
+    if rule.redirect.is_some() && rule.direct_response.is_some() {
+        p.add(
+            format!("{rp}.directResponse"),
+            "a rule answers with a redirect or a direct response, not both",
+        );
+    }
     if let Some(rw) = &rule.rewrite {
+        if rw.path.is_some() && rw.full_path.is_some() {
+            p.add(
+                format!("{rp}.rewrite.fullPath"),
+                "set at most one of path (replaces a PathPrefix match's prefix) and fullPath",
+            );
+        }
+        if let Some(path) = &rw.full_path {
+            if !path.starts_with('/') || has_space_or_control(path) {
+                p.add(
+                    format!("{rp}.rewrite.fullPath"),
+                    format!(
+                        "{path:?} must start with '/' and hold no whitespace or control characters"
+                    ),
+                );
+            }
+        }
         if let Some(path) = &rw.path {
             if !path.starts_with('/') {
                 p.add(
@@ -390,5 +432,63 @@ fn header_modifier(p: &mut Problems, hp: &str, h: &HeaderModifier, request: bool
         let at = format!("{hp}.remove[{k}]");
         p.check(at.as_str(), header_name_problem(name));
         note(p, name, at);
+    }
+}
+
+fn redirect(p: &mut Problems, rp: &str, r: &crate::route::Redirect, rule: &RouteRule) {
+    if let Some(s) = &r.scheme {
+        if s != "http" && s != "https" {
+            p.add(
+                format!("{rp}.scheme"),
+                format!("must be http or https (got {s:?})"),
+            );
+        }
+    }
+    if let Some(h) = &r.hostname {
+        if h.is_empty() || has_space_or_control(h) || h.contains(['/', ':']) {
+            p.add(
+                format!("{rp}.hostname"),
+                format!("{h:?} is not a host name (no port: set port)"),
+            );
+        }
+    }
+    if r.port == Some(0) {
+        p.add(format!("{rp}.port"), "must be between 1 and 65535 (got 0)");
+    }
+    if ![301, 302, 303, 307, 308].contains(&r.status_code) {
+        p.add(
+            format!("{rp}.statusCode"),
+            format!("must be 301, 302, 303, 307 or 308 (got {})", r.status_code),
+        );
+    }
+    if r.full_path.is_some() && r.prefix_path.is_some() {
+        p.add(
+            format!("{rp}.prefixPath"),
+            "set at most one of fullPath and prefixPath",
+        );
+    }
+    for (field, v) in [("fullPath", &r.full_path), ("prefixPath", &r.prefix_path)] {
+        if let Some(v) = v {
+            if !v.starts_with('/') || has_space_or_control(v) {
+                p.add(
+                    format!("{rp}.{field}"),
+                    format!(
+                        "{v:?} must start with '/' and hold no whitespace or control characters"
+                    ),
+                );
+            }
+        }
+    }
+    if r.prefix_path.is_some()
+        && rule.matches.iter().any(|m| {
+            m.path
+                .as_ref()
+                .is_some_and(|p| p.kind != PathMatchType::PathPrefix)
+        })
+    {
+        p.add(
+            format!("{rp}.prefixPath"),
+            "replaces the prefix a PathPrefix match matched; every match of the rule must be a PathPrefix path match",
+        );
     }
 }

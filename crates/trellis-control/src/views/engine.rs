@@ -1,7 +1,8 @@
 //! Keeps every subscribed view up to date with the model at a cost that follows the change.
 //!
 //! A view is three parts:
-//! - the mesh-wide types (MeshConfig, TrustBundle, ExternalService), one copy for all views;
+//! - the mesh-wide types (MeshConfig, TrustBundle, ExternalService and the Gateway API kinds
+//!   HTTPRoute, GRPCRoute, TLSRoute, Gateway), one copy for all views;
 //! - the types that follow the services a proxy holds (Services, their addresses, Workloads,
 //!   Routes, DestinationPolicies), computed once per distinct set of services — a *group* —
 //!   and shared by every view with that set (in a mesh without AuthorizationPolicies, that is
@@ -46,7 +47,32 @@ const AUTHORIZATION_POLICY: usize = 7;
 const REQUEST_AUTHENTICATION: usize = 8;
 const RATE_LIMIT_POLICY: usize = 9;
 const EXTERNAL_SERVICE: usize = 10;
-const SLOTS: usize = 11;
+const HTTP_ROUTE: usize = 11;
+const GRPC_ROUTE: usize = 12;
+const TLS_ROUTE: usize = 13;
+const GATEWAY: usize = 14;
+const SLOTS: usize = 15;
+
+/// The mesh-wide kinds, one copy for all views, and their slots.
+const GLOBAL_KINDS: [&str; GLOBALS] = [
+    "MeshConfig",
+    "TrustBundle",
+    "ExternalService",
+    "HTTPRoute",
+    "GRPCRoute",
+    "TLSRoute",
+    "Gateway",
+];
+const GLOBAL_SLOTS: [usize; GLOBALS] = [
+    MESH_CONFIG,
+    TRUST_BUNDLE,
+    EXTERNAL_SERVICE,
+    HTTP_ROUTE,
+    GRPC_ROUTE,
+    TLS_ROUTE,
+    GATEWAY,
+];
+const GLOBALS: usize = 7;
 
 /// The slots a group holds.
 const GROUP_SLOTS: [usize; 5] = [
@@ -73,6 +99,10 @@ fn slot_of(kind: &str) -> Option<usize> {
         "RequestAuthentication" => REQUEST_AUTHENTICATION,
         "RateLimitPolicy" => RATE_LIMIT_POLICY,
         "ExternalService" => EXTERNAL_SERVICE,
+        "HTTPRoute" => HTTP_ROUTE,
+        "GRPCRoute" => GRPC_ROUTE,
+        "TLSRoute" => TLS_ROUTE,
+        "Gateway" => GATEWAY,
         _ => return None,
     })
 }
@@ -237,7 +267,7 @@ pub struct ViewEngine {
     index: MeshIndex,
     encoded: Encoded,
     trust_domain: String,
-    global: [Arc<TypeResources>; 3],
+    global: [Arc<TypeResources>; GLOBALS],
     groups: Groups,
     views: HashMap<SvcKey, ViewState>,
     /// What proxies with the same [`ReachKey`] reach, valid until a change touches reach.
@@ -431,8 +461,8 @@ fn trust_domain(model: &Model) -> String {
         .unwrap_or_else(|| "cluster.local".into())
 }
 
-fn global_types(model: &Model, encoded: &mut Encoded) -> [Arc<TypeResources>; 3] {
-    ["MeshConfig", "TrustBundle", "ExternalService"].map(|kind| {
+fn global_types(model: &Model, encoded: &mut Encoded) -> [Arc<TypeResources>; GLOBALS] {
+    GLOBAL_KINDS.map(|kind| {
         Arc::new(
             model
                 .items
@@ -607,7 +637,11 @@ impl ViewEngine {
                 match r {
                     Resource::MeshConfig(_)
                     | Resource::TrustBundle(_)
-                    | Resource::ExternalService(_) => global_changed = true,
+                    | Resource::ExternalService(_)
+                    | Resource::HTTPRoute(_)
+                    | Resource::GRPCRoute(_)
+                    | Resource::TLSRoute(_)
+                    | Resource::Gateway(_) => global_changed = true,
                     Resource::Service(_) => callees.extend(attached),
                     Resource::AuthorizationPolicy(_) => {
                         callees.extend(attached.clone());
@@ -826,14 +860,14 @@ fn with_own(
 }
 
 fn assemble(
-    global: &[Arc<TypeResources>; 3],
+    global: &[Arc<TypeResources>; GLOBALS],
     group: Option<&[Arc<TypeResources>; 5]>,
     own: &[Arc<TypeResources>; 3],
 ) -> View {
     let mut types: Types = std::array::from_fn(|_| empty());
-    types[MESH_CONFIG] = global[0].clone();
-    types[TRUST_BUNDLE] = global[1].clone();
-    types[EXTERNAL_SERVICE] = global[2].clone();
+    for (slot, t) in GLOBAL_SLOTS.iter().zip(global) {
+        types[*slot] = t.clone();
+    }
     if let Some(group) = group {
         for (i, slot) in GROUP_SLOTS.iter().enumerate() {
             types[*slot] = group[i].clone();

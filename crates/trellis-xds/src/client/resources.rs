@@ -11,6 +11,7 @@ use trellis_api::{
     AuthorizationPolicy, DestinationPolicy, ExternalService, MeshConfig, RateLimitPolicy,
     RequestAuthentication, Resource, ResourceSet, Route, Service, ServiceAddress, Workload,
 };
+use trellis_api::{GRPCRoute, Gateway, HTTPRoute, TLSRoute};
 
 /// One resource as held: its xDS version and the decoded resource.
 #[derive(Debug, Clone)]
@@ -166,6 +167,21 @@ impl Resources {
         ServiceAddress,
         crate::resource::SERVICE_ADDRESS
     );
+
+    accessor!(
+        http_routes,
+        HTTPRoute,
+        HTTPRoute,
+        crate::resource::HTTP_ROUTE
+    );
+    accessor!(
+        grpc_routes,
+        GRPCRoute,
+        GRPCRoute,
+        crate::resource::GRPC_ROUTE
+    );
+    accessor!(tls_routes, TLSRoute, TLSRoute, crate::resource::TLS_ROUTE);
+    accessor!(gateways, Gateway, Gateway, crate::resource::GATEWAY);
 
     /// The mesh-wide settings: the first MeshConfig, or defaults.
     pub fn mesh_config(&self) -> MeshConfigSpec {
