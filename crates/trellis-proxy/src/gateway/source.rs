@@ -1,23 +1,144 @@
 //! The Gateway this process serves and the routes attached to its listeners, read from the
 //! config snapshot (the control plane sends Gateway API resources to every proxy) and turned
 //! into a [`GatewayInput`].
-use super::plan::GatewayInput;
-use crate::config::Snapshot;
+//!
+//! HTTPRoutes and GRPCRoutes are compiled by `trellis_api::gateway_api::compile_for_gateway`
+//! (the same compiler Service parents use: hostname intersection, the spec's precedence, filters
+//! to Trellis rule parts); TLSRoutes, which have no rules to compile, are matched here: attached
+//! by `parentRefs` (the Gateway, `sectionName` the listener or none, `port` the listener's or
+//! none), hostnames intersected with the listener's, backends with their weights.
+use super::hosts::intersect;
+use super::plan::{AttachedTls, GatewayInput, HostRules, ListenerInput, ListenerProtocol};
+use crate::config::{BackendRef, Snapshot};
+use trellis_api::gateway_api::compile::{compile_for_gateway, RouteRef};
+use trellis_api::gateway_api::gateway::{Listener, ListenerProtocol as Protocol, TLSModeType};
+use trellis_api::gateway_api::TLSRoute;
+use trellis_api::{Gateway, ObjectMeta, Route};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("Gateway {namespace}/{name} is not in the config")]
+    #[error("Gateway {namespace}/{name} is not in the config (apply it; the gateway serves nothing until then)")]
     Missing { namespace: String, name: String },
 }
 
 /// The Gateway `namespace/name` and its attached routes.
 pub fn input(
-    _snapshot: &Snapshot,
+    snapshot: &Snapshot,
     name: &str,
     namespace: &str,
 ) -> Result<GatewayInput, SourceError> {
-    Err(SourceError::Missing {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
+    let resources = &snapshot.resources;
+    let gateway = resources
+        .gateways()
+        .find(|g| g.metadata.name == name && g.metadata.namespace == namespace)
+        .ok_or_else(|| SourceError::Missing {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })?;
+    let routes = || {
+        (resources.http_routes().map(RouteRef::Http))
+            .chain(resources.grpc_routes().map(RouteRef::Grpc))
+    };
+    let exists = |ns: &str, svc: &str| snapshot.service(ns, svc).is_some();
+    let listeners = gateway
+        .spec
+        .listeners
+        .iter()
+        .map(|l| {
+            let protocol = protocol(l);
+            let mut input = ListenerInput {
+                name: l.name.clone(),
+                port: l.port,
+                protocol,
+                hostname: l.hostname.clone(),
+                certificate_refs: (l.tls.iter())
+                    .flat_map(|t| t.certificate_refs.iter().map(|c| c.name.clone()))
+                    .collect(),
+                http: Vec::new(),
+                tls: Vec::new(),
+            };
+            match protocol {
+                ListenerProtocol::Http | ListenerProtocol::Https => {
+                    let compiled = compile_for_gateway(routes(), gateway, &l.name, exists);
+                    input.http = (compiled.by_host.into_iter())
+                        .map(|(hostname, rules)| HostRules {
+                            route: as_route(gateway, &rules.rules),
+                            hostname,
+                        })
+                        .collect();
+                }
+                ListenerProtocol::TlsPassthrough => {
+                    input.tls = (resources.tls_routes())
+                        .filter(|r| attached(r, gateway, l))
+                        .map(|r| tls_route(r, l))
+                        .collect();
+                }
+            }
+            input
+        })
+        .collect();
+    Ok(GatewayInput { listeners })
+}
+
+/// `TLS` is served as passthrough (TLS termination with TLSRoutes is not supported: such a
+/// listener passes through too, and says so in the log once per reload).
+fn protocol(l: &Listener) -> ListenerProtocol {
+    match l.protocol {
+        Protocol::HTTP => ListenerProtocol::Http,
+        Protocol::HTTPS => ListenerProtocol::Https,
+        Protocol::TLS => {
+            if l.tls
+                .as_ref()
+                .is_some_and(|t| t.mode() == TLSModeType::Terminate)
+            {
+                tracing::warn!(listener = %l.name, "TLS listeners are served in Passthrough mode only");
+            }
+            ListenerProtocol::TlsPassthrough
+        }
+    }
+}
+
+/// The rules of one hostname as a Trellis Route named after the Gateway.
+fn as_route(gateway: &Gateway, rules: &[trellis_api::route::RouteRule]) -> Route {
+    let mut metadata = ObjectMeta::new(gateway.metadata.name.clone());
+    metadata.namespace = gateway.metadata.namespace.clone();
+    Route {
+        metadata,
+        spec: trellis_api::route::RouteSpec {
+            service: String::new(),
+            rules: rules.to_vec(),
+        },
+    }
+}
+
+fn attached(r: &TLSRoute, gateway: &Gateway, l: &Listener) -> bool {
+    let rns = r.metadata.namespace.as_str();
+    r.spec.parent_refs.iter().any(|p| {
+        p.is_gateway()
+            && p.namespace_or(rns) == gateway.metadata.namespace
+            && p.name == gateway.metadata.name
+            && p.section_name.as_ref().is_none_or(|s| *s == l.name)
+            && p.port.is_none_or(|port| port == l.port)
     })
+}
+
+fn tls_route(r: &TLSRoute, l: &Listener) -> AttachedTls {
+    let ns = &r.metadata.namespace;
+    let backends = (r.spec.rules.iter())
+        .flat_map(|rule| rule.backend_refs.iter())
+        .filter(|b| b.is_service())
+        .map(|b| {
+            let backend = BackendRef {
+                namespace: b.namespace.clone().unwrap_or_else(|| ns.clone()),
+                service: b.name.clone(),
+                subset: None,
+            };
+            (backend, b.weight())
+        })
+        .collect();
+    AttachedTls {
+        name: r.metadata.name.clone(),
+        hostnames: intersect(l.hostname.as_deref(), &r.spec.hostnames),
+        backends,
+    }
 }
