@@ -583,3 +583,150 @@ spec:
         "no longer accepting"
     );
 }
+
+fn reload_gateway(https: u16, listeners: &[(&str, u16)]) -> String {
+    let mut text = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  gatewayClassName: trellis
+  listeners:
+    - name: https-x
+      port: {https}
+      protocol: HTTPS
+      tls: {{certificateRefs: [{{name: late-cert}}]}}
+"#
+    );
+    for (name, port) in listeners {
+        text.push_str(&format!(
+            "    - {{name: {name}, port: {port}, protocol: HTTP}}\n"
+        ));
+    }
+    text
+}
+
+#[tokio::test]
+async fn gateway_reports_a_missing_certificate_and_follows_gateway_changes() {
+    let dir = tempdir("gateway-reload");
+    let control = free_addr();
+    let _cp = Proc::spawn(
+        &dir,
+        "control",
+        &[
+            "control".into(),
+            format!("--listen={control}"),
+            format!("--data-dir={}", dir.join("data").display()),
+        ],
+    );
+    wait_api(control).await;
+    let cp = format!("http://{control}");
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (https, plain, extra, admin) = (free_addr(), free_addr(), free_addr(), free_addr());
+    apply(
+        &cp,
+        &dir,
+        &format!(
+            "apiVersion: trellis.dev/v1
+kind: MeshConfig
+metadata: {{name: mesh}}
+spec: {{mtls: {{mode: Strict}}}}
+---
+apiVersion: trellis.dev/v1
+kind: Service
+metadata: {{name: web}}
+spec: {{ports: [{{port: 80, protocol: http}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+    - backendRefs: [{{name: web, port: 80}}]
+---
+{}",
+            reload_gateway(https.port(), &[("plain", plain.port())])
+        ),
+    );
+    let (_web_app, web_app) = demo_app(&dir, "web");
+    let (_web, web_admin) = backend_sidecar(&dir, control, "web", web_app);
+    let _gateway = Proc::spawn(
+        &dir,
+        "gateway",
+        &[
+            "gateway".into(),
+            "--gateway=edge".into(),
+            format!("--control={cp}"),
+            "--address=127.0.0.1".into(),
+            format!("--cert-dir={}", certs.display()),
+            format!("--admin={admin}"),
+        ],
+    );
+    wait_ready(web_admin).await;
+    wait_ready(admin).await;
+    wait_listening(plain).await;
+    let (_, last) = eventually("plain HTTP through the gateway", || {
+        let (b, l) = curl_via(&["-H", "host: any.example.com", &format!("http://{plain}/")]);
+        l.ends_with(" 200").then_some((b, l))
+    })
+    .await;
+    assert_eq!(last, "1.1 200");
+    // The HTTPS listener's Secret is missing: a typed error naming the listener and the file,
+    // and that listener alone is not served.
+    let error = eventually("the certificate error on /config", || {
+        let text = curl(&[&format!("http://{admin}/config")]);
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let e = v["lastError"].as_str()?.to_string();
+        e.contains("late-cert").then_some(e)
+    })
+    .await;
+    assert!(
+        error.contains("listener https-x") && error.contains("late-cert/tls.crt"),
+        "{error}"
+    );
+    assert!(tokio::net::TcpStream::connect(https).await.is_err());
+
+    // The Secret appears and the Gateway changes (a listener added): both are picked up.
+    let ca = secret(&certs, "late-cert", &["shop.example.com"]);
+    apply(
+        &cp,
+        &dir,
+        &reload_gateway(
+            https.port(),
+            &[("plain", plain.port()), ("extra", extra.port())],
+        ),
+    );
+    wait_listening(https).await;
+    wait_listening(extra).await;
+    let url = format!("https://shop.example.com:{}/tls", https.port());
+    let ca_s = ca.display().to_string();
+    let (body, last) = curl_via(&[
+        "--cacert",
+        &ca_s,
+        "--resolve",
+        &resolve("shop.example.com", https),
+        &url,
+    ]);
+    assert!(last.ends_with(" 200"), "{last} {body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["path"],
+        "/tls"
+    );
+    let (_, last) = curl_via(&["-H", "host: x", &format!("http://{extra}/")]);
+    assert_eq!(last, "1.1 200");
+
+    // A listener removed: its port stops accepting; the others keep serving.
+    apply(
+        &cp,
+        &dir,
+        &reload_gateway(https.port(), &[("extra", extra.port())]),
+    );
+    eventually("the removed listener closed", || {
+        std::net::TcpStream::connect(plain).is_err().then_some(())
+    })
+    .await;
+    let (_, last) = curl_via(&["-H", "host: x", &format!("http://{extra}/")]);
+    assert_eq!(last, "1.1 200");
+}
