@@ -232,3 +232,70 @@ impl GatewayPlan {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(name: &str, port: u16, protocol: ListenerProtocol) -> ListenerInput {
+        ListenerInput {
+            name: name.into(),
+            port,
+            protocol,
+            hostname: None,
+            certificate_refs: Vec::new(),
+            http: Vec::new(),
+            tls: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_listener_that_cannot_be_served_is_left_out_with_why() {
+        let mut https = listener("secure", 8443, ListenerProtocol::Https);
+        https.certificate_refs = vec!["nowhere".into()];
+        let input = GatewayInput {
+            listeners: vec![
+                listener("web", 8080, ListenerProtocol::Http),
+                listener("clash", 8080, ListenerProtocol::TlsPassthrough),
+                https,
+                listener("db", 9443, ListenerProtocol::TlsPassthrough),
+            ],
+        };
+        let plan = GatewayPlan::build(&input, Path::new("/nonexistent-gateway-certs"));
+        let ports: Vec<u16> = plan.ports.keys().copied().collect();
+        assert_eq!(ports, [8080, 9443]);
+        assert_eq!(plan.ports[&8080].protocol, ListenerProtocol::Http);
+        assert_eq!(plan.ports[&8080].listeners, ["web"]);
+        let errors: Vec<String> = plan.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("listener clash") && errors[0].contains("HTTP"));
+        assert!(errors[1].contains("listener secure") && errors[1].contains("nowhere/tls.crt"));
+    }
+
+    #[test]
+    fn passthrough_hosts_go_to_their_route() {
+        let mut db = listener("db", 9443, ListenerProtocol::TlsPassthrough);
+        let backend = BackendRef {
+            namespace: "default".into(),
+            service: "postgres".into(),
+            subset: None,
+        };
+        db.tls = vec![AttachedTls {
+            name: "pg".into(),
+            hostnames: vec!["*.db.example.com".into()],
+            backends: vec![(backend, 1)],
+        }];
+        let plan = GatewayPlan::build(
+            &GatewayInput {
+                listeners: vec![db],
+            },
+            Path::new("/"),
+        );
+        let port = &plan.ports[&9443];
+        assert_eq!(
+            port.tls.lookup("eu.db.example.com").map(|h| &*h.route),
+            Some("pg")
+        );
+        assert!(port.tls.lookup("db.example.com").is_none());
+    }
+}
