@@ -29,7 +29,10 @@ pub const IMPLICIT_DENY: &str = "no defaultAction and it has ALLOW rules, so req
 
 /// The notices for `resources`, in their order.
 pub fn notices<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Vec<Notice> {
+    let resources: Vec<&Resource> = resources.into_iter().collect();
     let mut out = Vec::new();
+    let all: Vec<Resource> = resources.iter().map(|r| (*r).clone()).collect();
+    out.extend(overridden(resources.iter().copied(), &all));
     for r in resources {
         if let Resource::AuthorizationPolicy(p) = r {
             if p.spec.denies_by_implicit_default() {
@@ -38,6 +41,40 @@ pub fn notices<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Vec<Not
                     namespace: p.metadata.namespace.clone(),
                     name: p.metadata.name.clone(),
                     message: IMPLICIT_DENY.to_string(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Notices for the HTTPRoutes and GRPCRoutes among `applied` that a Trellis `Route` in `all`
+/// (the whole configuration they join) overrides for a parent service: such a route is stored
+/// but not applied there (docs/configuration.md, "Gateway API routes").
+pub fn overridden<'a>(
+    applied: impl IntoIterator<Item = &'a Resource>,
+    all: &[Resource],
+) -> Vec<Notice> {
+    use crate::gateway_api::{parents_of, Parent, RouteRef};
+    let mut out = Vec::new();
+    for r in applied {
+        let Some(route) = RouteRef::of(r) else {
+            continue;
+        };
+        for parent in parents_of(route) {
+            let Parent::Service { namespace, name } = parent else {
+                continue;
+            };
+            if let Some(winner) =
+                crate::gateway_api::status::overriding_route(all, &namespace, &name)
+            {
+                out.push(Notice {
+                    kind: r.kind().to_string(),
+                    namespace: r.metadata().namespace.clone(),
+                    name: r.metadata().name.clone(),
+                    message: format!(
+                        "not applied to service {namespace}/{name}: Trellis Route {winner:?} steers that service and wins over Gateway API routes (see status.parents)"
+                    ),
                 });
             }
         }

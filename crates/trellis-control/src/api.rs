@@ -295,6 +295,31 @@ pub fn render(stored: &Stored) -> Value {
     serde_json::to_value(&r).unwrap_or(Value::Null)
 }
 
+/// Whether `kind` is a Gateway API kind (its status is computed when read).
+fn is_gateway_api(kind: &str) -> bool {
+    trellis_api::gateway_api::api_version_of(kind).is_some()
+}
+
+/// What the status of Gateway API kinds among `items` is computed from: the whole store, read
+/// only when some item needs it.
+async fn status_inputs(s: &ApiState, items: &[Stored]) -> Result<Vec<Resource>, ApiError> {
+    if !items.iter().any(|i| is_gateway_api(i.resource.kind())) {
+        return Ok(Vec::new());
+    }
+    let listing = s.store.list(None, None).await?;
+    Ok(listing.items.into_iter().map(|i| i.resource).collect())
+}
+
+/// [`render`], with the status of a Gateway API kind computed from `all` (never stored).
+fn render_with_status(stored: &Stored, all: &[Resource]) -> Value {
+    if !is_gateway_api(stored.resource.kind()) {
+        return render(stored);
+    }
+    let mut r = trellis_api::gateway_api::status::with_status(&stored.resource, all);
+    set_version(&mut r, Some(stored.version.to_string()));
+    serde_json::to_value(&r).unwrap_or(Value::Null)
+}
+
 fn set_version(r: &mut Resource, v: Option<String>) {
     r.metadata_mut().resource_version = v;
 }
@@ -351,7 +376,26 @@ async fn apply(
     let body = manifest(body)?;
     let file = q.file.unwrap_or_else(|| "request".into());
     let set = parse_blocking(&slots.manifests, file.clone(), body).await?;
-    let notices: Vec<String> = set.notices().iter().map(ToString::to_string).collect();
+    let mut notices: Vec<String> = set.notices().iter().map(ToString::to_string).collect();
+    // Gateway API routes the store's Trellis Routes override (or the reverse), beyond the file.
+    if set.resources.iter().any(|r| is_gateway_api(r.kind())) {
+        let mut all: Vec<Resource> = s
+            .store
+            .list(None, None)
+            .await?
+            .items
+            .into_iter()
+            .map(|i| i.resource)
+            .filter(|r| !set.resources.iter().any(|n| n.key() == r.key()))
+            .collect();
+        all.extend(set.resources.iter().cloned());
+        for n in trellis_api::notice::overridden(&set.resources, &all) {
+            let n = n.to_string();
+            if !notices.contains(&n) {
+                notices.push(n);
+            }
+        }
+    }
     if let Some(d) = set.deployments().next() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -386,11 +430,12 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let kind = q.kind.as_deref().map(canonical_kind).transpose()?;
     let listing = s.store.list(kind, q.namespace.as_deref()).await?;
+    let all = status_inputs(&s, &listing.items).await?;
     let items: Vec<Value> = listing
         .items
         .iter()
         .filter(|i| !is_secret(i.resource.kind()))
-        .map(render)
+        .map(|i| render_with_status(i, &all))
         .collect();
     Ok(Json(json!({"items": items, "revision": listing.revision})))
 }
@@ -440,7 +485,10 @@ async fn get_one(
         false => s.store.get(kind, &namespace, &name).await?,
     };
     match stored {
-        Some(stored) => Ok(Json(render(&stored))),
+        Some(stored) => {
+            let all = status_inputs(&s, std::slice::from_ref(&stored)).await?;
+            Ok(Json(render_with_status(&stored, &all)))
+        }
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("{kind} {namespace}/{name} not found"),

@@ -13,12 +13,13 @@ use crate::resilience::{LimitState, Limits, Locality, OutlierPolicy, OutlierStat
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use trellis_api::gateway_api::{compile_for_service, RouteRef};
 use trellis_api::mesh::MtlsMode;
 use trellis_api::policy::{DestinationPolicySpec, LoadBalancer};
 use trellis_api::service::{Service, WorkloadHealth};
 use trellis_api::{Resource, Workload};
 use trellis_identity::SpiffeId;
-use trellis_xds::resource::{DESTINATION_POLICY, ROUTE, SERVICE, WORKLOAD};
+use trellis_xds::resource::{DESTINATION_POLICY, GRPC_ROUTE, HTTP_ROUTE, ROUTE, SERVICE, WORKLOAD};
 use trellis_xds::Resources;
 
 /// Live state that outlives a snapshot: per-endpoint load and passive health (by address) and
@@ -233,10 +234,61 @@ fn rules_of(
             rules.push(rule::compile(route, i, r)?);
         }
     }
+    // A Trellis Route wins over Gateway API routes for its service (docs/configuration.md).
+    if rules.is_empty() {
+        if let Some(route) = gateway_api_route(svc, key, inputs) {
+            for (i, r) in route.spec.rules.iter().enumerate() {
+                rules.push(rule::compile(&route, i, r)?);
+            }
+        }
+    }
     if rules.is_empty() {
         rules.push(rule::default_for(svc));
     }
     Ok(rules)
+}
+
+/// The HTTPRoutes or GRPCRoutes attached to `svc`, compiled into one Trellis Route (named
+/// after the kind applied, `httproute` or `grpcroute`), when any attach.
+fn gateway_api_route(
+    svc: &Service,
+    key: &ServiceKey,
+    inputs: &Inputs<'_>,
+) -> Option<trellis_api::Route> {
+    let routes = [
+        (HTTP_ROUTE, &inputs.index.http_routes),
+        (GRPC_ROUTE, &inputs.index.grpc_routes),
+    ]
+    .into_iter()
+    .flat_map(|(url, att)| {
+        att.of_service(key)
+            .filter_map(move |name| inputs.resources.get(url, name))
+    })
+    .collect::<Vec<_>>();
+    if routes.is_empty() {
+        return None;
+    }
+    let compiled = compile_for_service(
+        routes.iter().filter_map(|r| RouteRef::of(r)),
+        &key.0,
+        &key.1,
+        |ns, name| {
+            inputs
+                .resources
+                .get(SERVICE, &format!("{ns}/{name}"))
+                .is_some()
+        },
+    );
+    let kind = compiled.kind?;
+    let mut metadata = trellis_api::ObjectMeta::new(kind.to_ascii_lowercase());
+    metadata.namespace = svc.metadata.namespace.clone();
+    Some(trellis_api::Route {
+        metadata,
+        spec: trellis_api::route::RouteSpec {
+            service: svc.metadata.name.clone(),
+            rules: compiled.rules,
+        },
+    })
 }
 
 /// The service's healthy workloads as endpoints, by address (workloads in name order first).

@@ -8,8 +8,9 @@
 //! so incremental and full builds cannot disagree about membership.
 use super::ServiceKey;
 use std::collections::{BTreeMap, BTreeSet};
+use trellis_api::gateway_api::{parents_of, Parent, RouteRef};
 use trellis_api::{Resource, Service, Workload};
-use trellis_xds::resource::{DESTINATION_POLICY, ROUTE, SERVICE, WORKLOAD};
+use trellis_xds::resource::{DESTINATION_POLICY, GRPC_ROUTE, HTTP_ROUTE, ROUTE, SERVICE, WORKLOAD};
 use trellis_xds::Resources;
 
 /// `(namespace, label, value)`.
@@ -40,7 +41,14 @@ impl Changed {
     /// Every resource of `resources`, as if all were new.
     pub fn everything(resources: &Resources) -> Self {
         let mut c = Changed::default();
-        for t in [SERVICE, WORKLOAD, ROUTE, DESTINATION_POLICY] {
+        for t in [
+            SERVICE,
+            WORKLOAD,
+            ROUTE,
+            DESTINATION_POLICY,
+            HTTP_ROUTE,
+            GRPC_ROUTE,
+        ] {
             if let Some(m) = resources.type_map(t) {
                 c.0.insert(t.to_string(), m.keys().cloned().collect());
             }
@@ -110,6 +118,67 @@ impl Attachments {
     }
 }
 
+/// Gateway API routes (HTTPRoutes or GRPCRoutes), each attached to every mesh service it names
+/// as a parent (a core `Service` in the route's own namespace).
+#[derive(Debug, Clone, Default)]
+pub struct MultiAttachments {
+    of: imbl::HashMap<String, Vec<ServiceKey>>,
+    by: imbl::HashMap<ServiceKey, Names>,
+}
+
+impl MultiAttachments {
+    /// Attaches `name` to `to` (none: detaches it); returns the services touched, before and
+    /// after.
+    fn set(&mut self, name: &str, to: Vec<ServiceKey>) -> Vec<ServiceKey> {
+        let mut touched = Vec::new();
+        if let Some(old) = self.of.remove(name) {
+            for k in old {
+                remove_from(&mut self.by, &k, &name.to_string());
+                touched.push(k);
+            }
+        }
+        for k in &to {
+            self.by
+                .entry(k.clone())
+                .or_default()
+                .insert(name.to_string());
+            touched.push(k.clone());
+        }
+        if !to.is_empty() {
+            self.of.insert(name.to_string(), to);
+        }
+        touched
+    }
+
+    /// The names attached to `key`, in name order.
+    pub fn of_service(&self, key: &ServiceKey) -> impl Iterator<Item = &String> + '_ {
+        self.by.get(key).into_iter().flat_map(|n| n.iter())
+    }
+
+    /// Every service some route is attached to.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceKey> + '_ {
+        self.by.keys()
+    }
+}
+
+/// The mesh services a Gateway API route names as parents.
+fn route_parents(r: Option<&Resource>) -> Vec<ServiceKey> {
+    let Some(route) = r.and_then(RouteRef::of) else {
+        return Vec::new();
+    };
+    let ns = &route.metadata().namespace;
+    let mut out: Vec<ServiceKey> = parents_of(route)
+        .into_iter()
+        .filter_map(|p| match p {
+            Parent::Service { namespace, name } if namespace == *ns => Some((namespace, name)),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Index {
     /// Workload → the services that select it, in key order.
@@ -123,6 +192,8 @@ pub struct Index {
     selectors: imbl::HashMap<LabelKey, imbl::OrdSet<ServiceKey>>,
     pub routes: Attachments,
     pub policies: Attachments,
+    pub http_routes: MultiAttachments,
+    pub grpc_routes: MultiAttachments,
 }
 
 fn service<'a>(r: &'a Resources, name: &str) -> Option<&'a Service> {
@@ -267,6 +338,24 @@ impl Index {
                 _ => None,
             };
             affected.extend(self.policies.set(name, to).iter().map(name_of));
+        }
+        for name in changed.of(HTTP_ROUTE) {
+            let to = route_parents(new.get(HTTP_ROUTE, name).map(|r| &**r));
+            affected.extend(self.http_routes.set(name, to).iter().map(name_of));
+        }
+        for name in changed.of(GRPC_ROUTE) {
+            let to = route_parents(new.get(GRPC_ROUTE, name).map(|r| &**r));
+            affected.extend(self.grpc_routes.set(name, to).iter().map(name_of));
+        }
+        // A Gateway API route's backends are checked for existence when it is compiled (a
+        // missing one answers 500), so a Service change recompiles every service such routes
+        // steer. Services change rarely; workloads, which change often, do not do this.
+        if changed.touches(SERVICE) {
+            let steered = self
+                .http_routes
+                .services()
+                .chain(self.grpc_routes.services());
+            affected.extend(steered.map(name_of));
         }
         affected
     }

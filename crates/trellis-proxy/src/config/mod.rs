@@ -180,6 +180,17 @@ pub struct Rule {
     pub rewrite: Option<Rewrite>,
     /// The rule's token bucket in this sidecar; `None` (one branch) when the rule has no limit.
     pub rate_limit: Option<Arc<crate::ratelimit::RouteLimit>>,
+    /// Answered by the sidecar with a redirect, never forwarded.
+    pub redirect: Option<trellis_api::route::Redirect>,
+    /// Answered by the sidecar with this status and body, never forwarded.
+    pub direct_response: Option<DirectResponse>,
+}
+
+/// A fixed answer (see [`trellis_api::route::DirectResponse`]).
+#[derive(Debug, Clone)]
+pub struct DirectResponse {
+    pub status: http::StatusCode,
+    pub body: bytes::Bytes,
 }
 
 impl Rule {
@@ -236,6 +247,9 @@ pub struct MirrorTarget {
 
 #[derive(Debug, Clone)]
 pub struct Rewrite {
+    /// Replaces a PathPrefix match's prefix, or the whole path after other matches.
     pub path: Option<String>,
+    /// Replaces the whole path.
+    pub full_path: Option<String>,
     pub host: Option<http::HeaderValue>,
 }

@@ -28,6 +28,8 @@ pub(super) fn default_for(svc: &Service) -> Rule {
         response_headers: None,
         rewrite: None,
         rate_limit: None,
+        redirect: None,
+        direct_response: None,
     }
 }
 
@@ -59,6 +61,28 @@ pub(super) fn compile(route: &Route, index: usize, rule: &RouteRule) -> Result<R
             .rate_limit
             .as_ref()
             .map(|l| Arc::new(crate::ratelimit::RouteLimit::new(l))),
+        redirect: rule.redirect.clone(),
+        direct_response: rule
+            .direct_response
+            .as_ref()
+            .map(|d| direct_response(&at, d))
+            .transpose()?,
+    })
+}
+
+fn direct_response(
+    at: &At<'_>,
+    d: &route::DirectResponse,
+) -> Result<super::DirectResponse, BuildError> {
+    let status = http::StatusCode::from_u16(d.status).map_err(|_| {
+        at.error(
+            "directResponse.status",
+            format!("{} is not an HTTP status", d.status),
+        )
+    })?;
+    Ok(super::DirectResponse {
+        status,
+        body: bytes::Bytes::from(d.body.clone().unwrap_or_default()),
     })
 }
 
@@ -179,6 +203,7 @@ fn rewrite(at: &At<'_>, r: &route::Rewrite) -> Result<Rewrite, BuildError> {
         .transpose()?;
     Ok(Rewrite {
         path: r.path.clone(),
+        full_path: r.full_path.clone(),
         host,
     })
 }

@@ -207,6 +207,22 @@ async fn routed(
     shape: Shape,
     chosen: &Chosen,
 ) -> Result<Response<Body>, ProxyError> {
+    // Rules that answer themselves (Gateway API's RequestRedirect, and a rule without a valid
+    // backend), before anything else of the rule applies.
+    if let Some(r) = &rule.redirect {
+        return redirect(r, rule, matched, &req);
+    }
+    if let Some(d) = &rule.direct_response {
+        let mut rsp = Response::new(body::full(d.body.clone()));
+        *rsp.status_mut() = d.status;
+        if !d.body.is_empty() {
+            rsp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+        }
+        return Ok(rsp);
+    }
     if let Some(fault) = &rule.fault {
         if let Some(abort) = inject_fault(fault, &req, shape).await {
             return Ok(abort);
@@ -407,6 +423,17 @@ fn apply_rewrite(
     let Some(rw) = &rule.rewrite else {
         return Ok(());
     };
+    if let Some(full) = &rw.full_path {
+        let new = rewrite_path(req.uri(), None, full);
+        let pq = new.parse().map_err(|_| {
+            ProxyError::new(
+                Reason::BadRequest,
+                format!("rewritten path {new:?} is invalid"),
+            )
+        })?;
+        set_path_and_query(req.uri_mut(), pq)
+            .map_err(|e| ProxyError::new(Reason::BadRequest, format!("rewrite: {e}")))?;
+    }
     if let Some(path) = &rw.path {
         let prefix = rule.matches.get(matched).and_then(|m| match &m.path {
             Some(PathMatcher::Prefix(p)) => Some(p.as_str()),
@@ -433,6 +460,70 @@ fn apply_rewrite(
         }
     }
     Ok(())
+}
+
+/// The redirect a rule answers with: the request's scheme, host, port, path and query, with the
+/// parts the rule sets replaced (Gateway API's `RequestRedirect` semantics: a `scheme` without
+/// a `port` means that scheme's well-known port; 80 for http and 443 for https are left out).
+fn redirect(
+    r: &trellis_api::route::Redirect,
+    rule: &Rule,
+    matched: usize,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let (host, port) = split_host_port(&authority);
+    let scheme = r
+        .scheme
+        .clone()
+        .or_else(|| req.uri().scheme_str().map(str::to_string))
+        .unwrap_or_else(|| "http".into());
+    let host = r.hostname.as_deref().unwrap_or(host);
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => Some(p),
+        (None, Some(_)) => None,
+        (None, None) => port,
+    };
+    let port = port.filter(|p| !matches!((scheme.as_str(), p), ("http", 80) | ("https", 443)));
+    let path_and_query = match (&r.full_path, &r.prefix_path) {
+        (Some(full), _) => rewrite_path(req.uri(), None, full),
+        (None, Some(prefix)) => {
+            let matched_prefix = rule.matches.get(matched).and_then(|m| match &m.path {
+                Some(PathMatcher::Prefix(p)) => Some(p.as_str()),
+                _ => None,
+            });
+            rewrite_path(req.uri(), matched_prefix, prefix)
+        }
+        (None, None) => req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
+    };
+    let location = match port {
+        Some(p) => format!("{scheme}://{host}:{p}{path_and_query}"),
+        None => format!("{scheme}://{host}{path_and_query}"),
+    };
+    let location = http::HeaderValue::from_str(&location).map_err(|_| {
+        ProxyError::new(
+            Reason::BadRequest,
+            format!("redirect location {location:?} is not a valid header value"),
+        )
+    })?;
+    let status = http::StatusCode::from_u16(r.status_code).unwrap_or(http::StatusCode::FOUND);
+    let mut rsp = Response::new(body::empty());
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(http::header::LOCATION, location);
+    Ok(rsp)
 }
 
 fn roll(percent: f64) -> bool {
