@@ -228,6 +228,17 @@ spec:
     - backendRefs: [{{name: web, port: 80}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: to-https}}
+spec:
+  parentRefs: [{{name: edge, sectionName: plain}}]
+  hostnames: [shop.example.com]
+  rules:
+    - filters:
+        - type: RequestRedirect
+          requestRedirect: {{scheme: https, statusCode: 301}}
+---
+apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
 metadata: {{name: echo}}
 spec:
@@ -458,6 +469,23 @@ async fn gateway_serves_https_h2c_grpc_and_passthrough_under_policy_and_drains()
     assert!(
         head.to_ascii_lowercase()
             .contains("trellis-error: no-route"),
+        "{head}"
+    );
+
+    // A rule that answers itself: the plain listener redirects shop.example.com to HTTPS.
+    let head = curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "host: shop.example.com",
+        &format!("http://{}/cart?id=7", gw.http),
+    ]);
+    assert!(head.starts_with("HTTP/1.1 301"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("location: https://shop.example.com/cart?id=7"),
         "{head}"
     );
 

@@ -183,18 +183,26 @@ async fn route(
         );
         return no_route(detail, shape, no_label());
     };
-    // The destination's port decides the next hop's protocol; its name labels the request.
-    let Some(first) = rule.backends.first() else {
-        let detail = format!("rule {} has no backend", rule.name);
-        return no_route(detail, shape, no_label());
-    };
-    let b = &first.backend;
-    let Some(svc) = snapshot.service(&b.namespace, &b.service).cloned() else {
-        let detail = format!(
-            "backend service {}/{} of rule {} is not in the mesh config",
-            b.namespace, b.service, rule.name
-        );
-        return no_route(detail, shape, Arc::from(b.service.as_str()));
+    // The destination's port decides the next hop's protocol; its name labels the request. A
+    // rule that answers itself (a redirect, or a direct response where no backend is valid)
+    // has none: it is labelled with the gateway.
+    let answers_itself = rule.redirect.is_some() || rule.direct_response.is_some();
+    let svc = match rule.backends.first() {
+        _ if answers_itself => table.own.clone(),
+        None => table.own.clone(),
+        Some(first) => {
+            let b = &first.backend;
+            match snapshot.service(&b.namespace, &b.service) {
+                Some(svc) => svc.clone(),
+                None => {
+                    let detail = format!(
+                        "backend service {}/{} of rule {} is not in the mesh config",
+                        b.namespace, b.service, rule.name
+                    );
+                    return no_route(detail, shape, Arc::from(b.service.as_str()));
+                }
+            }
+        }
     };
     forwarded_headers(&mut req, down);
     serve_rule(

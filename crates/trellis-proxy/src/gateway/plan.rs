@@ -8,7 +8,8 @@
 //! why; the others are served.
 use super::certs::{self, PortCerts};
 use super::hosts::HostTable;
-use crate::config::{compile_route, BackendRef, Rule};
+use crate::config::{compile_route, BackendRef, Rule, ServiceTarget};
+use crate::resilience::{LimitState, Limits};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub struct ListenerInput {
 /// The Gateway as the gateway process reads it.
 #[derive(Debug, Clone, Default)]
 pub struct GatewayInput {
+    /// The Gateway's name: the label of requests a rule answers itself.
+    pub name: String,
     pub listeners: Vec<ListenerInput>,
 }
 
@@ -103,6 +106,27 @@ pub enum PlanError {
 pub struct HttpHost {
     pub listener: Arc<str>,
     pub rules: Vec<Rule>,
+    /// The gateway itself as a destination without endpoints: what a rule that answers itself
+    /// (redirect, direct response) is served and labelled as.
+    pub own: Arc<ServiceTarget>,
+}
+
+/// A service named after the gateway, with no ports, rules or endpoints.
+fn own_target(name: &str) -> Arc<ServiceTarget> {
+    let limits = Limits::from_config(None);
+    Arc::new(ServiceTarget {
+        name: Arc::from(name),
+        namespace: String::new(),
+        ports: Vec::new(),
+        rules: Vec::new(),
+        groups: Default::default(),
+        connect_timeout: None,
+        outlier: None,
+        limit_state: LimitState::new(&limits),
+        limits,
+        locality: None,
+        mtls: false,
+    })
 }
 
 /// Where connections for one SNI name of a passthrough port go.
@@ -137,8 +161,9 @@ impl GatewayPlan {
     pub fn build(input: &GatewayInput, cert_dir: &Path) -> GatewayPlan {
         let mut plan = GatewayPlan::default();
         let mut certs: BTreeMap<u16, PortCerts> = BTreeMap::new();
+        let own = own_target(&input.name);
         for l in &input.listeners {
-            if let Err(e) = plan.add_listener(l, cert_dir, &mut certs) {
+            if let Err(e) = plan.add_listener(l, cert_dir, &mut certs, &own) {
                 tracing::error!(error = %e, "gateway listener not served");
                 plan.errors.push(e);
             }
@@ -167,6 +192,7 @@ impl GatewayPlan {
         l: &ListenerInput,
         cert_dir: &Path,
         certs: &mut BTreeMap<u16, PortCerts>,
+        own: &Arc<ServiceTarget>,
     ) -> Result<(), PlanError> {
         if let Some(p) = self.ports.get(&l.port) {
             if p.protocol != l.protocol {
@@ -216,6 +242,7 @@ impl GatewayPlan {
             let host = HttpHost {
                 listener: listener.clone(),
                 rules,
+                own: own.clone(),
             };
             port.http.insert(&h, Arc::new(host));
         }
@@ -254,6 +281,7 @@ mod tests {
         let mut https = listener("secure", 8443, ListenerProtocol::Https);
         https.certificate_refs = vec!["nowhere".into()];
         let input = GatewayInput {
+            name: "edge".into(),
             listeners: vec![
                 listener("web", 8080, ListenerProtocol::Http),
                 listener("clash", 8080, ListenerProtocol::TlsPassthrough),
@@ -287,6 +315,7 @@ mod tests {
         }];
         let plan = GatewayPlan::build(
             &GatewayInput {
+                name: "edge".into(),
                 listeners: vec![db],
             },
             Path::new("/"),

@@ -77,7 +77,10 @@ pub fn input(
             input
         })
         .collect();
-    Ok(GatewayInput { listeners })
+    Ok(GatewayInput {
+        name: gateway.metadata.name.clone(),
+        listeners,
+    })
 }
 
 /// `TLS` is served as passthrough (TLS termination with TLSRoutes is not supported: such a
