@@ -12,7 +12,8 @@ use std::sync::Arc;
 use trellis_api::Resource;
 use trellis_xds::client::{Held, TypeResources};
 use trellis_xds::resource::{
-    DESTINATION_POLICY, MESH_CONFIG, ROUTE, SERVICE, SERVICE_ADDRESS, WORKLOAD,
+    DESTINATION_POLICY, GRPC_ROUTE, HTTP_ROUTE, MESH_CONFIG, ROUTE, SERVICE, SERVICE_ADDRESS,
+    WORKLOAD,
 };
 use trellis_xds::{Resources, TypeChange};
 
@@ -99,6 +100,34 @@ fn route(rng: &mut StdRng, ns: &str, i: usize) -> Resource {
     ))
 }
 
+/// An HTTPRoute or GRPCRoute with one or two Service parents; backends that may not exist
+/// (`s{SERVICES}` never does), so a Service change moves them between valid and 500.
+fn gateway_route(rng: &mut StdRng, ns: &str, i: usize) -> (&'static str, Resource) {
+    let parent = rng.random_range(0..SERVICES);
+    let second = rng.random_range(0..SERVICES);
+    let a = rng.random_range(0..=SERVICES);
+    let b = rng.random_range(0..=SERVICES);
+    let parents = format!(
+        "[{{group: \"\", kind: Service, name: s{parent}}}, {{group: \"\", kind: Service, name: s{second}}}]"
+    );
+    if rng.random_bool(0.7) {
+        let prefix = pick(rng, &["/", "/a", "/a/b"]);
+        (
+            HTTP_ROUTE,
+            parse(&format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: h{i}, namespace: {ns}}}\nspec:\n  parentRefs: {parents}\n  rules:\n    - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n      backendRefs: [{{name: s{a}, port: 80, weight: 3}}, {{name: s{b}, port: 80}}]\n    - matches: [{{path: {{type: Exact, value: /r}}}}]\n      filters: [{{type: RequestRedirect, requestRedirect: {{statusCode: 301}}}}]\n"
+            )),
+        )
+    } else {
+        (
+            GRPC_ROUTE,
+            parse(&format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g{i}, namespace: {ns}}}\nspec:\n  parentRefs: {parents}\n  rules:\n    - matches: [{{method: {{service: a.B, method: C}}}}]\n      backendRefs: [{{name: s{a}, port: 80}}]\n"
+            )),
+        )
+    }
+}
+
 fn policy(rng: &mut StdRng, ns: &str, i: usize) -> Resource {
     let svc = rng.random_range(0..SERVICES);
     let lb = pick(rng, &["RoundRobin", "LeastRequest", "PeakEwma"]);
@@ -129,7 +158,16 @@ fn mesh(rng: &mut StdRng) -> Resource {
 fn mutation(rng: &mut StdRng) -> (&'static str, String, Option<Resource>) {
     let ns = pick(rng, &NAMESPACES);
     let remove = rng.random_bool(0.25);
-    let (t, name, r) = match rng.random_range(0..100) {
+    let (t, name, r) = match rng.random_range(0..112) {
+        100..=111 => {
+            let i = rng.random_range(0..ROUTES);
+            let (t, r) = gateway_route(rng, ns, i);
+            let name = match t {
+                HTTP_ROUTE => format!("h{i}"),
+                _ => format!("g{i}"),
+            };
+            (t, name, r)
+        }
         0..=44 => {
             let i = rng.random_range(0..WORKLOADS);
             (WORKLOAD, format!("w{i}"), workload(rng, ns, i))
@@ -234,12 +272,15 @@ fn describe(s: &Snapshot) -> String {
         for r in &t.rules {
             let _ = writeln!(
                 out,
-                "  rule {} [{}] total {} timeout {:?} mirror {:?}",
+                "  rule {} [{}] total {} timeout {:?} mirror {:?} redirect {:?} direct {:?} matches {:?}",
                 r.name,
                 backends(&r.backends),
                 r.total_weight,
                 r.timeout,
-                r.mirror.as_ref().map(|m| (&m.backend, m.percent))
+                r.mirror.as_ref().map(|m| (&m.backend, m.percent)),
+                r.redirect,
+                r.direct_response.as_ref().map(|d| d.status),
+                r.matches.len()
             );
         }
         let subsets: BTreeSet<_> = t.groups.keys().cloned().collect();
