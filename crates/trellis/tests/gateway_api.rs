@@ -9,6 +9,7 @@
 //! apps). Every wait is bounded; every process is stopped by PID when its test ends.
 mod common;
 
+use common::mesh::*;
 use common::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -82,6 +83,20 @@ async fn mesh(tag: &str, protocol: &str) -> Mesh {
     for s in ["echo", "echo-v1", "echo-v2"] {
         wait_for_workload(caller.admin, s).await;
     }
+    // Each service answers through the caller before a test starts (bounded).
+    if protocol == "http" {
+        for s in ["echo", "echo-v1", "echo-v2"] {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let a = get(&http1(), caller.outbound, Some(s), "/", &[]).await;
+                if a.status == 200 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{s} never answered: {}", a.body);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
     Mesh {
         dir,
         url,
@@ -121,7 +136,8 @@ impl Mesh {
         let (ok, out, err) = self.ctl(&["apply", "-f", file.to_str().unwrap_or_default()]);
         assert!(ok, "apply failed: {err}");
         self.wait_holds(kind, name, true).await;
-        out
+        // Notices go to standard error.
+        format!("{out}{err}")
     }
 
     async fn wait_holds(&self, kind: &str, name: &str, present: bool) {
@@ -148,6 +164,16 @@ impl Mesh {
         get(&http1(), self.caller.outbound, Some(host), path, headers).await
     }
 
+    /// Requests the app of `svc` has been sent through its sidecar so far.
+    async fn served(&self, svc: &str) -> f64 {
+        counter(
+            self.admin_of(svc),
+            "trellis_requests_total",
+            &[("direction", "inbound")],
+        )
+        .await
+    }
+
     fn admin_of(&self, svc: &str) -> SocketAddr {
         self.instances
             .iter()
@@ -158,6 +184,7 @@ impl Mesh {
 }
 
 /// The service whose app answered (the demo app's JSON `service`).
+#[track_caller]
 fn backend(a: &Answer) -> String {
     assert_eq!(a.status, 200, "{}", a.body);
     a.json()["service"].as_str().unwrap_or_default().to_string()
@@ -416,6 +443,10 @@ async fn mesh_httproute_redirects() {
 ",
     );
     m.apply_and_wait(&route, "HTTPRoute", "mesh-redirect").await;
+    let mut before = HashMap::new();
+    for svc in ["echo", "echo-v1", "echo-v2"] {
+        before.insert(svc, m.served(svc).await);
+    }
     for (host, path, status, location) in [
         ("echo", "/port", 302, "http://echo:8083/port"),
         (
@@ -471,13 +502,7 @@ async fn mesh_httproute_redirects() {
     }
     // The sidecar answered itself: no app saw a request.
     for svc in ["echo", "echo-v1", "echo-v2"] {
-        let served = counter(
-            m.admin_of(svc),
-            "trellis_requests_total",
-            &[("direction", "inbound")],
-        )
-        .await;
-        assert_eq!(served, 0.0, "{svc} was called");
+        assert_eq!(m.served(svc).await, before[svc], "{svc} was called");
     }
 }
 
@@ -590,19 +615,17 @@ async fn invalid_backend_refs_answer_500_and_status_says_why() {
     );
     m.apply_and_wait(&route, "HTTPRoute", "invalid-backend-ref")
         .await;
+    let mut before = HashMap::new();
+    for svc in ["echo", "echo-v2"] {
+        before.insert(svc, m.served(svc).await);
+    }
     for path in ["/unknown-kind", "/nonexistent"] {
         let a = m.get("echo", path, &[]).await;
         assert_eq!(a.status, 500, "{path}: {}", a.body);
     }
     assert_eq!(backend(&m.get("echo", "/fine", &[]).await), "echo-v1");
     for svc in ["echo", "echo-v2"] {
-        let served = counter(
-            m.admin_of(svc),
-            "trellis_requests_total",
-            &[("direction", "inbound")],
-        )
-        .await;
-        assert_eq!(served, 0.0, "{svc} was called");
+        assert_eq!(m.served(svc).await, before[svc], "{svc} was called");
     }
     let (ok, out, err) = m.ctl(&["get", "httproute", "invalid-backend-ref", "-o", "json"]);
     assert!(ok, "{err}");
@@ -658,13 +681,13 @@ async fn httproute_request_mirror_copies_to_the_mirror_backend() {
     );
     m.apply_and_wait(&route, "HTTPRoute", "request-mirror")
         .await;
+    let before = m.served("echo-v2").await;
     for _ in 0..5 {
         assert_eq!(backend(&m.get("echo", "/never", &[]).await), "echo-v1");
     }
-    let v2 = m.admin_of("echo-v2");
     assert_eq!(
-        counter(v2, "trellis_requests_total", &[("direction", "inbound")]).await,
-        0.0,
+        m.served("echo-v2").await,
+        before,
         "percent 0 mirrors nothing"
     );
     let n = 5;
@@ -675,7 +698,7 @@ async fn httproute_request_mirror_copies_to_the_mirror_backend() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut mirrored = 0.0;
     while Instant::now() < deadline {
-        mirrored = counter(v2, "trellis_requests_total", &[("direction", "inbound")]).await;
+        mirrored = m.served("echo-v2").await - before;
         if mirrored >= n as f64 {
             break;
         }

@@ -20,8 +20,8 @@
 //! `requestHeaders`; `ResponseHeaderModifier` → `responseHeaders`; `RequestMirror` → `mirror`
 //! (percent or fraction → `percent`; only the first mirror filter of a rule is applied);
 //! `RequestRedirect` → `redirect`; `URLRewrite` → `rewrite` (`ReplaceFullPath` → `fullPath`,
-//! `ReplacePrefixMatch` → `path`); `timeouts.request` → `timeout`; `timeouts.backendRequest` →
-//! `retries: {attempts: 1, perTryTimeout}`; backendRefs → `backends`. A rule with no valid
+//! `ReplacePrefixMatch` → `path`); `timeouts.request` and `timeouts.backendRequest` → `timeout`
+//! (the smaller: a request has one try); backendRefs → `backends`. A rule with no valid
 //! backendRef (none, all invalid, or all weight 0) and no redirect answers `500`
 //! (`directResponse`). Known gap: in a rule with some valid and some invalid backendRefs, the
 //! invalid ones are dropped (the spec asks for a `500` to the invalid ones' share).
@@ -34,12 +34,11 @@ use super::tls_route::TLSRoute;
 use super::{
     BackendRef, HTTPHeaderFilter, HeaderMatch, ParentReference, RouteKind, StringMatchType,
 };
-use crate::duration::Duration;
 use crate::meta::ObjectMeta;
 use crate::parse::Resource;
 use crate::route::{
-    Backend, DirectResponse, HeaderModifier, Mirror, PathMatch, PathMatchType, Redirect,
-    RetryPolicy, Rewrite, RouteMatch, RouteRule, ValueMatch, ValueMatchType,
+    Backend, DirectResponse, HeaderModifier, Mirror, PathMatch, PathMatchType, Redirect, Rewrite,
+    RouteMatch, RouteRule, ValueMatch, ValueMatchType,
 };
 use std::collections::BTreeMap;
 
@@ -634,25 +633,16 @@ fn http_rule(
         });
     }
     if let Some(t) = &rule.timeouts {
-        out.timeout = t.request.filter(|d| !d.is_zero());
-        if let Some(b) = t.backend_request.filter(|d| !d.is_zero()) {
-            out.retries = Some(single_try(b));
-        }
+        // One try per request (Gateway API v1 has no retries), so the try's bound is the
+        // request's too: the smaller of the two.
+        let request = t.request.filter(|d| !d.is_zero());
+        let backend = t.backend_request.filter(|d| !d.is_zero());
+        out.timeout = match (request, backend) {
+            (Some(r), Some(b)) => Some(r.min(b)),
+            (r, b) => r.or(b),
+        };
     }
     out
-}
-
-/// One try bounded by `timeout`: `timeouts.backendRequest`.
-fn single_try(timeout: Duration) -> RetryPolicy {
-    RetryPolicy {
-        attempts: 1,
-        per_try_timeout: Some(timeout),
-        retry_on: vec!["connect-failure".into()],
-        retriable_status_codes: Vec::new(),
-        backoff: None,
-        budget: None,
-        max_buffer_bytes: None,
-    }
 }
 
 fn grpc_entries(

@@ -271,9 +271,9 @@ spec:
     assert_eq!(rh.set.get("X-Set").map(String::as_str), Some("v"));
     assert_eq!(rh.remove, ["X-Gone"]);
     assert_eq!(r.backends[0].weight, 3);
-    assert_eq!(r.timeout.map(|t| t.as_std().as_secs()), Some(2));
-    let retries = r.retries.as_ref().expect("per-try");
-    assert_eq!(retries.attempts, 1);
+    // One try: the smaller of request (2s) and backendRequest (1s).
+    assert_eq!(r.timeout.map(|t| t.as_std().as_secs()), Some(1));
+    assert!(r.retries.is_none());
 }
 
 #[test]

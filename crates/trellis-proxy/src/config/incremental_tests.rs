@@ -509,3 +509,25 @@ fn rate_limit_buckets_outlive_updates_that_leave_them_unchanged() {
     assert!(!Arc::ptr_eq(&bucket(&second), &bucket(&third)));
     assert_eq!(bucket(&third).config().requests_per_second, 7);
 }
+
+#[test]
+fn gateway_api_routes_compile_with_their_timeouts() {
+    let set = trellis_api::parse_documents(
+        "t.yaml",
+        "apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {name: echo}\nspec: {ports: [{port: 80}]}\n---\napiVersion: trellis.dev/v1\nkind: Service\nmetadata: {name: echo-v1}\nspec: {ports: [{port: 80}]}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: t}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 80}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /delay}}]\n    timeouts: {request: 500ms}\n    backendRefs: [{name: echo-v1, port: 80}]\n",
+    )
+    .expect("valid");
+    let local = LocalIdentity {
+        service: "caller".into(),
+        namespace: "default".into(),
+        zone: None,
+    };
+    let s = Snapshot::build(1, "t".into(), set, None, &local).expect("builds");
+    let echo = s.service("default", "echo").expect("echo");
+    assert_eq!(&*echo.rules[0].name, "httproute/t/0");
+    assert_eq!(
+        echo.rules[0].timeout,
+        Some(std::time::Duration::from_millis(500))
+    );
+    assert_eq!(echo.rules[0].backends[0].backend.service, "echo-v1");
+}
