@@ -268,7 +268,7 @@ pub fn compile_for_service_in(
     namespace: &str,
     service: &str,
 ) -> CompiledRules {
-    if super::status::overriding_route(resources, namespace, service).is_some() {
+    if overriding_route(resources, namespace, service).is_some() {
         return CompiledRules::default();
     }
     compile_for_service(
@@ -281,6 +281,19 @@ pub fn compile_for_service_in(
             })
         },
     )
+}
+
+/// The first Trellis Route (by name) steering `ns/service`, if any.
+pub fn overriding_route<'a>(resources: &'a [Resource], ns: &str, service: &str) -> Option<&'a str> {
+    resources
+        .iter()
+        .filter_map(|r| match r {
+            Resource::Route(rt) if rt.metadata.namespace == ns && rt.spec.service == service => {
+                Some(rt.metadata.name.as_str())
+            }
+            _ => None,
+        })
+        .min()
 }
 
 /// Rules per host name for one listener of a Gateway.
