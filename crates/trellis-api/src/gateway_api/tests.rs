@@ -408,3 +408,58 @@ spec:
         "echo"
     );
 }
+
+#[test]
+fn consumer_routes_and_missing_parents_are_not_accepted() {
+    let rs = parse(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: consumer, namespace: client-ns}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: echo, namespace: default}
+  - {group: "", kind: Service, name: nowhere}
+  - {group: "", kind: Service, name: echo, namespace: client-ns}
+  rules: [{backendRefs: [{name: echo, port: 8080}]}]
+"#,
+    );
+    let Some(route) = rs.iter().find_map(RouteRef::of) else {
+        panic!("route")
+    };
+    let st = route_status(route, &rs);
+    let reasons: Vec<&str> = st
+        .parents
+        .iter()
+        .map(|p| p.conditions[0].reason.as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["UnsupportedValue", "NoMatchingParent", "NoMatchingParent"]
+    );
+    // And nothing is compiled for the producer's service from a consumer namespace.
+    assert!(compile_for_service_in(&rs, "default", "echo").is_empty());
+}
+
+#[test]
+fn validate_and_apply_say_when_a_trellis_route_overrides() {
+    let rs = parse(
+        r#"
+apiVersion: trellis.dev/v1
+kind: Route
+metadata: {name: steer}
+spec: {service: echo, rules: [{backends: [{service: echo-v1}]}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: portable}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo}]
+  rules: [{backendRefs: [{name: echo-v2, port: 8080}]}]
+"#,
+    );
+    let notices = crate::notice::notices(&rs);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].kind, "HTTPRoute");
+    assert!(notices[0].message.contains("\"steer\""), "{}", notices[0]);
+}
