@@ -361,6 +361,76 @@ pub fn compile_for_gateway<'a>(
     }
 }
 
+/// [`compile_for_gateway`] over a whole resource list: the Gateway `namespace/name` is looked
+/// up in `resources`, backends are checked against its Services. Empty when there is no such
+/// Gateway or listener.
+pub fn compile_for_gateway_in(
+    resources: &[Resource],
+    namespace: &str,
+    name: &str,
+    listener: &str,
+) -> GatewayRoutes {
+    let gateway = resources.iter().find_map(|r| match r {
+        Resource::Gateway(g) if g.metadata.namespace == namespace && g.metadata.name == name => {
+            Some(g)
+        }
+        _ => None,
+    });
+    let Some(gateway) = gateway else {
+        return GatewayRoutes::default();
+    };
+    compile_for_gateway(
+        resources.iter().filter_map(RouteRef::of),
+        gateway,
+        listener,
+        |ns, svc| {
+            resources.iter().any(|r| {
+                matches!(r, Resource::Service(s) if s.metadata.namespace == ns && s.metadata.name == svc)
+            })
+        },
+    )
+}
+
+/// The TLSRoutes attached to listener `listener` of `gateway` (and allowed by it), in
+/// `{namespace}/{name}` order, with the SNI host names each serves there (the intersection of
+/// the listener's `hostname` and the route's `hostnames`; `*` for any).
+pub fn tls_routes_for_gateway<'a>(
+    routes: impl IntoIterator<Item = &'a TLSRoute>,
+    gateway: &super::Gateway,
+    listener: &str,
+) -> Vec<(&'a TLSRoute, Vec<String>)> {
+    let Some(l) = gateway.spec.listeners.iter().find(|l| l.name == listener) else {
+        return Vec::new();
+    };
+    let gns = gateway.metadata.namespace.as_str();
+    let mut out: Vec<(&'a TLSRoute, Vec<String>)> = routes
+        .into_iter()
+        .filter(|r| {
+            let rns = r.metadata.namespace.as_str();
+            r.spec.parent_refs.iter().any(|p| {
+                p.is_gateway()
+                    && p.namespace_or(rns) == gns
+                    && p.name == gateway.metadata.name
+                    && p.section_name.as_ref().is_none_or(|s| *s == l.name)
+                    && p.port.is_none_or(|port| port == l.port)
+            }) && super::gateway::AllowedRoutes::allows(
+                l.allowed_routes.as_ref(),
+                l.protocol,
+                TLSRoute::KIND,
+                rns,
+                gns,
+            )
+        })
+        .map(|r| (r, hosts(l.hostname.as_deref(), &r.spec.hostnames)))
+        .filter(|(_, h)| !h.is_empty())
+        .collect();
+    out.sort_by(|a, b| {
+        (&a.0.metadata.namespace, &a.0.metadata.name)
+            .cmp(&(&b.0.metadata.namespace, &b.0.metadata.name))
+    });
+    out
+}
+
 /// The host names a route serves on a listener: the intersection of the two.
 fn hosts(listener: Option<&str>, route: &[String]) -> Vec<String> {
     match (listener, route) {

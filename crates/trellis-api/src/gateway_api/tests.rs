@@ -370,9 +370,20 @@ spec:
     let Resource::Gateway(g) = with_status(gw, &rs) else {
         panic!("kind")
     };
-    let st = g.status.expect("status");
+    let st = g.status.clone().expect("status");
     assert_eq!(st.listeners[1].attached_routes, 1, "the TLSRoute");
     assert_eq!(st.listeners[0].attached_routes, 0);
+    let tls = tls_routes_for_gateway(
+        rs.iter().filter_map(|r| match r {
+            Resource::TLSRoute(t) => Some(&**t),
+            _ => None,
+        }),
+        &g,
+        "tls",
+    );
+    assert_eq!(tls.len(), 1);
+    assert_eq!(tls[0].1, ["secure.example.com"]);
+    assert!(tls_routes_for_gateway(std::iter::empty(), &g, "http").is_empty());
 }
 
 #[test]
@@ -401,6 +412,7 @@ spec:
     let out = compile_for_gateway(rs.iter().filter_map(RouteRef::of), g, "http", |_, n| {
         n == "echo"
     });
+    assert_eq!(out, compile_for_gateway_in(&rs, "default", "gw", "http"));
     let hosts: Vec<_> = out.by_host.keys().cloned().collect();
     assert_eq!(hosts, ["a.example.com"]);
     assert_eq!(
