@@ -583,13 +583,13 @@ fn validate_api_directly() {
     let mut twice = set.resources.clone();
     twice.extend(set.resources.iter().cloned());
     let problems = validate::set(&twice);
-    // Each of the 13 resources is a duplicate; the MeshConfig and both policies are also repeats.
+    // Each of the 17 resources is a duplicate; the MeshConfig and both policies are also repeats.
     assert_eq!(
         problems
             .iter()
             .filter(|(_, p, _)| p == "metadata.name")
             .count(),
-        13
+        17
     );
     assert_eq!(problems.iter().filter(|(_, p, _)| p.is_empty()).count(), 1);
     assert_eq!(

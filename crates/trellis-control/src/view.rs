@@ -316,6 +316,13 @@ apiVersion: trellis.dev/v1
 kind: ExternalService
 metadata: {name: api, namespace: other}
 spec: {hosts: [api.example.com], ports: [{port: 443}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: b-split, namespace: other}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: z}]
+  rules: [{backendRefs: [{name: z, port: 80}]}]
 ";
 
     #[test]
@@ -355,6 +362,10 @@ spec: {hosts: [api.example.com], ports: [{port: 443}]}
             assert!(
                 names(&view(&m, node)).contains(&"ExternalService/other/api".to_string()),
                 "every proxy gets every ExternalService, whatever its namespace"
+            );
+            assert!(
+                names(&view(&m, node)).contains(&"HTTPRoute/other/b-split".to_string()),
+                "every proxy gets every HTTPRoute (mesh-wide, like ExternalService)"
             );
         }
         assert!(

@@ -316,6 +316,24 @@ apiVersion: trellis.dev/v1
 kind: MeshConfig
 metadata: {name: mesh}
 spec: {}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: t}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 8080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /delay}}]
+    timeouts: {request: 500ms}
+    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: reviews, port: 8080}, percent: 5}}]
+    backendRefs: [{name: reviews, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: t}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: reviews, port: 8443}]}]
 "#;
 
     #[test]

@@ -20,8 +20,8 @@
 //! `requestHeaders`; `ResponseHeaderModifier` → `responseHeaders`; `RequestMirror` → `mirror`
 //! (percent or fraction → `percent`; only the first mirror filter of a rule is applied);
 //! `RequestRedirect` → `redirect`; `URLRewrite` → `rewrite` (`ReplaceFullPath` → `fullPath`,
-//! `ReplacePrefixMatch` → `path`); `timeouts.request` → `timeout`; `timeouts.backendRequest` →
-//! `retries: {attempts: 1, perTryTimeout}`; backendRefs → `backends`. A rule with no valid
+//! `ReplacePrefixMatch` → `path`); `timeouts.request` and `timeouts.backendRequest` → `timeout`
+//! (the smaller: a request has one try); backendRefs → `backends`. A rule with no valid
 //! backendRef (none, all invalid, or all weight 0) and no redirect answers `500`
 //! (`directResponse`). Known gap: in a rule with some valid and some invalid backendRefs, the
 //! invalid ones are dropped (the spec asks for a `500` to the invalid ones' share).
@@ -34,12 +34,11 @@ use super::tls_route::TLSRoute;
 use super::{
     BackendRef, HTTPHeaderFilter, HeaderMatch, ParentReference, RouteKind, StringMatchType,
 };
-use crate::duration::Duration;
 use crate::meta::ObjectMeta;
 use crate::parse::Resource;
 use crate::route::{
-    Backend, DirectResponse, HeaderModifier, Mirror, PathMatch, PathMatchType, Redirect,
-    RetryPolicy, Rewrite, RouteMatch, RouteRule, ValueMatch, ValueMatchType,
+    Backend, DirectResponse, HeaderModifier, Mirror, PathMatch, PathMatchType, Redirect, Rewrite,
+    RouteMatch, RouteRule, ValueMatch, ValueMatchType,
 };
 use std::collections::BTreeMap;
 
@@ -269,7 +268,7 @@ pub fn compile_for_service_in(
     namespace: &str,
     service: &str,
 ) -> CompiledRules {
-    if super::status::overriding_route(resources, namespace, service).is_some() {
+    if overriding_route(resources, namespace, service).is_some() {
         return CompiledRules::default();
     }
     compile_for_service(
@@ -282,6 +281,19 @@ pub fn compile_for_service_in(
             })
         },
     )
+}
+
+/// The first Trellis Route (by name) steering `ns/service`, if any.
+pub fn overriding_route<'a>(resources: &'a [Resource], ns: &str, service: &str) -> Option<&'a str> {
+    resources
+        .iter()
+        .filter_map(|r| match r {
+            Resource::Route(rt) if rt.metadata.namespace == ns && rt.spec.service == service => {
+                Some(rt.metadata.name.as_str())
+            }
+            _ => None,
+        })
+        .min()
 }
 
 /// Rules per host name for one listener of a Gateway.
@@ -347,6 +359,76 @@ pub fn compile_for_gateway<'a>(
             })
             .collect(),
     }
+}
+
+/// [`compile_for_gateway`] over a whole resource list: the Gateway `namespace/name` is looked
+/// up in `resources`, backends are checked against its Services. Empty when there is no such
+/// Gateway or listener.
+pub fn compile_for_gateway_in(
+    resources: &[Resource],
+    namespace: &str,
+    name: &str,
+    listener: &str,
+) -> GatewayRoutes {
+    let gateway = resources.iter().find_map(|r| match r {
+        Resource::Gateway(g) if g.metadata.namespace == namespace && g.metadata.name == name => {
+            Some(g)
+        }
+        _ => None,
+    });
+    let Some(gateway) = gateway else {
+        return GatewayRoutes::default();
+    };
+    compile_for_gateway(
+        resources.iter().filter_map(RouteRef::of),
+        gateway,
+        listener,
+        |ns, svc| {
+            resources.iter().any(|r| {
+                matches!(r, Resource::Service(s) if s.metadata.namespace == ns && s.metadata.name == svc)
+            })
+        },
+    )
+}
+
+/// The TLSRoutes attached to listener `listener` of `gateway` (and allowed by it), in
+/// `{namespace}/{name}` order, with the SNI host names each serves there (the intersection of
+/// the listener's `hostname` and the route's `hostnames`; `*` for any).
+pub fn tls_routes_for_gateway<'a>(
+    routes: impl IntoIterator<Item = &'a TLSRoute>,
+    gateway: &super::Gateway,
+    listener: &str,
+) -> Vec<(&'a TLSRoute, Vec<String>)> {
+    let Some(l) = gateway.spec.listeners.iter().find(|l| l.name == listener) else {
+        return Vec::new();
+    };
+    let gns = gateway.metadata.namespace.as_str();
+    let mut out: Vec<(&'a TLSRoute, Vec<String>)> = routes
+        .into_iter()
+        .filter(|r| {
+            let rns = r.metadata.namespace.as_str();
+            r.spec.parent_refs.iter().any(|p| {
+                p.is_gateway()
+                    && p.namespace_or(rns) == gns
+                    && p.name == gateway.metadata.name
+                    && p.section_name.as_ref().is_none_or(|s| *s == l.name)
+                    && p.port.is_none_or(|port| port == l.port)
+            }) && super::gateway::AllowedRoutes::allows(
+                l.allowed_routes.as_ref(),
+                l.protocol,
+                TLSRoute::KIND,
+                rns,
+                gns,
+            )
+        })
+        .map(|r| (r, hosts(l.hostname.as_deref(), &r.spec.hostnames)))
+        .filter(|(_, h)| !h.is_empty())
+        .collect();
+    out.sort_by(|a, b| {
+        (&a.0.metadata.namespace, &a.0.metadata.name)
+            .cmp(&(&b.0.metadata.namespace, &b.0.metadata.name))
+    });
+    out
 }
 
 /// The host names a route serves on a listener: the intersection of the two.
@@ -634,25 +716,16 @@ fn http_rule(
         });
     }
     if let Some(t) = &rule.timeouts {
-        out.timeout = t.request.filter(|d| !d.is_zero());
-        if let Some(b) = t.backend_request.filter(|d| !d.is_zero()) {
-            out.retries = Some(single_try(b));
-        }
+        // One try per request (Gateway API v1 has no retries), so the try's bound is the
+        // request's too: the smaller of the two.
+        let request = t.request.filter(|d| !d.is_zero());
+        let backend = t.backend_request.filter(|d| !d.is_zero());
+        out.timeout = match (request, backend) {
+            (Some(r), Some(b)) => Some(r.min(b)),
+            (r, b) => r.or(b),
+        };
     }
     out
-}
-
-/// One try bounded by `timeout`: `timeouts.backendRequest`.
-fn single_try(timeout: Duration) -> RetryPolicy {
-    RetryPolicy {
-        attempts: 1,
-        per_try_timeout: Some(timeout),
-        retry_on: vec!["connect-failure".into()],
-        retriable_status_codes: Vec::new(),
-        backoff: None,
-        budget: None,
-        max_buffer_bytes: None,
-    }
 }
 
 fn grpc_entries(

@@ -29,8 +29,8 @@ pub mod tls_route;
 mod tests;
 
 pub use compile::{
-    compile_for_gateway, compile_for_service, compile_for_service_in, parents_of, CompiledRules,
-    GatewayRoutes, Parent, RouteRef,
+    compile_for_gateway, compile_for_gateway_in, compile_for_service, compile_for_service_in,
+    parents_of, tls_routes_for_gateway, CompiledRules, GatewayRoutes, Parent, RouteRef,
 };
 pub use gateway::Gateway;
 pub use grpc_route::GRPCRoute;

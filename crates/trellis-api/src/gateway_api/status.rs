@@ -13,6 +13,7 @@
 //!   not a core `Service`), `RefNotPermitted` (a backend in another namespace: ReferenceGrant
 //!   is not implemented) or `BackendNotFound` (no such Service). Requests a rule would send
 //!   only to invalid backends get `500`.
+pub use super::compile::overriding_route;
 use super::compile::{backend_problem, parents_of, Parent, RouteRef};
 use super::gateway::{AllowedRoutes, Gateway};
 use super::{ParentReference, CONTROLLER_NAME};
@@ -222,19 +223,6 @@ fn resolved_refs(route: RouteRef<'_>, resources: &[Resource]) -> Condition {
         "ResolvedRefs",
         "every backendRef resolves",
     )
-}
-
-/// The first Trellis Route (by name) steering `ns/service`, if any.
-pub fn overriding_route<'a>(resources: &'a [Resource], ns: &str, service: &str) -> Option<&'a str> {
-    resources
-        .iter()
-        .filter_map(|r| match r {
-            Resource::Route(rt) if rt.metadata.namespace == ns && rt.spec.service == service => {
-                Some(rt.metadata.name.as_str())
-            }
-            _ => None,
-        })
-        .min()
 }
 
 /// When an HTTPRoute and a GRPCRoute both attach to `ns/service`, the kind of the route first

@@ -271,9 +271,9 @@ spec:
     assert_eq!(rh.set.get("X-Set").map(String::as_str), Some("v"));
     assert_eq!(rh.remove, ["X-Gone"]);
     assert_eq!(r.backends[0].weight, 3);
-    assert_eq!(r.timeout.map(|t| t.as_std().as_secs()), Some(2));
-    let retries = r.retries.as_ref().expect("per-try");
-    assert_eq!(retries.attempts, 1);
+    // One try: the smaller of request (2s) and backendRequest (1s).
+    assert_eq!(r.timeout.map(|t| t.as_std().as_secs()), Some(1));
+    assert!(r.retries.is_none());
 }
 
 #[test]
@@ -370,9 +370,20 @@ spec:
     let Resource::Gateway(g) = with_status(gw, &rs) else {
         panic!("kind")
     };
-    let st = g.status.expect("status");
+    let st = g.status.clone().expect("status");
     assert_eq!(st.listeners[1].attached_routes, 1, "the TLSRoute");
     assert_eq!(st.listeners[0].attached_routes, 0);
+    let tls = tls_routes_for_gateway(
+        rs.iter().filter_map(|r| match r {
+            Resource::TLSRoute(t) => Some(&**t),
+            _ => None,
+        }),
+        &g,
+        "tls",
+    );
+    assert_eq!(tls.len(), 1);
+    assert_eq!(tls[0].1, ["secure.example.com"]);
+    assert!(tls_routes_for_gateway(std::iter::empty(), &g, "http").is_empty());
 }
 
 #[test]
@@ -401,10 +412,66 @@ spec:
     let out = compile_for_gateway(rs.iter().filter_map(RouteRef::of), g, "http", |_, n| {
         n == "echo"
     });
+    assert_eq!(out, compile_for_gateway_in(&rs, "default", "gw", "http"));
     let hosts: Vec<_> = out.by_host.keys().cloned().collect();
     assert_eq!(hosts, ["a.example.com"]);
     assert_eq!(
         out.by_host["a.example.com"].rules[0].backends[0].service,
         "echo"
     );
+}
+
+#[test]
+fn consumer_routes_and_missing_parents_are_not_accepted() {
+    let rs = parse(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: consumer, namespace: client-ns}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: echo, namespace: default}
+  - {group: "", kind: Service, name: nowhere}
+  - {group: "", kind: Service, name: echo, namespace: client-ns}
+  rules: [{backendRefs: [{name: echo, port: 8080}]}]
+"#,
+    );
+    let Some(route) = rs.iter().find_map(RouteRef::of) else {
+        panic!("route")
+    };
+    let st = route_status(route, &rs);
+    let reasons: Vec<&str> = st
+        .parents
+        .iter()
+        .map(|p| p.conditions[0].reason.as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["UnsupportedValue", "NoMatchingParent", "NoMatchingParent"]
+    );
+    // And nothing is compiled for the producer's service from a consumer namespace.
+    assert!(compile_for_service_in(&rs, "default", "echo").is_empty());
+}
+
+#[test]
+fn validate_and_apply_say_when_a_trellis_route_overrides() {
+    let rs = parse(
+        r#"
+apiVersion: trellis.dev/v1
+kind: Route
+metadata: {name: steer}
+spec: {service: echo, rules: [{backends: [{service: echo-v1}]}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: portable}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo}]
+  rules: [{backendRefs: [{name: echo-v2, port: 8080}]}]
+"#,
+    );
+    let notices = crate::notice::notices(&rs);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].kind, "HTTPRoute");
+    assert!(notices[0].message.contains("\"steer\""), "{}", notices[0]);
 }

@@ -161,13 +161,22 @@ fn random_resource(rng: &mut StdRng) -> Resource {
             rng.random_range(0..3),
             rng.random_range(1..1000)
         )
+    } else if kind < 98 {
+        let name = format!("h{}", rng.random_range(0..2));
+        format!(
+            "kind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{parentRefs: [{{group: '', kind: Service, name: {svc}}}], rules: [{{backendRefs: [{{name: {svc}, port: 80}}]}}]}}\n"
+        )
     } else {
         format!(
             "kind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{trustDomain: {}}}\n",
             pick(rng, &DOMAINS)
         )
     };
-    let yaml = format!("apiVersion: trellis.dev/v1\n{doc}");
+    let api_version = match doc.starts_with("kind: HTTPRoute") {
+        true => "gateway.networking.k8s.io/v1",
+        false => "trellis.dev/v1",
+    };
+    let yaml = format!("apiVersion: {api_version}\n{doc}");
     let mut set = trellis_api::parse_documents("random.yaml", &yaml)
         .unwrap_or_else(|e| panic!("generated an invalid resource: {e}\n{yaml}"));
     assert_eq!(set.resources.len(), 1, "{yaml}");

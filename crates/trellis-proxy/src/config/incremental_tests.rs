@@ -12,7 +12,8 @@ use std::sync::Arc;
 use trellis_api::Resource;
 use trellis_xds::client::{Held, TypeResources};
 use trellis_xds::resource::{
-    DESTINATION_POLICY, MESH_CONFIG, ROUTE, SERVICE, SERVICE_ADDRESS, WORKLOAD,
+    DESTINATION_POLICY, GRPC_ROUTE, HTTP_ROUTE, MESH_CONFIG, ROUTE, SERVICE, SERVICE_ADDRESS,
+    WORKLOAD,
 };
 use trellis_xds::{Resources, TypeChange};
 
@@ -99,6 +100,34 @@ fn route(rng: &mut StdRng, ns: &str, i: usize) -> Resource {
     ))
 }
 
+/// An HTTPRoute or GRPCRoute with one or two Service parents; backends that may not exist
+/// (`s{SERVICES}` never does), so a Service change moves them between valid and 500.
+fn gateway_route(rng: &mut StdRng, ns: &str, i: usize) -> (&'static str, Resource) {
+    let parent = rng.random_range(0..SERVICES);
+    let second = rng.random_range(0..SERVICES);
+    let a = rng.random_range(0..=SERVICES);
+    let b = rng.random_range(0..=SERVICES);
+    let parents = format!(
+        "[{{group: \"\", kind: Service, name: s{parent}}}, {{group: \"\", kind: Service, name: s{second}}}]"
+    );
+    if rng.random_bool(0.7) {
+        let prefix = pick(rng, &["/", "/a", "/a/b"]);
+        (
+            HTTP_ROUTE,
+            parse(&format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: h{i}, namespace: {ns}}}\nspec:\n  parentRefs: {parents}\n  rules:\n    - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n      backendRefs: [{{name: s{a}, port: 80, weight: 3}}, {{name: s{b}, port: 80}}]\n    - matches: [{{path: {{type: Exact, value: /r}}}}]\n      filters: [{{type: RequestRedirect, requestRedirect: {{statusCode: 301}}}}]\n"
+            )),
+        )
+    } else {
+        (
+            GRPC_ROUTE,
+            parse(&format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g{i}, namespace: {ns}}}\nspec:\n  parentRefs: {parents}\n  rules:\n    - matches: [{{method: {{service: a.B, method: C}}}}]\n      backendRefs: [{{name: s{a}, port: 80}}]\n"
+            )),
+        )
+    }
+}
+
 fn policy(rng: &mut StdRng, ns: &str, i: usize) -> Resource {
     let svc = rng.random_range(0..SERVICES);
     let lb = pick(rng, &["RoundRobin", "LeastRequest", "PeakEwma"]);
@@ -129,7 +158,16 @@ fn mesh(rng: &mut StdRng) -> Resource {
 fn mutation(rng: &mut StdRng) -> (&'static str, String, Option<Resource>) {
     let ns = pick(rng, &NAMESPACES);
     let remove = rng.random_bool(0.25);
-    let (t, name, r) = match rng.random_range(0..100) {
+    let (t, name, r) = match rng.random_range(0..112) {
+        100..=111 => {
+            let i = rng.random_range(0..ROUTES);
+            let (t, r) = gateway_route(rng, ns, i);
+            let name = match t {
+                HTTP_ROUTE => format!("h{i}"),
+                _ => format!("g{i}"),
+            };
+            (t, name, r)
+        }
         0..=44 => {
             let i = rng.random_range(0..WORKLOADS);
             (WORKLOAD, format!("w{i}"), workload(rng, ns, i))
@@ -234,12 +272,15 @@ fn describe(s: &Snapshot) -> String {
         for r in &t.rules {
             let _ = writeln!(
                 out,
-                "  rule {} [{}] total {} timeout {:?} mirror {:?}",
+                "  rule {} [{}] total {} timeout {:?} mirror {:?} redirect {:?} direct {:?} matches {:?}",
                 r.name,
                 backends(&r.backends),
                 r.total_weight,
                 r.timeout,
-                r.mirror.as_ref().map(|m| (&m.backend, m.percent))
+                r.mirror.as_ref().map(|m| (&m.backend, m.percent)),
+                r.redirect,
+                r.direct_response.as_ref().map(|d| d.status),
+                r.matches.len()
             );
         }
         let subsets: BTreeSet<_> = t.groups.keys().cloned().collect();
@@ -467,4 +508,26 @@ fn rate_limit_buckets_outlive_updates_that_leave_them_unchanged() {
         .expect("builds");
     assert!(!Arc::ptr_eq(&bucket(&second), &bucket(&third)));
     assert_eq!(bucket(&third).config().requests_per_second, 7);
+}
+
+#[test]
+fn gateway_api_routes_compile_with_their_timeouts() {
+    let set = trellis_api::parse_documents(
+        "t.yaml",
+        "apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {name: echo}\nspec: {ports: [{port: 80}]}\n---\napiVersion: trellis.dev/v1\nkind: Service\nmetadata: {name: echo-v1}\nspec: {ports: [{port: 80}]}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: t}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 80}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /delay}}]\n    timeouts: {request: 500ms}\n    backendRefs: [{name: echo-v1, port: 80}]\n",
+    )
+    .expect("valid");
+    let local = LocalIdentity {
+        service: "caller".into(),
+        namespace: "default".into(),
+        zone: None,
+    };
+    let s = Snapshot::build(1, "t".into(), set, None, &local).expect("builds");
+    let echo = s.service("default", "echo").expect("echo");
+    assert_eq!(&*echo.rules[0].name, "httproute/t/0");
+    assert_eq!(
+        echo.rules[0].timeout,
+        Some(std::time::Duration::from_millis(500))
+    );
+    assert_eq!(echo.rules[0].backends[0].backend.service, "echo-v1");
 }

@@ -126,11 +126,17 @@ impl RouteMatcher {
                 .map(|v| ValueMatcher::compile(v).map_err(|e| format!("{what} {:?}: {e}", v.name)))
                 .collect::<Result<Vec<_>, _>>()
         };
+        let mut query = compile_all(&m.query_params, "query parameter")?;
+        // Header names compare case-insensitively; query parameter names exactly (Gateway API:
+        // `ANIMAL` is not `animal`).
+        for (q, v) in query.iter_mut().zip(&m.query_params) {
+            q.name = v.name.clone();
+        }
         Ok(Self {
             path,
             method,
             headers: compile_all(&m.headers, "header")?,
-            query: compile_all(&m.query_params, "query parameter")?,
+            query,
         })
     }
 
