@@ -4,13 +4,11 @@
 //!
 //! HTTPRoutes and GRPCRoutes are compiled by `trellis_api::gateway_api::compile_for_gateway`
 //! (the same compiler Service parents use: hostname intersection, the spec's precedence, filters
-//! to Trellis rule parts); TLSRoutes, which have no rules to compile, are matched here: attached
-//! by `parentRefs` (the Gateway, `sectionName` the listener or none, `port` the listener's or
-//! none), hostnames intersected with the listener's, backends with their weights.
-use super::hosts::intersect;
+//! to Trellis rule parts); TLSRoutes by `tls_routes_for_gateway` (attachment, `allowedRoutes`,
+//! SNI hostnames intersected with the listener's), their backends taken here with their weights.
 use super::plan::{AttachedTls, GatewayInput, HostRules, ListenerInput, ListenerProtocol};
 use crate::config::{BackendRef, Snapshot};
-use trellis_api::gateway_api::compile::{compile_for_gateway, RouteRef};
+use trellis_api::gateway_api::compile::{compile_for_gateway, tls_routes_for_gateway, RouteRef};
 use trellis_api::gateway_api::gateway::{Listener, ListenerProtocol as Protocol, TLSModeType};
 use trellis_api::gateway_api::TLSRoute;
 use trellis_api::{Gateway, ObjectMeta, Route};
@@ -68,9 +66,9 @@ pub fn input(
                         .collect();
                 }
                 ListenerProtocol::TlsPassthrough => {
-                    input.tls = (resources.tls_routes())
-                        .filter(|r| attached(r, gateway, l))
-                        .map(|r| tls_route(r, l))
+                    input.tls = tls_routes_for_gateway(resources.tls_routes(), gateway, &l.name)
+                        .into_iter()
+                        .map(|(r, hostnames)| tls_route(r, hostnames))
                         .collect();
                 }
             }
@@ -114,18 +112,7 @@ fn as_route(gateway: &Gateway, rules: &[trellis_api::route::RouteRule]) -> Route
     }
 }
 
-fn attached(r: &TLSRoute, gateway: &Gateway, l: &Listener) -> bool {
-    let rns = r.metadata.namespace.as_str();
-    r.spec.parent_refs.iter().any(|p| {
-        p.is_gateway()
-            && p.namespace_or(rns) == gateway.metadata.namespace
-            && p.name == gateway.metadata.name
-            && p.section_name.as_ref().is_none_or(|s| *s == l.name)
-            && p.port.is_none_or(|port| port == l.port)
-    })
-}
-
-fn tls_route(r: &TLSRoute, l: &Listener) -> AttachedTls {
+fn tls_route(r: &TLSRoute, hostnames: Vec<String>) -> AttachedTls {
     let ns = &r.metadata.namespace;
     let backends = (r.spec.rules.iter())
         .flat_map(|rule| rule.backend_refs.iter())
@@ -141,7 +128,7 @@ fn tls_route(r: &TLSRoute, l: &Listener) -> AttachedTls {
         .collect();
     AttachedTls {
         name: r.metadata.name.clone(),
-        hostnames: intersect(l.hostname.as_deref(), &r.spec.hostnames),
+        hostnames,
         backends,
     }
 }
