@@ -170,6 +170,48 @@ pub fn parents_of(route: RouteRef<'_>) -> Vec<Parent> {
         .collect()
 }
 
+/// The mesh services `(namespace, name)` an HTTPRoute or GRPCRoute names as parents in its
+/// own namespace (what [`compile_for_service`] attaches it to), sorted; empty for other kinds.
+pub fn service_parents(r: &Resource) -> Vec<(String, String)> {
+    let route = match r {
+        Resource::HTTPRoute(_) | Resource::GRPCRoute(_) => RouteRef::of(r),
+        _ => None,
+    };
+    let Some(route) = route else {
+        return Vec::new();
+    };
+    let ns = &route.metadata().namespace;
+    let mut out: Vec<(String, String)> = parents_of(route)
+        .into_iter()
+        .filter_map(|p| match p {
+            Parent::Service { namespace, name } if namespace == *ns => Some((namespace, name)),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The services `(namespace, name)` an HTTPRoute or GRPCRoute sends or mirrors to (core
+/// Services in its own namespace; others are never used); empty for other kinds.
+pub fn service_backends(r: &Resource) -> Vec<(String, String)> {
+    let route = match r {
+        Resource::HTTPRoute(_) | Resource::GRPCRoute(_) => RouteRef::of(r),
+        _ => None,
+    };
+    let Some(route) = route else {
+        return Vec::new();
+    };
+    let ns = &route.metadata().namespace;
+    route
+        .backend_refs()
+        .into_iter()
+        .filter(|b| b.is_service() && b.namespace.as_ref().is_none_or(|n| n == ns))
+        .map(|b| (ns.clone(), b.name.clone()))
+        .collect()
+}
+
 /// Why a backendRef is not usable: `(ResolvedRefs reason, message)`, or `None` when it is a
 /// Service that exists (`service_exists(namespace, name)`).
 pub fn backend_problem(
