@@ -611,6 +611,8 @@ async fn invalid_backend_refs_answer_500_and_status_says_why() {
     backendRefs: [{name: nonexistent, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /fine}}]
     backendRefs: [{name: echo-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /half}}]
+    backendRefs: [{name: echo-v1, port: 80, weight: 1}, {name: nonexistent, port: 80, weight: 1}]
 ",
     );
     m.apply_and_wait(&route, "HTTPRoute", "invalid-backend-ref")
@@ -624,6 +626,20 @@ async fn invalid_backend_refs_answer_500_and_status_says_why() {
         assert_eq!(a.status, 500, "{path}: {}", a.body);
     }
     assert_eq!(backend(&m.get("echo", "/fine", &[]).await), "echo-v1");
+    // Half the weight is an invalid backend: about half the requests answer 500 (the spec:
+    // the invalid backend's share), the rest reach echo-v1.
+    let n = 200;
+    let mut failed = 0;
+    for _ in 0..n {
+        let a = m.get("echo", "/half", &[]).await;
+        match a.status {
+            500 => failed += 1,
+            _ => assert_eq!(backend(&a), "echo-v1"),
+        }
+    }
+    // Binomial(200, 0.5): sd ≈ 0.035; ±5 sd.
+    let share = failed as f64 / n as f64;
+    assert!((0.32..=0.68).contains(&share), "500 share {share}");
     for svc in ["echo", "echo-v2"] {
         assert_eq!(m.served(svc).await, before[svc], "{svc} was called");
     }

@@ -23,8 +23,8 @@
 //! `ReplacePrefixMatch` → `path`); `timeouts.request` and `timeouts.backendRequest` → `timeout`
 //! (the smaller: a request has one try); backendRefs → `backends`. A rule with no valid
 //! backendRef (none, all invalid, or all weight 0) and no redirect answers `500`
-//! (`directResponse`). Known gap: in a rule with some valid and some invalid backendRefs, the
-//! invalid ones are dropped (the spec asks for a `500` to the invalid ones' share).
+//! (`directResponse`); with some valid and some invalid, the invalid ones' share of the weight
+//! is answered `500` (`directResponse.weight`), as the spec asks.
 use super::grpc_route::{GRPCRoute, GRPCRouteFilterType, GRPCRouteMatch, GRPCRouteRule};
 use super::http_route::{
     HTTPPathModifier, HTTPPathModifierType, HTTPRoute, HTTPRouteFilterType, HTTPRouteMatch,
@@ -672,6 +672,34 @@ fn backends(
         .collect()
 }
 
+/// The `500` a rule answers for its invalid backendRefs: every request when no valid backend
+/// is left, else the invalid ones' share of the weight; `None` when every backendRef is valid.
+fn invalid_share(
+    valid: &[Backend],
+    refs: &[BackendRef],
+    route_ns: &str,
+    service_exists: &dyn Fn(&str, &str) -> bool,
+) -> Option<DirectResponse> {
+    let invalid: u64 = refs
+        .iter()
+        .filter(|b| backend_problem(b, route_ns, service_exists).is_some())
+        .map(|b| u64::from(b.weight()))
+        .sum();
+    let body = Some("no valid backendRef\n".to_string());
+    if valid.is_empty() {
+        return Some(DirectResponse {
+            status: 500,
+            body,
+            weight: None,
+        });
+    }
+    (invalid > 0).then(|| DirectResponse {
+        status: 500,
+        body,
+        weight: Some(u32::try_from(invalid).unwrap_or(u32::MAX)),
+    })
+}
+
 fn mirror(
     m: &super::HTTPRequestMirrorFilter,
     route_ns: &str,
@@ -751,11 +779,8 @@ fn http_rule(
         }
     }
     out.backends = backends(&rule.backend_refs, ns, service_exists);
-    if out.backends.is_empty() && out.redirect.is_none() {
-        out.direct_response = Some(DirectResponse {
-            status: 500,
-            body: Some("no valid backendRef\n".into()),
-        });
+    if out.redirect.is_none() {
+        out.direct_response = invalid_share(&out.backends, &rule.backend_refs, ns, service_exists);
     }
     if let Some(t) = &rule.timeouts {
         // One try per request (Gateway API v1 has no retries), so the try's bound is the
@@ -875,11 +900,6 @@ fn grpc_rule(
         }
     }
     out.backends = backends(&rule.backend_refs, ns, service_exists);
-    if out.backends.is_empty() {
-        out.direct_response = Some(DirectResponse {
-            status: 500,
-            body: None,
-        });
-    }
+    out.direct_response = invalid_share(&out.backends, &rule.backend_refs, ns, service_exists);
     out
 }
