@@ -797,6 +797,23 @@ spec:
     assert_eq!(backend(&m.get("echo", "/", &[]).await), "echo-v2");
     let (_, out, _) = m.ctl(&["get", "httproute", "portable", "-o", "yaml"]);
     assert!(out.contains("reason: Accepted"), "{out}");
+
+    // conformance/tests/mesh/mesh-consumer-route.yaml: a route in the caller's namespace with
+    // the producer's Service as parent. Consumer routes are not supported: the status says so
+    // and traffic is unchanged.
+    let consumer = "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: consumer, namespace: client}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: echo, namespace: default, port: 80}]
+  rules: [{backendRefs: [{name: echo-v1, port: 80}]}]
+";
+    m.apply_and_wait(consumer, "HTTPRoute", "consumer").await;
+    assert_eq!(backend(&m.get("echo", "/", &[]).await), "echo-v2");
+    let (ok, out, err) = m.ctl(&["get", "httproute", "consumer", "-n", "client", "-o", "yaml"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("reason: UnsupportedValue"), "{out}");
 }
 
 /// A grpcio unary call through the caller; prints code, the answering app's version (the
