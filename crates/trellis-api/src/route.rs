@@ -96,6 +96,11 @@ pub struct DirectResponse {
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+    /// With `backends`: a weight beside theirs, the share of requests answered this way
+    /// instead of forwarded (what an HTTPRoute's invalid backendRefs compile to). Absent: every
+    /// request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 /// All conditions present must hold.

@@ -170,6 +170,9 @@ fn reachable_services(
             continue;
         }
         for r in model.resources() {
+            if trellis_api::gateway_api::service_parents(r).contains(&key) {
+                queue.extend(trellis_api::gateway_api::service_backends(r));
+            }
             if let Resource::Route(route) = r {
                 if route.metadata.namespace != key.0 || route.spec.service != key.1 {
                     continue;

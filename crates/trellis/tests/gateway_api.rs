@@ -611,6 +611,8 @@ async fn invalid_backend_refs_answer_500_and_status_says_why() {
     backendRefs: [{name: nonexistent, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /fine}}]
     backendRefs: [{name: echo-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /half}}]
+    backendRefs: [{name: echo-v1, port: 80, weight: 1}, {name: nonexistent, port: 80, weight: 1}]
 ",
     );
     m.apply_and_wait(&route, "HTTPRoute", "invalid-backend-ref")
@@ -624,6 +626,20 @@ async fn invalid_backend_refs_answer_500_and_status_says_why() {
         assert_eq!(a.status, 500, "{path}: {}", a.body);
     }
     assert_eq!(backend(&m.get("echo", "/fine", &[]).await), "echo-v1");
+    // Half the weight is an invalid backend: about half the requests answer 500 (the spec:
+    // the invalid backend's share), the rest reach echo-v1.
+    let n = 200;
+    let mut failed = 0;
+    for _ in 0..n {
+        let a = m.get("echo", "/half", &[]).await;
+        match a.status {
+            500 => failed += 1,
+            _ => assert_eq!(backend(&a), "echo-v1"),
+        }
+    }
+    // Binomial(200, 0.5): sd ≈ 0.035; ±5 sd.
+    let share = failed as f64 / n as f64;
+    assert!((0.32..=0.68).contains(&share), "500 share {share}");
     for svc in ["echo", "echo-v2"] {
         assert_eq!(m.served(svc).await, before[svc], "{svc} was called");
     }
@@ -781,6 +797,23 @@ spec:
     assert_eq!(backend(&m.get("echo", "/", &[]).await), "echo-v2");
     let (_, out, _) = m.ctl(&["get", "httproute", "portable", "-o", "yaml"]);
     assert!(out.contains("reason: Accepted"), "{out}");
+
+    // conformance/tests/mesh/mesh-consumer-route.yaml: a route in the caller's namespace with
+    // the producer's Service as parent. Consumer routes are not supported: the status says so
+    // and traffic is unchanged.
+    let consumer = "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: consumer, namespace: client}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: echo, namespace: default, port: 80}]
+  rules: [{backendRefs: [{name: echo-v1, port: 80}]}]
+";
+    m.apply_and_wait(consumer, "HTTPRoute", "consumer").await;
+    assert_eq!(backend(&m.get("echo", "/", &[]).await), "echo-v2");
+    let (ok, out, err) = m.ctl(&["get", "httproute", "consumer", "-n", "client", "-o", "yaml"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("reason: UnsupportedValue"), "{out}");
 }
 
 /// A grpcio unary call through the caller; prints code, the answering app's version (the
@@ -800,6 +833,40 @@ except grpc.RpcError as e:
 print(json.dumps(out))
 "#;
 
+/// `n` grpcio unary calls on one channel; prints the answering versions as a JSON list.
+const GRPC_COUNTER: &str = r#"
+import json, sys
+import grpc
+target, authority, method, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+raw = lambda b: b
+channel = grpc.insecure_channel(target, options=[("grpc.default_authority", authority)])
+call = channel.unary_unary(method, request_serializer=raw, response_deserializer=raw)
+seen = []
+for _ in range(n):
+    reply, rpc = call.with_call(b"\x01", timeout=10)
+    seen.append(dict(rpc.trailing_metadata() or []).get("x-demo-version", ""))
+print(json.dumps(seen))
+"#;
+
+fn grpc_versions(m: &Mesh, authority: &str, method: &str, n: usize) -> Vec<String> {
+    let script = m.dir.join("grpc_counter.py");
+    std::fs::write(&script, GRPC_COUNTER).expect("write client");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([
+            &m.caller.outbound.to_string(),
+            authority,
+            method,
+            &n.to_string(),
+        ])
+        .output()
+        .expect("python3 is not installed: run scripts/test.sh, which installs grpcio");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "grpcio client failed: {stderr}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text} {stderr}"))
+}
+
 fn grpc_call(m: &Mesh, authority: &str, method: &str) -> serde_json::Value {
     let script = m.dir.join("grpc_client.py");
     std::fs::write(&script, GRPC_CLIENT).expect("write client");
@@ -818,7 +885,7 @@ fn grpc_call(m: &Mesh, authority: &str, method: &str) -> serde_json::Value {
 // conformance/tests/mesh/grpcroute-weight.yaml attaches GRPCRoutes): exact service and method
 // pick the backend; anything else has no route.
 #[tokio::test]
-async fn grpcroute_exact_method_matching() {
+async fn grpcroute_exact_method_matching_and_weight() {
     let m = mesh("gw-grpc", "grpc").await;
     let route = "---
 apiVersion: gateway.networking.k8s.io/v1
@@ -847,4 +914,25 @@ spec:
         out.contains("reason: Accepted") && out.contains("reason: ResolvedRefs"),
         "{out}"
     );
+
+    // conformance/tests/mesh/grpcroute-weight.yaml: a GRPCRoute splitting by weight.
+    let weighted = "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: grpc-weight}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: echo-v2}]
+  rules:
+  - backendRefs: [{name: echo-v1, port: 80, weight: 1}, {name: echo-v2, port: 80, weight: 1}]
+";
+    m.apply_and_wait(weighted, "GRPCRoute", "grpc-weight").await;
+    let n = 200;
+    let seen = grpc_versions(&m, "echo-v2", "/demo.Echo/Say", n);
+    assert_eq!(seen.len(), n);
+    let v1 = seen.iter().filter(|v| *v == "echo-v1").count();
+    let v2 = seen.iter().filter(|v| *v == "echo-v2").count();
+    assert_eq!(v1 + v2, n, "{seen:?}");
+    // Binomial(200, 0.5): sd ≈ 0.035; ±5 sd.
+    let share = v1 as f64 / n as f64;
+    assert!((0.32..=0.68).contains(&share), "echo-v1 share {share}");
 }

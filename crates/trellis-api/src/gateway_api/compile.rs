@@ -23,8 +23,8 @@
 //! `ReplacePrefixMatch` → `path`); `timeouts.request` and `timeouts.backendRequest` → `timeout`
 //! (the smaller: a request has one try); backendRefs → `backends`. A rule with no valid
 //! backendRef (none, all invalid, or all weight 0) and no redirect answers `500`
-//! (`directResponse`). Known gap: in a rule with some valid and some invalid backendRefs, the
-//! invalid ones are dropped (the spec asks for a `500` to the invalid ones' share).
+//! (`directResponse`); with some valid and some invalid, the invalid ones' share of the weight
+//! is answered `500` (`directResponse.weight`), as the spec asks.
 use super::grpc_route::{GRPCRoute, GRPCRouteFilterType, GRPCRouteMatch, GRPCRouteRule};
 use super::http_route::{
     HTTPPathModifier, HTTPPathModifierType, HTTPRoute, HTTPRouteFilterType, HTTPRouteMatch,
@@ -167,6 +167,48 @@ pub fn parents_of(route: RouteRef<'_>) -> Vec<Parent> {
                 None
             }
         })
+        .collect()
+}
+
+/// The mesh services `(namespace, name)` an HTTPRoute or GRPCRoute names as parents in its
+/// own namespace (what [`compile_for_service`] attaches it to), sorted; empty for other kinds.
+pub fn service_parents(r: &Resource) -> Vec<(String, String)> {
+    let route = match r {
+        Resource::HTTPRoute(_) | Resource::GRPCRoute(_) => RouteRef::of(r),
+        _ => None,
+    };
+    let Some(route) = route else {
+        return Vec::new();
+    };
+    let ns = &route.metadata().namespace;
+    let mut out: Vec<(String, String)> = parents_of(route)
+        .into_iter()
+        .filter_map(|p| match p {
+            Parent::Service { namespace, name } if namespace == *ns => Some((namespace, name)),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The services `(namespace, name)` an HTTPRoute or GRPCRoute sends or mirrors to (core
+/// Services in its own namespace; others are never used); empty for other kinds.
+pub fn service_backends(r: &Resource) -> Vec<(String, String)> {
+    let route = match r {
+        Resource::HTTPRoute(_) | Resource::GRPCRoute(_) => RouteRef::of(r),
+        _ => None,
+    };
+    let Some(route) = route else {
+        return Vec::new();
+    };
+    let ns = &route.metadata().namespace;
+    route
+        .backend_refs()
+        .into_iter()
+        .filter(|b| b.is_service() && b.namespace.as_ref().is_none_or(|n| n == ns))
+        .map(|b| (ns.clone(), b.name.clone()))
         .collect()
 }
 
@@ -630,6 +672,34 @@ fn backends(
         .collect()
 }
 
+/// The `500` a rule answers for its invalid backendRefs: every request when no valid backend
+/// is left, else the invalid ones' share of the weight; `None` when every backendRef is valid.
+fn invalid_share(
+    valid: &[Backend],
+    refs: &[BackendRef],
+    route_ns: &str,
+    service_exists: &dyn Fn(&str, &str) -> bool,
+) -> Option<DirectResponse> {
+    let invalid: u64 = refs
+        .iter()
+        .filter(|b| backend_problem(b, route_ns, service_exists).is_some())
+        .map(|b| u64::from(b.weight()))
+        .sum();
+    let body = Some("no valid backendRef\n".to_string());
+    if valid.is_empty() {
+        return Some(DirectResponse {
+            status: 500,
+            body,
+            weight: None,
+        });
+    }
+    (invalid > 0).then(|| DirectResponse {
+        status: 500,
+        body,
+        weight: Some(u32::try_from(invalid).unwrap_or(u32::MAX)),
+    })
+}
+
 fn mirror(
     m: &super::HTTPRequestMirrorFilter,
     route_ns: &str,
@@ -709,11 +779,8 @@ fn http_rule(
         }
     }
     out.backends = backends(&rule.backend_refs, ns, service_exists);
-    if out.backends.is_empty() && out.redirect.is_none() {
-        out.direct_response = Some(DirectResponse {
-            status: 500,
-            body: Some("no valid backendRef\n".into()),
-        });
+    if out.redirect.is_none() {
+        out.direct_response = invalid_share(&out.backends, &rule.backend_refs, ns, service_exists);
     }
     if let Some(t) = &rule.timeouts {
         // One try per request (Gateway API v1 has no retries), so the try's bound is the
@@ -833,11 +900,6 @@ fn grpc_rule(
         }
     }
     out.backends = backends(&rule.backend_refs, ns, service_exists);
-    if out.backends.is_empty() {
-        out.direct_response = Some(DirectResponse {
-            status: 500,
-            body: None,
-        });
-    }
+    out.direct_response = invalid_share(&out.backends, &rule.backend_refs, ns, service_exists);
     out
 }

@@ -30,7 +30,8 @@ mod tests;
 
 pub use compile::{
     compile_for_gateway, compile_for_gateway_in, compile_for_service, compile_for_service_in,
-    parents_of, tls_routes_for_gateway, CompiledRules, GatewayRoutes, Parent, RouteRef,
+    parents_of, service_backends, service_parents, tls_routes_for_gateway, CompiledRules,
+    GatewayRoutes, Parent, RouteRef,
 };
 pub use gateway::Gateway;
 pub use grpc_route::GRPCRoute;

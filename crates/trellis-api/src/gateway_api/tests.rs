@@ -475,3 +475,30 @@ spec:
     assert_eq!(notices[0].kind, "HTTPRoute");
     assert!(notices[0].message.contains("\"steer\""), "{}", notices[0]);
 }
+
+#[test]
+fn invalid_backends_keep_their_share_as_500() {
+    let rs = parse(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: partial}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo}]
+  rules:
+  - backendRefs:
+    - {name: echo-v1, port: 8080, weight: 3}
+    - {name: nowhere, port: 8080, weight: 1}
+"#,
+    );
+    let c = compile_for_service_in(&rs, "default", "echo");
+    let r = &c.rules[0];
+    assert_eq!(r.backends.len(), 1);
+    let d = r.direct_response.as_ref().expect("a share answered 500");
+    assert_eq!((d.status, d.weight), (500, Some(1)));
+    // A Trellis Route may say the same; without backends a weight means nothing.
+    let e = parse_err(
+        "apiVersion: trellis.dev/v1\nkind: Route\nmetadata: {name: x}\nspec: {service: a, rules: [{directResponse: {status: 500, weight: 1}}]}\n",
+    );
+    assert!(e.contains("spec.rules[0].directResponse.weight"), "{e}");
+}

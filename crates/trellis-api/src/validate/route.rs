@@ -78,6 +78,17 @@ fn rule(p: &mut Problems, rp: &str, rule: &RouteRule) {
                 "must be at most 4096 bytes",
             );
         }
+        match d.weight {
+            Some(_) if rule.backends.is_empty() => p.add(
+                format!("{rp}.directResponse.weight"),
+                "is a share beside the rule's backends; without backends every request is answered, so omit it",
+            ),
+            Some(w) if w == 0 || w > 1_000_000 => p.add(
+                format!("{rp}.directResponse.weight"),
+                format!("must be between 1 and 1000000 (got {w})"),
+            ),
+            _ => {}
+        }
     }
     if rule.redirect.is_some() && rule.direct_response.is_some() {
         p.add(

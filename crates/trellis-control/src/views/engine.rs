@@ -375,6 +375,11 @@ impl Ctx<'_> {
                     }
                 }
             }
+            for k in &self.index.attached(&key).gateway_routes {
+                if let Some(stored) = self.model.items.get(k) {
+                    queue.extend(index::gateway_backends(&stored.resource));
+                }
+            }
             out.insert(key);
         }
         out
@@ -653,6 +658,8 @@ impl ViewEngine {
                     Resource::Route(_) => routed.extend(attached),
                     _ => {}
                 }
+                // An HTTPRoute/GRPCRoute's backends are in its parents' callers' reach.
+                routed.extend(index::gateway_parents(r));
             }
             match slot_of(&c.key.kind) {
                 Some(WORKLOAD) => {

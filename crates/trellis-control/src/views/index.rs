@@ -24,6 +24,9 @@ pub struct Attached {
     pub addresses: BTreeSet<ResourceKey>,
     /// Workloads the service selects; empty while the Service does not exist.
     pub workloads: BTreeSet<ResourceKey>,
+    /// HTTPRoutes and GRPCRoutes naming the service as a parent (their backends are in reach
+    /// of its callers, as a Route's are).
+    pub gateway_routes: BTreeSet<ResourceKey>,
 }
 
 impl Attached {
@@ -35,6 +38,7 @@ impl Attached {
             && self.rate_limit_policies.is_empty()
             && self.addresses.is_empty()
             && self.workloads.is_empty()
+            && self.gateway_routes.is_empty()
     }
 }
 
@@ -67,6 +71,17 @@ pub fn service_key(ns: &str, name: &str) -> ResourceKey {
 /// The Service stored under (namespace, name), if there is one.
 pub fn service<'m>(model: &'m Model, key: &SvcKey) -> Option<&'m Service> {
     model.service(&key.0, &key.1)
+}
+
+/// The mesh services an HTTPRoute or GRPCRoute names as parents (see
+/// [`trellis_api::gateway_api::service_parents`]).
+pub fn gateway_parents(r: &Resource) -> Vec<SvcKey> {
+    trellis_api::gateway_api::service_parents(r)
+}
+
+/// The services an HTTPRoute or GRPCRoute sends or mirrors to.
+pub fn gateway_backends(r: &Resource) -> Vec<SvcKey> {
+    trellis_api::gateway_api::service_backends(r)
 }
 
 /// The (namespace, service) a resource attaches to, for the kinds that attach to one.
@@ -247,6 +262,13 @@ impl MeshIndex {
                 }
             }
             _ => {
+                for svc in gateway_parents(r) {
+                    self.by_service
+                        .entry(svc)
+                        .or_default()
+                        .gateway_routes
+                        .insert(key.clone());
+                }
                 if let Some(svc) = attached_to(r) {
                     if matches!(r, Resource::AuthorizationPolicy(_)) {
                         self.policied.insert(svc.clone());
@@ -284,6 +306,14 @@ impl MeshIndex {
                 }
             }
             _ => {
+                for svc in gateway_parents(r) {
+                    if let Some(a) = self.by_service.get_mut(&svc) {
+                        a.gateway_routes.remove(key);
+                        if a.is_empty() {
+                            self.by_service.remove(&svc);
+                        }
+                    }
+                }
                 if let Some(svc) = attached_to(r) {
                     if let Some(set) = self.attached_set(r, svc.clone()) {
                         set.remove(key);

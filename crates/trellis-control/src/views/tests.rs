@@ -163,8 +163,9 @@ fn random_resource(rng: &mut StdRng) -> Resource {
         )
     } else if kind < 98 {
         let name = format!("h{}", rng.random_range(0..2));
+        let to = pick(rng, &TARGETS);
         format!(
-            "kind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{parentRefs: [{{group: '', kind: Service, name: {svc}}}], rules: [{{backendRefs: [{{name: {svc}, port: 80}}]}}]}}\n"
+            "kind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{parentRefs: [{{group: '', kind: Service, name: {svc}}}], rules: [{{backendRefs: [{{name: {to}, port: 80}}]}}]}}\n"
         )
     } else {
         format!(
@@ -514,6 +515,41 @@ fn egress_scopes_a_view_to_its_list_closed_over_routes() {
     // An empty list: its own service only.
     put(&mut model, &service("a", ", egress: []"), 9);
     check(&mut engine, &model, &mut a, &["default/a"]);
+}
+
+/// An HTTPRoute's backends are in reach of its parent's callers, as a Route's are: a lists only
+/// b; an HTTPRoute on b sends to c.
+#[test]
+fn egress_scopes_close_over_httproute_backends() {
+    let mut model = Model::default();
+    let mesh = [
+        service("a", ", egress: [b]"),
+        service("b", ""),
+        service("c", ""),
+        service("d", ""),
+        workload("b-0", "b", "10.0.0.2"),
+        workload("c-0", "c", "10.0.0.3"),
+    ];
+    put(&mut model, &mesh.join("---\n"), 1);
+    let mut engine = ViewEngine::new(Arc::new(model.clone()));
+    let mut a = engine.subscribe("default", "a");
+    check(&mut engine, &model, &mut a, &["default/a", "default/b"]);
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: b}\nspec: {parentRefs: [{group: '', kind: Service, name: b}], rules: [{backendRefs: [{name: c, port: 80}]}]}\n";
+    put(&mut model, route, 2);
+    check(
+        &mut engine,
+        &model,
+        &mut a,
+        &["default/a", "default/b", "default/c"],
+    );
+    let moved = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: b}\nspec: {parentRefs: [{group: '', kind: Service, name: b}], rules: [{backendRefs: [{name: d, port: 80}]}]}\n";
+    put(&mut model, moved, 3);
+    check(
+        &mut engine,
+        &model,
+        &mut a,
+        &["default/a", "default/b", "default/d"],
+    );
 }
 
 #[test]

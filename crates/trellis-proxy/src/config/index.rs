@@ -8,7 +8,6 @@
 //! so incremental and full builds cannot disagree about membership.
 use super::ServiceKey;
 use std::collections::{BTreeMap, BTreeSet};
-use trellis_api::gateway_api::{parents_of, Parent, RouteRef};
 use trellis_api::{Resource, Service, Workload};
 use trellis_xds::resource::{DESTINATION_POLICY, GRPC_ROUTE, HTTP_ROUTE, ROUTE, SERVICE, WORKLOAD};
 use trellis_xds::Resources;
@@ -163,20 +162,8 @@ impl MultiAttachments {
 
 /// The mesh services a Gateway API route names as parents.
 fn route_parents(r: Option<&Resource>) -> Vec<ServiceKey> {
-    let Some(route) = r.and_then(RouteRef::of) else {
-        return Vec::new();
-    };
-    let ns = &route.metadata().namespace;
-    let mut out: Vec<ServiceKey> = parents_of(route)
-        .into_iter()
-        .filter_map(|p| match p {
-            Parent::Service { namespace, name } if namespace == *ns => Some((namespace, name)),
-            _ => None,
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
+    r.map(trellis_api::gateway_api::service_parents)
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Default)]

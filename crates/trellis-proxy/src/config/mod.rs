@@ -191,6 +191,19 @@ pub struct Rule {
 pub struct DirectResponse {
     pub status: http::StatusCode,
     pub body: bytes::Bytes,
+    /// A share beside the rule's backends' weights; `None`: every request.
+    pub weight: Option<u64>,
+}
+
+impl DirectResponse {
+    /// Whether this request is answered directly, with `roll` uniform in
+    /// `0..total_weight + weight` (`total_weight` being the backends').
+    pub fn applies(&self, total_weight: u64, roll: u64) -> bool {
+        match self.weight {
+            None => true,
+            Some(_) => roll >= total_weight,
+        }
+    }
 }
 
 impl Rule {

@@ -83,6 +83,7 @@ fn direct_response(
     Ok(super::DirectResponse {
         status,
         body: bytes::Bytes::from(d.body.clone().unwrap_or_default()),
+        weight: d.weight.map(u64::from),
     })
 }
 

@@ -212,7 +212,12 @@ async fn routed(
     if let Some(r) = &rule.redirect {
         return redirect(r, rule, matched, &req);
     }
-    if let Some(d) = &rule.direct_response {
+    let direct = rule.direct_response.as_ref().filter(|d| {
+        let share = rule.total_weight + d.weight.unwrap_or(0);
+        d.weight.is_none()
+            || (share > 0 && d.applies(rule.total_weight, rand::random_range(0..share)))
+    });
+    if let Some(d) = direct {
         let mut rsp = Response::new(body::full(d.body.clone()));
         *rsp.status_mut() = d.status;
         if !d.body.is_empty() {
