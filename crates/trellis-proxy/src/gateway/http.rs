@@ -186,7 +186,9 @@ async fn route(
     // The destination's port decides the next hop's protocol; its name labels the request. A
     // rule that answers itself (a redirect, or a direct response where no backend is valid)
     // has none: it is labelled with the gateway.
-    let answers_itself = rule.redirect.is_some() || rule.direct_response.is_some();
+    // (A direct response with a weight is only a share beside valid backends: those decide.)
+    let answers_itself = rule.redirect.is_some()
+        || (rule.direct_response.as_ref()).is_some_and(|d| d.weight.is_none());
     let svc = match rule.backends.first() {
         _ if answers_itself => table.own.clone(),
         None => table.own.clone(),
