@@ -239,6 +239,18 @@ spec:
           requestRedirect: {{scheme: https, statusCode: 301}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: moved}}
+spec:
+  parentRefs: [{{name: edge, sectionName: https-a}}]
+  hostnames: [a.example.com]
+  rules:
+    - matches: [{{path: {{type: PathPrefix, value: /old}}}}]
+      filters:
+        - type: RequestRedirect
+          requestRedirect: {{hostname: new.example.com}}
+---
+apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
 metadata: {{name: echo}}
 spec:
@@ -488,6 +500,26 @@ async fn gateway_serves_https_h2c_grpc_and_passthrough_under_policy_and_drains()
             .contains("location: https://shop.example.com/cart?id=7"),
         "{head}"
     );
+
+    // Over HTTPS a redirect that sets no scheme keeps https (HTTP/1.1: no scheme in the target).
+    let head = curl(&[
+        "--http1.1",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "--cacert",
+        &ca_a_s,
+        "--resolve",
+        &resolve("a.example.com", gw.https),
+        &format!("https://a.example.com:{}/old/x", gw.https.port()),
+    ]);
+    assert!(head.starts_with("HTTP/1.1 302"), "{head}");
+    let location = format!(
+        "location: https://new.example.com:{}/old/x",
+        gw.https.port()
+    );
+    assert!(head.to_ascii_lowercase().contains(&location), "{head}");
 
     // gRPC (grpcio) over h2c and over TLS (ALPN h2), to the grpc service's echo.
     let a = grpcio(&dir, gw.http, "grpc.b.example.com", None);

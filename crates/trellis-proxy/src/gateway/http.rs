@@ -206,11 +206,43 @@ async fn route(
             }
         }
     };
+    if rule.redirect.is_some() {
+        // A redirect keeps the request's scheme when it sets none: an HTTP/1.1 request over TLS
+        // carries no scheme in its target, so it is said here.
+        with_scheme(&mut req, down.scheme);
+    }
     forwarded_headers(&mut req, down);
     serve_rule(
         state, &snapshot, &svc, None, rule, matched, down.peer, req, shape,
     )
     .await
+}
+
+/// Gives a request without a scheme in its target (HTTP/1.1's origin form) `scheme` and its
+/// `Host` as authority; a request whose `Host` is no valid authority is left as it is.
+fn with_scheme(req: &mut Request<Incoming>, scheme: &'static str) {
+    if req.uri().scheme().is_some() {
+        return;
+    }
+    let Some(host) = (req.headers().get(http::header::HOST)).and_then(|h| h.to_str().ok()) else {
+        return;
+    };
+    let Ok(authority) = host.parse::<http::uri::Authority>() else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(if scheme == "https" {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
 }
 
 /// `x-forwarded-for` (appended) and `x-forwarded-proto`, as an ingress sets them.
