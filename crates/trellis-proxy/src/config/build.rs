@@ -240,6 +240,10 @@ fn rules_of(
             for (i, r) in route.spec.rules.iter().enumerate() {
                 rules.push(rule::compile(&route, i, r)?);
             }
+            // Routes scoped to some ports leave the others to the service's default rule.
+            if rules.iter().any(|r| !r.ports.is_empty()) {
+                rules.push(rule::default_for(svc));
+            }
         }
     }
     if rules.is_empty() {
