@@ -555,4 +555,8 @@ fn a_port_scoped_gateway_api_route_leaves_other_ports_to_the_default_rule() {
         "the first port is 80"
     );
     assert!(echo.rules[1].serves_port(None, first));
+    assert!(
+        !echo.rules[1].serves_port(Some(9090), first),
+        "on the route's port, no match is a 404"
+    );
 }
