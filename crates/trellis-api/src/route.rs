@@ -30,6 +30,10 @@ pub struct RouteRule {
     /// Any one match fitting selects the rule; none means every request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<RouteMatch>,
+    /// Only requests to these ports of the service (a Gateway API parentRef's `port`); none
+    /// means every port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
     /// Weighted destinations; none means the route's own service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<Backend>,

@@ -300,7 +300,39 @@ pub fn compile_for_service<'a>(
     };
     let kind = first.kind();
     attached.retain(|r| r.kind() == kind);
-    compile_routes(&attached, &service_exists, Some(kind))
+    let mut compiled = compile_routes(&attached, &service_exists, Some(kind));
+    // A parentRef's `port` scopes the route to that port of the service (every parentRef of
+    // the route to this service must name one; else the route applies to every port).
+    for rule in &mut compiled.rules {
+        let Some(route) = attached.iter().find(|r| {
+            rule.name
+                .as_deref()
+                .and_then(|n| n.rsplit_once('/'))
+                .is_some_and(|(route, _)| route == r.metadata().name)
+        }) else {
+            continue;
+        };
+        rule.ports = service_ports(*route, namespace, service);
+    }
+    compiled
+}
+
+/// The ports `route`'s parentRefs to `namespace/service` name: empty (every port) when one of
+/// them names none.
+fn service_ports(route: RouteRef<'_>, namespace: &str, service: &str) -> Vec<u16> {
+    let ns = route.metadata().namespace.as_str();
+    let refs: Vec<&ParentReference> = route
+        .parent_refs()
+        .iter()
+        .filter(|p| p.is_service() && p.namespace_or(ns) == namespace && p.name == service)
+        .collect();
+    if refs.iter().any(|p| p.port.is_none()) {
+        return Vec::new();
+    }
+    let mut ports: Vec<u16> = refs.iter().filter_map(|p| p.port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// [`compile_for_service`] over a whole resource list, with the Trellis-Route precedence: when

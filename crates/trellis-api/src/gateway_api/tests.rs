@@ -502,3 +502,37 @@ spec:
     );
     assert!(e.contains("spec.rules[0].directResponse.weight"), "{e}");
 }
+
+#[test]
+fn a_parent_port_scopes_the_routes_rules() {
+    let rs = parse(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: on-8080}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 8080}]
+  rules: [{backendRefs: [{name: echo-v1, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: every-port}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo}]
+  rules: [{matches: [{path: {type: Exact, value: /x}}], backendRefs: [{name: echo-v2, port: 8080}]}]
+"#,
+    );
+    let c = compile_for_service_in(&rs, "default", "echo");
+    let by_name: Vec<(String, Vec<u16>)> = c
+        .rules
+        .iter()
+        .map(|r| (r.name.clone().unwrap_or_default(), r.ports.clone()))
+        .collect();
+    assert_eq!(
+        by_name,
+        [
+            ("every-port/0".to_string(), vec![]),
+            ("on-8080/0".to_string(), vec![8080])
+        ]
+    );
+}

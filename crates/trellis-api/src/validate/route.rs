@@ -35,6 +35,14 @@ fn rule(p: &mut Problems, rp: &str, rule: &RouteRule) {
     for (m, mat) in rule.matches.iter().enumerate() {
         route_match(p, &format!("{rp}.matches[{m}]"), mat);
     }
+    for (k, port) in rule.ports.iter().enumerate() {
+        if *port == 0 {
+            p.add(
+                format!("{rp}.ports[{k}]"),
+                "must be between 1 and 65535 (got 0)",
+            );
+        }
+    }
     backends(p, rp, &rule.backends);
     if let Some(t) = rule.timeout {
         if t.is_zero() {

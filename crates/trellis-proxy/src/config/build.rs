@@ -240,6 +240,20 @@ fn rules_of(
             for (i, r) in route.spec.rules.iter().enumerate() {
                 rules.push(rule::compile(&route, i, r)?);
             }
+            // Routes scoped to some ports leave the others to the service's default rule (on a
+            // port a route serves, a request no rule matches is answered 404, as the spec asks).
+            if rules.iter().all(|r| !r.ports.is_empty()) {
+                let served: BTreeSet<u16> = rules.iter().flat_map(|r| r.ports.clone()).collect();
+                let rest: Vec<u16> = (svc.spec.ports.iter())
+                    .map(|p| p.port)
+                    .filter(|p| !served.contains(p))
+                    .collect();
+                if !rest.is_empty() {
+                    let mut default = rule::default_for(svc);
+                    default.ports = rest;
+                    rules.push(default);
+                }
+            }
         }
     }
     if rules.is_empty() {

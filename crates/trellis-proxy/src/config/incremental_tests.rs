@@ -531,3 +531,32 @@ fn gateway_api_routes_compile_with_their_timeouts() {
     );
     assert_eq!(echo.rules[0].backends[0].backend.service, "echo-v1");
 }
+
+#[test]
+fn a_port_scoped_gateway_api_route_leaves_other_ports_to_the_default_rule() {
+    let set = trellis_api::parse_documents(
+        "t.yaml",
+        "apiVersion: trellis.dev/v1\nkind: Service\nmetadata: {name: echo}\nspec: {ports: [{port: 80}, {port: 9090}]}\n---\napiVersion: trellis.dev/v1\nkind: Service\nmetadata: {name: echo-v1}\nspec: {ports: [{port: 80}]}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: t}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 9090}]\n  rules: [{backendRefs: [{name: echo-v1, port: 80}]}]\n",
+    )
+    .expect("valid");
+    let local = LocalIdentity {
+        service: "caller".into(),
+        namespace: "default".into(),
+        zone: None,
+    };
+    let s = Snapshot::build(1, "t".into(), set, None, &local).expect("builds");
+    let echo = s.service("default", "echo").expect("echo");
+    let names: Vec<&str> = echo.rules.iter().map(|r| &*r.name).collect();
+    assert_eq!(names, ["httproute/t/0", "default"]);
+    let first = Some(80);
+    assert!(echo.rules[0].serves_port(Some(9090), first));
+    assert!(
+        !echo.rules[0].serves_port(None, first),
+        "the first port is 80"
+    );
+    assert!(echo.rules[1].serves_port(None, first));
+    assert!(
+        !echo.rules[1].serves_port(Some(9090), first),
+        "on the route's port, no match is a 404"
+    );
+}

@@ -168,6 +168,8 @@ pub struct Rule {
     pub name: Arc<str>,
     /// Empty matches every request.
     pub matches: Vec<RouteMatcher>,
+    /// Only requests to these service ports; empty: every port.
+    pub ports: Vec<u16>,
     pub backends: Vec<WeightedBackend>,
     pub total_weight: u64,
     pub timeout: Option<Duration>,
@@ -207,6 +209,12 @@ impl DirectResponse {
 }
 
 impl Rule {
+    /// Whether the rule applies to requests to service port `port` (`None`: the service's
+    /// first port, `first`).
+    pub fn serves_port(&self, port: Option<u16>, first: Option<u16>) -> bool {
+        self.ports.is_empty() || port.or(first).is_some_and(|p| self.ports.contains(&p))
+    }
+
     /// The index of the first match that fits, or `Some(usize::MAX)` for a rule with none.
     pub fn matching<B>(&self, req: &http::Request<B>) -> Option<usize> {
         if self.matches.is_empty() {

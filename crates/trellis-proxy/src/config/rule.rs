@@ -17,6 +17,7 @@ pub(super) fn default_for(svc: &Service) -> Rule {
     Rule {
         name: "default".into(),
         matches: Vec::new(),
+        ports: Vec::new(),
         backends: vec![whole(&svc.metadata.namespace, &svc.metadata.name)],
         total_weight: 1,
         timeout: None,
@@ -40,6 +41,7 @@ pub(super) fn compile(route: &Route, index: usize, rule: &RouteRule) -> Result<R
     // Fields that can fail first, in the order their errors have always been reported.
     Ok(Rule {
         matches: matches(&at, rule)?,
+        ports: rule.ports.clone(),
         fault: rule.fault.as_ref().map(|f| fault(&at, f)).transpose()?,
         rewrite: rule.rewrite.as_ref().map(|r| rewrite(&at, r)).transpose()?,
         request_headers: modifier(&at, &rule.request_headers, "requestHeaders")?,

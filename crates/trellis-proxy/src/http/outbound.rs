@@ -116,9 +116,11 @@ async fn route(
         }
     };
     let service = svc.name.clone();
+    let first_port = svc.ports.first().map(|p| p.port);
     let Some((rule, matched)) = svc
         .rules
         .iter()
+        .filter(|r| r.serves_port(port, first_port))
         .find_map(|r| r.matching(&req).map(|m| (r, m)))
     else {
         let e = ProxyError::new(
