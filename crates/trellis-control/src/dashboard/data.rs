@@ -1,0 +1,177 @@
+//! The JSON the dashboard reads: the topology over a window, one service's page, the control
+//! plane's status (replicas, store, proxies and their config rejections), and a tap.
+//!
+//! The numbers come from [`crate::live_api::gather_stat`] (what `trellis stat` shows) and the
+//! status from [`crate::mesh_status`] (what `trellis check` shows). A topology is kept for
+//! [`CACHE_FOR`], so any number of open dashboards cost the proxies one question per window
+//! and period, not one per viewer.
+use super::{service_page, topology, Shared};
+use crate::api::ApiError;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::Response;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use trellis_api::telemetry::{StatQuery, MAX_WINDOW_SECS};
+
+/// How long a computed topology is served again.
+pub const CACHE_FOR: Duration = Duration::from_millis(900);
+/// How long a store probe may take before the store is called unreachable.
+const STORE_PROBE: Duration = Duration::from_secs(2);
+
+/// The latest topology per window.
+#[derive(Default)]
+pub struct TopologyCache(Mutex<HashMap<u32, (Instant, Arc<Value>)>>);
+
+#[derive(Debug, Deserialize)]
+pub struct WindowQuery {
+    window: Option<u32>,
+}
+
+/// A window in seconds from the query (default 60), clamped to what proxies keep.
+pub fn window(w: Option<u32>) -> u32 {
+    w.unwrap_or(MAX_WINDOW_SECS).clamp(1, MAX_WINDOW_SECS)
+}
+
+/// The topology over `window` seconds, from the cache when it is fresh.
+pub async fn topology_value(s: &Shared, window: u32) -> Result<Arc<Value>, ApiError> {
+    if let Some((at, v)) = s
+        .cache
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&window)
+    {
+        if at.elapsed() < CACHE_FOR {
+            return Ok(v.clone());
+        }
+    }
+    let query = StatQuery {
+        window_secs: window,
+        ..StatQuery::default()
+    };
+    let uri: Uri = format!("/api/v1/stat?window={window}")
+        .parse()
+        .unwrap_or_default();
+    let g = crate::live_api::gather_stat(&s.api, &query, None, false, &uri).await?;
+    let model = s.api.model.borrow().clone();
+    let topo = topology::build(&model, &g.rows, window);
+    let mut v = serde_json::to_value(&topo).unwrap_or_default();
+    v["proxiesAsked"] = json!(g.proxies_asked);
+    v["proxiesAnswered"] = json!(g.proxies_answered);
+    v["replicas"] = json!(g.replicas);
+    let v = Arc::new(v);
+    s.cache
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(window, (Instant::now(), v.clone()));
+    Ok(v)
+}
+
+/// `GET /dashboard/api/topology?window=SECS`.
+pub async fn topology(
+    State(s): State<Shared>,
+    Query(q): Query<WindowQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let v = topology_value(&s, window(q.window)).await?;
+    Ok(Json((*v).clone()))
+}
+
+/// The proxies of the status report (empty without one).
+async fn report(s: &Shared) -> Value {
+    match &s.api.status {
+        Some(status) => status.report().await,
+        None => json!({"proxies": [], "replicas": [], "store": null}),
+    }
+}
+
+/// One service's page, `None` when there is no such Service.
+pub async fn service_value(s: &Shared, namespace: &str, name: &str) -> Option<Value> {
+    let report = report(s).await;
+    let proxies = report["proxies"].as_array().cloned().unwrap_or_default();
+    let model = s.api.model.borrow().clone();
+    service_page::build(&model, namespace, name, &proxies, |id| {
+        s.api.ca.latest_issued(id)
+    })
+}
+
+/// `GET /dashboard/api/services/{namespace}/{name}`.
+pub async fn service(
+    State(s): State<Shared>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    service_value(&s, &namespace, &name)
+        .await
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("Service {namespace}/{name} not found"),
+            )
+        })
+}
+
+/// Replicas, the store's health, and every proxy's sync state with its config rejections.
+pub async fn status_value(s: &Shared) -> Value {
+    let report = report(s).await;
+    let store = s.api.store.get("MeshConfig", "default", "health-probe");
+    let store_health = match tokio::time::timeout(STORE_PROBE, store).await {
+        Ok(Ok(_)) => json!({"ok": true, "describe": s.api.store.describe()}),
+        Ok(Err(e)) => {
+            json!({"ok": false, "describe": s.api.store.describe(), "error": e.to_string()})
+        }
+        Err(_) => {
+            json!({"ok": false, "describe": s.api.store.describe(), "error": "no answer within 2 s"})
+        }
+    };
+    let proxies: Vec<Value> = report["proxies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let nacks: Vec<Value> = p["types"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, t)| !t["last_nack"].is_null())
+                .map(|(url, t)| json!({"type": url, "nack": t["last_nack"]}))
+                .collect();
+            json!({
+                "id": p["id"],
+                "service": p["service"],
+                "namespace": p["namespace"],
+                "replica": p["replica"],
+                "inSync": p["inSync"],
+                "nacks": nacks,
+            })
+        })
+        .collect();
+    json!({
+        "revision": report["revision"],
+        "replica": report["replica"],
+        "replicas": report["replicas"],
+        "storeError": report["store"],
+        "store": store_health,
+        "proxies": proxies,
+    })
+}
+
+/// `GET /dashboard/api/status`.
+pub async fn status(State(s): State<Shared>) -> Json<Value> {
+    Json(status_value(&s).await)
+}
+
+/// `GET /dashboard/api/tap?service=...`: the API's tap (newline-delimited JSON), for a session.
+pub async fn tap(State(s): State<Shared>, uri: Uri) -> Result<Response, ApiError> {
+    let api_uri: Uri = format!("/api/v1/tap?{}", uri.query().unwrap_or(""))
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "unreadable query"))?;
+    let q = Query::try_from_uri(&api_uri)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    crate::live_api::tap(State(s.api.clone()), q, api_uri).await
+}
