@@ -9,6 +9,8 @@
 //! ```sh
 //! cargo run -p trellis-control --example dashboard_scale -- 1000 40
 //! ```
+// Shared with the push-latency examples; this one uses a part of it.
+#[allow(dead_code)]
 mod scale_common;
 
 use bytes::Bytes;

@@ -83,7 +83,7 @@ function render() {
 }
 
 // ---- Topology -----------------------------------------------------------------------------
-const NW = 200, NH = 56, COLW = 330, ROWH = 96, PAD = 40;
+const NW = 200, NH = 56, COLW = 440, ROWH = 96, PAD = 40;
 
 function visible(topo) {
   const f = S.filter.trim().toLowerCase();

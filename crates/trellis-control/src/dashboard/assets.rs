@@ -11,7 +11,9 @@ pub const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
 pub const APP_CSS: &str = include_str!("../../assets/dashboard/app.css");
 
 /// A page or asset with its type and the headers every dashboard answer carries: no caching
-/// of data, no framing by other sites, no sniffing, and a policy allowing only this origin.
+/// of data, no framing by other sites, no sniffing, a policy allowing only this origin, and
+/// referrers for this origin only (with `no-referrer` a browser would send `Origin: null` on
+/// the login form, which the login refuses).
 pub fn serve(status: StatusCode, content_type: &'static str, body: String) -> Response {
     let mut rsp = (status, body).into_response();
     let h = rsp.headers_mut();
@@ -36,7 +38,7 @@ pub fn harden(h: &mut axum::http::HeaderMap) {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
 }
 

@@ -229,35 +229,70 @@ fn edge(from: &str, to: &str, counted_by: &'static str, sum: &Sum) -> Edge {
     }
 }
 
+/// The services a workload may belong to, found without trying every service: those that name
+/// it by `spec.service` (no selector), and those whose selector's first label it carries (each
+/// candidate is then checked with [`trellis_api::Service::selects`], the one rule).
+#[derive(Default)]
+struct MemberIndex<'a> {
+    by_name: BTreeMap<(&'a str, &'a str), Vec<&'a trellis_api::Service>>,
+    by_label: BTreeMap<(&'a str, &'a str, &'a str), Vec<&'a trellis_api::Service>>,
+}
+
+impl<'a> MemberIndex<'a> {
+    fn new(services: &[&'a trellis_api::Service]) -> Self {
+        let mut ix = Self::default();
+        for s in services {
+            let ns = s.metadata.namespace.as_str();
+            match s.spec.selector.iter().next() {
+                None => ix
+                    .by_name
+                    .entry((ns, s.metadata.name.as_str()))
+                    .or_default()
+                    .push(s),
+                Some((k, v)) => ix
+                    .by_label
+                    .entry((ns, k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(s),
+            }
+        }
+        ix
+    }
+
+    fn services_of(&self, w: &'a trellis_api::Workload) -> Vec<&'a trellis_api::Service> {
+        let ns = w.metadata.namespace.as_str();
+        let mut out: Vec<&trellis_api::Service> = Vec::new();
+        if let Some(name) = w.spec.service.as_deref() {
+            out.extend(self.by_name.get(&(ns, name)).into_iter().flatten());
+        }
+        for (k, v) in &w.metadata.labels {
+            let found = self.by_label.get(&(ns, k.as_str(), v.as_str()));
+            out.extend(found.into_iter().flatten().filter(|s| s.selects(w)));
+        }
+        out
+    }
+}
+
 /// Instances (and unhealthy ones) and policies per service node.
 fn count_members(
     model: &Model,
     services: &[&trellis_api::Service],
     nodes: &mut BTreeMap<String, Node>,
 ) {
-    // Services by namespace, so each workload is matched against its namespace only.
-    let mut by_ns: BTreeMap<&str, Vec<&trellis_api::Service>> = BTreeMap::new();
-    for s in services {
-        by_ns
-            .entry(s.metadata.namespace.as_str())
-            .or_default()
-            .push(s);
-    }
+    let index = MemberIndex::new(services);
+    let mut id = String::new();
     for r in model.resources() {
         let (ns, target) = match r {
             Resource::Workload(w) => {
-                for s in by_ns
-                    .get(w.metadata.namespace.as_str())
-                    .into_iter()
-                    .flatten()
-                {
-                    if s.selects(w) {
-                        let id = format!("{}/{}", s.metadata.namespace, s.metadata.name);
-                        if let Some(n) = nodes.get_mut(&id) {
-                            n.instances += 1;
-                            if w.spec.health == WorkloadHealth::Unhealthy {
-                                n.unhealthy += 1;
-                            }
+                for s in index.services_of(w) {
+                    id.clear();
+                    id.push_str(&s.metadata.namespace);
+                    id.push('/');
+                    id.push_str(&s.metadata.name);
+                    if let Some(n) = nodes.get_mut(&id) {
+                        n.instances += 1;
+                        if w.spec.health == WorkloadHealth::Unhealthy {
+                            n.unhealthy += 1;
                         }
                     }
                 }
@@ -287,7 +322,17 @@ spec: {ports: [{port: 80, protocol: http}]}
 apiVersion: trellis.dev/v1
 kind: Service
 metadata: {name: ratings}
-spec: {ports: [{port: 80, protocol: http}]}
+spec: {selector: {app: ratings}, ports: [{port: 80, protocol: http}]}
+---
+apiVersion: trellis.dev/v1
+kind: Workload
+metadata: {name: ratings-0, labels: {app: ratings, version: v1}}
+spec: {address: 127.0.0.3, port: 1}
+---
+apiVersion: trellis.dev/v1
+kind: Workload
+metadata: {name: other-0, labels: {app: other}}
+spec: {address: 127.0.0.4, port: 1}
 ---
 apiVersion: trellis.dev/v1
 kind: Workload
@@ -369,6 +414,7 @@ spec: {service: reviews, rules: [{timeout: 1s}]}
         assert_eq!(reviews.served.as_ref().map(|s| s.requests), Some(103));
         assert_eq!(node("default/entry").kind, "client");
         assert_eq!(node("default/ratings").kind, "service");
+        assert_eq!(node("default/ratings").instances, 1, "selected by label");
     }
 
     #[test]
