@@ -202,6 +202,22 @@ async fn bench(n: usize, calls: usize) -> Result<(), String> {
         ms(percentile(&times, 90.0)),
         ms(percentile(&times, 100.0)),
     );
+    // The same question as `trellis stat` asks (the rows the topology is built from), for
+    // what the graph adds to it.
+    let mut times = Vec::with_capacity(calls);
+    for k in 0..calls {
+        let window = 1 + k % 59;
+        let t = Instant::now();
+        get(&client, &format!("{base}/api/v1/stat?window={window}")).await?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!(
+        "GET /api/v1/stat (the same rows, as trellis stat gets them): p50={:.1} ms p90={:.1} ms max={:.1} ms",
+        ms(percentile(&times, 50.0)),
+        ms(percentile(&times, 90.0)),
+        ms(percentile(&times, 100.0)),
+    );
     let mut times = Vec::with_capacity(calls);
     for k in 0..calls {
         let t = Instant::now();

@@ -8,13 +8,14 @@
 use super::{service_page, topology, Shared};
 use crate::api::ApiError;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, Uri};
-use axum::response::Response;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use trellis_api::telemetry::{StatQuery, MAX_WINDOW_SECS};
 
@@ -23,9 +24,9 @@ pub const CACHE_FOR: Duration = Duration::from_millis(900);
 /// How long a store probe may take before the store is called unreachable.
 const STORE_PROBE: Duration = Duration::from_secs(2);
 
-/// The latest topology per window.
+/// The latest topology per window, as JSON text (served as is, never re-encoded).
 #[derive(Default)]
-pub struct TopologyCache(Mutex<HashMap<u32, (Instant, Arc<Value>)>>);
+pub struct TopologyCache(Mutex<HashMap<u32, (Instant, Bytes)>>);
 
 #[derive(Debug, Deserialize)]
 pub struct WindowQuery {
@@ -37,8 +38,19 @@ pub fn window(w: Option<u32>) -> u32 {
     w.unwrap_or(MAX_WINDOW_SECS).clamp(1, MAX_WINDOW_SECS)
 }
 
-/// The topology over `window` seconds, from the cache when it is fresh.
-pub async fn topology_value(s: &Shared, window: u32) -> Result<Arc<Value>, ApiError> {
+/// The topology with how many proxies answered and which replicas did not.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Answer<'a> {
+    #[serde(flatten)]
+    topology: &'a topology::Topology,
+    proxies_asked: usize,
+    proxies_answered: usize,
+    replicas: &'a [Value],
+}
+
+/// The topology over `window` seconds as JSON, from the cache when it is fresh.
+pub async fn topology_json(s: &Shared, window: u32) -> Result<Bytes, ApiError> {
     if let Some((at, v)) = s
         .cache
         .0
@@ -60,26 +72,28 @@ pub async fn topology_value(s: &Shared, window: u32) -> Result<Arc<Value>, ApiEr
     let g = crate::live_api::gather_stat(&s.api, &query, None, false, &uri).await?;
     let model = s.api.model.borrow().clone();
     let topo = topology::build(&model, &g.rows, window);
-    let mut v = serde_json::to_value(&topo).unwrap_or_default();
-    v["proxiesAsked"] = json!(g.proxies_asked);
-    v["proxiesAnswered"] = json!(g.proxies_answered);
-    v["replicas"] = json!(g.replicas);
-    let v = Arc::new(v);
+    let answer = Answer {
+        topology: &topo,
+        proxies_asked: g.proxies_asked,
+        proxies_answered: g.proxies_answered,
+        replicas: &g.replicas,
+    };
+    let json = Bytes::from(serde_json::to_vec(&answer).unwrap_or_default());
     s.cache
         .0
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(window, (Instant::now(), v.clone()));
-    Ok(v)
+        .insert(window, (Instant::now(), json.clone()));
+    Ok(json)
 }
 
 /// `GET /dashboard/api/topology?window=SECS`.
 pub async fn topology(
     State(s): State<Shared>,
     Query(q): Query<WindowQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let v = topology_value(&s, window(q.window)).await?;
-    Ok(Json((*v).clone()))
+) -> Result<Response, ApiError> {
+    let json = topology_json(&s, window(q.window)).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 /// The proxies of the status report (empty without one).

@@ -35,8 +35,12 @@ pub fn event(name: &str, data: &Value) -> Bytes {
 /// What one period sends.
 async fn frame(s: &Shared, window: u32, service: Option<&(String, String)>) -> Bytes {
     let mut out = Vec::new();
-    match data::topology_value(s, window).await {
-        Ok(v) => out.extend_from_slice(&event("topology", &v)),
+    match data::topology_json(s, window).await {
+        Ok(json) => {
+            out.extend_from_slice(b"event: topology\ndata: ");
+            out.extend_from_slice(&json);
+            out.extend_from_slice(b"\n\n");
+        }
         Err(e) => {
             let v = serde_json::json!({ "error": e.message() });
             out.extend_from_slice(&event("problem", &v));
