@@ -22,6 +22,9 @@ pub mod session;
 pub mod stream;
 pub mod topology;
 
+#[cfg(test)]
+mod tests;
+
 use crate::api::ApiState;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -69,7 +72,8 @@ pub fn router(api: Arc<ApiState>, opts: DashboardOptions, listen: SocketAddr) ->
         };
         return Router::new()
             .route("/dashboard", get(off))
-            .route("/dashboard/{*rest}", get(off));
+            .route("/dashboard/", get(off))
+            .route("/dashboard/{*rest}", get(off).post(off));
     }
     let state = Arc::new(DashState {
         api,
