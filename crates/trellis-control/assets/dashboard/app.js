@@ -83,7 +83,7 @@ function render() {
 }
 
 // ---- Topology -----------------------------------------------------------------------------
-const NW = 200, NH = 56, COLW = 440, ROWH = 96, PAD = 40;
+const NW = 240, NH = 56, COLW = 460, ROWH = 96, PAD = 40;
 
 function visible(topo) {
   const f = S.filter.trim().toLowerCase();
@@ -188,14 +188,16 @@ function renderTopology() {
   const nodeLayer = sv('g', { class: 'nodes' });
   for (const n of nodes) {
     const p = pos.get(n.id);
-    const cls = 'node ' + n.kind + (n.unhealthy > 0 ? ' has-unhealthy' : '');
+    const trouble = n.unhealthy > 0 || n.ejected > 0;
+    const cls = 'node ' + n.kind + (trouble ? ' has-unhealthy' : '');
     const g = sv('g', { class: cls, 'data-id': n.id, 'data-kind': n.kind, transform: `translate(${p.x},${p.y})`,
-      'data-instances': n.instances, 'data-unhealthy': n.unhealthy });
+      'data-instances': n.instances, 'data-unhealthy': n.unhealthy, 'data-ejected': n.ejected });
     g.append(sv('rect', { width: NW, height: NH, rx: 8 }));
     g.append(sv('text', { x: 12, y: 22, text: shortName(n.id) }));
     let sub = n.kind === 'client' ? 'caller outside any Service' : `${n.instances - n.unhealthy}/${n.instances} healthy`;
+    if (n.ejected > 0) sub += ` · ${n.ejected} ejected`;
     if (n.served && n.served.requests > 0) sub += ` · ${fmtRps(n.served.rps)} rps in`;
-    g.append(sv('text', { x: 12, y: 42, class: 'sub' + (n.unhealthy > 0 ? ' unhealthy' : ''), text: sub }));
+    g.append(sv('text', { x: 12, y: 42, class: 'sub' + (trouble ? ' unhealthy' : ''), text: sub }));
     if (n.kind === 'service') g.addEventListener('click', () => { location.hash = '#/service/' + n.id; });
     nodeLayer.append(g);
   }
@@ -231,6 +233,7 @@ function problems() {
     }
     for (const n of t.nodes) {
       if (n.unhealthy > 0) out.push(['bad', `${shortName(n.id)}: ${n.unhealthy} of ${n.instances} instances unhealthy`]);
+      if (n.ejected > 0) out.push(['warn', `${shortName(n.id)}: ${n.ejected} of ${n.instances} instances ejected by outlier detection`]);
       if (n.kind === 'service' && n.instances === 0) out.push(['warn', `${shortName(n.id)}: no instances`]);
     }
     for (const r of t.replicas || []) if (r.error) out.push(['warn', `replica ${r.id} did not answer: ${r.error}`]);
@@ -303,9 +306,11 @@ function renderService() {
       if (p.replica) proxy += ` (replica ${p.replica})`;
     }
     const cert = i.certificate ? new Date(i.certificate.notAfterUnixMs).toLocaleString() : '-';
+    const by = i.ejectedBy || [];
+    const health = by.length ? `${i.health}, ejected by ${by.join(', ')}` : i.health;
     ib.append(el('tr', { 'data-instance': i.name },
       el('td', { text: i.name }), el('td', { text: i.address }), el('td', { text: i.version || '-' }),
-      el('td', { text: i.zone || '-' }), el('td', { class: i.health === 'Healthy' ? 'ok' : 'bad', text: i.health }),
+      el('td', { text: i.zone || '-' }), el('td', { class: health === 'Healthy' ? 'ok' : 'bad', text: health }),
       el('td', { text: i.identity || '-' }), el('td', { text: cert }), el('td', { class: pcls, text: proxy })));
   }
   renderRoutes(d.routes);

@@ -69,9 +69,14 @@ pub async fn topology_json(s: &Shared, window: u32) -> Result<Bytes, ApiError> {
     let uri: Uri = format!("/api/v1/stat?window={window}")
         .parse()
         .unwrap_or_default();
-    let g = crate::live_api::gather_stat(&s.api, &query, None, false, &uri).await?;
+    let (g, ejected) = tokio::join!(
+        crate::live_api::gather_stat(&s.api, &query, None, false, &uri),
+        super::ejections::gather(&s.api),
+    );
+    let g = g?;
     let model = s.api.model.borrow().clone();
-    let topo = topology::build(&model, &g.rows, window);
+    let mut topo = topology::build(&model, &g.rows, window);
+    topology::mark_ejected(&mut topo, &ejected);
     let answer = Answer {
         topology: &topo,
         proxies_asked: g.proxies_asked,
@@ -108,10 +113,13 @@ async fn report(s: &Shared) -> Value {
 pub async fn service_value(s: &Shared, namespace: &str, name: &str) -> Option<Value> {
     let report = report(s).await;
     let proxies = report["proxies"].as_array().cloned().unwrap_or_default();
+    let ejected = super::ejections::gather(&s.api).await;
     let model = s.api.model.borrow().clone();
-    service_page::build(&model, namespace, name, &proxies, |id| {
+    let mut page = service_page::build(&model, namespace, name, &proxies, |id| {
         s.api.ca.latest_issued(id)
-    })
+    })?;
+    service_page::mark_ejected(&mut page, &ejected);
+    Some(page)
 }
 
 /// `GET /dashboard/api/services/{namespace}/{name}`.

@@ -6,6 +6,7 @@
 //! - [`login`]: the login page, `?token=` / `?code=` links, logout, one-time codes;
 //! - [`data`]: the JSON the page reads (`/dashboard/api/...`);
 //! - [`stream`]: server-sent events pushing the topology, status and service every 2 s;
+//! - [`ejections`]: which instances the proxies' outlier detection has ejected;
 //! - [`topology`], [`service_page`]: pure builders of that JSON from the model and the rows;
 //! - [`assets`]: the page, style and script compiled into the binary.
 //!
@@ -16,6 +17,7 @@
 //! rebinding). It must never change the mesh: every route reads, apart from login and logout.
 pub mod assets;
 pub mod data;
+pub mod ejections;
 pub mod login;
 pub mod service_page;
 pub mod session;

@@ -68,6 +68,23 @@ pub fn build(
     }))
 }
 
+/// Sets each instance's `ejectedBy`: the proxies whose outlier detection has ejected it.
+pub fn mark_ejected(page: &mut Value, ejections: &[super::ejections::Ejection]) {
+    let (ns, name) = (page["namespace"].clone(), page["name"].clone());
+    let Some(instances) = page["instances"].as_array_mut() else {
+        return;
+    };
+    for i in instances {
+        let by: Vec<&str> = ejections
+            .iter()
+            .filter(|e| ns == e.namespace.as_str() && name == e.service.as_str())
+            .filter(|e| i["address"] == e.address.as_str())
+            .map(|e| e.by.as_str())
+            .collect();
+        i["ejectedBy"] = json!(by);
+    }
+}
+
 fn as_json(r: &Resource) -> Value {
     json!({
         "name": r.metadata().name,
@@ -189,5 +206,21 @@ spec: {service: reviews, rules: [{name: all, action: Allow, from: {namespaces: [
         assert_eq!(backends[1]["percent"], 10.0);
         assert_eq!(page["authorizationPolicies"][0]["name"], "reviews");
         assert!(build(&m, "default", "nope", &proxies, |_| None).is_none());
+        let mut page = page;
+        let ejected = |service: &str, address: &str| crate::dashboard::ejections::Ejection {
+            by: "caller-0".into(),
+            service: service.into(),
+            namespace: "default".into(),
+            address: address.into(),
+            ejections: 1,
+        };
+        mark_ejected(
+            &mut page,
+            &[
+                ejected("reviews", "127.0.0.1:1"),
+                ejected("other", "127.0.0.1:1"),
+            ],
+        );
+        assert_eq!(page["instances"][0]["ejectedBy"], json!(["caller-0"]));
     }
 }

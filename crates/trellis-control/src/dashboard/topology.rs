@@ -32,6 +32,8 @@ pub struct Node {
     pub kind: &'static str,
     pub instances: usize,
     pub unhealthy: usize,
+    /// Instances some caller's outlier detection has ejected (see [`mark_ejected`]).
+    pub ejected: usize,
     /// What the node served over the window (inbound), when anything.
     pub served: Option<Golden>,
     /// Routes, destination policy, authorization policies that name it.
@@ -158,6 +160,7 @@ pub fn build(model: &Model, rows: &[StatRow], window_secs: u32) -> Topology {
                 kind: "service",
                 instances: 0,
                 unhealthy: 0,
+                ejected: 0,
                 served: None,
                 policies: 0,
             },
@@ -200,6 +203,7 @@ pub fn build(model: &Model, rows: &[StatRow], window_secs: u32) -> Topology {
                         kind: "client",
                         instances: 0,
                         unhealthy: 0,
+                        ejected: 0,
                         served: None,
                         policies: 0,
                     },
@@ -217,6 +221,19 @@ pub fn build(model: &Model, rows: &[StatRow], window_secs: u32) -> Topology {
         revision: model.revision,
         nodes: nodes.into_values().collect(),
         edges,
+    }
+}
+
+/// Counts, per service node, the distinct instances some proxy has ejected.
+pub fn mark_ejected(topology: &mut Topology, ejections: &[super::ejections::Ejection]) {
+    let mut seen: BTreeMap<String, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for e in ejections {
+        seen.entry(format!("{}/{}", e.namespace, e.service))
+            .or_default()
+            .insert(&e.address);
+    }
+    for n in &mut topology.nodes {
+        n.ejected = seen.get(&n.id).map_or(0, |s| s.len());
     }
 }
 
@@ -415,6 +432,18 @@ spec: {service: reviews, rules: [{timeout: 1s}]}
         assert_eq!(node("default/entry").kind, "client");
         assert_eq!(node("default/ratings").kind, "service");
         assert_eq!(node("default/ratings").instances, 1, "selected by label");
+        // One instance ejected by two callers counts once.
+        let mut t = t.clone();
+        let ejection = |by: &str| super::super::ejections::Ejection {
+            by: by.into(),
+            service: "reviews".into(),
+            namespace: "default".into(),
+            address: "127.0.0.2:1".into(),
+            ejections: 1,
+        };
+        mark_ejected(&mut t, &[ejection("a"), ejection("b")]);
+        let reviews = t.nodes.iter().find(|n| n.id == "default/reviews").unwrap();
+        assert_eq!(reviews.ejected, 1);
     }
 
     #[test]

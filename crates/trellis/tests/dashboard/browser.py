@@ -92,9 +92,29 @@ def go(driver, hash_):
     driver.execute_script("location.hash = arguments[0]", hash_)
 
 
+ATTRS = """
+const e = document.querySelector(arguments[0]);
+if (!e) return null;
+const o = {};
+for (const a of e.attributes) o[a.name] = a.value;
+const p = e.querySelector('path');
+o.stroke = p ? getComputedStyle(p).stroke : null;
+return o;
+"""
+
+
+def attrs(driver, selector):
+    """An element's attributes (and its path's stroke), read at once: the graph is redrawn
+    every 2 s, so an element found first and read later may be gone."""
+    return driver.execute_script(ATTRS, selector)
+
+
 def edge(driver, src, dst):
-    found = driver.find_elements(By.CSS_SELECTOR, f'g.edge[data-from="{src}"][data-to="{dst}"]')
-    return found[0] if found else None
+    return attrs(driver, f'g.edge[data-from="{src}"][data-to="{dst}"]')
+
+
+def node(driver, id_):
+    return attrs(driver, f'g.node[data-id="{id_}"]')
 
 
 ROUTE_5050 = """apiVersion: trellis.dev/v1
@@ -121,6 +141,18 @@ spec:
           subset: v2
           weight: 50
       timeout: 2s
+"""
+
+RATINGS_OUTLIERS = """apiVersion: trellis.dev/v1
+kind: DestinationPolicy
+metadata:
+  name: ratings
+spec:
+  service: ratings
+  outlierDetection:
+    consecutive5xxErrors: 2
+    baseEjectionTime: 60s
+    maxEjectionPercent: 50
 """
 
 RATINGS_FAULT = """apiVersion: trellis.dev/v1
@@ -186,7 +218,6 @@ def run(driver, wait):
 
     # Topology: the services and the entry sidecar, and its calls to reviews (under load).
     wait.until(lambda d: edge(d, ENTRY, "default/reviews") is not None)
-    node = lambda d, n: d.find_elements(By.CSS_SELECTOR, f'g.node[data-id="{n}"]')
     for n in ["default/reviews", ENTRY]:
         assert node(driver, n), n
     # ratings has had no traffic yet: hidden until asked for.
@@ -194,8 +225,8 @@ def run(driver, wait):
     driver.find_element(By.ID, "show-idle").click()
     wait.until(lambda d: node(d, "default/ratings"))
     driver.find_element(By.ID, "show-idle").click()
-    reviews = driver.find_element(By.CSS_SELECTOR, 'g.node[data-id="default/reviews"]')
-    assert reviews.get_attribute("data-instances") == "3", reviews.get_attribute("data-instances")
+    reviews = node(driver, "default/reviews")
+    assert reviews["data-instances"] == "3", reviews
     log("ok: topology shows reviews, ratings and the entry sidecar, and the edge entry -> reviews")
 
     # An edge's numbers are the callers' sidecars' counts: a burst to ratings, which had no
@@ -209,18 +240,41 @@ def run(driver, wait):
 
     def matches(d):
         e = edge(d, ENTRY, "default/ratings")
-        return e is not None and e.get_attribute("data-requests") == str(requests)
+        return e is not None and e["data-requests"] == str(requests)
     wait.until(matches)
     e = edge(driver, ENTRY, "default/ratings")
-    shown_failures = int(e.get_attribute("data-failures"))
-    success = float(e.get_attribute("data-success"))
+    shown_failures = int(e["data-failures"])
+    success = float(e["data-success"])
     assert shown_failures == failures, (shown_failures, failures)
     assert abs(success - (1 - failures / requests)) < 1e-9, (success, failures, requests)
-    assert float(e.get_attribute("data-rps")) > 0
+    assert float(e["data-rps"]) > 0
     log(f"ok: edge entry -> ratings shows {requests} requests, {shown_failures} failed, "
         f"success {success:.4f}: what the sidecar's /metrics counts")
     time.sleep(2.5)
     shot(driver, "topology.png")
+
+    # An instance that outlier detection ejects shows on its node (ratings fails 20%).
+    apply("ratings-outliers.yaml", RATINGS_OUTLIERS)
+    stop = threading.Event()
+
+    def ratings_load():
+        for _ in range(3000):
+            if stop.is_set():
+                return
+            call("ratings")
+            time.sleep(0.01)
+    t = threading.Thread(target=ratings_load, daemon=True)
+    t.start()
+    try:
+        wait.until(lambda d: int((node(d, "default/ratings") or {}).get("data-ejected") or 0) >= 1)
+    finally:
+        stop.set()
+        t.join(timeout=15)
+    problems = driver.find_element(By.ID, "problems").text
+    assert "ejected" in problems, problems
+    log("ok: an instance of ratings ejected by the entry sidecar's outlier detection shows")
+    time.sleep(2.5)
+    shot(driver, "topology-ejected.png")
 
     # A route change appears without a reload.
     driver.execute_script("window.__noReload = 'still here';")
@@ -252,17 +306,16 @@ def run(driver, wait):
 
         def red(d):
             e = edge(d, ENTRY, "default/ratings")
-            return e is not None and e.get_attribute("data-health") == "bad"
+            return e is not None and e["data-health"] == "bad"
         wait.until(red)
         e = edge(driver, ENTRY, "default/ratings")
-        stroke = driver.execute_script(
-            "return getComputedStyle(arguments[0].querySelector('path')).stroke", e)
-        assert stroke == "rgb(229, 72, 77)", stroke
+        stroke = e["stroke"]
+        assert stroke == "rgb(229, 72, 77)", e
         assert driver.execute_script("return window.__noReload") == "still here", "the page reloaded"
         problems = driver.find_element(By.ID, "problems").text
         assert "ratings" in problems, problems
         log(f"ok: with the fault the edge entry -> ratings is red ({stroke}); "
-            f"success {e.get_attribute('data-success')}")
+            f"success {e['data-success']}")
         time.sleep(2.5)
         shot(driver, "topology-fault.png")
     finally:
