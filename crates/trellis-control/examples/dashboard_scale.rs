@@ -8,6 +8,7 @@
 //!
 //! ```sh
 //! cargo run -p trellis-control --example dashboard_scale -- 1000 40
+//! DASHBOARD_SCALE_HOLD=120 cargo run -p trellis-control --example dashboard_scale -- 1000 5
 //! ```
 // Shared with the push-latency examples; this one uses a part of it.
 #[allow(dead_code)]
@@ -234,6 +235,14 @@ async fn bench(n: usize, calls: usize) -> Result<(), String> {
         ms(percentile(&times, 50.0)),
         ms(percentile(&times, 100.0)),
     );
+    // DASHBOARD_SCALE_HOLD=SECS keeps the mesh up for a browser (bench/dashboard_browser.py).
+    if let Some(secs) = std::env::var("DASHBOARD_SCALE_HOLD")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        println!("holding for {secs} s: {base}/dashboard/?token={TOKEN}");
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
     for p in proxies {
         p.abort();
     }

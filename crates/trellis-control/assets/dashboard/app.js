@@ -83,7 +83,7 @@ function render() {
 }
 
 // ---- Topology -----------------------------------------------------------------------------
-const NW = 240, NH = 56, COLW = 460, ROWH = 96, PAD = 40;
+const NW = 240, NH = 56, COLW = 460, ROWH = 96, PAD = 40, LABELS_UP_TO = 60;
 
 function visible(topo) {
   const f = S.filter.trim().toLowerCase();
@@ -94,9 +94,12 @@ function visible(topo) {
   for (const n of topo.nodes) {
     if (match(n) && (S.showIdle || connected.has(n.id) || f)) shown.add(n.id);
   }
-  // Callers and callees of what a filter matched stay in the picture.
-  if (f) for (const e of topo.edges) {
-    if (shown.has(e.from) || shown.has(e.to)) { shown.add(e.from); shown.add(e.to); }
+  // Direct callers and callees of what a filter matched stay in the picture (one hop only).
+  if (f) {
+    const matched = new Set(shown);
+    for (const e of topo.edges) {
+      if (matched.has(e.from) || matched.has(e.to)) { shown.add(e.from); shown.add(e.to); }
+    }
   }
   const nodes = topo.nodes.filter((n) => shown.has(n.id));
   const edges = topo.edges.filter((e) => shown.has(e.from) && shown.has(e.to));
@@ -180,9 +183,12 @@ function renderTopology() {
       'data-counted-by': e.countedBy,
     });
     g.append(sv('path', { d, 'stroke-width': w.toFixed(1), 'marker-end': `url(#arrow-${e.health})` }));
-    const mx = (x1 + x2) / 2, my = (y1 + y2) / 2 - 8;
-    g.append(sv('text', { x: mx, y: my, 'text-anchor': 'middle', text: edgeLabel(e) }));
-    g.append(sv('title', { text: `${e.from} → ${e.to}\n${e.requests} requests, ${e.failures} failed (counted by the ${e.countedBy === 'outbound' ? "callers'" : "callee's"} sidecars)` }));
+    // Past LABELS_UP_TO edges, numbers only on hover (the tooltip) and in the table.
+    if (edges.length <= LABELS_UP_TO) {
+      const mx = (x1 + x2) / 2, my = (y1 + y2) / 2 - 8;
+      g.append(sv('text', { x: mx, y: my, 'text-anchor': 'middle', text: edgeLabel(e) }));
+    }
+    g.append(sv('title', { text: `${e.from} → ${e.to}: ${edgeLabel(e)}\n${e.requests} requests, ${e.failures} failed (counted by the ${e.countedBy === 'outbound' ? "callers'" : "callee's"} sidecars)` }));
     edgeLayer.append(g);
   }
   const nodeLayer = sv('g', { class: 'nodes' });

@@ -5,6 +5,7 @@
 //! status from [`crate::mesh_status`] (what `trellis check` shows). A topology is kept for
 //! [`CACHE_FOR`], so any number of open dashboards cost the proxies one question per window
 //! and period, not one per viewer.
+use super::ejections::Ejection;
 use super::{service_page, topology, Shared};
 use crate::api::ApiError;
 use axum::extract::{Path, Query, State};
@@ -15,7 +16,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use trellis_api::telemetry::{StatQuery, MAX_WINDOW_SECS};
 
@@ -24,9 +25,28 @@ pub const CACHE_FOR: Duration = Duration::from_millis(900);
 /// How long a store probe may take before the store is called unreachable.
 const STORE_PROBE: Duration = Duration::from_secs(2);
 
-/// The latest topology per window, as JSON text (served as is, never re-encoded).
+/// The latest topology per window, as JSON text (served as is, never re-encoded), and the
+/// latest ejections the proxies reported (a service page reuses them while fresh).
 #[derive(Default)]
-pub struct TopologyCache(Mutex<HashMap<u32, (Instant, Bytes)>>);
+pub struct TopologyCache(
+    Mutex<HashMap<u32, (Instant, Bytes)>>,
+    Mutex<Option<(Instant, Arc<Vec<Ejection>>)>>,
+);
+
+/// How long reported ejections are reused by service pages.
+const EJECTIONS_FOR: Duration = Duration::from_secs(3);
+
+/// The proxies' ejections, reused while fresh.
+async fn ejections(s: &Shared) -> Arc<Vec<Ejection>> {
+    if let Some((at, e)) = &*s.cache.1.lock().unwrap_or_else(|e| e.into_inner()) {
+        if at.elapsed() < EJECTIONS_FOR {
+            return e.clone();
+        }
+    }
+    let e = Arc::new(super::ejections::gather(&s.api).await);
+    *s.cache.1.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), e.clone()));
+    e
+}
 
 #[derive(Debug, Deserialize)]
 pub struct WindowQuery {
@@ -71,7 +91,7 @@ pub async fn topology_json(s: &Shared, window: u32) -> Result<Bytes, ApiError> {
         .unwrap_or_default();
     let (g, ejected) = tokio::join!(
         crate::live_api::gather_stat(&s.api, &query, None, false, &uri),
-        super::ejections::gather(&s.api),
+        ejections(s),
     );
     let g = g?;
     let model = s.api.model.borrow().clone();
@@ -113,7 +133,7 @@ async fn report(s: &Shared) -> Value {
 pub async fn service_value(s: &Shared, namespace: &str, name: &str) -> Option<Value> {
     let report = report(s).await;
     let proxies = report["proxies"].as_array().cloned().unwrap_or_default();
-    let ejected = super::ejections::gather(&s.api).await;
+    let ejected = ejections(s).await;
     let model = s.api.model.borrow().clone();
     let mut page = service_page::build(&model, namespace, name, &proxies, |id| {
         s.api.ca.latest_issued(id)
