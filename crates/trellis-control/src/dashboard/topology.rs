@@ -141,7 +141,6 @@ fn callee_id(service: &str, namespace: &str) -> String {
 
 /// The graph of `model`'s services and `rows`' calls.
 pub fn build(model: &Model, rows: &[StatRow], window_secs: u32) -> Topology {
-    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
     let services: Vec<&trellis_api::Service> = model
         .resources()
         .filter_map(|r| match r {
@@ -149,44 +148,21 @@ pub fn build(model: &Model, rows: &[StatRow], window_secs: u32) -> Topology {
             _ => None,
         })
         .collect();
-    for s in &services {
-        let id = format!("{}/{}", s.metadata.namespace, s.metadata.name);
-        nodes.insert(
-            id.clone(),
-            Node {
-                id,
-                namespace: s.metadata.namespace.clone(),
-                name: s.metadata.name.clone(),
-                kind: "service",
-                instances: 0,
-                unhealthy: 0,
-                ejected: 0,
-                served: None,
-                policies: 0,
-            },
-        );
-    }
+    let mut nodes: BTreeMap<String, Node> = services
+        .iter()
+        .map(|s| {
+            let n = Node::new(&s.metadata.namespace, &s.metadata.name, "service");
+            (n.id.clone(), n)
+        })
+        .collect();
     count_members(model, &services, &mut nodes);
-    let mut outbound: BTreeMap<(String, String), Sum> = BTreeMap::new();
-    let mut inbound: BTreeMap<(String, String), Sum> = BTreeMap::new();
-    let mut served: BTreeMap<String, Sum> = BTreeMap::new();
-    for r in rows {
-        let from = caller_id(&r.source, &r.namespace);
-        if r.direction == "outbound" {
-            let to = callee_id(&r.service, &r.namespace);
-            outbound.entry((from, to)).or_default().add(r);
-        } else {
-            let to = format!("{}/{}", r.namespace, r.service);
-            served.entry(to.clone()).or_default().add(r);
-            inbound.entry((from, to)).or_default().add(r);
-        }
-    }
-    let mut edges = Vec::with_capacity(outbound.len() + inbound.len());
-    for ((from, to), sum) in &outbound {
+    let sums = Sums::of(rows);
+    let mut edges = Vec::with_capacity(sums.outbound.len() + sums.inbound.len());
+    for ((from, to), sum) in &sums.outbound {
         edges.push(edge(from, to, "outbound", sum));
     }
-    for ((from, to), sum) in &inbound {
-        if !outbound.contains_key(&(from.clone(), to.clone())) {
+    for ((from, to), sum) in &sums.inbound {
+        if !sums.outbound.contains_key(&(from.clone(), to.clone())) {
             edges.push(edge(from, to, "inbound", sum));
         }
     }
@@ -194,24 +170,11 @@ pub fn build(model: &Model, rows: &[StatRow], window_secs: u32) -> Topology {
         for id in [&e.from, &e.to] {
             if !nodes.contains_key(id) {
                 let (ns, name) = id.split_once('/').unwrap_or(("", id));
-                nodes.insert(
-                    id.clone(),
-                    Node {
-                        id: id.clone(),
-                        namespace: ns.into(),
-                        name: name.into(),
-                        kind: "client",
-                        instances: 0,
-                        unhealthy: 0,
-                        ejected: 0,
-                        served: None,
-                        policies: 0,
-                    },
-                );
+                nodes.insert(id.clone(), Node::new(ns, name, "client"));
             }
         }
     }
-    for (id, sum) in served {
+    for (id, sum) in sums.served {
         if let Some(n) = nodes.get_mut(&id) {
             n.served = Some(sum.golden());
         }
@@ -221,6 +184,48 @@ pub fn build(model: &Model, rows: &[StatRow], window_secs: u32) -> Topology {
         revision: model.revision,
         nodes: nodes.into_values().collect(),
         edges,
+    }
+}
+
+impl Node {
+    fn new(namespace: &str, name: &str, kind: &'static str) -> Self {
+        Node {
+            id: format!("{namespace}/{name}"),
+            namespace: namespace.into(),
+            name: name.into(),
+            kind,
+            instances: 0,
+            unhealthy: 0,
+            ejected: 0,
+            served: None,
+            policies: 0,
+        }
+    }
+}
+
+/// The rows summed per (caller, callee) on each side, and per service served.
+#[derive(Default)]
+struct Sums {
+    outbound: BTreeMap<(String, String), Sum>,
+    inbound: BTreeMap<(String, String), Sum>,
+    served: BTreeMap<String, Sum>,
+}
+
+impl Sums {
+    fn of(rows: &[StatRow]) -> Self {
+        let mut s = Sums::default();
+        for r in rows {
+            let from = caller_id(&r.source, &r.namespace);
+            if r.direction == "outbound" {
+                let to = callee_id(&r.service, &r.namespace);
+                s.outbound.entry((from, to)).or_default().add(r);
+            } else {
+                let to = format!("{}/{}", r.namespace, r.service);
+                s.served.entry(to.clone()).or_default().add(r);
+                s.inbound.entry((from, to)).or_default().add(r);
+            }
+        }
+        s
     }
 }
 
