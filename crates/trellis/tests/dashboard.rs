@@ -8,7 +8,11 @@
 //! - an edge's request count and success rate are exactly what the callers' sidecars count in
 //!   `/metrics` (a burst sent inside the window, so the window holds all of it);
 //! - a Route change made with `trellis apply` appears on the service page without a reload;
+//! - an instance ejected by outlier detection shows on its node;
 //! - a fault (abort 100%) turns its edge red.
+//!
+//! Before the browser, `trellis dashboard` prints a login link that works once, and
+//! `trellis up`'s banner names the dashboard.
 //!
 //! Screenshots land in `target/dashboard-screenshots/`.
 mod common;
@@ -145,6 +149,36 @@ fn load(outbound: std::net::SocketAddr) -> Load {
     Load { stop, sent, task }
 }
 
+/// `trellis dashboard` prints a login link that opens a session once, and only once.
+fn one_time_link_from_the_cli(mesh: &Up, token: &str) {
+    let out = Command::new(BIN)
+        .args(["dashboard", &format!("--control=http://{}", mesh.control)])
+        .env("TRELLIS_TOKEN", token)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = stdout
+        .split_whitespace()
+        .find(|w| w.contains("/dashboard/?code="))
+        .unwrap_or_else(|| panic!("no login link in: {stdout}"))
+        .to_string();
+    let open = |link: &str| curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", link]);
+    assert_eq!(open(&link), "303", "the link opens a session");
+    assert_eq!(open(&link), "401", "but only once");
+    let refused = Command::new(BIN)
+        .args(["dashboard", &format!("--control=http://{}", mesh.control)])
+        .env_remove("TRELLIS_TOKEN")
+        .env_remove("TRELLIS_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "no link without the token");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_live_mesh_in_a_browser() {
     let mesh = up();
@@ -160,6 +194,7 @@ async fn the_dashboard_shows_the_live_mesh_in_a_browser() {
         mesh.banner
     );
     let token = std::fs::read_to_string(mesh.dir.join("join-token")).unwrap();
+    one_time_link_from_the_cli(&mesh, token.trim());
     let load = load(mesh.outbound);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let shots = root.join("target/dashboard-screenshots");
