@@ -112,6 +112,11 @@ pub fn router(api: Arc<ApiState>, opts: DashboardOptions, listen: SocketAddr) ->
             state.clone(),
             local_host_only,
         ))
+        // Every answer, data and refusals too: no caching, no framing, this origin only.
+        .layer(axum::middleware::map_response(|mut r: Response| async {
+            assets::harden(r.headers_mut());
+            r
+        }))
         .with_state(state)
 }
 

@@ -123,6 +123,14 @@ async fn only_a_session_or_the_token_gets_in() {
     assert!(page.contains("/dashboard/assets/app.js"));
     let (status, _, _, json) = call(&r, "GET", "/dashboard/api/topology", &with, "").await;
     assert_eq!(status, 200, "{json}");
+    let req = http::Request::get("/dashboard/api/status")
+        .header("host", "127.0.0.1:15010")
+        .header("cookie", session.as_str())
+        .body(Body::empty())
+        .unwrap();
+    let rsp = r.clone().oneshot(req).await.unwrap();
+    assert_eq!(rsp.headers()["cache-control"], "no-store");
+    assert!(rsp.headers().contains_key("content-security-policy"));
     assert!(json.contains("\"nodes\""), "{json}");
     // Logged out, the cookie opens nothing.
     call(&r, "POST", "/dashboard/logout", &with, "").await;
