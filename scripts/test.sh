@@ -107,6 +107,21 @@ if ! python3 -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grp
       opentelemetry-exporter-otlp-proto-grpc
 fi
 
+# The dashboard test (crates/trellis/tests/dashboard.rs) drives Debian's chromium through
+# chromedriver with Selenium: the real browser, headless.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  log "installing chromium and chromium-driver (for the dashboard test)"
+  as_root=()
+  if [ "$(id -u)" -ne 0 ]; then as_root=(sudo); fi
+  "${as_root[@]}" apt-get update
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver
+fi
+if ! python3 -c 'import selenium' >/dev/null 2>&1; then
+  log "installing selenium (for the dashboard test)"
+  python3 -m pip install --quiet selenium \
+    || python3 -m pip install --quiet --break-system-packages selenium
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -40,6 +40,7 @@ async fn bench(n: usize, rounds: usize) -> Result<(), String> {
         ca: None,
         connections: Default::default(),
         max_apply_documents: None,
+        dashboard: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

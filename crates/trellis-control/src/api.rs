@@ -214,6 +214,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The error's one-line message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,

@@ -10,6 +10,7 @@
 //!   certificate and CA routes.
 //! - [`ca`]: the mesh certificate authority, kept in the store and followed by every replica.
 //! - [`auth`]: the join token every API call and xDS stream must present.
+//! - [`dashboard`]: the browser dashboard under `/dashboard/` (topology, services, live).
 //! - [`server`]: `trellis control`, tying them together with the xDS transport.
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod ca;
 pub mod ca_api;
 pub mod compaction;
+pub mod dashboard;
 pub mod egress;
 pub mod live_api;
 pub mod mesh_status;

@@ -107,10 +107,42 @@ pub async fn stat(
         to: p.to.filter(|t| !t.is_empty()),
         from: p.from.filter(|f| !f.is_empty()),
     };
-    let body = Bytes::from(serde_json::to_vec(&query).unwrap_or_default());
     let namespace = p.namespace.filter(|n| !n.is_empty());
+    let g = gather_stat(&s, &query, namespace, p.local, &uri).await?;
+    let rows: Vec<Value> = g.rows.iter().map(with_golden_numbers).collect();
+    Ok(Json(json!({
+        "windowSecs": window,
+        "proxiesAsked": g.proxies_asked,
+        "proxiesAnswered": g.proxies_answered,
+        "replicas": g.replicas,
+        "rows": rows,
+    })))
+}
+
+/// What the proxies (of every live replica) said to one stat query, merged.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    /// Listed in edge order: namespace, service, direction, source, route.
+    pub rows: Vec<StatRow>,
+    pub proxies_asked: usize,
+    pub proxies_answered: usize,
+    /// `{"id", "error"}` per other replica asked.
+    pub replicas: Vec<Value>,
+}
+
+/// Asks this replica's proxies (of `namespace`, or all) and, unless `local`, every other live
+/// replica (the same `uri` marked local) for `query`, and merges their rows. Shared by
+/// `GET /api/v1/stat` and the dashboard, so both count the same way.
+pub async fn gather_stat(
+    s: &ApiState,
+    query: &StatQuery,
+    namespace: Option<String>,
+    local: bool,
+    uri: &axum::http::Uri,
+) -> Result<Gathered, ApiError> {
+    let body = Bytes::from(serde_json::to_vec(query).unwrap_or_default());
     let select = move |i: &ProxyInfo| namespace.as_deref().is_none_or(|n| n == i.namespace);
-    let mut asked = hub(&s)?.ask(select, "stat", body, false);
+    let mut asked = hub(s)?.ask(select, "stat", body, false);
     let mut rows: Vec<StatRow> = Vec::new();
     let (mut answered, mut asked_total) = (0usize, asked.asked);
     let deadline = tokio::time::sleep(PROXY_TIMEOUT);
@@ -129,8 +161,8 @@ pub async fn stat(
     }
     drop(asked);
     let mut replicas = Vec::new();
-    if !p.local {
-        for (id, result) in ask_peers(&s, &uri, PEER_TIMEOUT).await {
+    if !local {
+        for (id, result) in ask_peers(s, uri, PEER_TIMEOUT).await {
             match result.and_then(|v| peer_stat(&v)) {
                 Ok((peer_rows, peer_asked, peer_answered)) => {
                     rows.extend(peer_rows);
@@ -142,16 +174,12 @@ pub async fn stat(
             }
         }
     }
-    // Listed in edge order: namespace, service, direction, source, route.
-    let merged = merge_rows(rows);
-    let rows: Vec<Value> = merged.iter().map(with_golden_numbers).collect();
-    Ok(Json(json!({
-        "windowSecs": window,
-        "proxiesAsked": asked_total,
-        "proxiesAnswered": answered,
-        "replicas": replicas,
-        "rows": rows,
-    })))
+    Ok(Gathered {
+        rows: merge_rows(rows),
+        proxies_asked: asked_total,
+        proxies_answered: answered,
+        replicas,
+    })
 }
 
 /// A row as the API shows it: the raw counts (so a replica can merge them again) plus success

@@ -1,7 +1,7 @@
 //! `trellis control`: opens the store, follows it into an in-memory model, loads (or creates)
 //! the mesh CA and the join token, computes each proxy's view, and serves the HTTP API and the
 //! xDS transport on one port: a connection that opens with the HTTP/2 preface is gRPC (xDS),
-//! anything else is the HTTP/1 API. Both require the join token (see [`crate::auth`]).
+//! anything else is the HTTP/1 API (and the dashboard, [`crate::dashboard`]). Both require the join token (see [`crate::auth`]).
 //!
 //! The port holds up under floods of connections that never finish a request (slowloris) and
 //! near the open-files limit ([`trellis_net`]): a connection cap ([`ConnectionLimits`], fitted
@@ -47,6 +47,9 @@ pub struct ControlOptions {
     /// Documents one apply may commit at most (`None`: what the store takes in one
     /// transaction). Bigger applies are refused with 413; the CLI splits them.
     pub max_apply_documents: Option<usize>,
+    /// Where the dashboard (`/dashboard/`) is served: by default only when `listen` is a
+    /// loopback address (see [`crate::dashboard`]).
+    pub dashboard: crate::dashboard::DashboardOptions,
 }
 
 /// How many connections the control port keeps, and how long it waits on them.
@@ -84,6 +87,7 @@ impl std::fmt::Debug for ControlOptions {
             .field("join_token_file", &self.join_token_file)
             .field("ca", &self.ca)
             .field("connections", &self.connections)
+            .field("dashboard", &self.dashboard)
             .finish()
     }
 }
@@ -182,7 +186,8 @@ pub async fn run(
         telemetry: Some(telemetry.clone()),
     });
     on_ready(addr);
-    let api = api::router(state);
+    let api =
+        api::router(state.clone()).merge(crate::dashboard::router(state, opts.dashboard, addr));
     let wanted = opts.connections.max_connections;
     let limiter = ConnLimiter::new(trellis_net::fdlimit::fit_cap(wanted), "control");
     if limiter.max() < wanted {
@@ -289,6 +294,7 @@ mod tests {
             }),
             connections: ConnectionLimits::default(),
             max_apply_documents: None,
+            dashboard: Default::default(),
         };
         let dbg = format!("{opts:?}");
         assert!(!dbg.contains("s3cret") && !dbg.contains("PRIVATE"), "{dbg}");

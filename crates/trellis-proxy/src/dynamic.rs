@@ -118,6 +118,10 @@ fn start_live(
         taps: state.taps.clone(),
         node_id: c.node_id.clone(),
         namespace: state.identity.namespace.clone(),
+        ejected: {
+            let state = state.clone();
+            Arc::new(move || ejected_endpoints(&state))
+        },
     };
     let link = trellis_xds::telemetry::client::spawn(
         uris.to_vec(),
@@ -126,6 +130,32 @@ fn start_live(
         Arc::new(live),
     );
     [sampler, link]
+}
+
+/// The endpoints outlier detection has ejected from this proxy's pools, as JSON
+/// (`{"ejected": [{"service", "namespace", "address", "ejections"}]}`): what the dashboard shows
+/// against each instance. Read from the snapshot in force; nothing on the request path.
+fn ejected_endpoints(state: &ProxyState) -> Vec<u8> {
+    let snap = state.snapshot.load_full();
+    let mut ejected = Vec::new();
+    for svc in snap.iter().flat_map(|s| s.services.values()) {
+        for e in svc
+            .groups
+            .get(&None)
+            .iter()
+            .flat_map(|g| g.endpoints.iter())
+        {
+            if e.outlier.is_ejected() {
+                ejected.push(serde_json::json!({
+                    "service": &*svc.name,
+                    "namespace": svc.namespace,
+                    "address": e.addr.to_string(),
+                    "ejections": e.outlier.ejections(),
+                }));
+            }
+        }
+    }
+    serde_json::to_vec(&serde_json::json!({ "ejected": ejected })).unwrap_or_default()
 }
 
 /// Compiles an update into a snapshot and installs it; an error is NACKed by the client.

@@ -57,6 +57,10 @@ pub struct ControlCmdArgs {
     /// of one request). `trellis apply` splits a bigger manifest into applies that fit.
     #[arg(long)]
     pub max_apply_documents: Option<usize>,
+    /// Serve the dashboard (`/dashboard/`) even when --listen is not a loopback address. Off by
+    /// default: there it would face the network over plain HTTP; prefer an SSH tunnel.
+    #[arg(long)]
+    pub dashboard_any_address: bool,
 }
 
 fn read_pem(path: &Path, what: &str) -> anyhow::Result<String> {
@@ -103,9 +107,20 @@ pub async fn run(args: ControlCmdArgs) -> anyhow::Result<()> {
             },
         },
         max_apply_documents: args.max_apply_documents,
+        dashboard: trellis_control::dashboard::DashboardOptions {
+            any_address: args.dashboard_any_address,
+        },
     };
+    let opts_dashboard = opts.dashboard;
     run_control(opts, crate::proxy_cmd::shutdown_signal(), |addr| {
         println!("trellis control ready: listening on {addr}");
+        if opts_dashboard.enabled_for(addr) {
+            println!(
+                "dashboard: http://{addr}/dashboard/ (`trellis dashboard` prints a login link)"
+            );
+        } else {
+            println!("dashboard: off (not a loopback address; --dashboard-any-address serves it)");
+        }
         match (&join_token_file, given_token) {
             (Some(path), _) => println!(
                 "join token written to {} (proxies and the CLI read it with --token-file)",

@@ -55,6 +55,8 @@ enum Command {
     Tap(ctl::TapArgs),
     /// A live table of a service's busiest paths, from a tap.
     Top(ctl::TopArgs),
+    /// Print (or --open) the dashboard's address with a one-time login link.
+    Dashboard(ctl::DashboardArgs),
     /// Look at the mesh certificate authority and rotate its root (add-root, activate, retire).
     Ca(ca_cmd::CaArgs),
     /// Check config files and report every problem with file, document and field path.
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
             Command::Stat(args) => ctl::stat(args).await,
             Command::Tap(args) => ctl::tap(args).await,
             Command::Top(args) => ctl::top(args).await,
+            Command::Dashboard(args) => ctl::dashboard(args).await,
         }
     })
 }

@@ -90,6 +90,8 @@ struct Running {
     applied: BTreeSet<(String, String, String)>,
     services: Vec<String>,
     upstream_ports: Vec<SocketAddr>,
+    /// A one-time login link to the dashboard (`None` when the dashboard is off).
+    dashboard: Option<String>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -226,6 +228,7 @@ async fn start_mesh(
         children,
     )
     .await?;
+    let dashboard = dashboard_link(&api, &control).await;
     Ok(Running {
         control,
         stop_control,
@@ -233,7 +236,18 @@ async fn start_mesh(
         applied,
         services,
         upstream_ports,
+        dashboard,
     })
+}
+
+/// A one-time login link to the in-process control plane's dashboard; `None` when it is off
+/// (with `--hosts` the control plane listens on the bridge, not on loopback).
+async fn dashboard_link(api: &crate::ctl::Api, control: &str) -> Option<String> {
+    let v = api
+        .call(http::Method::POST, "/dashboard/api/login-codes", None)
+        .await
+        .ok()?;
+    Some(format!("{control}{}", v["path"].as_str()?))
 }
 
 /// Starts the control plane in this process on an embedded store under `work`.
@@ -253,6 +267,7 @@ async fn start_control(
         ca: None,
         connections: Default::default(),
         max_apply_documents: None,
+        dashboard: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -633,6 +648,14 @@ fn print_banner(
         running.control,
         work.join("join-token").display()
     );
+    match &running.dashboard {
+        Some(link) => {
+            println!("  dashboard: {}/dashboard/", running.control);
+            println!("    log in once with {link}");
+            println!("    (or the token in the file above; `trellis dashboard` makes a new link)");
+        }
+        None => println!("  dashboard: off (the control plane is not on a loopback address)"),
+    }
     println!("  sidecars call each other over mTLS (see \"tls\" in any sidecar's /config)");
     println!();
     println!(

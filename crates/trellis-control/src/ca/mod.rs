@@ -40,7 +40,7 @@ use resources::{bundle_resource, bundle_spec, bundle_spec_of, ca_from_spec, ca_r
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use trellis_api::ca::SecretText;
 use trellis_api::{MeshConfigSpec, Resource};
@@ -118,6 +118,9 @@ pub struct MeshCa {
     issued: AtomicU64,
     /// The (MeshConfig, CA) trust domain pair last warned about.
     warned: Mutex<Option<(String, String)>>,
+    /// The latest certificate this replica issued per identity: (not before, not after), for
+    /// the dashboard. Bounded by the mesh's identities (one per namespace and service).
+    latest: Mutex<std::collections::HashMap<String, (SystemTime, SystemTime)>>,
 }
 
 impl fmt::Debug for MeshCa {
@@ -155,6 +158,7 @@ impl MeshCa {
             current: watch::Sender::new(Arc::new(loaded)),
             token,
             issued: AtomicU64::new(0),
+            latest: Default::default(),
             warned: Mutex::new(None),
         });
         this.check_trust_domain(&mesh.trust_domain);
@@ -178,6 +182,15 @@ impl MeshCa {
         self.issued.load(Ordering::Relaxed)
     }
 
+    /// When this replica last issued a certificate for `spiffe_id`: (not before, not after).
+    pub fn latest_issued(&self, spiffe_id: &str) -> Option<(SystemTime, SystemTime)> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(spiffe_id)
+            .copied()
+    }
+
     /// Signs `csr_pem` for `spiffe://<CA trust domain>/ns/<namespace>/sa/<service>`, valid for
     /// `lifetime`. Only the CSR's public key is used (see `trellis_identity::ca`).
     pub fn issue(
@@ -192,6 +205,13 @@ impl MeshCa {
         let id = SpiffeId::new(ca.trust_domain(), namespace, service)?;
         let bundle = ca.sign_csr(csr_pem, &id, lifetime)?;
         let issued = self.issued.fetch_add(1, Ordering::Relaxed) + 1;
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                bundle.spiffe_id.to_string(),
+                (bundle.not_before, bundle.not_after),
+            );
         tracing::debug!(
             spiffe_id = %bundle.spiffe_id,
             serial = %bundle.serial,

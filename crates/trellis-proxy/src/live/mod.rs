@@ -1,6 +1,7 @@
 //! What this proxy tells the control plane when asked over the telemetry link
 //! (`trellis_xds::telemetry`): its golden numbers over a recent window ([`history`]) for
-//! `trellis stat`, and the requests passing now ([`tap`]) for `trellis tap` and `trellis top`.
+//! `trellis stat`, the requests passing now ([`tap`]) for `trellis tap` and `trellis top`, and
+//! the endpoints it has ejected, for the dashboard.
 pub mod history;
 pub mod tap;
 
@@ -16,6 +17,8 @@ pub struct Live {
     pub taps: Arc<Taps>,
     pub node_id: String,
     pub namespace: String,
+    /// The endpoints this proxy has ejected, as the dashboard asks for them (JSON).
+    pub ejected: Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
 }
 
 impl trellis_xds::telemetry::Handler for Live {
@@ -33,5 +36,9 @@ impl trellis_xds::telemetry::Handler for Live {
         let filter: TapFilter =
             serde_json::from_slice(filter).map_err(|e| format!("bad tap filter: {e}"))?;
         Ok(self.taps.open(filter, &self.node_id, &self.namespace))
+    }
+
+    fn endpoints(&self) -> Vec<u8> {
+        (self.ejected)()
     }
 }

@@ -26,6 +26,11 @@ pub trait Handler: Send + Sync + 'static {
     /// Starts a tap: its events (JSON each) arrive on the receiver until it is dropped, which
     /// ends the tap. `Err` says why the filter was refused.
     fn tap(&self, filter: &[u8]) -> Result<mpsc::Receiver<Vec<u8>>, String>;
+    /// The endpoints this proxy has ejected (outlier detection), for the dashboard: JSON
+    /// `{"ejected": [{"service", "namespace", "address", "ejections"}]}`.
+    fn endpoints(&self) -> Vec<u8> {
+        b"{\"ejected\":[]}".to_vec()
+    }
 }
 
 /// Keeps a telemetry stream open to one of `endpoints` until the task is aborted.
@@ -117,10 +122,13 @@ fn answer(
 ) {
     taps.retain(|_, t| !t.is_finished());
     match q.kind.as_str() {
-        "stat" => {
+        "stat" | "endpoints" => {
             let (handler, out) = (handler.clone(), out.clone());
             tokio::spawn(async move {
-                let body = handler.stat(&q.body_json);
+                let body = match q.kind.as_str() {
+                    "stat" => handler.stat(&q.body_json),
+                    _ => handler.endpoints(),
+                };
                 let _ = out
                     .send(ProxyMessage {
                         id: q.id,

@@ -36,11 +36,13 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 mod api;
+mod dashboard;
 mod live;
 mod mesh;
 mod split;
 
 pub use api::*;
+pub use dashboard::{dashboard, DashboardArgs};
 pub use live::{stat, tap, top, StatArgs, TapArgs, TopArgs};
 pub use mesh::{check, proxy_config, ProxyConfigArgs};
 
