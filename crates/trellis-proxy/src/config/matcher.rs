@@ -47,17 +47,26 @@ pub struct ValueMatcher {
 }
 
 impl ValueMatcher {
-    pub fn compile(m: &ValueMatch) -> Result<Self, regex::Error> {
+    /// A header condition: header names compare case-insensitively, so the name is lowercased
+    /// as `HeaderMap` keeps it.
+    pub fn header(m: &ValueMatch) -> Result<Self, regex::Error> {
+        Self::compile(m, m.name.to_ascii_lowercase())
+    }
+
+    /// A query parameter condition: names compare exactly (Gateway API: `ANIMAL` is not
+    /// `animal`).
+    pub fn query(m: &ValueMatch) -> Result<Self, regex::Error> {
+        Self::compile(m, m.name.clone())
+    }
+
+    fn compile(m: &ValueMatch, name: String) -> Result<Self, regex::Error> {
         let value = m.value.clone().unwrap_or_default();
         let check = match m.kind {
             ValueMatchType::Exact => ValueCheck::Exact(value),
             ValueMatchType::RegularExpression => ValueCheck::Regex(full_match(&value)?),
             ValueMatchType::Present => ValueCheck::Present,
         };
-        Ok(Self {
-            name: m.name.to_ascii_lowercase(),
-            check,
-        })
+        Ok(Self { name, check })
     }
 
     fn accepts(&self, value: Option<&str>) -> bool {
@@ -121,22 +130,17 @@ impl RouteMatcher {
                     .map_err(|_| format!("invalid method {s:?}"))?,
             ),
         };
-        let compile_all = |list: &[ValueMatch], what: &str| {
+        type Compile = fn(&ValueMatch) -> Result<ValueMatcher, regex::Error>;
+        let compile_all = |list: &[ValueMatch], compile: Compile, what: &str| {
             list.iter()
-                .map(|v| ValueMatcher::compile(v).map_err(|e| format!("{what} {:?}: {e}", v.name)))
+                .map(|v| compile(v).map_err(|e| format!("{what} {:?}: {e}", v.name)))
                 .collect::<Result<Vec<_>, _>>()
         };
-        let mut query = compile_all(&m.query_params, "query parameter")?;
-        // Header names compare case-insensitively; query parameter names exactly (Gateway API:
-        // `ANIMAL` is not `animal`).
-        for (q, v) in query.iter_mut().zip(&m.query_params) {
-            q.name = v.name.clone();
-        }
         Ok(Self {
             path,
             method,
-            headers: compile_all(&m.headers, "header")?,
-            query,
+            headers: compile_all(&m.headers, ValueMatcher::header, "header")?,
+            query: compile_all(&m.query_params, ValueMatcher::query, "query parameter")?,
         })
     }
 
@@ -183,7 +187,7 @@ mod tests {
 
     #[test]
     fn query_and_headers() {
-        let q = ValueMatcher::compile(&ValueMatch {
+        let q = ValueMatcher::query(&ValueMatch {
             name: "user".into(),
             kind: ValueMatchType::Exact,
             value: Some("jason".into()),
@@ -192,7 +196,7 @@ mod tests {
         assert!(q.matches_query(Some("a=1&user=jason")));
         assert!(!q.matches_query(Some("user=bob")));
         assert!(!q.matches_query(None));
-        let h = ValueMatcher::compile(&ValueMatch {
+        let h = ValueMatcher::header(&ValueMatch {
             name: "X-Canary".into(),
             kind: ValueMatchType::Present,
             value: None,

@@ -190,7 +190,7 @@ fn fault(at: &At<'_>, f: &route::FaultPolicy) -> Result<Fault, BuildError> {
         headers: f
             .headers
             .iter()
-            .map(|h| ValueMatcher::compile(h).map_err(|e| at.error("fault.headers", e.to_string())))
+            .map(|h| ValueMatcher::header(h).map_err(|e| at.error("fault.headers", e.to_string())))
             .collect::<Result<_, _>>()?,
     })
 }
