@@ -23,6 +23,8 @@ use crate::tls::Alpn;
 use crate::upstream::opaque;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -475,30 +477,55 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (state2, role2, conn2) = (state.clone(), role.clone(), Arc::new(conn.clone()));
-    let peer = conn.peer;
-    let activity = Activity::new();
-    let counted = activity.clone();
-    let svc = service_fn(move |req| {
+    let handle = move |req| {
         let state = state2.clone();
         let role = role2.clone();
         let conn = conn2.clone();
-        // In flight until the response body is finished or dropped.
-        let in_flight = counted.start();
         async move {
-            let rsp = match role {
+            match role {
                 Role::Inbound { app } => inbound::handle(state, app, conn, req).await,
                 Role::Outbound { fixed } => outbound::handle(state, fixed, conn.peer, req).await,
                 Role::EgressDenied { to } => {
                     crate::http::egress::handle(state, to, conn.peer, req).await
                 }
-            };
-            rsp.map(|rsp| rsp.map(|b| body::Holding::new(b, in_flight)))
+            }
+        }
+    };
+    let h2 = detected == Detected::Http2;
+    serve_http_connection(io, h2, conn.peer, state, drain, handle).await;
+}
+
+/// Serves one HTTP connection (HTTP/2 when `h2`, else HTTP/1.1 with upgrades), answering each
+/// request with `handle`, until it ends, idles past the idle timeout, or the proxy drains. A
+/// request is in flight (for idleness) until its response body is finished or dropped. The
+/// sidecar's listeners and the gateway's ([`crate::gateway`]) serve their connections here.
+pub(crate) async fn serve_http_connection<I, H, F>(
+    io: I,
+    h2: bool,
+    peer: SocketAddr,
+    state: &ProxyState,
+    drain: &Drain,
+    handle: H,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(http::Request<hyper::body::Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<http::Response<body::Body>, Infallible>> + Send + 'static,
+{
+    let activity = Activity::new();
+    let counted = activity.clone();
+    let svc = service_fn(move |req| {
+        // In flight until the response body is finished or dropped.
+        let in_flight = counted.start();
+        let rsp = handle(req);
+        async move {
+            rsp.await
+                .map(|rsp| rsp.map(|b| body::Holding::new(b, in_flight)))
         }
     });
     let io = TokioIo::new(io);
     let s = &state.settings;
     let max_head = s.max_header_bytes;
-    if detected == Detected::Http2 {
+    if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(max_head as u32)

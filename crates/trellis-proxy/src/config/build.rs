@@ -230,16 +230,12 @@ fn rules_of(
     });
     let mut rules = Vec::new();
     for route in routes {
-        for (i, r) in route.spec.rules.iter().enumerate() {
-            rules.push(rule::compile(route, i, r)?);
-        }
+        rules.extend(super::compile_route(route)?);
     }
     // A Trellis Route wins over Gateway API routes for its service (docs/configuration.md).
     if rules.is_empty() {
         if let Some(route) = gateway_api_route(svc, key, inputs) {
-            for (i, r) in route.spec.rules.iter().enumerate() {
-                rules.push(rule::compile(&route, i, r)?);
-            }
+            rules = super::compile_route(&route)?;
             // Routes scoped to some ports leave the others to the service's default rule (on a
             // port a route serves, a request no rule matches is answered 404, as the spec asks).
             if rules.iter().all(|r| !r.ports.is_empty()) {

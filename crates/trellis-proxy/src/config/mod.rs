@@ -96,8 +96,8 @@ impl Eq for dyn ServiceName + '_ {}
 /// Every service of a snapshot, by namespace and name (persistent: an update copies a path).
 pub type Services = imbl::HashMap<ServiceKey, Arc<ServiceTarget>>;
 
-/// Compiles the rules of a Route that steers no service of the mesh: a gateway listener's
-/// route table (see [`crate::gateway`]), compiled exactly as a service's rules are.
+/// Compiles the rules of a Route: a service's, or one that steers no service of the mesh (a
+/// gateway listener's route table, see [`crate::gateway`]).
 pub fn compile_route(route: &trellis_api::Route) -> Result<Vec<Rule>, BuildError> {
     (route.spec.rules.iter().enumerate())
         .map(|(i, r)| rule::compile(route, i, r))
@@ -198,12 +198,15 @@ pub struct DirectResponse {
 }
 
 impl DirectResponse {
-    /// Whether this request is answered directly, with `roll` uniform in
-    /// `0..total_weight + weight` (`total_weight` being the backends').
-    pub fn applies(&self, total_weight: u64, roll: u64) -> bool {
+    /// Whether this request is answered directly: always without a weight, else with the
+    /// chance of the weight's share beside the backends' `total_weight`.
+    pub fn applies(&self, total_weight: u64) -> bool {
         match self.weight {
             None => true,
-            Some(_) => roll >= total_weight,
+            Some(weight) => {
+                let share = total_weight + weight;
+                share > 0 && rand::random_range(0..share) >= total_weight
+            }
         }
     }
 }
@@ -213,6 +216,15 @@ impl Rule {
     /// first port, `first`).
     pub fn serves_port(&self, port: Option<u16>, first: Option<u16>) -> bool {
         self.ports.is_empty() || port.or(first).is_some_and(|p| self.ports.contains(&p))
+    }
+
+    /// The prefix of match `matched` when it is a `PathPrefix` match (prefix rewrites and
+    /// redirects replace it).
+    pub fn matched_prefix(&self, matched: usize) -> Option<&str> {
+        self.matches.get(matched).and_then(|m| match &m.path {
+            Some(matcher::PathMatcher::Prefix(p)) => Some(p.as_str()),
+            _ => None,
+        })
     }
 
     /// The index of the first match that fits, or `Some(usize::MAX)` for a rule with none.

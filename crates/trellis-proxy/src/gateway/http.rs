@@ -9,19 +9,18 @@
 //! with the gateway's identity as their source.
 use super::hosts::normalize;
 use super::plan::PortPlan;
-use crate::body::{self, Body};
+use crate::body::Body;
 use crate::drain::Drain;
 use crate::error::{ProxyError, Reason, Shape};
+use crate::http::headers::authority;
 use crate::http::outbound::serve_rule;
 use crate::http::{record, Caller, Outcome};
-use crate::idle::Activity;
+use crate::listener::serve_http_connection;
 use crate::metrics::no_label;
 use crate::state::ProxyState;
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,61 +50,15 @@ pub async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Activity::new();
-    let counted = activity.clone();
-    let (st, down) = (state.clone(), Arc::new(down));
+    let down = Arc::new(down);
     let peer = down.peer;
-    let svc = service_fn(move |req| {
+    let st = state.clone();
+    let answer = move |req| {
         // The port's plan in force when the request came: a reload never changes a request's.
         let (state, port, down) = (st.clone(), port.load_full(), down.clone());
-        // In flight until the response body is finished or dropped.
-        let in_flight = counted.start();
-        async move {
-            let rsp = handle(state, port, down, req).await;
-            rsp.map(|rsp| rsp.map(|b| body::Holding::new(b, in_flight)))
-        }
-    });
-    let io = TokioIo::new(io);
-    let s = &state.settings;
-    let result = if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_header_list_size(s.max_header_bytes as u32)
-            .max_concurrent_streams(1024)
-            .serve_connection(io, svc);
-        tokio::pin!(conn);
-        let expired = activity.expired(s.idle_timeout, s.idle_timeout);
-        tokio::pin!(expired);
-        let mut closing = false;
-        loop {
-            tokio::select! {
-                r = conn.as_mut() => break r,
-                _ = &mut expired, if !closing => { closing = true; conn.as_mut().graceful_shutdown(); }
-                _ = drain.started(), if !closing => { closing = true; conn.as_mut().graceful_shutdown(); }
-            }
-        }
-    } else {
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(s.idle_timeout.saturating_add(s.header_read_timeout))
-            .max_buf_size(s.max_header_bytes.max(8192))
-            .serve_connection(io, svc)
-            .with_upgrades();
-        tokio::pin!(conn);
-        let expired = activity.expired(s.idle_timeout, s.header_read_timeout);
-        tokio::pin!(expired);
-        let mut closing = false;
-        loop {
-            tokio::select! {
-                r = conn.as_mut() => break r,
-                _ = &mut expired, if !closing => { closing = true; conn.as_mut().graceful_shutdown(); }
-                _ = drain.started(), if !closing => { closing = true; conn.as_mut().graceful_shutdown(); }
-            }
-        }
+        handle(state, port, down, req)
     };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "gateway http connection ended with an error");
-    }
+    serve_http_connection(io, h2, peer, &state, &drain, answer).await;
 }
 
 async fn handle(
@@ -137,15 +90,6 @@ async fn handle(
         start,
         began,
     ))
-}
-
-/// The request's `:authority`, or its `Host` header.
-fn authority(req: &Request<Incoming>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
 }
 
 fn no_route(detail: String, shape: Shape, service: Arc<str>) -> Outcome {

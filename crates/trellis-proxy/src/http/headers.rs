@@ -186,6 +186,16 @@ fn remove_named(headers: &mut HeaderMap, connection: &http::HeaderValue, keep_up
     }
 }
 
+/// The request's `:authority` (its target's, HTTP/2's or an absolute HTTP/1 target's), or its
+/// `Host` header.
+pub fn authority<B>(req: &http::Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
 /// Rewrites the path: replaces the matched prefix when the rule matched on a prefix, the whole
 /// path otherwise; the query string is kept.
 pub fn rewrite_path(uri: &http::Uri, matched_prefix: Option<&str>, replacement: &str) -> String {

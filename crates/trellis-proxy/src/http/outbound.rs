@@ -3,15 +3,14 @@
 //! forwarded.
 use super::forward::{forward, name_workload, Chosen, Target};
 use super::headers::{
-    admit_upgrade, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
+    admit_upgrade, authority, is_upgrade, rewrite_path, set_path_and_query, strip_hop_by_hop,
 };
 use super::upgrade::forward_upgrade;
 use super::{record, Caller, Outcome};
 use crate::access_log::counting;
 use crate::body::{self, Body};
 use crate::config::{
-    host_service, split_host_port, ExternalTarget, Fault, FaultAbort, PathMatcher, Rule,
-    ServiceTarget, Snapshot,
+    host_service, split_host_port, ExternalTarget, Fault, FaultAbort, Rule, ServiceTarget, Snapshot,
 };
 use crate::error::{ProxyError, Reason, Shape};
 use crate::metrics::no_label;
@@ -214,11 +213,7 @@ async fn routed(
     if let Some(r) = &rule.redirect {
         return redirect(r, rule, matched, &req);
     }
-    let direct = rule.direct_response.as_ref().filter(|d| {
-        let share = rule.total_weight + d.weight.unwrap_or(0);
-        d.weight.is_none()
-            || (share > 0 && d.applies(rule.total_weight, rand::random_range(0..share)))
-    });
+    let direct = (rule.direct_response.as_ref()).filter(|d| d.applies(rule.total_weight));
     if let Some(d) = direct {
         let mut rsp = Response::new(body::full(d.body.clone()));
         *rsp.status_mut() = d.status;
@@ -376,15 +371,7 @@ async fn discover(
 
 /// The request's `:authority`, or its `Host` header.
 fn destination(req: &Request<Incoming>) -> Option<String> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
+    authority(req).map(str::to_string)
 }
 
 /// Finds the destination service: fixed by the listener, or from `:authority` / `Host`.
@@ -430,23 +417,14 @@ fn apply_rewrite(
     let Some(rw) = &rule.rewrite else {
         return Ok(());
     };
-    if let Some(full) = &rw.full_path {
-        let new = rewrite_path(req.uri(), None, full);
-        let pq = new.parse().map_err(|_| {
-            ProxyError::new(
-                Reason::BadRequest,
-                format!("rewritten path {new:?} is invalid"),
-            )
-        })?;
-        set_path_and_query(req.uri_mut(), pq)
-            .map_err(|e| ProxyError::new(Reason::BadRequest, format!("rewrite: {e}")))?;
-    }
-    if let Some(path) = &rw.path {
-        let prefix = rule.matches.get(matched).and_then(|m| match &m.path {
-            Some(PathMatcher::Prefix(p)) => Some(p.as_str()),
-            _ => None,
-        });
-        let new = rewrite_path(req.uri(), prefix, path);
+    // At most one of the two (validation): `fullPath` replaces the whole path, `path` the
+    // matched prefix (or the whole path after other matches).
+    let new_path = match (&rw.full_path, &rw.path) {
+        (Some(full), _) => Some(rewrite_path(req.uri(), None, full)),
+        (None, Some(path)) => Some(rewrite_path(req.uri(), rule.matched_prefix(matched), path)),
+        (None, None) => None,
+    };
+    if let Some(new) = new_path {
         let pq = new.parse().map_err(|_| {
             ProxyError::new(
                 Reason::BadRequest,
@@ -478,18 +456,7 @@ fn redirect(
     matched: usize,
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    let (host, port) = split_host_port(&authority);
+    let (host, port) = split_host_port(authority(req).unwrap_or_default());
     let scheme = r
         .scheme
         .clone()
@@ -504,13 +471,7 @@ fn redirect(
     let port = port.filter(|p| !matches!((scheme.as_str(), p), ("http", 80) | ("https", 443)));
     let path_and_query = match (&r.full_path, &r.prefix_path) {
         (Some(full), _) => rewrite_path(req.uri(), None, full),
-        (None, Some(prefix)) => {
-            let matched_prefix = rule.matches.get(matched).and_then(|m| match &m.path {
-                Some(PathMatcher::Prefix(p)) => Some(p.as_str()),
-                _ => None,
-            });
-            rewrite_path(req.uri(), matched_prefix, prefix)
-        }
+        (None, Some(prefix)) => rewrite_path(req.uri(), rule.matched_prefix(matched), prefix),
         (None, None) => req
             .uri()
             .path_and_query()
