@@ -32,7 +32,8 @@ use super::http_route::{
 };
 use super::tls_route::TLSRoute;
 use super::{
-    BackendRef, HTTPHeaderFilter, HeaderMatch, ParentReference, RouteKind, StringMatchType,
+    BackendRef, HTTPHeaderFilter, HTTPRequestMirrorFilter, HeaderMatch, ParentReference, RouteKind,
+    StringMatchType,
 };
 use crate::meta::ObjectMeta;
 use crate::parse::Resource;
@@ -733,7 +734,7 @@ fn invalid_share(
 }
 
 fn mirror(
-    m: &super::HTTPRequestMirrorFilter,
+    m: &HTTPRequestMirrorFilter,
     route_ns: &str,
     service_exists: &dyn Fn(&str, &str) -> bool,
 ) -> Option<Mirror> {
@@ -754,6 +755,27 @@ fn path_modifier(p: &HTTPPathModifier) -> (Option<String>, Option<String>) {
     }
 }
 
+/// A filter kind HTTPRoute and GRPCRoute share: a header modifier either way, or a mirror (only
+/// a rule's first mirror is applied). Validation lets a filter set only its type's field.
+fn shared_filter(
+    out: &mut RouteRule,
+    request_headers: Option<&HTTPHeaderFilter>,
+    response_headers: Option<&HTTPHeaderFilter>,
+    request_mirror: Option<&HTTPRequestMirrorFilter>,
+    ns: &str,
+    service_exists: &dyn Fn(&str, &str) -> bool,
+) {
+    if let Some(h) = request_headers {
+        out.request_headers = Some(header_modifier(h));
+    }
+    if let Some(h) = response_headers {
+        out.response_headers = Some(header_modifier(h));
+    }
+    if let (Some(m), None) = (request_mirror, &out.mirror) {
+        out.mirror = mirror(m, ns, service_exists);
+    }
+}
+
 /// The rule's filters, backends and timeouts (its matches are added per match).
 fn http_rule(
     route: &HTTPRoute,
@@ -768,20 +790,16 @@ fn http_rule(
     };
     for f in &rule.filters {
         match f.kind {
-            HTTPRouteFilterType::RequestHeaderModifier => {
-                out.request_headers = f.request_header_modifier.as_ref().map(header_modifier)
-            }
-            HTTPRouteFilterType::ResponseHeaderModifier => {
-                out.response_headers = f.response_header_modifier.as_ref().map(header_modifier)
-            }
-            HTTPRouteFilterType::RequestMirror => {
-                if out.mirror.is_none() {
-                    out.mirror = f
-                        .request_mirror
-                        .as_ref()
-                        .and_then(|m| mirror(m, ns, service_exists));
-                }
-            }
+            HTTPRouteFilterType::RequestHeaderModifier
+            | HTTPRouteFilterType::ResponseHeaderModifier
+            | HTTPRouteFilterType::RequestMirror => shared_filter(
+                &mut out,
+                f.request_header_modifier.as_ref(),
+                f.response_header_modifier.as_ref(),
+                f.request_mirror.as_ref(),
+                ns,
+                service_exists,
+            ),
             HTTPRouteFilterType::RequestRedirect => {
                 if let Some(r) = &f.request_redirect {
                     let (full_path, prefix_path) =
@@ -913,22 +931,16 @@ fn grpc_rule(
         ..Default::default()
     };
     for f in &rule.filters {
-        match f.kind {
-            GRPCRouteFilterType::RequestHeaderModifier => {
-                out.request_headers = f.request_header_modifier.as_ref().map(header_modifier)
-            }
-            GRPCRouteFilterType::ResponseHeaderModifier => {
-                out.response_headers = f.response_header_modifier.as_ref().map(header_modifier)
-            }
-            GRPCRouteFilterType::RequestMirror => {
-                if out.mirror.is_none() {
-                    out.mirror = f
-                        .request_mirror
-                        .as_ref()
-                        .and_then(|m| mirror(m, ns, service_exists));
-                }
-            }
-            GRPCRouteFilterType::ExtensionRef => {}
+        // ExtensionRef is refused by validation; every other kind is one HTTPRoute has too.
+        if f.kind != GRPCRouteFilterType::ExtensionRef {
+            shared_filter(
+                &mut out,
+                f.request_header_modifier.as_ref(),
+                f.response_header_modifier.as_ref(),
+                f.request_mirror.as_ref(),
+                ns,
+                service_exists,
+            );
         }
     }
     out.backends = backends(&rule.backend_refs, ns, service_exists);

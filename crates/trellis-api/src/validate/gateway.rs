@@ -260,6 +260,25 @@ fn one_of(p: &mut Problems, at: &str, kind: &str, set: &[(&str, bool)]) {
     }
 }
 
+/// The filter fields HTTPRoute and GRPCRoute share: header modifiers and a mirror.
+fn shared_filter_fields(
+    p: &mut Problems,
+    at: &str,
+    request_headers: Option<&HTTPHeaderFilter>,
+    response_headers: Option<&HTTPHeaderFilter>,
+    request_mirror: Option<&HTTPRequestMirrorFilter>,
+) {
+    if let Some(h) = request_headers {
+        header_filter(p, &format!("{at}.requestHeaderModifier"), h);
+    }
+    if let Some(h) = response_headers {
+        header_filter(p, &format!("{at}.responseHeaderModifier"), h);
+    }
+    if let Some(m) = request_mirror {
+        mirror(p, &format!("{at}.requestMirror"), m);
+    }
+}
+
 fn http_filter(p: &mut Problems, at: &str, f: &HTTPRouteFilter, prefix_ok: bool) {
     let kind = format!("{:?}", f.kind);
     one_of(
@@ -278,15 +297,13 @@ fn http_filter(p: &mut Problems, at: &str, f: &HTTPRouteFilter, prefix_ok: bool)
             ("extensionRef", f.extension_ref.is_some()),
         ],
     );
-    if let Some(h) = &f.request_header_modifier {
-        header_filter(p, &format!("{at}.requestHeaderModifier"), h);
-    }
-    if let Some(h) = &f.response_header_modifier {
-        header_filter(p, &format!("{at}.responseHeaderModifier"), h);
-    }
-    if let Some(m) = &f.request_mirror {
-        mirror(p, &format!("{at}.requestMirror"), m);
-    }
+    shared_filter_fields(
+        p,
+        at,
+        f.request_header_modifier.as_ref(),
+        f.response_header_modifier.as_ref(),
+        f.request_mirror.as_ref(),
+    );
     if let Some(r) = &f.request_redirect {
         let rp = format!("{at}.requestRedirect");
         if let Some(s) = &r.scheme {
@@ -488,15 +505,13 @@ pub(super) fn grpc_route(p: &mut Problems, spec: &GRPCRouteSpec) {
                     ("extensionRef", f.extension_ref.is_some()),
                 ],
             );
-            if let Some(h) = &f.request_header_modifier {
-                header_filter(p, &format!("{fp}.requestHeaderModifier"), h);
-            }
-            if let Some(h) = &f.response_header_modifier {
-                header_filter(p, &format!("{fp}.responseHeaderModifier"), h);
-            }
-            if let Some(m) = &f.request_mirror {
-                mirror(p, &format!("{fp}.requestMirror"), m);
-            }
+            shared_filter_fields(
+                p,
+                &fp,
+                f.request_header_modifier.as_ref(),
+                f.response_header_modifier.as_ref(),
+                f.request_mirror.as_ref(),
+            );
             if f.kind == GRPCRouteFilterType::ExtensionRef {
                 p.add(
                     format!("{fp}.type"),
