@@ -17,6 +17,8 @@
 //! cargo build --release -p trellis -p trellis-control --examples
 //! target/release/examples/control_restart --clients 100,1000 --rounds 3 --down 3,8
 //! ```
+// Shared with the other scale examples; this one starts its control plane as a process.
+#[allow(dead_code)]
 mod scale_common;
 
 use bytes::Bytes;

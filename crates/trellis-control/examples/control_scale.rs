@@ -11,12 +11,10 @@ mod scale_common;
 
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use scale_common::{mesh, ms, percentile, post, round_of, route, TOKEN};
+use scale_common::{mesh, ms, percentile, post, round_of, route, start_control, TOKEN};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use trellis_control::server::{run, ControlOptions};
-use trellis_control::StoreSpec;
 use trellis_xds::client::{AdsClient, Backoff, ClientConfig};
 use trellis_xds::NodeInfo;
 
@@ -25,37 +23,7 @@ const WAIT: Duration = Duration::from_secs(120);
 async fn bench(n: usize, rounds: usize) -> Result<(), String> {
     let dir =
         std::env::temp_dir().join(format!("trellis-control-scale-{}-{n}", std::process::id()));
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| e.to_string())?
-        .local_addr()
-        .map_err(|e| e.to_string())?;
-    let opts = ControlOptions {
-        listen,
-        store: StoreSpec::Embedded {
-            data_dir: dir.clone(),
-        },
-        lease_ttl: Duration::from_secs(10),
-        join_token: Some(TOKEN.into()),
-        join_token_file: None,
-        ca: None,
-        connections: Default::default(),
-        max_apply_documents: None,
-        dashboard: Default::default(),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(run(
-        opts,
-        async {
-            let _ = stopped.await;
-        },
-        move |a| {
-            let _ = ready_tx.send(a);
-        },
-    ));
-    let addr = ready_rx
-        .await
-        .map_err(|_| "control plane did not start".to_string())?;
+    let (addr, stop) = start_control(&dir).await?;
     let base = format!("http://{addr}");
     let http = Client::builder(TokioExecutor::new()).build_http();
     post(

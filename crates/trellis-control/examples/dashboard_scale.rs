@@ -18,12 +18,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use scale_common::{ms, percentile, post, TOKEN};
+use scale_common::{ms, percentile, post, start_control, TOKEN};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trellis_api::telemetry::{StatAnswer, StatRow, LATENCY_BUCKETS};
-use trellis_control::server::{run, ControlOptions};
-use trellis_control::StoreSpec;
 use trellis_xds::NodeInfo;
 
 /// A proxy that always answers with the same rows.
@@ -114,33 +112,7 @@ async fn get(
 
 async fn bench(n: usize, calls: usize) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("trellis-dashboard-scale-{}", std::process::id()));
-    let opts = ControlOptions {
-        listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
-        store: StoreSpec::Embedded {
-            data_dir: dir.clone(),
-        },
-        lease_ttl: Duration::from_secs(10),
-        join_token: Some(TOKEN.into()),
-        join_token_file: None,
-        ca: None,
-        connections: Default::default(),
-        max_apply_documents: None,
-        dashboard: Default::default(),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(run(
-        opts,
-        async {
-            let _ = stopped.await;
-        },
-        move |a| {
-            let _ = ready_tx.send(a);
-        },
-    ));
-    let addr = ready_rx
-        .await
-        .map_err(|_| "control plane did not start".to_string())?;
+    let (addr, stop) = start_control(&dir).await?;
     let base = format!("http://{addr}");
     let http = Client::builder(TokioExecutor::new()).build_http();
     let t0 = Instant::now();

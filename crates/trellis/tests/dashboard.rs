@@ -17,109 +17,17 @@
 //! Screenshots land in `target/dashboard-screenshots/`.
 mod common;
 
+use common::up::Up;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// `trellis up`, stopped (SIGTERM, then SIGKILL by PID) when dropped.
-struct Up {
-    child: std::process::Child,
-    outbound: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    control: std::net::SocketAddr,
-    dir: PathBuf,
-    banner: Vec<String>,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One start of `trellis up` on the bundled example; `None` when it exited before its banner
-/// (a chosen port was taken meanwhile).
-fn try_up() -> Option<Up> {
-    let dir = tempdir("dashboard");
-    let (outbound, admin, control) = (free_addr(), free_addr(), free_addr());
-    let path = format!("{}/../../examples/mesh.yaml", env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(BIN)
-        .args([
-            "up",
-            &path,
-            &format!("--outbound={outbound}"),
-            &format!("--admin={admin}"),
-            &format!("--control={control}"),
-            "--upstream-base=0",
-            &format!("--work-dir={}", dir.display()),
-            "--exit-after=600s",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("up.stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut banner = Vec::new();
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                let done = line.contains("trellis up: ready");
-                banner.push(line);
-                if done {
-                    break;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = child.wait();
-                eprintln!("trellis up exited before it was ready: {banner:?}");
-                return None;
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("trellis up never became ready: {banner:?}");
-            }
-        }
-    }
-    Some(Up {
-        child,
-        outbound,
-        admin,
-        control,
-        dir,
-        banner,
-    })
-}
-
+/// `trellis up` on the bundled example, stopped when dropped.
 fn up() -> Up {
-    for _ in 0..3 {
-        if let Some(up) = try_up() {
-            return up;
-        }
-    }
-    panic!("trellis up exited before it was ready, three times");
+    common::up::up("mesh.yaml", "600s", Duration::from_secs(90))
 }
 
 /// Requests to `reviews` through the entry sidecar, one every 20 ms, until stopped (or 10

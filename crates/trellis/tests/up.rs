@@ -3,111 +3,12 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// `trellis up` on `example`, killed when dropped; returns once it printed its ready line.
-struct Up {
-    child: std::process::Child,
-    outbound: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    _dir: std::path::PathBuf,
-}
-
-impl Drop for Up {
-    /// SIGTERM first, so `trellis up` stops the processes it started; SIGKILL only if it hangs.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn up(example: &str) -> Up {
-    // Ports are chosen free and bound later by the mesh's processes; another test can take one
-    // in between, and then `trellis up` exits before its banner. Such a start is tried again
-    // with other ports (bounded).
-    for _ in 0..3 {
-        if let Some(up) = try_up(example) {
-            return up;
-        }
-    }
-    panic!("trellis up exited before it was ready, three times; see the logs above");
-}
-
-/// One start of `trellis up`; `None` when it exited before its banner.
-fn try_up(example: &str) -> Option<Up> {
-    let dir = tempdir("up");
-    let (outbound, admin) = (free_addr(), free_addr());
-    let path = format!("{}/../../examples/{example}", env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(BIN)
-        .args([
-            "up",
-            &path,
-            &format!("--outbound={outbound}"),
-            &format!("--admin={admin}"),
-            &format!("--control={}", free_addr()),
-            "--upstream-base=0",
-            &format!("--work-dir={}", dir.display()),
-            "--exit-after=120s",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("up.stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut banner = Vec::new();
-    loop {
-        let err = || std::fs::read_to_string(dir.join("up.stderr.log")).unwrap_or_default();
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                let done = line.contains("trellis up: ready");
-                banner.push(line);
-                if done {
-                    break;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = child.wait();
-                eprintln!(
-                    "trellis up exited before it was ready: {banner:?}\nstderr: {}",
-                    err()
-                );
-                return None;
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "trellis up never became ready: {banner:?}\nstderr: {}",
-                    err()
-                )
-            }
-        }
-    }
-    Some(Up {
-        child,
-        outbound,
-        admin,
-        _dir: dir,
-    })
+/// `trellis up` on `example`, stopped when dropped; returns once it printed its ready line.
+fn up(example: &str) -> common::up::Up {
+    common::up::up(example, "120s", Duration::from_secs(60))
 }
 
 #[tokio::test]

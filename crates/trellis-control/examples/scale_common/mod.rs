@@ -1,17 +1,56 @@
-//! What the control-plane scale examples (`control_scale`, `control_restart`) share: the mesh
-//! they load, the Route each round changes, how a proxy's round is read back from its config,
-//! the API call and the percentile, so the two measure the same thing the same way.
+//! What the control-plane scale examples (`control_scale`, `control_restart`, `dashboard_scale`)
+//! share: the control plane they start, the mesh they load, the Route each round changes, how a
+//! proxy's round is read back from its config, the API call and the percentile, so they measure
+//! the same thing the same way.
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
+use tokio::sync::oneshot;
 use trellis_api::Resource;
+use trellis_control::server::{run, ControlOptions};
+use trellis_control::StoreSpec;
 
 /// The join token the control plane requires from the API client and every xDS client.
 pub const TOKEN: &str = "control-scale-token";
 
 pub type Http = Client<HttpConnector, Full<Bytes>>;
+
+/// Starts a control plane in this process on loopback, its embedded store in `dir`, requiring
+/// [`TOKEN`]; returns its API address and the sender that stops it.
+pub async fn start_control(dir: &Path) -> Result<(SocketAddr, oneshot::Sender<()>), String> {
+    let opts = ControlOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        store: StoreSpec::Embedded {
+            data_dir: dir.to_path_buf(),
+        },
+        lease_ttl: Duration::from_secs(10),
+        join_token: Some(TOKEN.into()),
+        join_token_file: None,
+        ca: None,
+        connections: Default::default(),
+        max_apply_documents: None,
+        dashboard: Default::default(),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    tokio::spawn(run(
+        opts,
+        async {
+            let _ = stopped.await;
+        },
+        move |a| {
+            let _ = ready_tx.send(a);
+        },
+    ));
+    let addr = ready_rx
+        .await
+        .map_err(|_| "control plane did not start".to_string())?;
+    Ok((addr, stop))
+}
 
 /// The Route each round changes: round `r` sets the timeout to `r + 1` seconds.
 pub fn route(round: usize) -> String {

@@ -4,6 +4,7 @@
 
 pub mod mesh;
 pub mod pki;
+pub mod up;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
