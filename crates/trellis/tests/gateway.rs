@@ -4,7 +4,9 @@
 //! backend that terminates TLS itself. Every answer is checked from the protected side: what the
 //! app (or the TLS echo server) received, and the backend sidecar's inbound metrics naming the
 //! gateway's SPIFFE identity as the caller. An AuthorizationPolicy denying the gateway's
-//! identity gets 403 while another caller passes; SIGTERM lets an in-flight request finish.
+//! identity gets 403 while another caller passes. Garbage on every port and silent connections
+//! reach no app and hold up no one; with the control plane killed the gateway keeps serving;
+//! SIGTERM lets an in-flight request finish.
 mod common;
 
 use common::mesh::apply;
@@ -33,6 +35,40 @@ fn secret(dir: &Path, name: &str, hosts: &[&str]) -> PathBuf {
     std::fs::write(d.join("tls.crt"), cert.pem()).unwrap();
     std::fs::write(d.join("tls.key"), key.serialize_pem()).unwrap();
     d.join("tls.crt")
+}
+
+/// Connections to each of `ports` that send nothing.
+async fn silent_connections(ports: &[SocketAddr]) -> Vec<tokio::net::TcpStream> {
+    let mut out = Vec::new();
+    for p in ports {
+        out.push(tokio::net::TcpStream::connect(p).await.unwrap());
+    }
+    out
+}
+
+/// 4 KiB of bytes that are no protocol (a fixed xorshift sequence), written to `port`, the
+/// write side closed, and whatever comes back (bounded: the gateway must close by itself).
+async fn garbage_to(port: SocketAddr) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut x: u32 = 0x9e37_79b9;
+    let junk: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let mut s = tokio::net::TcpStream::connect(port).await.unwrap();
+    let _ = s.write_all(&junk).await;
+    let _ = s.shutdown().await;
+    let mut back = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut back)).await;
+    assert!(
+        read.is_ok(),
+        "{port} closed a connection of garbage by itself"
+    );
+    back
 }
 
 /// A TLS echo server (the passthrough backend): terminates TLS with its own certificate for
@@ -326,7 +362,7 @@ fn demo_app(dir: &Path, name: &str) -> (Proc, SocketAddr) {
 async fn gateway_serves_https_h2c_grpc_and_passthrough_under_policy_and_drains() {
     let dir = tempdir("gateway");
     let control = free_addr();
-    let _cp = Proc::spawn(
+    let mut control_plane = Proc::spawn(
         &dir,
         "control",
         &[
@@ -544,6 +580,65 @@ async fn gateway_serves_https_h2c_grpc_and_passthrough_under_policy_and_drains()
         .is_err());
     assert_eq!(echo_seen.load(Ordering::SeqCst), 1);
 
+    // Hostile bytes: garbage on every port and silent connections held open reach no app and
+    // stop no one else. web's sidecar counts what the gateway sent it; the echo backend counts
+    // what it accepted.
+    let web_before = counter(
+        web_admin,
+        "trellis_requests_total",
+        &[("direction", "inbound"), ("source", GATEWAY_ID)],
+    )
+    .await;
+    let silent: Vec<tokio::net::TcpStream> = silent_connections(&[gw.https, gw.http, gw.tls]).await;
+    for port in [gw.https, gw.tls] {
+        let back = garbage_to(port).await;
+        assert!(
+            !String::from_utf8_lossy(&back).contains("HTTP/"),
+            "{port} answered garbage with HTTP: {back:?}"
+        );
+    }
+    let back = String::from_utf8_lossy(&garbage_to(gw.http).await).to_string();
+    assert!(
+        back.is_empty() || back.starts_with("HTTP/1.1 400"),
+        "garbage on the HTTP port: {back:?}"
+    );
+    let (body, last) = curl_via(&[
+        "--cacert",
+        &ca_a_s,
+        "--resolve",
+        &resolve("a.example.com", gw.https),
+        &url_a,
+    ]);
+    assert!(
+        last.ends_with(" 200"),
+        "served beside silent and garbage connections: {last} {body}"
+    );
+    drop(silent);
+    assert_eq!(
+        echo_seen.load(Ordering::SeqCst),
+        1,
+        "no garbage reached the passthrough backend"
+    );
+    // The sidecar counts a request when its body has ended: read until the real one shows.
+    let mut web_after = web_before;
+    for _ in 0..100 {
+        web_after = counter(
+            web_admin,
+            "trellis_requests_total",
+            &[("direction", "inbound"), ("source", GATEWAY_ID)],
+        )
+        .await;
+        if web_after > web_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        web_after,
+        web_before + 1.0,
+        "only the one real request reached web"
+    );
+
     // Metrics: the gateway counts its requests with its identity as source; the backend's
     // sidecar saw them arrive over mTLS from that identity.
     let sent = counter(
@@ -617,6 +712,23 @@ spec:
         &url_plain,
     ]);
     assert_eq!(last, "1.1 200", "the gateway still reaches other paths");
+
+    // The control plane gone (SIGKILL): the gateway keeps serving with the config it has.
+    let _ = control_plane.child.kill();
+    let _ = control_plane.child.wait();
+    let (body, last) = curl_via(&[
+        "--cacert",
+        &ca_a_s,
+        "--resolve",
+        &resolve("a.example.com", gw.https),
+        &url_a,
+    ]);
+    assert!(last.ends_with(" 200"), "without the control plane: {last}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["path"],
+        "/hello?x=1",
+        "the app received it: {body}"
+    );
 
     // Drain: a slow request in flight when SIGTERM arrives still finishes; then the gateway exits.
     let slow_url = format!("http://plain.example.com:{}/delay/3000", gw.http.port());
