@@ -191,6 +191,7 @@ pub struct Metrics {
     pub detections: Family<ResultLabels, Counter>,
     /// `trellis gateway`'s TLS passthrough connections by result (ok, no-route, not-tls, ...).
     pub gateway_passthrough: Family<ResultLabels, Counter>,
+    pub gateway_tls_terminate: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub ejections: Family<ServiceLabels, Counter>,
@@ -263,6 +264,12 @@ impl Metrics {
             "gateway_passthrough",
             "TLS passthrough connections of a gateway by result: ok (tunnelled), no-route (no TLSRoute serves the SNI), not-tls, or why the backend could not be reached",
             gateway_passthrough.clone(),
+        );
+        let gateway_tls_terminate = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "gateway_tls_terminate",
+            "Connections to a gateway's TLS listeners in mode Terminate by result: ok (tunnelled), handshake-failed, handshake-timeout, no-route (no TLSRoute serves the SNI), or why the backend could not be reached",
+            gateway_tls_terminate.clone(),
         );
         let reloads = Family::<ResultLabels, Counter>::default();
         let retries = Family::<RetryLabels, Counter>::default();
@@ -428,6 +435,7 @@ impl Metrics {
             tcp_stream_duration,
             detections,
             gateway_passthrough,
+            gateway_tls_terminate,
             reloads,
             retries,
             ejections,

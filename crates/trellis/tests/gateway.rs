@@ -1,7 +1,8 @@
 //! `trellis gateway` end to end: a real control plane (Strict mTLS), demo apps behind real
 //! sidecars, and a gateway serving a Gateway API `Gateway` with HTTPS (two certificates chosen by
-//! SNI, one a wildcard), plain HTTP (HTTP/1.1 and h2c), gRPC over both, and TLS passthrough to a
-//! backend that terminates TLS itself. Every answer is checked from the protected side: what the
+//! SNI, one a wildcard), plain HTTP (HTTP/1.1 and h2c), gRPC over both, TLS passthrough to a
+//! backend that terminates TLS itself, and TLS terminated at the gateway with the plaintext
+//! tunnelled to a TCP backend. Every answer is checked from the protected side: what the
 //! app (or the TLS echo server) received, and the backend sidecar's inbound metrics naming the
 //! gateway's SPIFFE identity as the caller. An AuthorizationPolicy denying the gateway's
 //! identity gets 403 while another caller passes. Garbage on every port and silent connections
@@ -111,7 +112,31 @@ async fn tls_echo(dir: &Path) -> (SocketAddr, PathBuf, Arc<AtomicUsize>) {
     (addr, crt, seen)
 }
 
-/// Connects through the passthrough listener with SNI `name`, trusting only `ca`; the echo.
+/// A plaintext TCP echo server (the backend behind the `Terminate` listener): echoes one line
+/// per connection and keeps every line it read.
+async fn tcp_echo() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = lines.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = tokio::io::split(s);
+                let mut line = String::new();
+                if BufReader::new(r).read_line(&mut line).await.is_ok() {
+                    kept.lock().unwrap().push(line.clone());
+                    let _ = w.write_all(format!("echo: {line}").as_bytes()).await;
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+    (addr, lines)
+}
+
+/// Connects through a `TLS` listener with SNI `name`, trusting only `ca`; the echo.
 async fn tls_call(port: SocketAddr, name: &str, ca: &Path) -> Result<String, String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in common::pki::rustls_pemfile_certs(&std::fs::read_to_string(ca).unwrap()) {
@@ -229,6 +254,11 @@ kind: Service
 metadata: {{name: tlsecho}}
 spec: {{ports: [{{port: 443, protocol: tcp}}]}}
 ---
+apiVersion: trellis.dev/v1
+kind: Service
+metadata: {{name: tcpecho}}
+spec: {{ports: [{{port: 7000, protocol: tcp}}]}}
+---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: edge}}
@@ -253,6 +283,11 @@ spec:
       protocol: TLS
       hostname: echo.tls.example.com
       tls: {{mode: Passthrough}}
+    - name: terminate
+      port: {term}
+      protocol: TLS
+      hostname: "*.term.example.com"
+      tls: {{mode: Terminate, certificateRefs: [{{name: cert-term}}]}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -303,10 +338,20 @@ spec:
   hostnames: [echo.tls.example.com]
   rules:
     - backendRefs: [{{name: tlsecho, port: 443}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {{name: echo-term}}
+spec:
+  parentRefs: [{{name: edge, sectionName: terminate}}]
+  hostnames: [echo.term.example.com]
+  rules:
+    - backendRefs: [{{name: tcpecho, port: 7000}}]
 "#,
         https = p.https.port(),
         http = p.http.port(),
         tls = p.tls.port(),
+        term = p.term.port(),
     )
 }
 
@@ -314,6 +359,7 @@ struct GatewayPorts {
     https: SocketAddr,
     http: SocketAddr,
     tls: SocketAddr,
+    term: SocketAddr,
     admin: SocketAddr,
 }
 
@@ -379,8 +425,10 @@ async fn gateway_serves_https_h2c_grpc_and_passthrough_under_policy_and_drains()
         https: free_addr(),
         http: free_addr(),
         tls: free_addr(),
+        term: free_addr(),
         admin: free_addr(),
     };
+    let ca_term = secret(&certs, "cert-term", &["*.term.example.com"]);
     let cp = format!("http://{control}");
     apply(&cp, &dir, &mesh(&gw));
 
@@ -390,6 +438,8 @@ async fn gateway_serves_https_h2c_grpc_and_passthrough_under_policy_and_drains()
     let (_grpc, _) = backend_sidecar(&dir, control, "grpcsvc", grpc_app);
     let (echo_addr, echo_ca, echo_seen) = tls_echo(&dir).await;
     let (_echo, _) = backend_sidecar(&dir, control, "tlsecho", echo_addr);
+    let (tcp_echo_addr, tcp_lines) = tcp_echo().await;
+    let (_tcp_echo, _) = backend_sidecar(&dir, control, "tcpecho", tcp_echo_addr);
     // Another caller of `web`, with its own identity, for the policy check.
     let (client_port, client_admin) = (free_addr(), free_addr());
     let _client = Proc::spawn(
@@ -580,6 +630,37 @@ async fn gateway_serves_https_h2c_grpc_and_passthrough_under_policy_and_drains()
         .is_err());
     assert_eq!(echo_seen.load(Ordering::SeqCst), 1);
 
+    // TLS terminated at the gateway with the listener's certificate (the client trusts only
+    // it); the backend reads the client's plaintext line, tunnelled over the mesh's mTLS.
+    let echoed = tls_call(gw.term, "echo.term.example.com", &ca_term)
+        .await
+        .expect("terminated TLS tunnelled to tcpecho");
+    assert_eq!(echoed, "echo: ping\n");
+    assert_eq!(*tcp_lines.lock().unwrap(), ["ping\n"]);
+    // The listener's certificate does not verify as the passthrough backend's name, and a name
+    // under the listener that no TLSRoute serves is closed after the handshake: neither reaches
+    // the backend.
+    assert!(tls_call(gw.term, "echo.tls.example.com", &ca_term)
+        .await
+        .is_err());
+    assert!(tls_call(gw.term, "other.term.example.com", &ca_term)
+        .await
+        .is_err());
+    assert_eq!(tcp_lines.lock().unwrap().len(), 1);
+    // Counted when the tunnel has ended, which follows the client's close: read until shown.
+    for (result, want) in [("ok", 1.0), ("no-route", 1.0)] {
+        let labels = [("result", result)];
+        let mut seen = 0.0;
+        for _ in 0..100 {
+            seen = counter(gw.admin, "trellis_gateway_tls_terminate_total", &labels).await;
+            if seen >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen, want, "terminated connections with result {result}");
+    }
+
     // Hostile bytes: garbage on every port and silent connections held open reach no app and
     // stop no one else. web's sidecar counts what the gateway sent it; the echo backend counts
     // what it accepted.
@@ -589,8 +670,9 @@ async fn gateway_serves_https_h2c_grpc_and_passthrough_under_policy_and_drains()
         &[("direction", "inbound"), ("source", GATEWAY_ID)],
     )
     .await;
-    let silent: Vec<tokio::net::TcpStream> = silent_connections(&[gw.https, gw.http, gw.tls]).await;
-    for port in [gw.https, gw.tls] {
+    let silent: Vec<tokio::net::TcpStream> =
+        silent_connections(&[gw.https, gw.http, gw.tls, gw.term]).await;
+    for port in [gw.https, gw.tls, gw.term] {
         let back = garbage_to(port).await;
         assert!(
             !String::from_utf8_lossy(&back).contains("HTTP/"),
@@ -618,6 +700,11 @@ async fn gateway_serves_https_h2c_grpc_and_passthrough_under_policy_and_drains()
         echo_seen.load(Ordering::SeqCst),
         1,
         "no garbage reached the passthrough backend"
+    );
+    assert_eq!(
+        tcp_lines.lock().unwrap().len(),
+        1,
+        "no garbage reached the terminated listener's backend"
     );
     // The sidecar counts a request when its body has ended: read until the real one shows.
     let mut web_after = web_before;

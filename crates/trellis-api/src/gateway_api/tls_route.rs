@@ -1,5 +1,6 @@
-//! `TLSRoute` (`gateway.networking.k8s.io/v1alpha2`): TLS connections routed by SNI, without
-//! terminating them, from a Gateway listener of protocol `TLS` (mode `Passthrough`). Parsed,
+//! `TLSRoute` (`gateway.networking.k8s.io/v1alpha2`): TLS connections routed by SNI from a
+//! Gateway listener of protocol `TLS`, passed through (mode `Passthrough`) or terminated at the
+//! gateway with the plaintext tunnelled on (mode `Terminate`). Parsed,
 //! validated, stored and distributed to every proxy; the ingress gateway serves it. A Service
 //! parent is refused in status (`UnsupportedValue`): Trellis sidecars route TLS by service.
 use super::status::RouteStatus;

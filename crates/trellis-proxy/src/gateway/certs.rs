@@ -178,13 +178,16 @@ impl PortCerts {
         Some(listener.pick(sni.as_deref()))
     }
 
-    /// A server config for this port: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`.
-    pub fn server_config(self) -> Result<Arc<ServerConfig>, rustls::Error> {
+    /// A server config for this port: TLS 1.2 and 1.3; with `http`, ALPN `h2` and `http/1.1`
+    /// (a tunnel offers no ALPN: what it carries is the backend's business).
+    pub fn server_config(self, http: bool) -> Result<Arc<ServerConfig>, rustls::Error> {
         let mut cfg = ServerConfig::builder_with_provider(trellis_identity::tls::crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(self));
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if http {
+            cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        }
         Ok(Arc::new(cfg))
     }
 }

@@ -4,7 +4,7 @@
 //! port that is gone, or changes protocol, stops accepting (its open connections finish) and is
 //! bound again as needed. Every connection is tracked by the drain.
 use super::http::{self, Downstream};
-use super::passthrough;
+use super::{passthrough, terminate};
 use super::plan::{GatewayPlan, ListenerProtocol, PortPlan};
 use crate::detect::{detect, Detected, PrefixedIo};
 use crate::drain::Drain;
@@ -165,6 +165,7 @@ async fn connection(
     let current = plan.load_full();
     match current.protocol {
         ListenerProtocol::TlsPassthrough => passthrough::serve(stream, peer, current, state).await,
+        ListenerProtocol::TlsTerminate => terminate::serve(stream, peer, current, state).await,
         ListenerProtocol::Http => {
             let (detected, prefix) = match detect(&mut stream, state.settings.detect_timeout).await
             {

@@ -21,6 +21,7 @@
 //! | [`listeners`] | one accept loop per port, reconciled on every change |
 //! | [`http`] | HTTP/1.1 and HTTP/2 (h2c, or ALPN over TLS) routed to mesh services |
 //! | [`sni`], [`passthrough`] | `TLS` `Passthrough`: the ClientHello's name picks the TLSRoute; bytes are tunnelled |
+//! | [`terminate`] | `TLS` `Terminate`: TLS ended here, the handshake's name picks the TLSRoute; plaintext is tunnelled |
 //!
 //! What it must never do: panic on bytes from the network or on a bad certificate (a typed
 //! error, the listener left out, the rest served), or drop a request in flight on a reload.
@@ -32,6 +33,7 @@ pub mod passthrough;
 pub mod plan;
 pub mod sni;
 pub mod source;
+pub mod terminate;
 
 use crate::drain::Drain;
 use crate::settings::{LocalIdentity, Settings};

@@ -10,12 +10,14 @@ use super::plan::{PortPlan, TlsHost};
 use super::sni::{self, Hello};
 use crate::detect::PrefixedIo;
 use crate::error::Reason;
-use crate::metrics::TcpLabels;
+use crate::metrics::{ResultLabels, TcpLabels};
 use crate::state::ProxyState;
 use crate::tcp::splice;
 use crate::upstream::opaque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use prometheus_client::metrics::{counter::Counter, family::Family};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// Serves one passthrough connection to its end.
@@ -37,7 +39,10 @@ pub async fn serve(
         Hello::ClientHello { server_name } => {
             let name = server_name.unwrap_or_default();
             match port.tls.lookup(&name) {
-                Some(host) => tunnel(stream, prefix, peer, host, &state).await,
+                Some(host) => {
+                    let io = PrefixedIo::new(prefix, stream);
+                    tunnel(io, peer, host, &state).await
+                }
                 None => {
                     tracing::debug!(%peer, sni = %name, "no TLSRoute serves this server name; closing");
                     (String::new(), (0, 0), Reason::NoRoute.as_str())
@@ -49,10 +54,29 @@ pub async fn serve(
             (String::new(), (0, 0), "not-tls")
         }
     };
+    record(
+        &state,
+        &state.metrics.gateway_passthrough,
+        started,
+        peer,
+        &service,
+        bytes,
+        reason,
+    );
+}
+
+/// Counts a `TLS` connection by its result in `family` and writes its access log line.
+pub(super) fn record(
+    state: &ProxyState,
+    family: &Family<ResultLabels, Counter>,
+    started: (std::time::SystemTime, std::time::Instant),
+    peer: SocketAddr,
+    service: &str,
+    bytes: (u64, u64),
+    reason: &'static str,
+) {
     let result = if reason.is_empty() { "ok" } else { reason };
-    (state.metrics.gateway_passthrough)
-        .get_or_create(&crate::metrics::ResultLabels { result })
-        .inc();
+    family.get_or_create(&ResultLabels { result }).inc();
     if let Some(snap) = state.snapshot.load().as_ref() {
         crate::access_log::tcp_connection(
             &state.access_log,
@@ -61,7 +85,7 @@ pub async fn serve(
             started,
             peer,
             None,
-            &service,
+            service,
             bytes,
             reason,
         );
@@ -85,13 +109,17 @@ fn choose(host: &TlsHost) -> Option<&crate::config::BackendRef> {
     None
 }
 
-async fn tunnel(
-    stream: TcpStream,
-    prefix: Vec<u8>,
+/// Tunnels `downstream` to an endpoint of one of `host`'s backends over the mesh's opaque path;
+/// the service, the bytes each way, and the reason it failed (empty when it did not).
+pub(super) async fn tunnel<D>(
+    downstream: D,
     peer: SocketAddr,
     host: &TlsHost,
     state: &Arc<ProxyState>,
-) -> (String, (u64, u64), &'static str) {
+) -> (String, (u64, u64), &'static str)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
     let Some(backend) = choose(host) else {
         return (String::new(), (0, 0), Reason::NoRoute.as_str());
     };
@@ -120,7 +148,6 @@ async fn tunnel(
         source: state.local_source(),
         service: service.clone(),
     };
-    let io = PrefixedIo::new(prefix, stream);
-    let bytes = splice(&state.metrics, edge, io, &mut upstream.io).await;
+    let bytes = splice(&state.metrics, edge, downstream, &mut upstream.io).await;
     (service, bytes, "")
 }

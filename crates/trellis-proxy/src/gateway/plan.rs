@@ -24,6 +24,9 @@ pub enum ListenerProtocol {
     Https,
     /// TLS passed through to the backend untouched, routed by SNI.
     TlsPassthrough,
+    /// TLS terminated here, then the plaintext bytes tunnelled to the TLSRoute's backend (over
+    /// the mesh's mTLS), routed by SNI.
+    TlsTerminate,
 }
 
 impl ListenerProtocol {
@@ -31,8 +34,22 @@ impl ListenerProtocol {
         match self {
             ListenerProtocol::Http => "HTTP",
             ListenerProtocol::Https => "HTTPS",
-            ListenerProtocol::TlsPassthrough => "TLS",
+            ListenerProtocol::TlsPassthrough => "TLS (Passthrough)",
+            ListenerProtocol::TlsTerminate => "TLS (Terminate)",
         }
+    }
+
+    /// Whether the gateway terminates TLS on this port (and so needs certificates).
+    pub fn terminates_tls(self) -> bool {
+        matches!(self, ListenerProtocol::Https | ListenerProtocol::TlsTerminate)
+    }
+
+    /// Whether TLSRoutes (rather than HTTPRoutes and GRPCRoutes) attach to it.
+    pub fn routes_tls(self) -> bool {
+        matches!(
+            self,
+            ListenerProtocol::TlsPassthrough | ListenerProtocol::TlsTerminate
+        )
     }
 }
 
@@ -129,7 +146,7 @@ fn own_target(name: &str) -> Arc<ServiceTarget> {
     })
 }
 
-/// Where connections for one SNI name of a passthrough port go.
+/// Where connections for one SNI name of a `TLS` port go.
 #[derive(Debug)]
 pub struct TlsHost {
     pub listener: Arc<str>,
@@ -145,7 +162,8 @@ pub struct PortPlan {
     pub listeners: Vec<String>,
     pub http: HostTable<Arc<HttpHost>>,
     pub tls: HostTable<Arc<TlsHost>>,
-    /// `HTTPS`: the TLS server config (certificates by SNI, ALPN h2 and http/1.1).
+    /// `HTTPS` and `TLS (Terminate)`: the TLS server config (certificates by SNI; ALPN h2 and
+    /// http/1.1 for HTTPS, none for a tunnel, whose bytes the gateway does not read).
     pub server: Option<Arc<ServerConfig>>,
 }
 
@@ -173,7 +191,7 @@ impl GatewayPlan {
                 continue;
             };
             let first = p.listeners.first().cloned().unwrap_or_default();
-            match c.server_config() {
+            match c.server_config(p.protocol == ListenerProtocol::Https) {
                 Ok(cfg) => p.server = Some(cfg),
                 Err(error) => plan.errors.push(PlanError::Tls {
                     listener: first,
@@ -181,9 +199,9 @@ impl GatewayPlan {
                 }),
             }
         }
-        // An HTTPS port whose every certificate failed serves nothing.
+        // A terminating port whose every certificate failed serves nothing.
         plan.ports
-            .retain(|_, p| p.protocol != ListenerProtocol::Https || p.server.is_some());
+            .retain(|_, p| !p.protocol.terminates_tls() || p.server.is_some());
         plan
     }
 
@@ -205,13 +223,13 @@ impl GatewayPlan {
             }
         }
         // Everything that can fail before anything is added.
-        let loaded = match l.protocol {
-            ListenerProtocol::Https => Some(certs::load_listener(
+        let loaded = match l.protocol.terminates_tls() {
+            true => Some(certs::load_listener(
                 cert_dir,
                 &l.name,
                 &l.certificate_refs,
             )?),
-            _ => None,
+            false => None,
         };
         // Rules hold per-rule state (budgets, rate limits), so each host compiles its own.
         let mut tables: Vec<(String, Vec<Rule>)> = Vec::new();
@@ -280,6 +298,8 @@ mod tests {
     fn a_listener_that_cannot_be_served_is_left_out_with_why() {
         let mut https = listener("secure", 8443, ListenerProtocol::Https);
         https.certificate_refs = vec!["nowhere".into()];
+        let mut terminated_without_cert = listener("broker", 5671, ListenerProtocol::TlsTerminate);
+        terminated_without_cert.certificate_refs = vec!["missing".into()];
         let input = GatewayInput {
             name: "edge".into(),
             listeners: vec![
@@ -287,6 +307,8 @@ mod tests {
                 listener("clash", 8080, ListenerProtocol::TlsPassthrough),
                 https,
                 listener("db", 9443, ListenerProtocol::TlsPassthrough),
+                listener("db-terminated", 9443, ListenerProtocol::TlsTerminate),
+                terminated_without_cert,
             ],
         };
         let plan = GatewayPlan::build(&input, Path::new("/nonexistent-gateway-certs"));
@@ -295,9 +317,18 @@ mod tests {
         assert_eq!(plan.ports[&8080].protocol, ListenerProtocol::Http);
         assert_eq!(plan.ports[&8080].listeners, ["web"]);
         let errors: Vec<String> = plan.errors.iter().map(|e| e.to_string()).collect();
-        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors.len(), 4, "{errors:?}");
         assert!(errors[0].contains("listener clash") && errors[0].contains("HTTP"));
         assert!(errors[1].contains("listener secure") && errors[1].contains("nowhere/tls.crt"));
+        assert!(
+            errors[2].contains("listener db-terminated")
+                && errors[2].contains("TLS (Passthrough) for listener db"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[3].contains("listener broker") && errors[3].contains("missing/tls.crt"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub fn input(
                         })
                         .collect();
                 }
-                ListenerProtocol::TlsPassthrough => {
+                ListenerProtocol::TlsPassthrough | ListenerProtocol::TlsTerminate => {
                     input.tls = tls_routes_for_gateway(resources.tls_routes(), gateway, &l.name)
                         .into_iter()
                         .map(|(r, hostnames)| tls_route(r, hostnames))
@@ -81,21 +81,15 @@ pub fn input(
     })
 }
 
-/// `TLS` is served as passthrough (TLS termination with TLSRoutes is not supported: such a
-/// listener passes through too, and says so in the log once per reload).
+/// `TLS` by its mode: `Terminate` (the default, as the spec has it) or `Passthrough`.
 fn protocol(l: &Listener) -> ListenerProtocol {
     match l.protocol {
         Protocol::HTTP => ListenerProtocol::Http,
         Protocol::HTTPS => ListenerProtocol::Https,
-        Protocol::TLS => {
-            if l.tls
-                .as_ref()
-                .is_some_and(|t| t.mode() == TLSModeType::Terminate)
-            {
-                tracing::warn!(listener = %l.name, "TLS listeners are served in Passthrough mode only");
-            }
-            ListenerProtocol::TlsPassthrough
-        }
+        Protocol::TLS => match l.tls.as_ref().map(|t| t.mode()) {
+            Some(TLSModeType::Passthrough) => ListenerProtocol::TlsPassthrough,
+            _ => ListenerProtocol::TlsTerminate,
+        },
     }
 }
 
