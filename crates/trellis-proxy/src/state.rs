@@ -44,6 +44,11 @@ pub struct ProxyState {
     on_demand: OnceLock<crate::ondemand::OnDemand>,
     /// Whether readiness waits for [`ProxyState::tls`] (a control plane's CA will provide it).
     tls_expected: std::sync::atomic::AtomicBool,
+    /// Why this proxy is not ready although its config is in force (a gateway whose listeners
+    /// are not bound yet); `None` when nothing else holds readiness back.
+    held: Mutex<Option<&'static str>>,
+    /// The version of each snapshot installed, for whoever acts on a change (the gateway).
+    installed: watch::Sender<u64>,
     /// Inbound denials are logged at most about once a second: a hostile caller decides how
     /// often they happen.
     pub denial_log: trellis_net::LogThrottle,
@@ -81,6 +86,8 @@ impl ProxyState {
             source_workloads: Default::default(),
             on_demand: OnceLock::new(),
             tls_expected: std::sync::atomic::AtomicBool::new(false),
+            held: Mutex::new(None),
+            installed: watch::Sender::new(0),
             denial_log: trellis_net::LogThrottle::per_second(),
             peer_log: trellis_net::LogThrottle::per_second(),
         })
@@ -166,7 +173,20 @@ impl ProxyState {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Ready to serve: config in force and, when expected, a certificate.
+    /// Readiness waits, saying `why`, until [`ProxyState::release_readiness`].
+    pub fn hold_readiness(&self, why: &'static str) {
+        if let Ok(mut held) = self.held.lock() {
+            *held = Some(why);
+        }
+    }
+
+    pub fn release_readiness(&self) {
+        if let Ok(mut held) = self.held.lock() {
+            *held = None;
+        }
+    }
+
+    /// Ready to serve: config in force, when expected a certificate, and nothing held back.
     pub fn ready(&self) -> Result<(), &'static str> {
         if self.snapshot.load().is_none() {
             return Err("no config yet");
@@ -175,7 +195,15 @@ impl ProxyState {
         {
             return Err("no workload certificate yet");
         }
+        if let Some(why) = self.held.lock().ok().and_then(|h| *h) {
+            return Err(why);
+        }
         Ok(())
+    }
+
+    /// Tells of every snapshot installed from now on (its version; a receiver sees the latest).
+    pub fn watch_installs(&self) -> watch::Receiver<u64> {
+        self.installed.subscribe()
     }
 
     fn apply_trust_bundle(&self, snapshot: &Snapshot) {
@@ -193,7 +221,9 @@ impl ProxyState {
         if previous.as_ref().map(|p| &p.trust_roots) != Some(&snapshot.trust_roots) {
             self.apply_trust_bundle(&snapshot);
         }
+        let version = snapshot.version;
         self.snapshot.store(Some(Arc::new(snapshot)));
+        self.installed.send_replace(version);
         self.apply_health_check(check);
     }
 

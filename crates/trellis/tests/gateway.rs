@@ -472,7 +472,12 @@ async fn gateway_serves_https_h2c_grpc_and_passthrough_under_policy_and_drains()
     wait_ready(web_admin).await;
     wait_ready(client_admin).await;
     wait_ready(gw.admin).await;
-    wait_listening(gw.https).await;
+    // Ready means every listener of the first config is bound: each port accepts at once.
+    for port in [gw.https, gw.http, gw.tls, gw.term] {
+        tokio::net::TcpStream::connect(port)
+            .await
+            .unwrap_or_else(|e| panic!("{port} not bound although the gateway is ready: {e}"));
+    }
 
     // HTTPS, SNI a.example.com: curl verifies a's own certificate (trusting only it).
     let ca_a_s = ca_a.display().to_string();

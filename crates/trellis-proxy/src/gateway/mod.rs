@@ -43,7 +43,6 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Everything `trellis gateway` is told on its command line.
 #[derive(Debug, Clone)]
@@ -62,9 +61,6 @@ pub struct GatewayOptions {
     pub cert_dir: PathBuf,
     pub settings: Settings,
 }
-
-/// How often the gateway looks for a new config (a pointer comparison when nothing changed).
-const RELOAD_POLL: Duration = Duration::from_millis(200);
 
 /// Runs the gateway until `shutdown` resolves or `/shutdown` is called, then drains: listeners
 /// stop accepting, in-flight requests finish, then it returns (bounded by the drain timeout).
@@ -95,6 +91,8 @@ pub async fn run(
         })?;
     let admin_bound = admin.local_addr().unwrap_or(admin_addr);
     let admin_task = tokio::spawn(crate::admin::run(admin, state.clone(), drain.clone()));
+    // Not ready for a load balancer until the first config's listeners are bound.
+    state.hold_readiness("gateway listeners not bound yet");
     let reload = tokio::spawn(reload_loop(opts.clone(), state.clone(), drain.clone()));
     on_ready(admin_bound);
     tokio::select! {
@@ -115,9 +113,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Builds a plan from every new snapshot and makes the listeners serve it.
+/// Builds a plan from every new snapshot and makes the listeners serve it. Woken by each
+/// install; several installs while a plan is being served make one more plan, of the latest.
 async fn reload_loop(opts: GatewayOptions, state: Arc<ProxyState>, drain: Drain) {
     let mut listeners = listeners::Listeners::new(opts.address, state.clone(), drain.clone());
+    let mut installs = state.watch_installs();
     let mut seen: Option<Arc<crate::config::Snapshot>> = None;
     loop {
         if drain.is_draining() {
@@ -146,9 +146,10 @@ async fn reload_loop(opts: GatewayOptions, state: Arc<ProxyState>, drain: Drain)
                 state.set_last_error(Some(problems.join("; ")));
             }
             seen = current;
+            state.release_readiness();
         }
         tokio::select! {
-            _ = tokio::time::sleep(RELOAD_POLL) => {}
+            changed = installs.changed() => if changed.is_err() { return },
             _ = drain.started() => return,
         }
     }
