@@ -258,6 +258,9 @@ pub fn backend_problem(
 pub struct CompiledRules {
     /// In precedence order: the first whose match fits wins.
     pub rules: Vec<RouteRule>,
+    /// The namespace of each rule's route (its backends are Services there), as `rules`.
+    /// Routes of several namespaces meet only on a Gateway listener that allows them.
+    pub namespaces: Vec<String>,
     /// `Kind namespace/name` of every route whose rules are in `rules`.
     pub routes: Vec<String>,
     /// `HTTPRoute` or `GRPCRoute`: the kind applied (see the conflict rule in
@@ -537,6 +540,8 @@ fn intersect(a: &str, b: &str) -> Option<String> {
 struct Entry {
     key: SortKey,
     rule: RouteRule,
+    /// The namespace of the route the rule came from: where its backends are.
+    namespace: String,
 }
 
 /// Smaller sorts first.
@@ -569,8 +574,10 @@ fn compile_routes(
         }
     }
     entries.sort_by(|a, b| a.key.cmp(&b.key));
+    let (rules, namespaces) = entries.into_iter().map(|e| (e.rule, e.namespace)).unzip();
     CompiledRules {
-        rules: entries.into_iter().map(|e| e.rule).collect(),
+        rules,
+        namespaces,
         routes: routes
             .iter()
             .map(|r| {
@@ -651,7 +658,11 @@ fn http_entries(
                     })
                     .collect(),
             }];
-            out.push(Entry { key, rule });
+            out.push(Entry {
+                key,
+                rule,
+                namespace: route.metadata.namespace.clone(),
+            });
         }
     }
 }
@@ -880,7 +891,11 @@ fn grpc_entries(
                 headers: m.headers.iter().map(value_match).collect(),
                 query_params: Vec::new(),
             }];
-            out.push(Entry { key, rule });
+            out.push(Entry {
+                key,
+                rule,
+                namespace: route.metadata.namespace.clone(),
+            });
         }
     }
 }

@@ -59,8 +59,10 @@ impl ListenerProtocol {
 pub struct HostRules {
     /// Exact, `*.example.com`, or `*` (any host).
     pub hostname: String,
-    /// The rules as a Trellis Route: its name prefixes the rules' metric labels.
-    pub route: trellis_api::Route,
+    /// The rules as Trellis Routes named after the Gateway (the name prefixes the rules' metric
+    /// labels), in precedence order: one per run of rules from routes of one namespace, whose
+    /// backends are Services of that namespace.
+    pub routes: Vec<trellis_api::Route>,
 }
 
 /// One attached TLSRoute: its hostnames on the listener (intersected with the listener's) and
@@ -234,11 +236,14 @@ impl GatewayPlan {
         // Rules hold per-rule state (budgets, rate limits), so each host compiles its own.
         let mut tables: Vec<(String, Vec<Rule>)> = Vec::new();
         for h in &l.http {
-            let rules = compile_route(&h.route).map_err(|error| PlanError::Route {
-                listener: l.name.clone(),
-                route: h.hostname.clone(),
-                error,
-            })?;
+            let mut rules = Vec::new();
+            for route in &h.routes {
+                rules.extend(compile_route(route).map_err(|error| PlanError::Route {
+                    listener: l.name.clone(),
+                    route: h.hostname.clone(),
+                    error,
+                })?);
+            }
             tables.push((h.hostname.clone(), rules));
         }
         if let Some(c) = loaded {

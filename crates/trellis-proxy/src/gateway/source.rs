@@ -8,7 +8,9 @@
 //! SNI hostnames intersected with the listener's), their backends taken here with their weights.
 use super::plan::{AttachedTls, GatewayInput, HostRules, ListenerInput, ListenerProtocol};
 use crate::config::{BackendRef, Snapshot};
-use trellis_api::gateway_api::compile::{compile_for_gateway, tls_routes_for_gateway, RouteRef};
+use trellis_api::gateway_api::compile::{
+    compile_for_gateway, tls_routes_for_gateway, CompiledRules, RouteRef,
+};
 use trellis_api::gateway_api::gateway::{Listener, ListenerProtocol as Protocol, TLSModeType};
 use trellis_api::gateway_api::TLSRoute;
 use trellis_api::{Gateway, ObjectMeta, Route};
@@ -60,7 +62,7 @@ pub fn input(
                     let compiled = compile_for_gateway(routes(), gateway, &l.name, exists);
                     input.http = (compiled.by_host.into_iter())
                         .map(|(hostname, rules)| HostRules {
-                            route: as_route(gateway, &rules.rules),
+                            routes: as_routes(gateway, &rules),
                             hostname,
                         })
                         .collect();
@@ -93,17 +95,27 @@ fn protocol(l: &Listener) -> ListenerProtocol {
     }
 }
 
-/// The rules of one hostname as a Trellis Route named after the Gateway.
-fn as_route(gateway: &Gateway, rules: &[trellis_api::route::RouteRule]) -> Route {
-    let mut metadata = ObjectMeta::new(gateway.metadata.name.clone());
-    metadata.namespace = gateway.metadata.namespace.clone();
-    Route {
-        metadata,
-        spec: trellis_api::route::RouteSpec {
-            service: String::new(),
-            rules: rules.to_vec(),
-        },
+/// The rules of one hostname as Trellis Routes named after the Gateway, one per run of rules
+/// from one namespace (so each rule's backends are looked up where its route lives), in order.
+fn as_routes(gateway: &Gateway, compiled: &CompiledRules) -> Vec<Route> {
+    let mut routes: Vec<Route> = Vec::new();
+    for (rule, ns) in compiled.rules.iter().zip(&compiled.namespaces) {
+        match routes.last_mut() {
+            Some(r) if r.metadata.namespace == *ns => r.spec.rules.push(rule.clone()),
+            _ => {
+                let mut metadata = ObjectMeta::new(gateway.metadata.name.clone());
+                metadata.namespace = ns.clone();
+                routes.push(Route {
+                    metadata,
+                    spec: trellis_api::route::RouteSpec {
+                        service: String::new(),
+                        rules: vec![rule.clone()],
+                    },
+                });
+            }
+        }
     }
+    routes
 }
 
 fn tls_route(r: &TLSRoute, hostnames: Vec<String>) -> AttachedTls {
