@@ -113,7 +113,7 @@ async fn tls_echo(dir: &Path) -> (SocketAddr, PathBuf, Arc<AtomicUsize>) {
 }
 
 /// A plaintext TCP echo server (the backend behind the `Terminate` listener): echoes one line
-/// per connection and keeps every line it read.
+/// per connection and keeps every line it read (none for a connection that sent nothing).
 async fn tcp_echo() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -125,7 +125,8 @@ async fn tcp_echo() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
             tokio::spawn(async move {
                 let (r, mut w) = tokio::io::split(s);
                 let mut line = String::new();
-                if BufReader::new(r).read_line(&mut line).await.is_ok() {
+                // A connection that sends nothing (a probe of the app's port) is no line.
+                if let Ok(1..) = BufReader::new(r).read_line(&mut line).await {
                     kept.lock().unwrap().push(line.clone());
                     let _ = w.write_all(format!("echo: {line}").as_bytes()).await;
                     let _ = w.shutdown().await;

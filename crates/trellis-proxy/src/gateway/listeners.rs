@@ -4,8 +4,8 @@
 //! port that is gone, or changes protocol, stops accepting (its open connections finish) and is
 //! bound again as needed. Every connection is tracked by the drain.
 use super::http::{self, Downstream};
-use super::{passthrough, terminate};
 use super::plan::{GatewayPlan, ListenerProtocol, PortPlan};
+use super::{passthrough, terminate};
 use crate::detect::{detect, Detected, PrefixedIo};
 use crate::drain::Drain;
 use crate::state::ProxyState;

@@ -14,9 +14,9 @@ use crate::metrics::{ResultLabels, TcpLabels};
 use crate::state::ProxyState;
 use crate::tcp::splice;
 use crate::upstream::opaque;
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use prometheus_client::metrics::{counter::Counter, family::Family};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 

@@ -41,7 +41,10 @@ impl ListenerProtocol {
 
     /// Whether the gateway terminates TLS on this port (and so needs certificates).
     pub fn terminates_tls(self) -> bool {
-        matches!(self, ListenerProtocol::Https | ListenerProtocol::TlsTerminate)
+        matches!(
+            self,
+            ListenerProtocol::Https | ListenerProtocol::TlsTerminate
+        )
     }
 
     /// Whether TLSRoutes (rather than HTTPRoutes and GRPCRoutes) attach to it.

@@ -138,3 +138,73 @@ fn tls_route(r: &TLSRoute, hostnames: Vec<String>) -> AttachedTls {
         backends,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::compile_route;
+    use trellis_api::Resource;
+
+    /// A Gateway in `infra` that takes routes from every namespace, an HTTPRoute there for
+    /// `/admin` and one in `shop` for the rest, both to a Service named `web` (each namespace
+    /// has one).
+    const CROSS_NAMESPACE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: infra}
+spec:
+  gatewayClassName: trellis
+  listeners:
+  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: admin, namespace: infra}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /admin}}]
+    backendRefs: [{name: web, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop, namespace: shop}
+spec:
+  parentRefs: [{name: edge, namespace: infra}]
+  rules:
+  - backendRefs: [{name: web, port: 80}]
+"#;
+
+    #[test]
+    fn rules_call_backends_in_their_own_routes_namespace() {
+        let set = trellis_api::parse_documents("gw.yaml", CROSS_NAMESPACE).expect("parses");
+        let Some(Resource::Gateway(gateway)) = set.resources.iter().find(|r| r.kind() == "Gateway")
+        else {
+            panic!("the Gateway")
+        };
+        let compiled = compile_for_gateway(
+            set.resources.iter().filter_map(RouteRef::of),
+            gateway,
+            "http",
+            |_, svc| svc == "web",
+        );
+        let rules = &compiled.by_host["*"];
+        assert_eq!(rules.namespaces, ["infra", "shop"]);
+        let routes = as_routes(gateway, rules);
+        let backends: Vec<(String, String)> = (routes.iter())
+            .flat_map(|r| compile_route(r).expect("compiles"))
+            .map(|rule| {
+                let b = &rule.backends[0].backend;
+                (b.namespace.clone(), b.service.clone())
+            })
+            .collect();
+        assert_eq!(
+            backends,
+            [
+                ("infra".to_string(), "web".to_string()),
+                ("shop".to_string(), "web".to_string())
+            ],
+            "/admin first (the longer prefix), each to its own namespace's web"
+        );
+    }
+}

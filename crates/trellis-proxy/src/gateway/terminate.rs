@@ -27,27 +27,28 @@ pub async fn serve(
         return;
     };
     let accept = TlsAcceptor::from(server).accept(stream);
-    let (service, bytes, reason) =
-        match tokio::time::timeout(state.settings.detect_timeout, accept).await {
-            Ok(Ok(tls)) => {
-                let name = tls.get_ref().1.server_name().unwrap_or_default().to_owned();
-                match port.tls.lookup(&name) {
-                    Some(host) => tunnel(tls, peer, host, &state).await,
-                    None => {
-                        tracing::debug!(%peer, sni = %name, "no TLSRoute serves this server name; closing");
-                        (String::new(), (0, 0), Reason::NoRoute.as_str())
-                    }
+    let (service, bytes, reason) = match tokio::time::timeout(state.settings.detect_timeout, accept)
+        .await
+    {
+        Ok(Ok(tls)) => {
+            let name = tls.get_ref().1.server_name().unwrap_or_default().to_owned();
+            match port.tls.lookup(&name) {
+                Some(host) => tunnel(tls, peer, host, &state).await,
+                None => {
+                    tracing::debug!(%peer, sni = %name, "no TLSRoute serves this server name; closing");
+                    (String::new(), (0, 0), Reason::NoRoute.as_str())
                 }
             }
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "gateway TLS handshake failed");
-                (String::new(), (0, 0), "handshake-failed")
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "gateway TLS handshake timed out");
-                (String::new(), (0, 0), "handshake-timeout")
-            }
-        };
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "gateway TLS handshake failed");
+            (String::new(), (0, 0), "handshake-failed")
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "gateway TLS handshake timed out");
+            (String::new(), (0, 0), "handshake-timeout")
+        }
+    };
     record(
         &state,
         &state.metrics.gateway_tls_terminate,
