@@ -4,7 +4,8 @@
 //! backend that terminates TLS itself, and TLS terminated at the gateway with the plaintext
 //! tunnelled to a TCP backend. Every answer is checked from the protected side: what the
 //! app (or the TLS echo server) received, and the backend sidecar's inbound metrics naming the
-//! gateway's SPIFFE identity as the caller. An AuthorizationPolicy denying the gateway's
+//! gateway's SPIFFE identity as the caller; the gateway's access log lines and metrics say the
+//! same. An AuthorizationPolicy denying the gateway's
 //! identity gets 403 while another caller passes. Garbage on every port and silent connections
 //! reach no app and hold up no one; with the control plane killed the gateway keeps serving;
 //! SIGTERM lets an in-flight request finish.
@@ -110,6 +111,15 @@ async fn tls_echo(dir: &Path) -> (SocketAddr, PathBuf, Arc<AtomicUsize>) {
         }
     });
     (addr, crt, seen)
+}
+
+/// The access log's lines so far, each parsed (a line that is not JSON fails the test).
+fn access_log(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
 }
 
 /// A plaintext TCP echo server (the backend behind the `Terminate` listener): echoes one line
@@ -233,12 +243,15 @@ async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-fn mesh(p: &GatewayPorts) -> String {
+/// The mesh, the Gateway and its routes; every proxy appends access log lines to `log`.
+fn mesh(p: &GatewayPorts, log: &Path) -> String {
     format!(
         r#"apiVersion: trellis.dev/v1
 kind: MeshConfig
 metadata: {{name: mesh}}
-spec: {{mtls: {{mode: Strict}}}}
+spec:
+  mtls: {{mode: Strict}}
+  telemetry: {{accessLog: {{enabled: true, output: {log}}}}}
 ---
 apiVersion: trellis.dev/v1
 kind: Service
@@ -353,6 +366,7 @@ spec:
         http = p.http.port(),
         tls = p.tls.port(),
         term = p.term.port(),
+        log = log.display(),
     )
 }
 
@@ -431,7 +445,8 @@ async fn gateway_serves_https_h2c_grpc_and_passthrough_under_policy_and_drains()
     };
     let ca_term = secret(&certs, "cert-term", &["*.term.example.com"]);
     let cp = format!("http://{control}");
-    apply(&cp, &dir, &mesh(&gw));
+    let log = dir.join("access.log");
+    apply(&cp, &dir, &mesh(&gw, &log));
 
     let (_web_app, web_app) = demo_app(&dir, "web");
     let (_web, web_admin) = backend_sidecar(&dir, control, "web", web_app);
@@ -653,6 +668,36 @@ async fn gateway_serves_https_h2c_grpc_and_passthrough_under_policy_and_drains()
         .await
         .is_err());
     assert_eq!(tcp_lines.lock().unwrap().len(), 1);
+    // The gateway logs like a sidecar: the HTTPS request (its outbound side), and each
+    // terminated connection with where it went or why it went nowhere.
+    let gateway_line = |l: &serde_json::Value| {
+        l["kind"] == "http"
+            && l["direction"] == "outbound"
+            && l["path"].as_str().is_some_and(|p| p.starts_with("/hello"))
+    };
+    let tunnel_line = |l: &serde_json::Value, reason: &str| {
+        l["kind"] == "tcp"
+            && l["direction"] == "outbound"
+            && l["destination"] == "tcpecho"
+            && l["reason"] == reason
+    };
+    let lines = eventually("access log lines of the gateway", || {
+        let lines = access_log(&log);
+        let seen = lines.iter().any(gateway_line)
+            && lines.iter().any(|l| tunnel_line(l, ""))
+            && lines
+                .iter()
+                .any(|l| l["kind"] == "tcp" && l["reason"] == "no-route");
+        seen.then_some(lines)
+    })
+    .await;
+    let http = lines.iter().find(|l| gateway_line(l)).unwrap();
+    assert_eq!(http["status"], 200, "{http}");
+    assert_eq!(http["destination"], "web", "{http}");
+    let tunnel = lines.iter().find(|l| tunnel_line(l, "")).unwrap();
+    assert_eq!(tunnel["bytesReceived"], 5, "the client's line: {tunnel}");
+    assert_eq!(tunnel["bytesSent"], 11, "the echo: {tunnel}");
+
     // Counted when the tunnel has ended, which follows the client's close: read until shown.
     for (result, want) in [("ok", 1.0), ("no-route", 1.0)] {
         let labels = [("result", result)];
