@@ -35,6 +35,9 @@ pub struct Registration {
     workload: Mutex<Workload>,
     ttl: Duration,
     lease: AtomicI64,
+    /// One registration at a time (the keep-alive loop and a health change may both register):
+    /// the lease kept is then always the one the workload was last written under.
+    registering: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,7 @@ impl Registration {
             workload: Mutex::new(workload),
             ttl,
             lease: AtomicI64::new(0),
+            registering: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -113,7 +117,7 @@ impl Registration {
 
     /// Reports the local app's health: the workload is registered again with it, so the control
     /// plane takes an unhealthy instance out of every caller's endpoint set and puts it back
-    /// when it recovers. The old lease, no longer holding anything, lapses.
+    /// when it recovers (and the old lease, no longer holding anything, is revoked).
     pub async fn set_health(&self, health: trellis_api::service::WorkloadHealth) {
         let changed = match self.workload.lock() {
             Ok(mut w) if w.spec.health != health => {
@@ -130,8 +134,11 @@ impl Registration {
         }
     }
 
-    /// Registers the workload under a fresh lease.
+    /// Registers the workload under a fresh lease, then revokes the lease it was registered
+    /// under before: that one holds nothing any more (the workload moved to the new lease), and
+    /// left to lapse it would linger in the store for a TTL and be logged as deleting resources.
     pub async fn register(&self) -> Result<(), RegistrationError> {
+        let _one_at_a_time = self.registering.lock().await;
         let current = self.workload()?;
         let name = current.metadata.name.clone();
         let workload = serde_json::to_value(Resource::Workload(current))
@@ -142,8 +149,11 @@ impl Registration {
             .await?;
         match v["leaseId"].as_i64() {
             Some(id) if status < 300 => {
-                self.lease.store(id, Ordering::Relaxed);
+                let old = self.lease.swap(id, Ordering::Relaxed);
                 tracing::info!(workload = %name, lease = format!("{id:x}"), "registered with the control plane");
+                if old != 0 && old != id {
+                    self.revoke(old).await;
+                }
                 Ok(())
             }
             _ => Err(RegistrationError(format!(
@@ -178,6 +188,24 @@ impl Registration {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "keep-alive failed; will retry");
             }
+        }
+    }
+
+    /// Revokes a lease the workload no longer lives under. A failure is harmless: the lease
+    /// lapses after its TTL instead.
+    async fn revoke(&self, lease: i64) {
+        match (self.call(
+            http::Method::DELETE,
+            &format!("/api/v1/leases/{lease}"),
+            None,
+        ))
+        .await
+        {
+            Ok((status, _)) if status < 300 || status == 404 => {}
+            Ok((status, v)) => {
+                tracing::debug!(lease, status, error = %v["error"], "old lease not revoked; it will lapse")
+            }
+            Err(e) => tracing::debug!(lease, error = %e, "old lease not revoked; it will lapse"),
         }
     }
 

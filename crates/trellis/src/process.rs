@@ -2,8 +2,12 @@
 //! exit-with-parent watch, and the async runtime sized as asked.
 use std::process::ExitCode;
 
-/// Logs to stderr with `filter` (tracing's env-filter syntax; `info` when it does not parse).
+/// Logs to stderr with `filter` (tracing's env-filter syntax; `info` when it does not parse),
+/// in colour only on a terminal (and not with `NO_COLOR` set): a log file or a pipe gets plain
+/// text a reader or `grep` can use.
 pub fn init_logging(filter: &str) {
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Libraries' warnings about what a peer did (h2 writes one per rapid-reset connection and
@@ -13,6 +17,7 @@ pub fn init_logging(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .event_format(format)
         .init();
 }

@@ -230,7 +230,7 @@ async fn a_sidecar_is_healthy_only_once_its_app_is_reachable() {
     wait_api(cp_addr).await;
     apply(&url, &dir, &service("web", "http"));
     let p = Ports::free();
-    let _sidecar = Proc::spawn(
+    let sidecar = Proc::spawn(
         &dir,
         "web-late-proxy",
         &[
@@ -242,7 +242,8 @@ async fn a_sidecar_is_healthy_only_once_its_app_is_reachable() {
             format!("--inbound={}", p.inbound),
             format!("--app={}", p.app),
             format!("--admin={}", p.admin),
-            "--lease-ttl=2s".into(),
+            // Long enough that no lease lapses during the test: one gone was revoked.
+            "--lease-ttl=60s".into(),
         ],
     );
     let caller = caller(&dir, &url);
@@ -297,6 +298,42 @@ async fn a_sidecar_is_healthy_only_once_its_app_is_reachable() {
     }
     assert_eq!(status, 200, "served once the app is up");
     assert_eq!(health().await, "Healthy");
+
+    // Turning Healthy registered the workload again under a new lease; the first one, holding
+    // nothing now, was revoked rather than left to linger for its 60 s.
+    let leases: Vec<i64> = (sidecar.log_text().lines())
+        .filter(|l| l.contains("registered with the control plane"))
+        .filter_map(|l| l.split("lease=\"").nth(1)?.split('"').next())
+        .map(|hex| i64::from_str_radix(hex, 16).expect("a hex lease id"))
+        .collect();
+    assert!(
+        leases.len() >= 2,
+        "registered as Unhealthy, then Healthy: {leases:?}"
+    );
+    let keep_alive = |id: i64| {
+        curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer {TOKEN}"),
+            &format!("{url}/api/v1/leases/{id}"),
+        ])
+    };
+    assert_eq!(keep_alive(leases[0]), "404", "the first lease was revoked");
+    assert_eq!(
+        keep_alive(*leases.last().unwrap()),
+        "200",
+        "the last lease lives"
+    );
+    assert_eq!(
+        health().await,
+        "Healthy",
+        "revoking the old lease kept the workload"
+    );
 }
 
 async fn endpoint_count(admin: SocketAddr) -> usize {
