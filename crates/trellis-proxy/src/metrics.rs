@@ -191,6 +191,7 @@ pub struct Metrics {
     pub detections: Family<ResultLabels, Counter>,
     /// `trellis gateway`'s TLS passthrough connections by result (ok, no-route, not-tls, ...).
     pub gateway_passthrough: Family<ResultLabels, Counter>,
+    /// Its `TLS` `Terminate` connections by result (ok, no-route, handshake-failed, ...).
     pub gateway_tls_terminate: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,

@@ -194,13 +194,8 @@ impl Registration {
     /// Revokes a lease the workload no longer lives under. A failure is harmless: the lease
     /// lapses after its TTL instead.
     async fn revoke(&self, lease: i64) {
-        match (self.call(
-            http::Method::DELETE,
-            &format!("/api/v1/leases/{lease}"),
-            None,
-        ))
-        .await
-        {
+        let path = format!("/api/v1/leases/{lease}");
+        match self.call(http::Method::DELETE, &path, None).await {
             Ok((status, _)) if status < 300 || status == 404 => {}
             Ok((status, v)) => {
                 tracing::debug!(lease, status, error = %v["error"], "old lease not revoked; it will lapse")

@@ -15,7 +15,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use trellis_identity::tokio_rustls::TlsAcceptor;
 
 /// A port being served.
 struct Running {
@@ -192,17 +191,9 @@ async fn connection(
             let Some(server) = current.server.clone() else {
                 return;
             };
-            let accept = TlsAcceptor::from(server).accept(stream);
-            let tls = match tokio::time::timeout(state.settings.detect_timeout, accept).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "gateway TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "gateway TLS handshake timed out");
-                    return;
-                }
+            let limit = state.settings.detect_timeout;
+            let Ok(tls) = terminate::handshake(server, stream, limit, peer).await else {
+                return;
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let down = Downstream {

@@ -46,14 +46,6 @@ impl ListenerProtocol {
             ListenerProtocol::Https | ListenerProtocol::TlsTerminate
         )
     }
-
-    /// Whether TLSRoutes (rather than HTTPRoutes and GRPCRoutes) attach to it.
-    pub fn routes_tls(self) -> bool {
-        matches!(
-            self,
-            ListenerProtocol::TlsPassthrough | ListenerProtocol::TlsTerminate
-        )
-    }
 }
 
 /// The rules for one hostname of a listener, from every HTTPRoute and GRPCRoute attached to it
@@ -228,13 +220,14 @@ impl GatewayPlan {
             }
         }
         // Everything that can fail before anything is added.
-        let loaded = match l.protocol.terminates_tls() {
-            true => Some(certs::load_listener(
+        let loaded = if l.protocol.terminates_tls() {
+            Some(certs::load_listener(
                 cert_dir,
                 &l.name,
                 &l.certificate_refs,
-            )?),
-            false => None,
+            )?)
+        } else {
+            None
         };
         // Rules hold per-rule state (budgets, rate limits), so each host compiles its own.
         let mut tables: Vec<(String, Vec<Rule>)> = Vec::new();

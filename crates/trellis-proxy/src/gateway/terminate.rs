@@ -12,8 +12,10 @@ use crate::error::Reason;
 use crate::state::ProxyState;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpStream;
-use trellis_identity::tokio_rustls::TlsAcceptor;
+use trellis_identity::rustls::ServerConfig;
+use trellis_identity::tokio_rustls::{server::TlsStream, TlsAcceptor};
 
 /// Serves one terminated connection to its end.
 pub async fn serve(
@@ -26,11 +28,15 @@ pub async fn serve(
     let Some(server) = port.server.clone() else {
         return;
     };
-    let accept = TlsAcceptor::from(server).accept(stream);
-    let (service, bytes, reason) = match tokio::time::timeout(state.settings.detect_timeout, accept)
-        .await
+    let (service, bytes, reason) = match handshake(
+        server,
+        stream,
+        state.settings.detect_timeout,
+        peer,
+    )
+    .await
     {
-        Ok(Ok(tls)) => {
+        Ok(tls) => {
             let name = tls.get_ref().1.server_name().unwrap_or_default().to_owned();
             match port.tls.lookup(&name) {
                 Some(host) => tunnel(tls, peer, host, &state).await,
@@ -40,14 +46,7 @@ pub async fn serve(
                 }
             }
         }
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "gateway TLS handshake failed");
-            (String::new(), (0, 0), "handshake-failed")
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "gateway TLS handshake timed out");
-            (String::new(), (0, 0), "handshake-timeout")
-        }
+        Err(reason) => (String::new(), (0, 0), reason),
     };
     record(
         &state,
@@ -58,4 +57,27 @@ pub async fn serve(
         bytes,
         reason,
     );
+}
+
+/// Ends a client's TLS with a port's certificates within `limit` (for `HTTPS` ports and `TLS`
+/// `Terminate` ports alike); `Err` is why it failed (`handshake-failed`, `handshake-timeout`),
+/// logged here.
+pub(super) async fn handshake(
+    server: Arc<ServerConfig>,
+    stream: TcpStream,
+    limit: Duration,
+    peer: SocketAddr,
+) -> Result<TlsStream<TcpStream>, &'static str> {
+    let accept = TlsAcceptor::from(server).accept(stream);
+    match tokio::time::timeout(limit, accept).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "gateway TLS handshake failed");
+            Err("handshake-failed")
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "gateway TLS handshake timed out");
+            Err("handshake-timeout")
+        }
+    }
 }
